@@ -1,0 +1,54 @@
+//! Invariants of the decoder on arbitrary input, shared by the fuzz target (`make fuzz`) and
+//! the test that replays the fuzz corpus, so both check the same thing.
+
+use bytes::BytesMut;
+
+use crate::{Decoder, Event, MessageEvent};
+
+/// Everything a decoder produced from one input: the events, then its final state.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The events dispatched, in order.
+    pub events: Vec<MessageEvent>,
+    /// The last event id in force at the end.
+    pub last_event_id: String,
+    /// The reconnection time at the end.
+    pub retry: Option<u64>,
+}
+
+/// Decodes `chunks` in order with a fresh decoder, then ends the stream.
+pub fn decode_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Decoded {
+    let mut decoder = Decoder::new();
+    let mut events = Vec::new();
+    for chunk in chunks {
+        decoder
+            .feed(chunk, |event| events.push(event))
+            .expect("test inputs stay below the size limit");
+    }
+    decoder.reset();
+    Decoded { events, last_event_id: decoder.last_event_id().to_owned(), retry: decoder.retry() }
+}
+
+/// Panics unless decoding `input` is independent of how it is split into chunks, and unless
+/// re-encoding the decoded events decodes to the same events.
+pub fn check_decoder(input: &[u8]) {
+    let whole = decode_chunks([input]);
+    let byte_by_byte = decode_chunks(input.chunks(1));
+    assert_eq!(whole, byte_by_byte, "byte-by-byte decoding differs");
+    for split in [input.len() / 3, input.len() / 2, input.len().saturating_sub(1)] {
+        let (head, tail) = input.split_at(split.min(input.len()));
+        assert_eq!(whole, decode_chunks([head, tail]), "split at {split} differs");
+    }
+
+    let mut wire = BytesMut::new();
+    for event in &whole.events {
+        Event::new(event.data.as_str())
+            .with_event(event.event_type.as_ref())
+            .expect("a decoded event type has no line break")
+            .with_id(event.last_event_id.as_str())
+            .expect("a decoded id has no line break or NUL")
+            .encode(&mut wire);
+    }
+    let again = decode_chunks([&wire[..]]);
+    assert_eq!(whole.events, again.events, "re-encoded events decode differently");
+}
