@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything they need is
+# installed by scripts/setup.sh, which is idempotent and quick when all is in place.
+
+CARGO ?= cargo
+SLUICE := target/release/sluice
+
+.PHONY: run test setup build lint bench fuzz clean
+
+## Build and start the main job. Until the hub lands this is `sluice listen URL`.
+run: setup build
+ifdef URL
+	$(SLUICE) listen $(URL)
+else
+	@echo "usage: make run URL=http://host/path/to/event-stream"
+	@$(SLUICE) listen --help
+endif
+
+## Every test: formatting, lints, unit, integration, conformance and doc tests.
+test: setup lint
+	$(CARGO) test --workspace --locked
+
+setup:
+	@bash scripts/setup.sh
+
+build:
+	$(CARGO) build --release --locked -p sluice
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## Criterion benchmarks, side by side with the peer crates (see BENCHMARKS.md).
+bench: setup
+	$(CARGO) bench --locked -p sluice-sse --bench decode
+
+## Coverage-guided fuzzing of the decoder (FUZZ_SECONDS, default 60). Not part of `make test`;
+## the committed corpus is replayed by an ordinary test.
+fuzz: setup
+	bash scripts/fuzz.sh
+
+clean:
+	$(CARGO) clean
