@@ -58,10 +58,16 @@ pub enum DecodeError {
 pub struct Decoder {
     /// Bytes of a line whose end has not arrived yet.
     line: Vec<u8>,
+    /// The `data:` lines of the event being read, joined with LF.
     data: String,
+    /// Whether the event being read has had a `data:` line (`data` may still be empty).
+    has_data: bool,
     event_type: String,
     /// The id the stream set most recently, not yet committed by an empty line.
     id_buffer: String,
+    /// Whether `id_buffer` may differ from `last_event_id`, so that a dispatch need not
+    /// compare them.
+    id_changed: bool,
     /// The id committed by the last empty line: what a reconnection sends.
     last_event_id: String,
     retry: Option<u64>,
@@ -86,8 +92,10 @@ impl Decoder {
         Decoder {
             line: Vec::new(),
             data: String::new(),
+            has_data: false,
             event_type: String::new(),
             id_buffer: String::new(),
+            id_changed: false,
             last_event_id: String::new(),
             retry: None,
             skip_lf: false,
@@ -107,6 +115,7 @@ impl Decoder {
     pub fn with_last_event_id(mut self, id: impl Into<String>) -> Self {
         self.last_event_id = id.into();
         self.id_buffer.clone_from(&self.last_event_id);
+        self.id_changed = false;
         self
     }
 
@@ -129,8 +138,10 @@ impl Decoder {
     /// is cleared.
     pub fn reset(&mut self) {
         self.id_buffer.clone_from(&self.last_event_id);
+        self.id_changed = false;
         self.line.clear();
         self.data.clear();
+        self.has_data = false;
         self.event_type.clear();
         self.skip_lf = false;
         self.bom_matched = Some(0);
@@ -153,6 +164,7 @@ impl Decoder {
         if let Err(error) = &result {
             self.line = Vec::new();
             self.data = String::new();
+            self.has_data = false;
             self.event_type.clear();
             self.failed = Some(error.clone());
         }
@@ -246,8 +258,11 @@ impl Decoder {
         match name {
             b"data" => {
                 self.check_size(value.len() + 1)?;
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.has_data = true;
                 push_utf8(&mut self.data, value);
-                self.data.push('\n');
             }
             b"event" => {
                 self.event_type.clear();
@@ -256,6 +271,7 @@ impl Decoder {
             b"id" if !value.contains(&0) => {
                 self.id_buffer.clear();
                 push_utf8(&mut self.id_buffer, value);
+                self.id_changed = true;
             }
             b"retry" => {
                 if let Some(millis) = parse_digits(value) {
@@ -268,14 +284,13 @@ impl Decoder {
     }
 
     fn dispatch(&mut self, on_event: &mut impl FnMut(MessageEvent)) {
-        if self.last_event_id != self.id_buffer {
+        if std::mem::take(&mut self.id_changed) {
             self.last_event_id.clone_from(&self.id_buffer);
         }
-        if self.data.is_empty() {
+        if !std::mem::take(&mut self.has_data) {
             self.event_type.clear();
             return;
         }
-        self.data.pop();
         let event_type = if self.event_type.is_empty() {
             Cow::Borrowed("message")
         } else {
@@ -293,8 +308,10 @@ impl Decoder {
 ///
 /// Lines are split on ASCII bytes, which never occur inside a multi-byte character and always
 /// end an invalid one, so decoding line by line gives what decoding the whole stream gives.
+///
+/// Valid input, the common case, is checked with SIMD instructions and copied once.
 fn push_utf8(out: &mut String, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
+    match simdutf8::basic::from_utf8(bytes) {
         Ok(text) => out.push_str(text),
         Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
     }
