@@ -32,7 +32,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::{Bencher, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use eventsource_stream::Eventsource;
 use futures_util::stream::{self, Stream};
 use sluice_sse::{Decoder, EventStream};
@@ -253,11 +253,12 @@ fn bench_all(
 ) {
     group.throughput(Throughput::Bytes(input.len as u64));
     for &(name, implementation) in implementations {
-        let id = match parameter {
-            Some(parameter) => BenchmarkId::new(name, parameter),
-            None => BenchmarkId::from_parameter(name),
+        let chunks = &input.chunks;
+        let run = |b: &mut Bencher<'_>| b.iter(|| implementation(chunks));
+        match parameter {
+            Some(parameter) => group.bench_function(BenchmarkId::new(name, parameter), run),
+            None => group.bench_function(name, run),
         };
-        group.bench_with_input(id, &input.chunks, |b, chunks| b.iter(|| implementation(chunks)));
     }
 }
 
