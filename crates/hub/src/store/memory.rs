@@ -1,0 +1,103 @@
+//! [`MemoryStore`]: a bounded ring of the latest updates, for tests and `--store memory`.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, ready};
+
+use super::{CommitListener, Store, StoreError};
+use crate::update::{Draft, Update, now_ms};
+
+/// Keeps the latest `capacity` updates in memory; nothing survives a restart.
+pub struct MemoryStore {
+    // A std mutex: it is never held across an await, and the listener it calls does not block.
+    inner: Mutex<Inner>,
+    listener: Arc<dyn CommitListener>,
+}
+
+struct Inner {
+    /// Contiguous `seq`s, oldest first.
+    ring: VecDeque<Arc<Update>>,
+    ids: HashMap<String, u64>,
+    next_seq: u64,
+    capacity: usize,
+    closed: bool,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.lock().unwrap();
+        f.debug_struct("MemoryStore")
+            .field("kept", &inner.ring.len())
+            .field("capacity", &inner.capacity)
+            .field("next_seq", &inner.next_seq)
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store keeping at most `capacity` updates (at least one).
+    pub fn new(capacity: usize, listener: Arc<dyn CommitListener>) -> Self {
+        MemoryStore {
+            inner: Mutex::new(Inner {
+                ring: VecDeque::new(),
+                ids: HashMap::new(),
+                next_seq: 1,
+                capacity: capacity.max(1),
+                closed: false,
+            }),
+            listener,
+        }
+    }
+
+    fn append_now(&self, draft: Draft) -> Result<Arc<Update>, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.closed {
+            return Err(StoreError::Closed);
+        }
+        let id = draft.id.clone().unwrap_or_default();
+        if inner.ids.contains_key(&id) {
+            return Err(StoreError::Conflict(id));
+        }
+        let update = Arc::new(Update::new(inner.next_seq, now_ms(), draft)?);
+        inner.next_seq += 1;
+        inner.ids.insert(id, update.seq());
+        inner.ring.push_back(Arc::clone(&update));
+        if inner.ring.len() > inner.capacity {
+            if let Some(evicted) = inner.ring.pop_front() {
+                inner.ids.remove(evicted.id());
+            }
+        }
+        // Told under the lock, so listeners hear of commits in seq order.
+        self.listener.committed(std::slice::from_ref(&update));
+        Ok(update)
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(&self, draft: Draft) -> BoxFuture<'_, Result<Arc<Update>, StoreError>> {
+        ready(self.append_now(draft)).boxed()
+    }
+
+    fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Update>>, StoreError>> {
+        let inner = self.inner.lock().unwrap();
+        let start = inner.ring.partition_point(|u| u.seq() <= after);
+        let page = inner.ring.range(start..).take(limit).cloned().collect();
+        ready(Ok(page)).boxed()
+    }
+
+    fn find(&self, id: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        ready(Ok(self.inner.lock().unwrap().ids.get(id).copied())).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.lock().unwrap().closed = true;
+        ready(Ok(())).boxed()
+    }
+}

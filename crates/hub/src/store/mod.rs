@@ -1,0 +1,70 @@
+//! Where updates live: the [`Store`] trait and its implementations.
+//!
+//! A store gives each update its place in one total order (its `seq`), keeps a bounded history
+//! for replay, and tells a [`CommitListener`] about every committed update, in that order,
+//! exactly once. The hub fans out from that listener, so what subscribers see live is by
+//! construction what the store committed, in the store's order, whichever node published it.
+//!
+//! Every implementation runs the same conformance suite ([`crate::testing`], behind the
+//! `testing` feature).
+
+mod memory;
+mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteConfig, SqliteStats, SqliteStore, Synchronous};
+
+use crate::update::{Draft, Update};
+
+/// Told about committed updates, in `seq` order, once each.
+///
+/// Called on the store's own thread or task, possibly under its lock: it must not block.
+pub trait CommitListener: Send + Sync + 'static {
+    /// `updates` were committed; their `seq`s are increasing.
+    fn committed(&self, updates: &[Arc<Update>]);
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An update with this id is already in the store.
+    #[error("an update with id {0:?} already exists")]
+    Conflict(String),
+    /// The update holds what the wire cannot carry.
+    #[error(transparent)]
+    Invalid(#[from] sluice_sse::EncodeError),
+    /// The store is closed (shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// The backing database or server failed.
+    #[error("storage failed: {0}")]
+    Backend(String),
+}
+
+/// A durable or in-memory history of updates, in one total order.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Commits `draft` (whose `id` is set), giving it the next `seq`, and resolves once it is
+    /// durable and the [`CommitListener`] has been told. Fails with [`StoreError::Conflict`]
+    /// when the id is taken.
+    fn append(&self, draft: Draft) -> BoxFuture<'_, Result<Arc<Update>, StoreError>>;
+
+    /// Up to `limit` kept updates with `seq > after`, in `seq` order. `after = 0` reads from
+    /// the earliest kept.
+    fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Update>>, StoreError>>;
+
+    /// The `seq` of the kept update with this id, or `None` if it is unknown or no longer kept.
+    fn find(&self, id: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+
+    /// Finishes pending writes and stops accepting new ones.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}

@@ -1,0 +1,158 @@
+//! The [`Store`] conformance suite: one set of checks that every implementation runs
+//! (memory, SQLite, Redis), so they cannot drift apart.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sluice_hub::{CommitListener, MemoryStore, Store};
+//!
+//! async fn memory_store_conforms() {
+//!     sluice_hub::testing::conformance(|listener: Arc<dyn CommitListener>| async move {
+//!         Arc::new(MemoryStore::new(10_000, listener)) as Arc<dyn Store>
+//!     })
+//!     .await;
+//! }
+//! ```
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use crate::store::{CommitListener, Store, StoreError};
+use crate::update::{Draft, Update};
+
+/// A listener that remembers what it was told.
+#[derive(Debug, Default)]
+pub struct Recorder(Mutex<Vec<Arc<Update>>>);
+
+impl Recorder {
+    /// The `seq`s heard so far, in the order heard.
+    pub fn seqs(&self) -> Vec<u64> {
+        self.0.lock().unwrap().iter().map(|u| u.seq()).collect()
+    }
+}
+
+impl CommitListener for Recorder {
+    fn committed(&self, updates: &[Arc<Update>]) {
+        self.0.lock().unwrap().extend(updates.iter().cloned());
+    }
+}
+
+/// A draft with an id, on `topic`.
+pub fn draft(id: &str, topic: &str, data: &str) -> Draft {
+    Draft { id: Some(id.to_owned()), ..Draft::new(topic, data) }
+}
+
+/// Runs every check against fresh stores made by `open` (one per check), each given a
+/// [`Recorder`] as its listener. Panics on the first failure.
+pub async fn conformance<F, Fut>(open: F)
+where
+    F: Fn(Arc<dyn CommitListener>) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let fresh = || async {
+        let recorder = Arc::new(Recorder::default());
+        let store = open(Arc::clone(&recorder) as Arc<dyn CommitListener>).await;
+        (store, recorder)
+    };
+    let (store, recorder) = fresh().await;
+    appends_in_order_and_reads_back(&*store, &recorder).await;
+    let (store, recorder) = fresh().await;
+    duplicate_ids_conflict_and_change_nothing(&*store, &recorder).await;
+    let (store, _) = fresh().await;
+    every_field_survives(&*store).await;
+    let (store, recorder) = fresh().await;
+    concurrent_appends_get_one_order(store, &recorder).await;
+    let (store, _) = fresh().await;
+    closing_refuses_appends(&*store).await;
+}
+
+async fn appends_in_order_and_reads_back(store: &dyn Store, recorder: &Recorder) {
+    assert!(store.read_after(0, 10).await.unwrap().is_empty(), "a new store is empty");
+    let mut seqs = Vec::new();
+    for n in 0..25 {
+        let update = store.append(draft(&format!("id-{n}"), "/t", &format!("{n}"))).await.unwrap();
+        assert_eq!(update.id(), format!("id-{n}"));
+        seqs.push(update.seq());
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs increase: {seqs:?}");
+    assert_eq!(recorder.seqs(), seqs, "the listener hears each commit once, in order");
+
+    let all = store.read_after(0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|u| u.seq()).collect::<Vec<_>>(), seqs);
+    let page = store.read_after(seqs[4], 3).await.unwrap();
+    assert_eq!(page.iter().map(|u| u.seq()).collect::<Vec<_>>(), seqs[5..8]);
+    assert!(store.read_after(seqs[24], 10).await.unwrap().is_empty());
+
+    assert_eq!(store.find("id-7").await.unwrap(), Some(seqs[7]));
+    assert_eq!(store.find("id-unknown").await.unwrap(), None);
+}
+
+async fn duplicate_ids_conflict_and_change_nothing(store: &dyn Store, recorder: &Recorder) {
+    let first = store.append(draft("dup", "/t", "first")).await.unwrap();
+    match store.append(draft("dup", "/t", "second")).await {
+        Err(StoreError::Conflict(id)) => assert_eq!(id, "dup"),
+        other => panic!("a taken id must conflict, got {other:?}"),
+    }
+    let next = store.append(draft("after", "/t", "third")).await.unwrap();
+    assert!(next.seq() > first.seq());
+    let kept = store.read_after(0, 10).await.unwrap();
+    let data: Vec<_> = kept.iter().map(|u| u.data()).collect();
+    assert_eq!(data, ["first", "third"], "the refused update is not kept");
+    assert_eq!(recorder.seqs(), [first.seq(), next.seq()], "nor announced");
+}
+
+async fn every_field_survives(store: &dyn Store) {
+    let original = Draft {
+        id: Some("urn:uuid:field-test".to_owned()),
+        topics: vec!["https://example.com/a".to_owned(), "/alternate/ü".to_owned()],
+        data: "line one\nline two\r\n三 🎉".to_owned(),
+        event_type: Some("custom".to_owned()),
+        retry: Some(2500),
+        private: true,
+    };
+    let appended = store.append(original.clone()).await.unwrap();
+    let read = store.read_after(0, 1).await.unwrap().pop().expect("the update is kept");
+    assert_eq!(*read, *appended, "read back exactly as appended");
+    assert_eq!(read.topics(), original.topics);
+    assert_eq!(read.data(), original.data);
+    assert_eq!(read.event_type(), Some("custom"));
+    assert_eq!(read.retry(), Some(2500));
+    assert!(read.private());
+    assert!(read.published_ms() > 0);
+}
+
+async fn concurrent_appends_get_one_order(store: Arc<dyn Store>, recorder: &Recorder) {
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for n in 0..50 {
+                    let id = format!("t{task}-{n}");
+                    seqs.push(store.append(draft(&id, "/c", "x")).await.unwrap().seq());
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut returned = Vec::new();
+    for task in tasks {
+        let seqs = task.await.unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one publisher's updates stay in order");
+        returned.extend(seqs);
+    }
+    returned.sort_unstable();
+    returned.dedup();
+    assert_eq!(returned.len(), 400, "every append got its own seq");
+    let heard = recorder.seqs();
+    assert!(heard.windows(2).all(|w| w[0] < w[1]), "the listener hears seq order");
+    assert_eq!(heard, returned);
+    let stored: Vec<u64> =
+        store.read_after(0, 1000).await.unwrap().iter().map(|u| u.seq()).collect();
+    assert_eq!(stored, returned);
+}
+
+async fn closing_refuses_appends(store: &dyn Store) {
+    store.append(draft("before", "/t", "x")).await.unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(store.append(draft("after", "/t", "x")).await, Err(StoreError::Closed)));
+}

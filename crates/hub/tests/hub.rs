@@ -1,0 +1,247 @@
+//! The hub engine over the memory store: ordering, resume, authorization, slow readers.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use sluice_hub::testing::{conformance, draft};
+use sluice_hub::{
+    CommitListener, Cursor, Draft, Fanout, Hub, HubConfig, MemoryStore, PublishError, Selector,
+    Store, StoreError, SubscribeRequest, Subscription,
+};
+use sluice_sse::{Decoder, MessageEvent};
+
+fn hub_with(capacity: usize, config: HubConfig) -> Hub {
+    let fanout = Fanout::new();
+    let store = Arc::new(MemoryStore::new(capacity, fanout.listener()));
+    Hub::new(store, fanout, config)
+}
+
+fn hub() -> Hub {
+    hub_with(100_000, HubConfig::default())
+}
+
+fn request(selectors: &[&str], allowed: &[&str], cursor: Cursor) -> SubscribeRequest {
+    let parse = |list: &[&str]| list.iter().map(|s| Selector::parse(s).unwrap()).collect();
+    SubscribeRequest { selectors: parse(selectors), allowed_private: parse(allowed), cursor }
+}
+
+/// Decodes the next `n` frames of a subscription into events.
+async fn take(subscription: &mut Subscription, n: usize) -> Vec<MessageEvent> {
+    let mut decoder = Decoder::new();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let frame = subscription.frames.next().await.expect("the subscription ended early");
+        decoder.feed(&frame, |e| events.push(e)).unwrap();
+    }
+    events
+}
+
+fn data(events: &[MessageEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.data.as_str()).collect()
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance(|listener: Arc<dyn CommitListener>| async move {
+        Arc::new(MemoryStore::new(10_000, listener)) as Arc<dyn Store>
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn memory_store_keeps_only_the_latest() {
+    let store = MemoryStore::new(3, Fanout::new().listener());
+    for n in 0..5 {
+        store.append(draft(&format!("{n}"), "/t", "x")).await.unwrap();
+    }
+    let kept: Vec<_> = store.read_after(0, 10).await.unwrap().iter().map(|u| u.seq()).collect();
+    assert_eq!(kept, [3, 4, 5]);
+    assert_eq!(store.find("0").await.unwrap(), None);
+    assert_eq!(store.find("4").await.unwrap(), Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_then_live_has_no_gap_and_no_duplicate_under_load() {
+    // Queues big enough that nobody is cut off as slow: this test is about order.
+    let hub = hub_with(100_000, HubConfig { queue_capacity: 10_000, ..HubConfig::default() });
+    const TOTAL: usize = 3000;
+    let publishers: Vec<_> = (0..3)
+        .map(|p| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for n in 0..TOTAL / 3 {
+                    hub.publish(Draft::new("/stress", format!("{p}-{n}"))).await.unwrap();
+                    if n % 25 == 0 {
+                        // Paced, so that subscribers join while publishing goes on.
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Subscribers join at different moments, each resuming from an update already published.
+    let mut checks = Vec::new();
+    for round in 0..12 {
+        // Join once a twelfth more of the updates is out (never waiting past the publishers).
+        let mut kept = hub.store().read_after(0, TOTAL).await.unwrap();
+        while kept.len() < round * TOTAL / 12 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            kept = hub.store().read_after(0, TOTAL).await.unwrap();
+        }
+        let cursor = match kept.get(kept.len() / 2) {
+            Some(update) if round % 3 != 0 => Cursor::After(update.id().to_owned()),
+            _ => Cursor::Earliest,
+        };
+        let mut subscription =
+            hub.subscribe(request(&["/stress"], &[], cursor.clone())).await.unwrap();
+        let hub = hub.clone();
+        checks.push(tokio::spawn(async move {
+            // Read as it arrives, then check against the store's final order.
+            let mut events = Vec::new();
+            let mut decoder = Decoder::new();
+            while !events.iter().any(|e: &MessageEvent| e.data == "last") {
+                let frame = subscription.frames.next().await.expect("ended early");
+                decoder.feed(&frame, |e| events.push(e)).unwrap();
+            }
+            let all = hub.store().read_after(0, TOTAL + 2).await.unwrap();
+            let start = match &cursor {
+                Cursor::After(id) => all.iter().position(|u| u.id() == id).unwrap() + 1,
+                _ => 0,
+            };
+            let want: Vec<&str> = all[start..].iter().map(|u| u.id()).collect();
+            let got: Vec<&str> = events.iter().map(|e| e.last_event_id.as_str()).collect();
+            assert_eq!(got, want, "from {cursor:?}: every update once, in store order");
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    hub.publish(Draft::new("/stress", "last")).await.unwrap();
+    for check in checks {
+        check.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_cut_off_without_slowing_anyone() {
+    let hub = hub_with(1000, HubConfig { queue_capacity: 4, ..HubConfig::default() });
+    let mut stalled = hub.subscribe(request(&["/t"], &[], Cursor::Live)).await.unwrap();
+    let mut reader = hub.subscribe(request(&["/t"], &[], Cursor::Live)).await.unwrap();
+    let reading = tokio::spawn(async move { (take(&mut reader, 100).await.len(), reader) });
+    for n in 0..100 {
+        // The reader keeps up; the stalled one never reads; publishing never waits for either.
+        hub.publish(Draft::new("/t", n.to_string())).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let (read, _reader) = reading.await.unwrap();
+    assert_eq!(read, 100);
+    let queued = take(&mut stalled, 4).await;
+    assert_eq!(data(&queued), ["0", "1", "2", "3"], "what was queued is delivered first");
+    let last = stalled.frames.next().await.expect("a final comment says why");
+    assert!(std::str::from_utf8(&last).unwrap().starts_with(": sluice: disconnected"));
+    assert!(stalled.frames.next().await.is_none());
+    assert_eq!(hub.subscriber_count(), 1);
+}
+
+#[tokio::test]
+async fn private_updates_need_a_matching_claim() {
+    let hub = hub();
+    let mut anonymous = hub.subscribe(request(&["/books/{id}"], &[], Cursor::Live)).await.unwrap();
+    let mut reader =
+        hub.subscribe(request(&["/books/{id}"], &["/books/1"], Cursor::Live)).await.unwrap();
+    let mut via_alternate =
+        hub.subscribe(request(&["/books/{id}"], &["/shelves/{s}"], Cursor::Live)).await.unwrap();
+    let private = |topics: &[&str], data: &str| Draft {
+        private: true,
+        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+        ..Draft::new("", data)
+    };
+    hub.publish(private(&["/books/1"], "secret one")).await.unwrap();
+    hub.publish(private(&["/books/2"], "secret two")).await.unwrap();
+    hub.publish(private(&["/books/3", "/shelves/a"], "secret three")).await.unwrap();
+    hub.publish(Draft::new("/books/4", "public")).await.unwrap();
+    assert_eq!(data(&take(&mut anonymous, 1).await), ["public"]);
+    assert_eq!(data(&take(&mut reader, 2).await), ["secret one", "public"]);
+    assert_eq!(data(&take(&mut via_alternate, 2).await), ["secret three", "public"]);
+}
+
+#[tokio::test]
+async fn reserved_topics_need_an_exact_selector() {
+    let hub = hub();
+    let topic = "/.well-known/sluice/generations/abc";
+    let mut everything = hub.subscribe(request(&["*"], &["*"], Cursor::Live)).await.unwrap();
+    let mut template = hub
+        .subscribe(request(&["/.well-known/sluice/{+rest}"], &["*"], Cursor::Live))
+        .await
+        .unwrap();
+    let mut exact = hub.subscribe(request(&[topic], &[topic], Cursor::Live)).await.unwrap();
+    hub.publish(Draft { private: true, ..Draft::new(topic, "token") }).await.unwrap();
+    hub.publish(Draft::new("/public", "hello")).await.unwrap();
+    assert_eq!(data(&take(&mut everything, 1).await), ["hello"]);
+    assert_eq!(data(&take(&mut exact, 1).await), ["token"]);
+    hub.publish(Draft::new("/.well-known/sluice/other", "x")).await.unwrap();
+    hub.shut_down().await.unwrap();
+    assert!(template.frames.next().await.is_none(), "the template matched nothing reserved");
+}
+
+#[tokio::test]
+async fn an_unknown_cursor_resets_then_sends_everything_kept() {
+    let hub = hub_with(2, HubConfig::default());
+    for n in 0..4 {
+        hub.publish(draft(&format!("u{n}"), "/t", &format!("{n}"))).await.unwrap();
+    }
+    let mut late = hub.subscribe(request(&["/t"], &[], Cursor::After("u0".into()))).await.unwrap();
+    assert!(late.reset);
+    assert_eq!(late.resumed_after.as_deref(), Some("earliest"));
+    let events = take(&mut late, 3).await;
+    assert_eq!(events[0].event_type, sluice_hub::RESET_EVENT_TYPE);
+    assert_eq!(data(&events[1..]), ["2", "3"]);
+
+    let mut known = hub.subscribe(request(&["/t"], &[], Cursor::After("u2".into()))).await.unwrap();
+    assert!(!known.reset);
+    assert_eq!(known.resumed_after.as_deref(), Some("u2"));
+    assert_eq!(data(&take(&mut known, 1).await), ["3"]);
+}
+
+#[tokio::test]
+async fn an_update_matching_twice_is_sent_once() {
+    let hub = hub();
+    let mut subscription =
+        hub.subscribe(request(&["/a", "/b", "*"], &[], Cursor::Live)).await.unwrap();
+    hub.publish(Draft { topics: vec!["/a".into(), "/b".into()], ..Draft::new("", "both") })
+        .await
+        .unwrap();
+    hub.publish(Draft::new("/c", "next")).await.unwrap();
+    assert_eq!(data(&take(&mut subscription, 2).await), ["both", "next"]);
+}
+
+#[tokio::test]
+async fn bad_updates_are_refused() {
+    let hub = hub();
+    let no_topic = Draft { topics: vec![], ..Draft::new("", "x") };
+    assert!(matches!(hub.publish(no_topic).await, Err(PublishError::NoTopic)));
+    assert!(matches!(hub.publish(draft("#1", "/t", "x")).await, Err(PublishError::ReservedId)));
+    let injected = Draft { event_type: Some("a\ndata: forged".into()), ..Draft::new("/t", "x") };
+    assert!(matches!(
+        hub.publish(injected).await,
+        Err(PublishError::Store(StoreError::Invalid(_)))
+    ));
+    hub.publish(draft("taken", "/t", "x")).await.unwrap();
+    assert!(matches!(
+        hub.publish(draft("taken", "/t", "y")).await,
+        Err(PublishError::Store(StoreError::Conflict(_)))
+    ));
+}
+
+#[tokio::test]
+async fn shutting_down_ends_every_subscription() {
+    let hub = hub();
+    let mut subscription = hub.subscribe(request(&["*"], &[], Cursor::Live)).await.unwrap();
+    hub.shut_down().await.unwrap();
+    assert!(subscription.frames.next().await.is_none());
+    assert!(matches!(
+        hub.publish(Draft::new("/t", "late")).await,
+        Err(PublishError::Store(StoreError::Closed))
+    ));
+}

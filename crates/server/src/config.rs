@@ -1,0 +1,73 @@
+//! The server's settings, as built objects (keys loaded, lists parsed). Reading them from
+//! flags, environment and `sluice.toml` is the binary's job.
+
+use std::time::Duration;
+
+use crate::auth::Verifier;
+
+/// Everything the HTTP layer needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Verifies publishers' tokens; without one, publishing over HTTP is refused.
+    pub publisher: Option<Verifier>,
+    /// Verifies subscribers' tokens; without one, only public updates can be received.
+    pub subscriber: Option<Verifier>,
+    /// Whether a subscriber without a token may receive public updates.
+    pub anonymous: bool,
+    /// Origins allowed to subscribe from a browser with credentials (`*`: any, no credentials).
+    pub cors_origins: Vec<String>,
+    /// Origins allowed to publish with a cookie-borne token (`*`: any).
+    pub publish_origins: Vec<String>,
+    /// How often an idle event stream gets a comment, so proxies keep it open.
+    pub keep_alive: Duration,
+    /// The reconnection time sent to subscribers (`retry:`), if any.
+    pub retry: Option<u64>,
+    /// The largest request body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// The largest `data` of one update (413 past it).
+    pub max_event_bytes: usize,
+    /// The most topic selectors one subscription may name (400 past it).
+    pub max_topics_per_subscription: usize,
+    /// The most simultaneous connections (503 with Retry-After past it).
+    pub max_connections: usize,
+    /// The most simultaneous subscriptions from one client address, if limited (429 past it).
+    pub max_subscriptions_per_client: Option<usize>,
+    /// Whether to publish subscription events (who subscribed to what, and who left).
+    pub subscription_events: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            publisher: None,
+            subscriber: None,
+            anonymous: true,
+            cors_origins: Vec::new(),
+            publish_origins: Vec::new(),
+            keep_alive: Duration::from_secs(15),
+            retry: None,
+            max_body_bytes: 1024 * 1024,
+            max_event_bytes: 512 * 1024,
+            max_topics_per_subscription: 64,
+            max_connections: default_max_connections(),
+            max_subscriptions_per_client: None,
+            subscription_events: true,
+        }
+    }
+}
+
+/// Connections kept in reserve below the open-file limit, for the store, logs and accepts.
+const FILE_RESERVE: u64 = 256;
+
+/// The process's open-file limit minus a reserve: past it, accepting would fail anyway.
+pub fn default_max_connections() -> usize {
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|soft| soft.parse::<u64>().ok()))
+        })
+        .unwrap_or(1024);
+    limit.saturating_sub(FILE_RESERVE).max(16) as usize
+}

@@ -1,0 +1,90 @@
+//! Writing an event stream to a client: the headers every proxy needs to pass events through
+//! at once, keep-alive comments when nothing happens, and an end when the token expires.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
+
+/// A response streaming `frames` as `text/event-stream`.
+///
+/// `first` is written at once (a `retry:` or a comment), so the client and any proxy see the
+/// stream open before the first event. A comment follows whenever `keep_alive` passes without
+/// a frame. At `deadline` (a token's expiry) the stream ends. `on_end` runs when the stream is
+/// dropped, however it ends.
+pub(crate) fn event_stream(
+    first: Bytes,
+    frames: BoxStream<'static, Bytes>,
+    keep_alive: Duration,
+    deadline: Option<Instant>,
+    on_end: impl Send + 'static,
+) -> Response {
+    let state = State {
+        first: Some(first),
+        frames,
+        keep_alive,
+        idle: Box::pin(sleep(keep_alive)),
+        deadline: deadline.map(|d| Box::pin(sleep_until(d))),
+        _on_end: on_end,
+    };
+    let body = stream::unfold(state, |mut state| async move {
+        let frame = state.next().await?;
+        metrics::counter!("sluice_bytes_out_total").increment(frame.len() as u64);
+        Some((Ok::<_, std::convert::Infallible>(frame), state))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+struct State<G> {
+    first: Option<Bytes>,
+    frames: BoxStream<'static, Bytes>,
+    keep_alive: Duration,
+    idle: std::pin::Pin<Box<Sleep>>,
+    deadline: Option<std::pin::Pin<Box<Sleep>>>,
+    _on_end: G,
+}
+
+impl<G> State<G> {
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        let deadline = async {
+            match self.deadline.as_mut() {
+                Some(deadline) => deadline.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = self.frames.next() => {
+                self.idle.as_mut().reset(Instant::now() + self.keep_alive);
+                frame
+            }
+            () = self.idle.as_mut() => {
+                self.idle.as_mut().reset(Instant::now() + self.keep_alive);
+                Some(Bytes::from_static(b":\n"))
+            }
+            () = deadline => None,
+        }
+    }
+}
+
+/// The first bytes of a stream: `retry:` when one is configured, else an empty comment.
+pub(crate) fn opening(retry: Option<u64>) -> Bytes {
+    let mut first = BytesMut::new();
+    match retry {
+        Some(millis) => sluice_sse::encode_retry(millis, &mut first),
+        None => sluice_sse::encode_comment("", &mut first),
+    }
+    first.freeze()
+}
