@@ -21,7 +21,9 @@
 //!
 //! Work is linear in the input: each byte is scanned once for a line end, whatever the line
 //! length or chunking, and a line that fits in one chunk is never copied before parsing. An
-//! event larger than the configured maximum is an error instead of unbounded memory.
+//! event larger than the configured maximum (its data plus the whole line being read, field
+//! name included) is an error instead of unbounded memory, and which events are too large does
+//! not depend on the chunking either.
 
 use std::borrow::Cow;
 
@@ -105,7 +107,8 @@ impl Decoder {
         }
     }
 
-    /// Sets the largest event, in bytes of data plus the line being read, that is accepted.
+    /// Sets the largest event, in bytes of data plus the line being read (all of its bytes, the
+    /// field name included), that is accepted.
     pub fn with_max_event_size(mut self, limit: usize) -> Self {
         self.max_event_size = limit;
         self
@@ -194,16 +197,17 @@ impl Decoder {
             } else {
                 end + 1
             };
+            // Every line is measured whole, before it is parsed, so that whether an event is
+            // too large never depends on where the chunks were cut.
+            self.check_size(end)?;
             if self.line.is_empty() {
-                self.process_line(&input[..end], on_event)?;
+                self.process_line(&input[..end], on_event);
             } else {
-                self.check_size(end)?;
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(&input[..end]);
-                let result = self.process_line(&line, on_event);
+                self.process_line(&line, on_event);
                 line.clear();
                 self.line = line;
-                result?;
             }
             input = &input[next..];
         }
@@ -238,17 +242,13 @@ impl Decoder {
         }
     }
 
-    fn process_line(
-        &mut self,
-        line: &[u8],
-        on_event: &mut impl FnMut(MessageEvent),
-    ) -> Result<(), DecodeError> {
+    fn process_line(&mut self, line: &[u8], on_event: &mut impl FnMut(MessageEvent)) {
         if line.is_empty() {
             self.dispatch(on_event);
-            return Ok(());
+            return;
         }
         let (name, value) = match memchr::memchr(b':', line) {
-            Some(0) => return Ok(()),
+            Some(0) => return,
             Some(colon) => {
                 let value = &line[colon + 1..];
                 (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
@@ -256,8 +256,8 @@ impl Decoder {
             None => (line, &b""[..]),
         };
         match name {
+            // The data grows by at most the length of the line, which `feed_inner` measured.
             b"data" => {
-                self.check_size(value.len() + 1)?;
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -280,7 +280,6 @@ impl Decoder {
             }
             _ => {}
         }
-        Ok(())
     }
 
     fn dispatch(&mut self, on_event: &mut impl FnMut(MessageEvent)) {

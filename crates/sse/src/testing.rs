@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use crate::{Decoder, Event, MessageEvent};
+use crate::{DecodeError, Decoder, Event, MessageEvent};
 
 /// Everything a decoder produced from one input: the events, then its final state.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,15 +29,51 @@ pub fn decode_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Decoded 
     Decoded { events, last_event_id: decoder.last_event_id().to_owned(), retry: decoder.retry() }
 }
 
-/// Panics unless decoding `input` is independent of how it is split into chunks, and unless
-/// re-encoding the decoded events decodes to the same events.
+/// Decodes `chunks` in order with a decoder limited to events of `limit` bytes, stopping at
+/// the first error: the events delivered until then, and that error.
+pub fn decode_chunks_limited<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    limit: usize,
+) -> (Vec<MessageEvent>, Option<DecodeError>) {
+    let mut decoder = Decoder::new().with_max_event_size(limit);
+    let mut events = Vec::new();
+    for chunk in chunks {
+        if let Err(error) = decoder.feed(chunk, |event| events.push(event)) {
+            return (events, Some(error));
+        }
+    }
+    (events, None)
+}
+
+/// Size limits small enough for short inputs to cross them, so that the size check is held to
+/// the same rules as the rest: what it rejects must not depend on the chunking either.
+const SMALL_LIMITS: [usize; 3] = [8, 24, 64];
+
+/// Panics unless decoding `input` is independent of how it is split into chunks (with the
+/// default size limit, and with small ones that it may exceed), and unless re-encoding the
+/// decoded events decodes to the same events.
 pub fn check_decoder(input: &[u8]) {
+    let splits = [input.len() / 3, input.len() / 2, input.len().saturating_sub(1)];
     let whole = decode_chunks([input]);
     let byte_by_byte = decode_chunks(input.chunks(1));
     assert_eq!(whole, byte_by_byte, "byte-by-byte decoding differs");
-    for split in [input.len() / 3, input.len() / 2, input.len().saturating_sub(1)] {
-        let (head, tail) = input.split_at(split.min(input.len()));
+    for split in splits {
+        let (head, tail) = input.split_at(split);
         assert_eq!(whole, decode_chunks([head, tail]), "split at {split} differs");
+    }
+
+    for limit in SMALL_LIMITS {
+        let limited = decode_chunks_limited([input], limit);
+        for event in &limited.0 {
+            assert!(event.data.len() <= limit, "an event over the limit of {limit} got through");
+        }
+        let byte_by_byte = decode_chunks_limited(input.chunks(1), limit);
+        assert_eq!(limited, byte_by_byte, "limit {limit}: byte-by-byte decoding differs");
+        for split in splits {
+            let (head, tail) = input.split_at(split);
+            let two = decode_chunks_limited([head, tail], limit);
+            assert_eq!(limited, two, "limit {limit}: split at {split} differs");
+        }
     }
 
     let mut wire = BytesMut::new();

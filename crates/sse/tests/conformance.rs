@@ -3,7 +3,7 @@
 //! Every vector is decoded whole, split in two at every byte, split in three at every pair of
 //! bytes, and byte by byte: all must give the same events and the same final state.
 
-use sluice_sse::testing::{Decoded, decode_chunks};
+use sluice_sse::testing::{Decoded, decode_chunks, decode_chunks_limited};
 use sluice_sse::{DecodeError, Decoder, MessageEvent};
 
 struct Vector {
@@ -209,6 +209,47 @@ fn an_oversized_event_is_an_error_that_sticks_until_reset() {
     decoder.reset();
     decoder.feed(b"data: x\n\n", |e| events.push(e)).unwrap();
     assert_eq!(events.len(), 2);
+}
+
+/// (name, size limit, input, data of the events delivered, whether decoding stops on an error).
+type LimitVector = (&'static str, usize, &'static [u8], &'static [&'static str], bool);
+
+/// The size limit counts each line whole, field name included, however it is chunked. Until
+/// the fuzzer checked the limit too, a line that fit in one chunk was measured by its value
+/// alone while a line cut by a chunk boundary was measured whole, so `data: 0123456789abcd`
+/// passed a limit of 16 when it arrived in one piece and failed it when split.
+const LIMIT_VECTORS: &[LimitVector] = &[
+    ("a line longer than the limit", 16, b"data: 0123456789abcd\n\n", &[], true),
+    ("a line exactly at the limit", 16, b"data: 0123456789\n\n", &["0123456789"], false),
+    ("a line one over the limit", 16, b"data: 0123456789a\n\n", &[], true),
+    ("a value that fits, in a line that does not", 8, b"data: abc\n\n", &[], true),
+    ("a long comment counts too", 16, b": 0123456789abcdef\ndata: x\n\n", &[], true),
+    (
+        "data and the next line add up",
+        16,
+        b"data: 12345\n\ndata: 123456\ndata: 78901\n\n",
+        &["12345"],
+        true,
+    ),
+    ("a CR-ended line", 16, b"data: 0123456789abcd\r\r", &[], true),
+];
+
+#[test]
+fn the_size_limit_does_not_depend_on_chunking() {
+    for &(name, limit, input, want_data, want_error) in LIMIT_VECTORS {
+        let check = |chunks: &[&[u8]], how: &str| {
+            let (events, error) = decode_chunks_limited(chunks.iter().copied(), limit);
+            let data: Vec<_> = events.iter().map(|event| event.data.as_str()).collect();
+            assert_eq!(data, want_data, "{name}: {how}");
+            assert_eq!(error.is_some(), want_error, "{name}: {how}: {error:?}");
+        };
+        check(&[input], "whole");
+        check(&input.chunks(1).collect::<Vec<_>>(), "byte by byte");
+        for i in 0..=input.len() {
+            let (a, b) = input.split_at(i);
+            check(&[a, b], &format!("split at {i}"));
+        }
+    }
 }
 
 #[test]
