@@ -76,7 +76,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Item::Message(event) => {
                 match print(&mut stdout, &event, args.json) {
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        return Ok(ExitCode::SUCCESS);
+                    }
                     other => other.context("writing to stdout")?,
                 }
                 printed += 1;
@@ -95,7 +97,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn print(out: &mut impl Write, event: &MessageEvent, json: bool) -> io::Result<()> {
     if json {
-        let line = JsonEvent { id: &event.last_event_id, event: &event.event_type, data: &event.data };
+        let line =
+            JsonEvent { id: &event.last_event_id, event: &event.event_type, data: &event.data };
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")?;
     } else {

@@ -1,7 +1,10 @@
 //! `sluice`: the command line. Each subcommand lives in its own module; `main` only parses
-//! the arguments and dispatches.
+//! the arguments, sets up logging and dispatches.
 
 mod listen;
+mod publish;
+mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -17,14 +20,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Serve(Box<serve::Args>),
     Listen(listen::Args),
+    Publish(publish::Args),
+    Token(token::Args),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(*args).await,
         Command::Listen(args) => listen::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Token(args) => Ok(token::run(args)),
     };
     match result {
         Ok(code) => code,

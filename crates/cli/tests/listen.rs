@@ -83,8 +83,16 @@ fn plain_output_is_the_canonical_wire_form() {
 #[test]
 fn sends_headers_and_the_starting_event_id() {
     let url = format!("{}/headers", start());
-    let output =
-        sluice(&["listen", "--json", "--no-reconnect", "-H", "X-Token: yes", "--last-event-id", "7", &url]);
+    let output = sluice(&[
+        "listen",
+        "--json",
+        "--no-reconnect",
+        "-H",
+        "X-Token: yes",
+        "--last-event-id",
+        "7",
+        &url,
+    ]);
     assert!(output.status.success(), "{output:?}");
     assert_eq!(stdout(&output), "{\"id\":\"7\",\"event\":\"message\",\"data\":\"yes 7\"}\n");
 }

@@ -34,7 +34,7 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use auth::{Claims, KeyError, Verifier};
+pub use auth::{Claims, Grant, KeyError, Verifier, mint_hs256};
 pub use config::{Config, default_max_connections};
 pub use error::ApiError;
 pub use limits::{ClientAddr, LimitedListener};
