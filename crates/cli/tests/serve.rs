@@ -1,0 +1,185 @@
+//! `sluice serve` as an operator runs it: a real process, killed, restarted, stopped.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sluice_client::{EventSource, Item};
+
+const SECRET: &str = "serve-test-secret";
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `sluice serve --listen 127.0.0.1:PORT` with a publisher key, and waits for it.
+fn serve(port: u16, dir: &Path, extra: &[&str]) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen", &listen, "--jwt-secret", SECRET, "--anonymous"];
+    args.extend_from_slice(extra);
+    serve_with(port, dir, &args)
+}
+
+/// Starts `sluice serve ARGS` in `dir` and waits until it accepts on `port`.
+fn serve_with(port: u16, dir: &Path, args: &[&str]) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(dir)
+        .arg("serve")
+        .args(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(&listen).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("sluice serve did not start on {listen}");
+}
+
+fn publish(port: u16, token: &str, data: &str) -> Option<String> {
+    let hub = format!("http://127.0.0.1:{port}/.well-known/mercure");
+    let output =
+        sluice(&["publish", "--hub", &hub, "--topic", "/log", "--data", data, "--token", token]);
+    output.status.success().then(|| String::from_utf8(output.stdout).unwrap().trim().to_owned())
+}
+
+fn publisher_token() -> String {
+    let output = sluice(&["token", "--secret", SECRET, "--publish", "*"]);
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Every event id from the start of history up to and including the one with `data == last`.
+async fn history_until(port: u16, last: &str) -> Vec<(String, String)> {
+    let url = format!("http://127.0.0.1:{port}/.well-known/mercure?topic=/log");
+    let mut source = EventSource::get(&url).last_event_id("earliest").build().unwrap();
+    let mut seen = Vec::new();
+    while let Some(item) = source.next().await {
+        if let Item::Message(event) = item.unwrap() {
+            let done = event.data == last;
+            seen.push((event.last_event_id, event.data));
+            if done {
+                break;
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = serve(port, dir.path(), &[]);
+    let token = publisher_token();
+
+    // Publish without pause from another thread; kill -9 the server mid-stream.
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let publishing = {
+        let (acknowledged, token) = (Arc::clone(&acknowledged), token.clone());
+        std::thread::spawn(move || {
+            for n in 0.. {
+                match publish(port, &token, &format!("update {n}")) {
+                    Some(id) => acknowledged.lock().unwrap().push(id),
+                    None => break,
+                }
+            }
+        })
+    };
+    while acknowledged.lock().unwrap().len() < 30 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill().unwrap(); // SIGKILL: no flush, no goodbye
+    server.wait().unwrap();
+    publishing.join().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let mut server = serve(port, dir.path(), &[]);
+    publish(port, &token, "after restart").expect("the restarted hub accepts updates");
+    let history = history_until(port, "after restart").await;
+    let kept: Vec<&str> = history.iter().map(|(id, _)| id.as_str()).collect();
+    for id in &acknowledged {
+        assert!(kept.contains(&id.as_str()), "acknowledged {id} is missing after kill -9");
+    }
+    let data: Vec<&str> = history.iter().map(|(_, d)| d.as_str()).collect();
+    for (n, d) in data[..acknowledged.len()].iter().enumerate() {
+        assert_eq!(*d, format!("update {n}"), "history keeps publication order");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn sigterm_ends_streams_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = serve(port, dir.path(), &["--store", "memory"]);
+    let url = format!("http://127.0.0.1:{port}/.well-known/mercure?topic=/t");
+    let listener = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["listen", "--no-reconnect", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let token = publisher_token();
+    // Once an update goes through, the listener is certainly subscribed.
+    let listener = wait_connected(listener);
+    publish(port, &token, "x").unwrap();
+
+    let kill = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    assert!(server.wait().unwrap().success(), "sluice serve exits 0 on SIGTERM");
+    let output = listener.wait_with_output().unwrap();
+    assert!(output.status.success(), "the stream ended normally: {output:?}");
+}
+
+/// Waits until `sluice listen` says it is connected, then hands the process back.
+fn wait_connected(mut listener: Child) -> Child {
+    use std::io::{BufRead, BufReader};
+    let stderr = listener.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("connected"), "{first}");
+    std::thread::spawn(move || lines.for_each(drop));
+    listener
+}
+
+#[test]
+fn settings_come_from_the_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_port, flag_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!("listen = \"127.0.0.1:{file_port}\"\nstore = \"memory\"\nmax_topics = 1\n"),
+    )
+    .unwrap();
+    let mut from_file = serve_with(file_port, dir.path(), &[]);
+    let two_topics = format!("http://127.0.0.1:{file_port}/.well-known/mercure?topic=/a&topic=/b");
+    let output = sluice(&["listen", "--no-reconnect", &two_topics]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at most 1 topics"));
+    from_file.kill().unwrap();
+    from_file.wait().unwrap();
+
+    let flag = format!("127.0.0.1:{flag_port}");
+    let mut from_flag = serve_with(flag_port, dir.path(), &["--listen", &flag]);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", file_port)).is_err(), "the flag won");
+    from_flag.kill().unwrap();
+    from_flag.wait().unwrap();
+
+    std::fs::write(dir.path().join("sluice.toml"), "listen = 42\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(dir.path())
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("sluice.toml"));
+}
