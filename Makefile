@@ -6,14 +6,10 @@ SLUICE := target/release/sluice
 
 .PHONY: run test setup build lint bench fuzz clean
 
-## Build and start the main job. Until the hub lands this is `sluice listen URL`.
+## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
+## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
 run: setup build
-ifdef URL
-	$(SLUICE) listen $(URL)
-else
-	@echo "usage: make run URL=http://host/path/to/event-stream"
-	@$(SLUICE) listen --help
-endif
+	$(SLUICE) serve $(ARGS)
 
 ## Every test: formatting, lints, unit, integration, conformance and doc tests.
 test: setup lint
