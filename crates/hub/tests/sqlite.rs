@@ -36,7 +36,7 @@ async fn sqlite_store_conforms() {
 }
 
 #[tokio::test]
-async fn sqlite_store_conforms_with_synchronous_normal_and_retention() {
+async fn sqlite_store_conforms_with_synchronous_full_and_retention() {
     let dir = tempfile::tempdir().unwrap();
     let opened = AtomicUsize::new(0);
     conformance(|listener: Arc<dyn CommitListener>| {
@@ -44,8 +44,8 @@ async fn sqlite_store_conforms_with_synchronous_normal_and_retention() {
         let config = SqliteConfig {
             max_updates: Some(100_000),
             max_age: Some(Duration::from_secs(3600)),
-            synchronous: Synchronous::Normal,
-            ..SqliteConfig::new(dir.path().join(format!("normal-{n}.db")))
+            synchronous: Synchronous::Full,
+            ..SqliteConfig::new(dir.path().join(format!("full-{n}.db")))
         };
         async move { Arc::new(SqliteStore::open(config, listener).unwrap()) as Arc<dyn Store> }
     })
@@ -200,6 +200,42 @@ async fn a_file_from_a_newer_version_is_refused() {
     rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
     let opened = SqliteStore::open(SqliteConfig::new(&path), Fanout::new().listener());
     assert!(matches!(opened, Err(StoreError::Backend(message)) if message.contains("99")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_over_sqlite_resumes_a_subscriber_across_a_restart() {
+    use futures_util::StreamExt;
+    use sluice_hub::{Cursor, Hub, HubConfig, Selector, SubscribeRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let start = |path: &Path| {
+        let fanout = Fanout::new();
+        let store = SqliteStore::open(SqliteConfig::new(path), fanout.listener()).unwrap();
+        Hub::new(Arc::new(store), fanout, HubConfig::default())
+    };
+    let request = |cursor| SubscribeRequest {
+        selectors: vec![Selector::parse("/books/{id}").unwrap()],
+        allowed_private: vec![],
+        cursor,
+    };
+
+    let hub = start(&path);
+    let mut live = hub.subscribe(request(Cursor::Live)).await.unwrap();
+    let seen = hub.publish(Draft::new("/books/1", "one")).await.unwrap();
+    assert!(live.frames.next().await.unwrap().ends_with(b"data: one\n\n"));
+    drop(live);
+    hub.shut_down().await.unwrap();
+    drop(hub);
+
+    // Restarted: what the subscriber missed while it was away is replayed from the file.
+    let hub = start(&path);
+    hub.publish(Draft::new("/books/2", "two")).await.unwrap();
+    let mut resumed = hub.subscribe(request(Cursor::After(seen.id().to_owned()))).await.unwrap();
+    assert!(!resumed.reset, "the cursor is known after the restart");
+    assert!(resumed.frames.next().await.unwrap().ends_with(b"data: two\n\n"));
+    hub.publish(Draft::new("/books/3", "three")).await.unwrap();
+    assert!(resumed.frames.next().await.unwrap().ends_with(b"data: three\n\n"));
 }
 
 /// A listener that holds up the writer on its first call until released.

@@ -9,7 +9,7 @@
 //! `testing` feature).
 
 mod memory;
-mod sqlite;
+pub mod sqlite;
 
 use std::fmt;
 use std::sync::Arc;
