@@ -5,7 +5,7 @@
 //! exactly once. The hub fans out from that listener, so what subscribers see live is by
 //! construction what the store committed, in the store's order, whichever node published it.
 //!
-//! Every implementation runs the same conformance suite ([`crate::testing`], behind the
+//! Every implementation runs the same conformance suite (`sluice_hub::testing`, behind the
 //! `testing` feature).
 
 mod memory;
