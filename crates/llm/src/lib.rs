@@ -1,12 +1,22 @@
 //! Chat model providers behind one streaming trait.
 //!
 //! A [`Provider`] turns a [`ChatRequest`] into a stream of [`Delta`]s: text, tool-call
-//! fragments, token usage, and a finish reason. Dropping the stream cancels the request
-//! upstream (an HTTP request is aborted, the local model stops within one token), which is
-//! what makes "stop" in a chat page stop the bill too.
+//! fragments, token usage, and a finish reason (usage, when known, comes right before the
+//! finish). Dropping the stream cancels the request upstream (an HTTP request is aborted, the
+//! local model stops within one token), which is what makes "stop" in a chat page stop the
+//! bill too. A [`Router`] picks providers by model name and falls over between them before
+//! the first token.
 
+pub mod anthropic;
+pub mod openai;
+pub mod router;
+pub mod scripted;
 pub mod types;
 
+pub use anthropic::{Anthropic, AnthropicConfig};
+pub use openai::{OpenAi, OpenAiConfig};
+pub use router::{Attempts, Router};
+pub use scripted::{Script, Scripted, ScriptedStats};
 pub use types::{
     ChatRequest, Delta, DeltaStream, FinishReason, Message, Provider, ProviderError, Role, Usage,
 };

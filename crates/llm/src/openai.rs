@@ -1,0 +1,254 @@
+//! [`OpenAi`]: any OpenAI-compatible chat completions upstream (OpenAI, Ollama's `/v1`, vLLM,
+//! llama.cpp server, OpenRouter, another Sluice).
+//!
+//! The upstream's SSE is read with Sluice's own decoder, so a JSON chunk or a UTF-8 character
+//! split across network reads is reassembled before it is parsed. Usage is always requested
+//! (`stream_options.include_usage`), and the deltas end with `Usage` then `Finish` whatever
+//! order the upstream sent them in. Dropping the stream drops the HTTP response, which closes
+//! the connection: the upstream sees the client leave and stops generating.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt, StreamExt};
+use serde_json::{Value, json};
+use sluice_sse::{EventStream, MessageEvent, StreamError};
+
+use crate::types::{ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Usage};
+
+/// Where an OpenAI-compatible upstream is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// The provider's name.
+    pub name: String,
+    /// The API base, e.g. `https://api.openai.com/v1` (`/chat/completions` is appended).
+    pub base_url: String,
+    /// The bearer key, if the upstream needs one.
+    pub api_key: Option<String>,
+    /// The longest wait for the response to start.
+    pub timeout: Duration,
+}
+
+/// An OpenAI-compatible upstream.
+#[derive(Debug, Clone)]
+pub struct OpenAi {
+    config: OpenAiConfig,
+    client: reqwest::Client,
+}
+
+impl OpenAi {
+    /// A provider for `config`.
+    pub fn new(config: OpenAiConfig) -> Self {
+        OpenAi { config, client: reqwest::Client::new() }
+    }
+}
+
+/// Maps an error response (before the stream started) to a [`ProviderError`].
+pub(crate) async fn error_from_response(response: reqwest::Response) -> ProviderError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or(body);
+    match status {
+        401 | 403 => ProviderError::Unauthorized(message),
+        429 => ProviderError::Busy { message, retry_after },
+        400 | 404 | 422 => ProviderError::InvalidRequest(message),
+        _ => ProviderError::Upstream { status, message },
+    }
+}
+
+/// Sends `request` and checks the response opened an event stream.
+pub(crate) async fn open_event_stream(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>, ProviderError> {
+    let response = tokio::time::timeout(timeout, request.send())
+        .await
+        .map_err(|_| ProviderError::Timeout(timeout))?
+        .map_err(|e| ProviderError::Network(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(error_from_response(response).await);
+    }
+    Ok(EventStream::new(response.bytes_stream()).boxed())
+}
+
+impl Provider for OpenAi {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>> {
+        async move {
+            let mut body = serde_json::to_value(&request)
+                .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+            let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
+            let mut http = self.client.post(url).json(&body);
+            if let Some(key) = &self.config.api_key {
+                http = http.bearer_auth(key);
+            }
+            let events = open_event_stream(http, self.config.timeout).await?;
+            Ok(translate(events))
+        }
+        .boxed()
+    }
+}
+
+/// Reading state: what has been seen of the upstream's chunks.
+struct Chunks {
+    events: BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>,
+    ready: VecDeque<Result<Delta, ProviderError>>,
+    usage: Option<Usage>,
+    finish: Option<FinishReason>,
+    tools: ToolIndexes,
+    over: bool,
+}
+
+/// Gives each tool call its own index even when an upstream reuses one index for parallel
+/// calls: a fragment carrying a new call id under an index already taken by another call
+/// starts a new index.
+#[derive(Default)]
+struct ToolIndexes {
+    /// Upstream index → (call id, our index).
+    bound: HashMap<u64, (Option<String>, u32)>,
+    next: u32,
+}
+
+impl ToolIndexes {
+    fn index(&mut self, upstream: u64, id: Option<&str>) -> u32 {
+        match (self.bound.get(&upstream), id) {
+            (Some((Some(bound), ours)), Some(id)) if bound == id => *ours,
+            (Some((_, ours)), None) => *ours,
+            _ => {
+                let ours = self.next;
+                self.next += 1;
+                self.bound.insert(upstream, (id.map(str::to_owned), ours));
+                ours
+            }
+        }
+    }
+}
+
+fn translate(
+    events: BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>,
+) -> DeltaStream {
+    let state = Chunks {
+        events,
+        ready: VecDeque::new(),
+        usage: None,
+        finish: None,
+        tools: ToolIndexes::default(),
+        over: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(item) = state.ready.pop_front() {
+                return Some((item, state));
+            }
+            if state.over {
+                return None;
+            }
+            match state.events.next().await {
+                Some(Ok(event)) if event.data.trim() == "[DONE]" => state.end(),
+                Some(Ok(event)) => state.chunk(&event.data),
+                Some(Err(error)) => {
+                    state.over = true;
+                    state.ready.push_back(Err(ProviderError::Network(error.to_string())));
+                }
+                None => state.end(),
+            }
+        }
+    })
+    .boxed()
+}
+
+impl Chunks {
+    fn end(&mut self) {
+        self.over = true;
+        match self.finish {
+            Some(finish) => {
+                if let Some(usage) = self.usage {
+                    self.ready.push_back(Ok(Delta::Usage(usage)));
+                }
+                self.ready.push_back(Ok(Delta::Finish(finish)));
+            }
+            None => self.ready.push_back(Err(ProviderError::Network(
+                "the upstream ended the stream before the answer finished".to_owned(),
+            ))),
+        }
+    }
+
+    fn chunk(&mut self, data: &str) {
+        let chunk: Value = match serde_json::from_str(data) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                self.over = true;
+                self.ready.push_back(Err(ProviderError::Upstream {
+                    status: 502,
+                    message: format!("unparseable chunk from the upstream: {e}"),
+                }));
+                return;
+            }
+        };
+        if let Some(error) = chunk.get("error") {
+            self.over = true;
+            let message = error["message"].as_str().unwrap_or("upstream error").to_owned();
+            self.ready.push_back(Err(ProviderError::Upstream { status: 500, message }));
+            return;
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+            let count = |k: &str| usage[k].as_u64().unwrap_or(0) as u32;
+            self.usage = Some(Usage::new(count("prompt_tokens"), count("completion_tokens")));
+        }
+        let Some(choice) = chunk["choices"].get(0) else { return };
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            self.ready.push_back(Ok(Delta::Text(text.to_owned())));
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let upstream = call["index"].as_u64().unwrap_or(0);
+            let id = call["id"].as_str();
+            let index = self.tools.index(upstream, id);
+            self.ready.push_back(Ok(Delta::ToolCall {
+                index,
+                id: id.map(str::to_owned),
+                name: call["function"]["name"].as_str().map(str::to_owned),
+                arguments: call["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
+            }));
+        }
+        self.finish = match choice["finish_reason"].as_str() {
+            Some("stop") => Some(FinishReason::Stop),
+            Some("length") => Some(FinishReason::Length),
+            Some("tool_calls" | "function_call") => Some(FinishReason::ToolCalls),
+            Some("content_filter") => Some(FinishReason::ContentFilter),
+            Some(_) => Some(FinishReason::Stop),
+            None => self.finish,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_calls_sharing_an_index_get_their_own() {
+        let mut tools = ToolIndexes::default();
+        assert_eq!(tools.index(0, Some("call_a")), 0);
+        assert_eq!(tools.index(0, None), 0, "a continuation stays with its call");
+        assert_eq!(tools.index(0, Some("call_b")), 1, "a new id under a taken index");
+        assert_eq!(tools.index(0, None), 1);
+        assert_eq!(tools.index(1, Some("call_c")), 2);
+        assert_eq!(tools.index(1, Some("call_c")), 2, "the same id again is the same call");
+    }
+}

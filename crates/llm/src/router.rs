@@ -1,0 +1,183 @@
+//! [`Router`]: model name → providers, with retries and fallover before the first token.
+//!
+//! A model may be served by several providers, tried in configuration order. Until the
+//! first delta of an answer arrives nothing has reached the reader, so a retryable failure
+//! (the upstream is busy, unreachable, slow to start, or fails before its first token) is
+//! retried with backoff and then handed to the next provider, unseen by the reader. After
+//! the first delta, an error is the answer's error: replaying the answer elsewhere would show
+//! the reader a second, different beginning.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream;
+
+use crate::types::{ChatRequest, Delta, DeltaStream, Provider, ProviderError};
+
+/// How one provider is tried.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempts {
+    /// Extra attempts on the same provider after a retryable failure.
+    pub retries: u32,
+    /// The wait before the first retry; doubled for each further one.
+    pub backoff: Duration,
+    /// The longest wait for the first delta once the provider accepted the request.
+    pub first_token_timeout: Duration,
+}
+
+impl Default for Attempts {
+    fn default() -> Self {
+        Attempts {
+            retries: 1,
+            backoff: Duration::from_millis(200),
+            first_token_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    provider: Arc<dyn Provider>,
+    models: Vec<String>,
+    attempts: Attempts,
+}
+
+/// Routes requests to providers by model name.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// A router with no providers.
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    /// Serves `models` with `provider`, after any provider added earlier for the same model.
+    pub fn add(&mut self, provider: Arc<dyn Provider>, models: Vec<String>, attempts: Attempts) {
+        self.routes.push(Route { provider, models, attempts });
+    }
+
+    /// Every model served, once, with the name of its first provider, in configuration order.
+    pub fn models(&self) -> Vec<(String, String)> {
+        let mut seen = Vec::<(String, String)>::new();
+        for route in &self.routes {
+            for model in &route.models {
+                if !seen.iter().any(|(m, _)| m == model) {
+                    seen.push((model.clone(), route.provider.name().to_owned()));
+                }
+            }
+        }
+        seen
+    }
+
+    /// Starts an answer on the first provider for `request.model` that accepts it. Fails
+    /// (before anything is sent to the reader) when none does.
+    pub async fn stream(&self, request: ChatRequest) -> Result<DeltaStream, ProviderError> {
+        let candidates: VecDeque<Route> = self
+            .routes
+            .iter()
+            .filter(|r| r.models.contains(&request.model))
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return Err(ProviderError::UnknownModel(request.model));
+        }
+        let mut fallover = Fallover { request, candidates, last_error: None };
+        let (current, timeout) = fallover.open_next().await?;
+        Ok(fallover.into_stream(current, timeout))
+    }
+}
+
+/// The providers still to try for one answer.
+struct Fallover {
+    request: ChatRequest,
+    candidates: VecDeque<Route>,
+    last_error: Option<ProviderError>,
+}
+
+impl Fallover {
+    /// Opens a stream on the first candidate that accepts, retrying and falling over as
+    /// configured.
+    async fn open_next(&mut self) -> Result<(DeltaStream, Duration), ProviderError> {
+        while let Some(route) = self.candidates.front() {
+            let (provider, timeout) =
+                (Arc::clone(&route.provider), route.attempts.first_token_timeout);
+            match provider.stream(self.request.clone()).await {
+                Ok(stream) => return Ok((stream, timeout)),
+                Err(error) => self.failed(error).await?,
+            }
+        }
+        Err(self
+            .last_error
+            .take()
+            .unwrap_or_else(|| ProviderError::UnknownModel(self.request.model.clone())))
+    }
+
+    /// Takes note of a failure of the current candidate before its first token: waits to
+    /// retry it, or drops it for the next one. An error no other attempt can fix (a malformed
+    /// request) ends the answer.
+    async fn failed(&mut self, error: ProviderError) -> Result<(), ProviderError> {
+        let Some(route) = self.candidates.front_mut() else { return Err(error) };
+        tracing::warn!(provider = route.provider.name(), %error, "provider failed before its first token");
+        if error.is_retryable() && route.attempts.retries > 0 {
+            route.attempts.retries -= 1;
+            let wait = route.attempts.backoff;
+            route.attempts.backoff *= 2;
+            self.last_error = Some(error);
+            tokio::time::sleep(wait).await;
+            return Ok(());
+        }
+        self.candidates.pop_front();
+        if !error.is_retryable() && !matches!(error, ProviderError::Unauthorized(_)) {
+            return Err(error);
+        }
+        self.last_error = Some(error);
+        Ok(())
+    }
+
+    fn into_stream(self, current: DeltaStream, timeout: Duration) -> DeltaStream {
+        let state = (self, current, Some(timeout));
+        stream::unfold(state, |(mut fallover, mut current, mut waiting)| async move {
+            loop {
+                let item = match waiting {
+                    Some(limit) => match tokio::time::timeout(limit, current.next()).await {
+                        Ok(item) => item,
+                        Err(_) => Some(Err(ProviderError::Timeout(limit))),
+                    },
+                    None => current.next().await,
+                };
+                match item {
+                    Some(Err(error)) if waiting.is_some() && error.is_retryable() => {
+                        drop(current);
+                        let next = match fallover.failed(error).await {
+                            Ok(()) => fallover.open_next().await,
+                            Err(error) => Err(error),
+                        };
+                        match next {
+                            Ok((next, limit)) => {
+                                current = next;
+                                waiting = Some(limit);
+                            }
+                            Err(error) => {
+                                let done: DeltaStream = stream::empty().boxed();
+                                return Some((Err(error), (fallover, done, None)));
+                            }
+                        }
+                    }
+                    Some(item) => {
+                        if matches!(item, Ok(Delta::Text(_) | Delta::ToolCall { .. })) {
+                            waiting = None;
+                        }
+                        return Some((item, (fallover, current, waiting)));
+                    }
+                    None => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+}

@@ -1,0 +1,322 @@
+//! Providers against local upstreams that speak the real wire formats, badly chunked on
+//! purpose; the router's retries and fallover; cancellation by dropping the stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sluice_llm::{
+    Anthropic, AnthropicConfig, Attempts, ChatRequest, Delta, DeltaStream, FinishReason, Message,
+    OpenAi, OpenAiConfig, Provider, ProviderError, Role, Router, Script, Scripted, Usage,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const TEXT: &str = "Hello 世界! 🎉 Ünïcödé — “quotes” and 中文字符 across splits.";
+
+fn request(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.to_owned(),
+        messages: vec![Message::new(Role::System, "be brief"), Message::new(Role::User, "hi")],
+        ..ChatRequest::default()
+    }
+}
+
+/// Everything an answer produced, joined: text, tool calls by index, usage, finish.
+#[derive(Debug, Default, PartialEq)]
+struct Answer {
+    text: String,
+    tools: Vec<(Option<String>, Option<String>, String)>,
+    usage: Option<Usage>,
+    finish: Option<FinishReason>,
+    error: Option<ProviderError>,
+}
+
+async fn collect(mut stream: DeltaStream) -> Answer {
+    let mut answer = Answer::default();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(Delta::Text(t)) => answer.text.push_str(&t),
+            Ok(Delta::ToolCall { index, id, name, arguments }) => {
+                let index = index as usize;
+                if answer.tools.len() <= index {
+                    answer.tools.resize(index + 1, (None, None, String::new()));
+                }
+                let call = &mut answer.tools[index];
+                call.0 = call.0.take().or(id);
+                call.1 = call.1.take().or(name);
+                call.2.push_str(&arguments);
+            }
+            Ok(Delta::Usage(u)) => answer.usage = Some(u),
+            Ok(Delta::Finish(f)) => answer.finish = Some(f),
+            Err(e) => answer.error = Some(e),
+        }
+    }
+    answer
+}
+
+/// A raw HTTP upstream that answers every request with `body` as an event stream, written
+/// in pieces cut at pseudo-random byte positions (inside JSON, inside UTF-8 characters),
+/// each piece flushed on its own. Returns its base URL.
+async fn choppy_upstream(status: u16, content_type: &'static str, body: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut seed = 7u64;
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let mut rng = seed;
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 65536];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n"
+                );
+                socket.write_all(head.as_bytes()).await.unwrap();
+                let bytes = body.as_bytes();
+                let mut at = 0;
+                while at < bytes.len() {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let step = 1 + (rng >> 33) as usize % 7;
+                    let end = (at + step).min(bytes.len());
+                    if socket.write_all(&bytes[at..end]).await.is_err() {
+                        return;
+                    }
+                    socket.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    at = end;
+                }
+            });
+        }
+    });
+    url
+}
+
+fn openai_body(text: &str, tool_calls_same_index: bool) -> String {
+    let mut events = Vec::new();
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "usage": null,
+        })
+    };
+    events.push(chunk(serde_json::json!({"role": "assistant", "content": ""}), None));
+    for piece in sluice_llm::scripted::word_tokens(text) {
+        events.push(chunk(serde_json::json!({"content": piece}), None));
+    }
+    if tool_calls_same_index {
+        for (id, name, args) in [("call_a", "lookup", r#"{"q":"#), ("call_b", "weather", r#"{"city":"#)] {
+            events.push(chunk(
+                serde_json::json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": args}}]}),
+                None,
+            ));
+            events.push(chunk(
+                serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}),
+                None,
+            ));
+        }
+    }
+    let finish = if tool_calls_same_index { "tool_calls" } else { "stop" };
+    events.push(chunk(serde_json::json!({}), Some(finish)));
+    events.push(serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+        "created": 1, "model": "m", "choices": [],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 21, "total_tokens": 30}}));
+    let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    body.push_str(": a comment, ignored\n\ndata: [DONE]\n\n");
+    body
+}
+
+fn openai(base_url: String) -> OpenAi {
+    OpenAi::new(OpenAiConfig {
+        name: "upstream".into(),
+        base_url,
+        api_key: Some("sk-test".into()),
+        timeout: Duration::from_secs(10),
+    })
+}
+
+#[tokio::test]
+async fn openai_text_split_inside_json_and_characters_arrives_exact() {
+    let url = choppy_upstream(200, "text/event-stream", openai_body(TEXT, false)).await;
+    let answer = collect(openai(url).stream(request("m")).await.unwrap()).await;
+    assert_eq!(answer.text, TEXT);
+    assert_eq!(answer.usage, Some(Usage::new(9, 21)));
+    assert_eq!(answer.finish, Some(FinishReason::Stop));
+    assert_eq!(answer.error, None);
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_on_one_index_stay_apart() {
+    let url = choppy_upstream(200, "text/event-stream", openai_body("", true)).await;
+    let answer = collect(openai(url).stream(request("m")).await.unwrap()).await;
+    assert_eq!(
+        answer.tools,
+        [
+            (Some("call_a".into()), Some("lookup".into()), r#"{"q":"x"}"#.to_owned()),
+            (Some("call_b".into()), Some("weather".into()), r#"{"city":"x"}"#.to_owned()),
+        ]
+    );
+    assert_eq!(answer.finish, Some(FinishReason::ToolCalls));
+}
+
+#[tokio::test]
+async fn openai_errors_before_the_stream_map_to_provider_errors() {
+    let body = r#"{"error":{"message":"bad key","type":"invalid_request_error"}}"#.to_owned();
+    let url = choppy_upstream(401, "application/json", body).await;
+    match openai(url).stream(request("m")).await {
+        Err(ProviderError::Unauthorized(message)) => assert_eq!(message, "bad key"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let url = choppy_upstream(503, "application/json", "overloaded".into()).await;
+    let error = openai(url).stream(request("m")).await.err().unwrap();
+    assert!(error.is_retryable(), "{error}");
+}
+
+#[tokio::test]
+async fn an_error_chunk_mid_stream_is_an_error() {
+    let body = format!(
+        "data: {}\n\ndata: {}\n\n",
+        r#"{"choices":[{"index":0,"delta":{"content":"partial"}}]}"#,
+        r#"{"error":{"message":"model crashed","type":"server_error"}}"#
+    );
+    let url = choppy_upstream(200, "text/event-stream", body).await;
+    let answer = collect(openai(url).stream(request("m")).await.unwrap()).await;
+    assert_eq!(answer.text, "partial");
+    assert!(matches!(answer.error, Some(ProviderError::Upstream { ref message, .. }) if message == "model crashed"));
+}
+
+fn anthropic_body(text: &str) -> String {
+    let mut events = vec![
+        ("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_1",
+            "usage": {"input_tokens": 12, "output_tokens": 1}}})),
+        ("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}})),
+        ("ping", serde_json::json!({"type": "ping"})),
+    ];
+    for piece in sluice_llm::scripted::word_tokens(text) {
+        events.push(("content_block_delta", serde_json::json!({"type": "content_block_delta",
+            "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+    }
+    events.extend([
+        ("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
+        ("content_block_start", serde_json::json!({"type": "content_block_start", "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}})),
+        ("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "{\"q\": "}})),
+        ("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "\"世界\"}"}})),
+        ("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 1})),
+        ("message_delta", serde_json::json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 33}})),
+        ("message_stop", serde_json::json!({"type": "message_stop"})),
+    ]);
+    events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect()
+}
+
+#[tokio::test]
+async fn anthropic_events_translate_into_the_same_deltas() {
+    let url = choppy_upstream(200, "text/event-stream", anthropic_body(TEXT)).await;
+    let provider = Anthropic::new(AnthropicConfig {
+        name: "claude".into(),
+        base_url: url,
+        api_key: Some("key".into()),
+        timeout: Duration::from_secs(10),
+    });
+    let answer = collect(provider.stream(request("claude-x")).await.unwrap()).await;
+    assert_eq!(answer.text, TEXT);
+    assert_eq!(answer.tools, [(Some("toolu_1".into()), Some("lookup".into()), r#"{"q": "世界"}"#.into())]);
+    assert_eq!(answer.usage, Some(Usage::new(12, 33)));
+    assert_eq!(answer.finish, Some(FinishReason::ToolCalls));
+
+    let overloaded = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let url = choppy_upstream(200, "text/event-stream", overloaded.into()).await;
+    let provider = Anthropic::new(AnthropicConfig {
+        name: "claude".into(),
+        base_url: url,
+        api_key: None,
+        timeout: Duration::from_secs(10),
+    });
+    let answer = collect(provider.stream(request("claude-x")).await.unwrap()).await;
+    assert!(matches!(answer.error, Some(ProviderError::Upstream { status: 529, .. })));
+}
+
+fn scripted(text: &str, fail_after: Option<usize>) -> Arc<Scripted> {
+    Arc::new(Scripted::new(
+        "scripted",
+        Script {
+            text: text.into(),
+            tokens_per_second: 0.0,
+            time_to_first_token: Duration::ZERO,
+            fail_after,
+            tool_calls: Vec::new(),
+        },
+    ))
+}
+
+fn quick() -> Attempts {
+    Attempts { retries: 1, backoff: Duration::from_millis(1), first_token_timeout: Duration::from_secs(30) }
+}
+
+#[tokio::test]
+async fn the_router_falls_over_before_the_first_token_only() {
+    let failing = scripted("never shown", Some(0));
+    let working = scripted("from the second provider", None);
+    let mut router = Router::new();
+    router.add(failing.clone(), vec!["m".into()], quick());
+    router.add(working.clone(), vec!["m".into()], quick());
+    let answer = collect(router.stream(request("m")).await.unwrap()).await;
+    assert_eq!(answer.text, "from the second provider");
+    assert_eq!(answer.error, None);
+    assert_eq!(failing.stats().started(), 2, "one retry on the first provider, then fallover");
+
+    // After the first token an error is the answer's error: no replay elsewhere.
+    let mut router = Router::new();
+    router.add(scripted("one two three", Some(2)), vec!["late".into()], quick());
+    router.add(scripted("other", None), vec!["late".into()], quick());
+    let answer = collect(router.stream(request("late")).await.unwrap()).await;
+    assert_eq!(answer.text, "one two");
+    assert!(answer.error.is_some());
+
+    assert!(matches!(router.stream(request("nope")).await.err(), Some(ProviderError::UnknownModel(_))));
+    let models = router.models();
+    assert_eq!(models, [("late".to_owned(), "scripted".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_slow_first_token_falls_over_by_timeout() {
+    let slow = Arc::new(Scripted::new(
+        "slow",
+        Script { time_to_first_token: Duration::from_secs(3600), ..Script::default() },
+    ));
+    let mut router = Router::new();
+    router.add(
+        slow.clone(),
+        vec!["m".into()],
+        Attempts { retries: 0, backoff: Duration::ZERO, first_token_timeout: Duration::from_millis(50) },
+    );
+    router.add(scripted("fast", None), vec!["m".into()], quick());
+    let answer = collect(router.stream(request("m")).await.unwrap()).await;
+    assert_eq!(answer.text, "fast");
+    assert_eq!(slow.stats().cancelled(), 1, "the slow attempt was dropped, not left running");
+}
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_answer() {
+    let provider = Arc::new(Scripted::new(
+        "scripted",
+        Script { text: "a b c d e f g h".into(), tokens_per_second: 1000.0, ..Script::default() },
+    ));
+    let mut stream = provider.stream(request("m")).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first, Delta::Text("a".into()));
+    drop(stream);
+    let stats = provider.stats();
+    assert_eq!((stats.cancelled(), stats.finished()), (1, 0));
+    let tokens_at_drop = stats.tokens();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(stats.tokens(), tokens_at_drop, "nothing is generated after the drop");
+}
