@@ -68,6 +68,38 @@ pub struct SubscribeRequest {
     pub allowed_private: Vec<Selector>,
     /// Where to start.
     pub cursor: Cursor,
+    /// End the subscription right after delivering an update of this event type (a
+    /// stream's last event, such as an answer's `end`).
+    pub until_event_type: Option<String>,
+}
+
+impl SubscribeRequest {
+    /// A request for `selectors` from `cursor`, with no private access and no end.
+    pub fn new(selectors: Vec<Selector>, cursor: Cursor) -> Self {
+        SubscribeRequest { selectors, allowed_private: Vec::new(), cursor, until_event_type: None }
+    }
+}
+
+/// One thing a subscription delivers.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// The cursor was unknown: what follows is everything kept, not a continuation.
+    Reset,
+    /// An update, from history or live.
+    Update(Arc<Update>),
+    /// The subscriber read too slowly and is cut off (it can resume from its last id).
+    TooSlow,
+}
+
+impl Delivery {
+    /// The SSE frame for it: the update's event, a [`RESET_EVENT_TYPE`] event, or a comment.
+    pub fn frame(&self) -> Bytes {
+        match self {
+            Delivery::Reset => reset_frame(),
+            Delivery::Update(update) => update.frame().clone(),
+            Delivery::TooSlow => slow_frame(),
+        }
+    }
 }
 
 /// A live subscription: SSE frames to write to the client, starting with the replay.
@@ -79,6 +111,22 @@ pub struct Subscription {
     pub reset: bool,
     /// The frames: replay, then live; ends when the subscriber is cut off or the hub stops.
     pub frames: BoxStream<'static, Bytes>,
+}
+
+/// A live subscription as [`Delivery`] values, for callers that transform updates.
+pub struct Deliveries {
+    /// See [`Subscription::resumed_after`].
+    pub resumed_after: Option<String>,
+    /// The deliveries: replay, then live.
+    pub stream: BoxStream<'static, Delivery>,
+}
+
+impl std::fmt::Debug for Deliveries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliveries")
+            .field("resumed_after", &self.resumed_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Subscription {
@@ -169,6 +217,17 @@ impl Hub {
     /// Subscribes: the frames replay what the cursor missed, then go live, with no gap and no
     /// duplicate between the two, in the store's order.
     pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, StoreError> {
+        let (reset, deliveries) = self.start(request).await?;
+        let frames = deliveries.stream.map(|d| d.frame()).boxed();
+        Ok(Subscription { resumed_after: deliveries.resumed_after, reset, frames })
+    }
+
+    /// Subscribes, like [`Hub::subscribe`], delivering values rather than frames.
+    pub async fn deliveries(&self, request: SubscribeRequest) -> Result<Deliveries, StoreError> {
+        Ok(self.start(request).await?.1)
+    }
+
+    async fn start(&self, request: SubscribeRequest) -> Result<(bool, Deliveries), StoreError> {
         let (replay_after, resumed_after, reset) = match &request.cursor {
             Cursor::Live => (None, None, false),
             Cursor::Earliest => (Some(0), Some("earliest".to_owned()), false),
@@ -194,6 +253,7 @@ impl Hub {
             filter,
             cutoff,
             receiver,
+            until: request.until_event_type,
             replay: replay_after.map(|after| Replay {
                 after,
                 until: live_after,
@@ -202,7 +262,7 @@ impl Hub {
             }),
             done: false,
         };
-        Ok(Subscription { resumed_after, reset, frames: feed.into_frames() })
+        Ok((reset, Deliveries { resumed_after, stream: feed.into_stream() }))
     }
 
     /// Ends every subscription (clients reconnect elsewhere) and closes the store, which
@@ -231,6 +291,7 @@ struct Feed {
     filter: Arc<Filter>,
     cutoff: Arc<OnceLock<Cutoff>>,
     receiver: mpsc::Receiver<Arc<Update>>,
+    until: Option<String>,
     replay: Option<Replay>,
     done: bool,
 }
@@ -245,51 +306,53 @@ impl Drop for Feed {
 }
 
 impl Feed {
-    fn into_frames(self) -> BoxStream<'static, Bytes> {
+    fn into_stream(self) -> BoxStream<'static, Delivery> {
         stream::unfold(self, |mut feed| async move {
-            let frame = feed.next_frame().await?;
-            Some((frame, feed))
+            let delivery = feed.next_delivery().await?;
+            if let Delivery::Update(update) = &delivery {
+                metrics::counter!("sluice_updates_delivered_total").increment(1);
+                if feed.until.is_some() && update.event_type() == feed.until.as_deref() {
+                    feed.done = true;
+                }
+            }
+            Some((delivery, feed))
         })
         .boxed()
     }
 
-    async fn next_frame(&mut self) -> Option<Bytes> {
+    async fn next_delivery(&mut self) -> Option<Delivery> {
         if self.done {
             return None;
         }
         if let Some(replay) = &mut self.replay {
             if std::mem::take(&mut replay.reset) {
-                return Some(reset_frame());
+                return Some(Delivery::Reset);
             }
-            if let Some(frame) = self.next_replayed().await {
-                return Some(frame);
+            if let Some(update) = self.next_replayed().await {
+                return Some(Delivery::Update(update));
             }
             self.replay = None;
         }
         match self.receiver.recv().await {
-            Some(update) => {
-                metrics::counter!("sluice_updates_delivered_total").increment(1);
-                Some(update.frame().clone())
-            }
+            Some(update) => Some(Delivery::Update(update)),
             None => {
                 self.done = true;
                 match self.cutoff.get() {
-                    Some(Cutoff::Slow) => Some(slow_frame()),
+                    Some(Cutoff::Slow) => Some(Delivery::TooSlow),
                     _ => None,
                 }
             }
         }
     }
 
-    /// The next replayed frame, or `None` when the replay is over (or the store failed, in
+    /// The next replayed update, or `None` when the replay is over (or the store failed, in
     /// which case the subscriber goes live and can resume from its last id later).
-    async fn next_replayed(&mut self) -> Option<Bytes> {
+    async fn next_replayed(&mut self) -> Option<Arc<Update>> {
         let replay = self.replay.as_mut()?;
         loop {
             while let Some(update) = replay.page.pop_front() {
                 if self.filter.can_receive(&update) {
-                    metrics::counter!("sluice_updates_delivered_total").increment(1);
-                    return Some(update.frame().clone());
+                    return Some(update);
                 }
             }
             if replay.after >= replay.until {

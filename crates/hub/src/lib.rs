@@ -16,6 +16,7 @@
 //!         selectors: vec![Selector::parse("https://example.com/books/{id}")?],
 //!         allowed_private: vec![],
 //!         cursor: Cursor::Earliest,
+//!         until_event_type: None,
 //!     })
 //!     .await?;
 //! hub.publish(Draft::new("https://example.com/books/2", "back in stock")).await?;

@@ -22,7 +22,12 @@ fn hub() -> Hub {
 
 fn request(selectors: &[&str], allowed: &[&str], cursor: Cursor) -> SubscribeRequest {
     let parse = |list: &[&str]| list.iter().map(|s| Selector::parse(s).unwrap()).collect();
-    SubscribeRequest { selectors: parse(selectors), allowed_private: parse(allowed), cursor }
+    SubscribeRequest {
+        selectors: parse(selectors),
+        allowed_private: parse(allowed),
+        cursor,
+        until_event_type: None,
+    }
 }
 
 /// Decodes the next `n` frames of a subscription into events.

@@ -214,11 +214,8 @@ async fn a_hub_over_sqlite_resumes_a_subscriber_across_a_restart() {
         let store = SqliteStore::open(SqliteConfig::new(path), fanout.listener()).unwrap();
         Hub::new(Arc::new(store), fanout, HubConfig::default())
     };
-    let request = |cursor| SubscribeRequest {
-        selectors: vec![Selector::parse("/books/{id}").unwrap()],
-        allowed_private: vec![],
-        cursor,
-    };
+    let request =
+        |cursor| SubscribeRequest::new(vec![Selector::parse("/books/{id}").unwrap()], cursor);
 
     let hub = start(&path);
     let mut live = hub.subscribe(request(Cursor::Live)).await.unwrap();

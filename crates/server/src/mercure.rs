@@ -146,7 +146,7 @@ pub(crate) async fn subscribe(
     };
     let subscription = state
         .hub()
-        .subscribe(SubscribeRequest { selectors, allowed_private, cursor })
+        .subscribe(SubscribeRequest { selectors, allowed_private, cursor, until_event_type: None })
         .await
         .map_err(store_error)?;
 
