@@ -19,8 +19,8 @@
 //! - `long_line`: one event whose only data line is 64 KiB, 256 KiB or 1 MiB long, fed in 16-byte
 //!   chunks. Constant throughput across the sizes is what linear time looks like.
 //!   eventsource-stream re-parses its whole buffer on every chunk, so its time grows with the
-//!   square of the line length: it is measured at 64 KiB and 256 KiB only (1 MiB would take
-//!   minutes per iteration).
+//!   square of the line length: it is measured at 64 KiB and 256 KiB only (one pass over 1 MiB
+//!   takes about 30 s on a 2-core machine, and criterion needs at least ten).
 //!
 //! The async streams are driven by a poll loop with a no-op waker: `stream::iter` is always
 //! ready, so no executor is needed and none is measured.
@@ -262,11 +262,15 @@ fn bench_all(
     }
 }
 
+/// How long each benchmark is measured, after a one-second warm-up: with 50 samples this keeps
+/// the whole run near two minutes on two cores.
+const SECONDS: Duration = Duration::from_secs(3);
+
 fn llm(c: &mut Criterion) {
     let input = llm_input();
     check("llm", &input, IMPLEMENTATIONS);
     let mut group = c.benchmark_group("llm");
-    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    group.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(SECONDS);
     bench_all(&mut group, &input, None, IMPLEMENTATIONS);
     group.finish();
 }
@@ -275,26 +279,33 @@ fn multiline(c: &mut Criterion) {
     let input = multiline_input();
     check("multiline", &input, IMPLEMENTATIONS);
     let mut group = c.benchmark_group("multiline");
-    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    group.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(SECONDS);
     bench_all(&mut group, &input, None, IMPLEMENTATIONS);
     group.finish();
 }
 
 fn long_line(c: &mut Criterion) {
     let mut group = c.benchmark_group("long_line");
-    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_secs(1));
+    group.warm_up_time(Duration::from_secs(1)).measurement_time(SECONDS);
     for (label, len) in [("64KiB", 64 << 10), ("256KiB", 256 << 10), ("1MiB", 1 << 20)] {
         let input = long_line_input(len);
-        // eventsource-stream is quadratic here: past 256 KiB one iteration takes minutes.
+        // eventsource-stream is quadratic here: one pass over 1 MiB takes about half a minute.
         let implementations: Vec<_> = IMPLEMENTATIONS
             .iter()
             .copied()
             .filter(|(name, _)| *name != "eventsource_stream" || len <= 256 << 10)
             .collect();
         check("long_line", &input, &implementations);
-        let seconds = if len <= 64 << 10 { 2 } else { 4 };
-        group.measurement_time(Duration::from_secs(seconds));
-        bench_all(&mut group, &input, Some(label), &implementations);
+        for implementation in implementations {
+            // Ten single-iteration samples are the least criterion takes: enough for a pass
+            // that lasts seconds.
+            if implementation.0 == "eventsource_stream" {
+                group.sampling_mode(SamplingMode::Flat).sample_size(10);
+            } else {
+                group.sampling_mode(SamplingMode::Auto).sample_size(50);
+            }
+            bench_all(&mut group, &input, Some(label), &[implementation]);
+        }
     }
     group.finish();
 }
