@@ -2,6 +2,7 @@
 //! the arguments, sets up logging and dispatches.
 
 mod listen;
+mod providers;
 mod publish;
 mod serve;
 mod token;

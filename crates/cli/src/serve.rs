@@ -1,4 +1,4 @@
-//! `sluice serve`: the hub (and, as it lands, the gateway and the pages).
+//! `sluice serve`: the hub, the gateway and (as they land) the pages.
 //!
 //! Settings come from flags, then `SLUICE_*` environment variables (clap reads both: a flag
 //! wins), then `sluice.toml`, then defaults. The file uses the flags' names with underscores.
@@ -13,6 +13,8 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use sluice_hub::{Fanout, Hub, HubConfig, MemoryStore, SqliteConfig, SqliteStore, Store};
 use sluice_server::{AppState, Config, Verifier};
+
+use crate::providers::{ModelSettings, ProviderConfig, ScriptedConfig};
 
 /// Start the server: a Mercure hub on /.well-known/mercure, metrics, health checks.
 #[derive(Debug, Default, clap::Args, Deserialize)]
@@ -93,6 +95,30 @@ pub(crate) struct Args {
     /// Do not publish subscription events.
     #[arg(long, env = "SLUICE_NO_SUBSCRIPTION_EVENTS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     no_subscription_events: Option<bool>,
+    /// Add a provider by name: `scripted` (model `scripted`, for tests and benchmarks).
+    #[arg(long = "provider", env = "SLUICE_PROVIDERS", value_name = "NAME", value_delimiter = ',')]
+    provider: Vec<String>,
+    /// API keys clients must present to the gateway; none: open.
+    #[arg(
+        long = "api-key",
+        env = "SLUICE_API_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// Gateway requests per minute per key (per address without keys) [default: unlimited].
+    #[arg(long, env = "SLUICE_REQUESTS_PER_MINUTE", value_name = "N")]
+    requests_per_minute: Option<u32>,
+    /// Seconds an answer goes on with no reader before it is cancelled [default: 30].
+    #[arg(long, env = "SLUICE_GENERATION_GRACE", value_name = "SECONDS")]
+    generation_grace: Option<u64>,
+    /// Upstream providers (`[[providers]]` tables; only in the settings file).
+    #[arg(skip)]
+    providers: Vec<ProviderConfig>,
+    /// The scripted provider's knobs (`[scripted]`; only in the settings file).
+    #[arg(skip)]
+    scripted: ScriptedConfig,
 }
 
 impl Args {
@@ -123,6 +149,12 @@ impl Args {
                 .or(file.max_subscriptions_per_client),
             queue_capacity: self.queue_capacity.or(file.queue_capacity),
             no_subscription_events: self.no_subscription_events.or(file.no_subscription_events),
+            provider: list(self.provider, file.provider),
+            api_keys: list(self.api_keys, file.api_keys),
+            requests_per_minute: self.requests_per_minute.or(file.requests_per_minute),
+            generation_grace: self.generation_grace.or(file.generation_grace),
+            providers: file.providers,
+            scripted: file.scripted,
         }
     }
 }
@@ -186,6 +218,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections.unwrap_or(defaults.max_connections),
         max_subscriptions_per_client: args.max_subscriptions_per_client,
         subscription_events: !args.no_subscription_events.unwrap_or(false),
+        models: Arc::new(crate::providers::router(&ModelSettings {
+            providers: &args.providers,
+            extra: &args.provider,
+            scripted: &args.scripted,
+        })?),
+        api_keys: args.api_keys.clone(),
+        requests_per_minute: args.requests_per_minute,
+        generation_grace: args
+            .generation_grace
+            .map_or(defaults.generation_grace, Duration::from_secs),
     };
     let hub_config = HubConfig {
         queue_capacity: args.queue_capacity.unwrap_or(HubConfig::default().queue_capacity),
@@ -218,7 +260,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         store = store_setting,
         anonymous,
         publishing = config.publisher.is_some(),
-        "sluice is serving: hub at /.well-known/mercure"
+        models = ?config.models.models().iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+        "sluice is serving: hub at /.well-known/mercure, gateway at /v1/chat/completions"
     );
     sluice_server::serve(listener, AppState::new(hub, config), stop_signal()).await?;
     tracing::info!("stopped");

@@ -29,7 +29,7 @@ fn serve(port: u16, dir: &Path, extra: &[&str]) -> Child {
 /// Starts `sluice serve ARGS` in `dir` and waits until it accepts on `port`.
 fn serve_with(port: u16, dir: &Path, args: &[&str]) -> Child {
     let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .current_dir(dir)
         .arg("serve")
         .args(args)
@@ -42,6 +42,8 @@ fn serve_with(port: u16, dir: &Path, args: &[&str]) -> Child {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
     panic!("sluice serve did not start on {listen}");
 }
 

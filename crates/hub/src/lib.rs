@@ -49,7 +49,8 @@ pub mod testing;
 mod update;
 
 pub use hub::{
-    Cursor, Fanout, Hub, HubConfig, PublishError, RESET_EVENT_TYPE, SubscribeRequest, Subscription,
+    Cursor, Deliveries, Delivery, Fanout, Hub, HubConfig, PublishError, RESET_EVENT_TYPE,
+    SubscribeRequest, Subscription,
 };
 pub use registry::RESERVED_TOPIC_PREFIX;
 pub use selector::{Selector, SelectorError};

@@ -1,7 +1,10 @@
 //! The server's settings, as built objects (keys loaded, lists parsed). Reading them from
 //! flags, environment and `sluice.toml` is the binary's job.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use sluice_llm::Router;
 
 use crate::auth::Verifier;
 
@@ -34,6 +37,14 @@ pub struct Config {
     pub max_subscriptions_per_client: Option<usize>,
     /// Whether to publish subscription events (who subscribed to what, and who left).
     pub subscription_events: bool,
+    /// The chat models and their providers.
+    pub models: Arc<Router>,
+    /// Keys clients must present to the gateway (`Authorization: Bearer`); none: open.
+    pub api_keys: Vec<String>,
+    /// Gateway requests per minute per key (or per address without keys), if limited.
+    pub requests_per_minute: Option<u32>,
+    /// How long an answer goes on with no reader before it is cancelled.
+    pub generation_grace: Duration,
 }
 
 impl Default for Config {
@@ -52,6 +63,10 @@ impl Default for Config {
             max_connections: default_max_connections(),
             max_subscriptions_per_client: None,
             subscription_events: true,
+            models: Arc::new(Router::new()),
+            api_keys: Vec::new(),
+            requests_per_minute: None,
+            generation_grace: Duration::from_secs(30),
         }
     }
 }

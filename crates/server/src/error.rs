@@ -1,6 +1,6 @@
 //! The one error type of every endpoint: a status and a JSON body that says what was wrong.
 //!
-//! The body has OpenAI's error shape, `{"error": {"message", "type", "code"}}`, so that one
+//! The body has OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, so that one
 //! client-side handler serves the hub and the gateway alike. A 5xx never shows internals: the
 //! detail goes to the log, the client gets a generic message.
 
@@ -14,6 +14,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    param: Option<&'static str>,
     retry_after: Option<u64>,
 }
 
@@ -27,18 +28,31 @@ struct Detail<'a> {
     message: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,
+    param: Option<&'a str>,
     code: &'a str,
 }
 
 impl ApiError {
     /// An error with this status, machine-readable code and human-readable message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError { status, code, message: message.into(), param: None, retry_after: None }
     }
 
     /// 400: the request is malformed.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// Names the request parameter that was wrong (OpenAI's `param`).
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    /// Sets `Retry-After`, in seconds.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 401: no usable credentials.
@@ -53,10 +67,8 @@ impl ApiError {
 
     /// 503 with `Retry-After`: over capacity for now.
     pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        ApiError {
-            retry_after: Some(retry_after_secs),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-        }
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            .with_retry_after(retry_after_secs)
     }
 
     /// 500: logs `detail` and tells the client only that something failed.
@@ -89,8 +101,13 @@ impl ApiError {
 
     /// The JSON body, as bytes.
     pub fn body(&self) -> Vec<u8> {
-        let body =
-            Body { error: Detail { message: &self.message, kind: self.kind(), code: self.code } };
+        let error = Detail {
+            message: &self.message,
+            kind: self.kind(),
+            param: self.param,
+            code: self.code,
+        };
+        let body = Body { error };
         serde_json::to_vec(&body).expect("an error body always serializes")
     }
 }

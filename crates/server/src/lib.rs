@@ -14,15 +14,17 @@
 //! # }
 //! ```
 //!
-//! Handlers know HTTP; the hub knows topics and history. Every error is an [`ApiError`]
+//! Handlers know HTTP; the hub knows topics and history; providers know models. Every error is an [`ApiError`]
 //! with a JSON body. Event streams are never compressed and carry the headers that make
 //! proxies pass each event through at once.
 
 mod auth;
 mod config;
 mod error;
+mod generations;
 mod limits;
 mod mercure;
+mod openai;
 mod openapi;
 mod ops;
 mod sse;
@@ -45,7 +47,12 @@ pub use state::AppState;
 /// All routes, with CORS as configured.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config().cors_origins);
-    let router = Router::new().merge(mercure::routes()).merge(ops::routes()).with_state(state);
+    let router = Router::new()
+        .merge(mercure::routes())
+        .merge(openai::routes())
+        .merge(generations::routes())
+        .merge(ops::routes())
+        .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),
         None => router,

@@ -162,7 +162,7 @@ pub(crate) async fn subscribe(
         tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
     });
     let mut response = event_stream(
-        opening(config.retry),
+        Some(opening(config.retry)),
         subscription.frames,
         config.keep_alive,
         deadline,

@@ -11,11 +11,19 @@ use utoipa::OpenApi;
         crate::mercure::list_all,
         crate::mercure::list_topic,
         crate::mercure::show_one,
+        crate::openai::chat_completions,
+        crate::openai::models,
+        crate::generations::create,
+        crate::generations::events,
+        crate::generations::cancel,
+        crate::generations::one_shot,
         crate::ops::render_metrics,
         crate::ops::healthz,
         crate::ops::readyz,
     ),
     tags((name = "hub", description = "Mercure publish and subscribe"),
+         (name = "gateway", description = "OpenAI-compatible chat completions"),
+         (name = "answers", description = "Resumable answers"),
          (name = "ops", description = "Health and metrics"))
 )]
 struct ApiDoc;

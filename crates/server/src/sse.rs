@@ -13,19 +13,19 @@ use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
 /// A response streaming `frames` as `text/event-stream`.
 ///
-/// `first` is written at once (a `retry:` or a comment), so the client and any proxy see the
-/// stream open before the first event. A comment follows whenever `keep_alive` passes without
+/// `first`, if any, is written at once (a `retry:` or a comment), so the client and any proxy
+/// see the stream open before the first event. A comment follows whenever `keep_alive` passes without
 /// a frame. At `deadline` (a token's expiry) the stream ends. `on_end` runs when the stream is
 /// dropped, however it ends.
 pub(crate) fn event_stream(
-    first: Bytes,
+    first: Option<Bytes>,
     frames: BoxStream<'static, Bytes>,
     keep_alive: Duration,
     deadline: Option<Instant>,
     on_end: impl Send + 'static,
 ) -> Response {
     let state = State {
-        first: Some(first),
+        first,
         frames,
         keep_alive,
         idle: Box::pin(sleep(keep_alive)),

@@ -9,6 +9,8 @@ use sluice_hub::Hub;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::generations::Generations;
+use crate::openai::RateLimiter;
 
 /// The state behind every route; cheap to clone.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ struct Shared {
     active: Mutex<HashMap<String, ActiveSubscription>>,
     per_client: ClientCounts,
     shutting_down: AtomicBool,
+    rate_limiter: RateLimiter,
+    generations: Generations,
 }
 
 /// A connected subscriber, as the subscription API shows it.
@@ -63,6 +67,8 @@ impl AppState {
             active: Mutex::new(HashMap::new()),
             per_client: Arc::new(Mutex::new(HashMap::new())),
             shutting_down: AtomicBool::new(false),
+            rate_limiter: RateLimiter::default(),
+            generations: Generations::default(),
         }))
     }
 
@@ -74,6 +80,19 @@ impl AppState {
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    /// The model used when a request names none: the first one configured.
+    pub fn default_model(&self) -> Option<String> {
+        self.0.config.models.models().into_iter().next().map(|(model, _)| model)
+    }
+
+    pub(crate) fn rate_limiter(&self) -> &RateLimiter {
+        &self.0.rate_limiter
+    }
+
+    pub(crate) fn generations(&self) -> &Generations {
+        &self.0.generations
     }
 
     /// Marks the server as stopping: `/readyz` fails, no more subscription events.

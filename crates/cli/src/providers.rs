@@ -1,0 +1,145 @@
+//! Building the model router from settings: `[[providers]]` tables in `sluice.toml`, the
+//! `--provider scripted` flag (with `[scripted]` keys or `SLUICE_SCRIPTED_*` variables), and
+//! the built-in local model when nothing else is configured.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use sluice_llm::{
+    Anthropic, AnthropicConfig, Attempts, OpenAi, OpenAiConfig, Provider, Router, Script, Scripted,
+};
+
+/// One `[[providers]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderConfig {
+    /// What `/v1/models` lists as the owner.
+    name: String,
+    /// `openai`, `anthropic`, `scripted` or `local`.
+    kind: String,
+    /// The API base URL (openai, anthropic).
+    #[serde(default)]
+    base_url: Option<String>,
+    /// The environment variable holding the API key.
+    #[serde(default)]
+    api_key_env: Option<String>,
+    /// Model names routed here, in fallback order across providers.
+    models: Vec<String>,
+    /// The longest wait for the upstream to answer and for its first token, in seconds.
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+    /// Extra attempts on this provider before falling over.
+    #[serde(default)]
+    retries: Option<u32>,
+}
+
+/// The scripted provider's knobs (`[scripted]`, or `SLUICE_SCRIPTED_*`; variables win).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScriptedConfig {
+    text: Option<String>,
+    tokens_per_second: Option<f64>,
+    time_to_first_token_ms: Option<u64>,
+    fail_after: Option<usize>,
+}
+
+impl ScriptedConfig {
+    fn script(&self) -> anyhow::Result<Script> {
+        let env = |name: &str| std::env::var(format!("SLUICE_SCRIPTED_{name}")).ok();
+        let parse = |name: &str| -> anyhow::Result<Option<f64>> {
+            env(name)
+                .map(|v| v.parse().with_context(|| format!("SLUICE_SCRIPTED_{name}={v}")))
+                .transpose()
+        };
+        let defaults = Script::default();
+        Ok(Script {
+            text: env("TEXT").or_else(|| self.text.clone()).unwrap_or(defaults.text),
+            tokens_per_second: parse("TOKENS_PER_SECOND")?
+                .or(self.tokens_per_second)
+                .unwrap_or(defaults.tokens_per_second),
+            time_to_first_token: parse("TTFT_MS")?
+                .map(|ms| ms as u64)
+                .or(self.time_to_first_token_ms)
+                .map_or(defaults.time_to_first_token, Duration::from_millis),
+            fail_after: parse("FAIL_AFTER")?.map(|n| n as usize).or(self.fail_after),
+            tool_calls: Vec::new(),
+        })
+    }
+}
+
+/// Everything the router is built from.
+#[derive(Debug)]
+pub(crate) struct ModelSettings<'a> {
+    pub(crate) providers: &'a [ProviderConfig],
+    pub(crate) extra: &'a [String],
+    pub(crate) scripted: &'a ScriptedConfig,
+}
+
+fn attempts(config: &ProviderConfig) -> Attempts {
+    let defaults = Attempts::default();
+    Attempts {
+        retries: config.retries.unwrap_or(defaults.retries),
+        first_token_timeout: config
+            .timeout_secs
+            .map_or(defaults.first_token_timeout, Duration::from_secs),
+        ..defaults
+    }
+}
+
+fn build(config: &ProviderConfig, scripted: &ScriptedConfig) -> anyhow::Result<Arc<dyn Provider>> {
+    let api_key = match &config.api_key_env {
+        Some(var) => Some(std::env::var(var).with_context(|| {
+            format!("provider {:?} reads its key from ${var}, which is not set", config.name)
+        })?),
+        None => None,
+    };
+    let timeout = Duration::from_secs(config.timeout_secs.unwrap_or(60));
+    let base_url = || {
+        config
+            .base_url
+            .clone()
+            .with_context(|| format!("provider {:?} needs a base_url", config.name))
+    };
+    Ok(match config.kind.as_str() {
+        "openai" => Arc::new(OpenAi::new(OpenAiConfig {
+            name: config.name.clone(),
+            base_url: base_url()?,
+            api_key,
+            timeout,
+        })),
+        "anthropic" => Arc::new(Anthropic::new(AnthropicConfig {
+            name: config.name.clone(),
+            base_url: config
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.anthropic.com/v1".to_owned()),
+            api_key,
+            timeout,
+        })),
+        "scripted" => Arc::new(Scripted::new(config.name.clone(), scripted.script()?)),
+        other => bail!(
+            "provider {:?}: unknown kind {other:?} (openai, anthropic, scripted)",
+            config.name
+        ),
+    })
+}
+
+/// The router for these settings. With no provider configured at all, it is empty.
+pub(crate) fn router(settings: &ModelSettings<'_>) -> anyhow::Result<Router> {
+    let mut router = Router::new();
+    for config in settings.providers {
+        router.add(build(config, settings.scripted)?, config.models.clone(), attempts(config));
+    }
+    for extra in settings.extra {
+        match extra.as_str() {
+            "scripted" => {
+                let provider = Scripted::new("scripted", settings.scripted.script()?);
+                router.add(Arc::new(provider), vec!["scripted".to_owned()], Attempts::default());
+            }
+            other => bail!("--provider {other:?}: only `scripted` can be added by flag"),
+        }
+    }
+    Ok(router)
+}
