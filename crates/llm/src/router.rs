@@ -77,12 +77,8 @@ impl Router {
     /// Starts an answer on the first provider for `request.model` that accepts it. Fails
     /// (before anything is sent to the reader) when none does.
     pub async fn stream(&self, request: ChatRequest) -> Result<DeltaStream, ProviderError> {
-        let candidates: VecDeque<Route> = self
-            .routes
-            .iter()
-            .filter(|r| r.models.contains(&request.model))
-            .cloned()
-            .collect();
+        let candidates: VecDeque<Route> =
+            self.routes.iter().filter(|r| r.models.contains(&request.model)).cloned().collect();
         if candidates.is_empty() {
             return Err(ProviderError::UnknownModel(request.model));
         }

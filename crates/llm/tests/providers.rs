@@ -108,7 +108,9 @@ fn openai_body(text: &str, tool_calls_same_index: bool) -> String {
         events.push(chunk(serde_json::json!({"content": piece}), None));
     }
     if tool_calls_same_index {
-        for (id, name, args) in [("call_a", "lookup", r#"{"q":"#), ("call_b", "weather", r#"{"city":"#)] {
+        for (id, name, args) in
+            [("call_a", "lookup", r#"{"q":"#), ("call_b", "weather", r#"{"city":"#)]
+        {
             events.push(chunk(
                 serde_json::json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
                     "function": {"name": name, "arguments": args}}]}),
@@ -186,32 +188,55 @@ async fn an_error_chunk_mid_stream_is_an_error() {
     let url = choppy_upstream(200, "text/event-stream", body).await;
     let answer = collect(openai(url).stream(request("m")).await.unwrap()).await;
     assert_eq!(answer.text, "partial");
-    assert!(matches!(answer.error, Some(ProviderError::Upstream { ref message, .. }) if message == "model crashed"));
+    assert!(
+        matches!(answer.error, Some(ProviderError::Upstream { ref message, .. }) if message == "model crashed")
+    );
 }
 
 fn anthropic_body(text: &str) -> String {
     let mut events = vec![
-        ("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_1",
-            "usage": {"input_tokens": 12, "output_tokens": 1}}})),
-        ("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "text", "text": ""}})),
+        (
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {"id": "msg_1",
+            "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
         ("ping", serde_json::json!({"type": "ping"})),
     ];
     for piece in sluice_llm::scripted::word_tokens(text) {
-        events.push(("content_block_delta", serde_json::json!({"type": "content_block_delta",
-            "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+        events.push((
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta",
+            "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+        ));
     }
     events.extend([
         ("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
-        ("content_block_start", serde_json::json!({"type": "content_block_start", "index": 1,
-            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}})),
-        ("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": "{\"q\": "}})),
-        ("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": "\"世界\"}"}})),
+        (
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "{\"q\": "}}),
+        ),
+        (
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "\"世界\"}"}}),
+        ),
         ("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 1})),
-        ("message_delta", serde_json::json!({"type": "message_delta",
-            "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 33}})),
+        (
+            "message_delta",
+            serde_json::json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 33}}),
+        ),
         ("message_stop", serde_json::json!({"type": "message_stop"})),
     ]);
     events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect()
@@ -228,7 +253,10 @@ async fn anthropic_events_translate_into_the_same_deltas() {
     });
     let answer = collect(provider.stream(request("claude-x")).await.unwrap()).await;
     assert_eq!(answer.text, TEXT);
-    assert_eq!(answer.tools, [(Some("toolu_1".into()), Some("lookup".into()), r#"{"q": "世界"}"#.into())]);
+    assert_eq!(
+        answer.tools,
+        [(Some("toolu_1".into()), Some("lookup".into()), r#"{"q": "世界"}"#.into())]
+    );
     assert_eq!(answer.usage, Some(Usage::new(12, 33)));
     assert_eq!(answer.finish, Some(FinishReason::ToolCalls));
 
@@ -258,7 +286,11 @@ fn scripted(text: &str, fail_after: Option<usize>) -> Arc<Scripted> {
 }
 
 fn quick() -> Attempts {
-    Attempts { retries: 1, backoff: Duration::from_millis(1), first_token_timeout: Duration::from_secs(30) }
+    Attempts {
+        retries: 1,
+        backoff: Duration::from_millis(1),
+        first_token_timeout: Duration::from_secs(30),
+    }
 }
 
 #[tokio::test]
@@ -281,7 +313,10 @@ async fn the_router_falls_over_before_the_first_token_only() {
     assert_eq!(answer.text, "one two");
     assert!(answer.error.is_some());
 
-    assert!(matches!(router.stream(request("nope")).await.err(), Some(ProviderError::UnknownModel(_))));
+    assert!(matches!(
+        router.stream(request("nope")).await.err(),
+        Some(ProviderError::UnknownModel(_))
+    ));
     let models = router.models();
     assert_eq!(models, [("late".to_owned(), "scripted".to_owned())]);
 }
@@ -296,7 +331,11 @@ async fn a_slow_first_token_falls_over_by_timeout() {
     router.add(
         slow.clone(),
         vec!["m".into()],
-        Attempts { retries: 0, backoff: Duration::ZERO, first_token_timeout: Duration::from_millis(50) },
+        Attempts {
+            retries: 0,
+            backoff: Duration::ZERO,
+            first_token_timeout: Duration::from_millis(50),
+        },
     );
     router.add(scripted("fast", None), vec!["m".into()], quick());
     let answer = collect(router.stream(request("m")).await.unwrap()).await;
