@@ -1,6 +1,7 @@
 //! `sluice`: the command line. Each subcommand lives in its own module; `main` only parses
 //! the arguments, sets up logging and dispatches.
 
+mod bench;
 mod listen;
 mod providers;
 mod publish;
@@ -26,6 +27,7 @@ enum Command {
     Listen(listen::Args),
     Publish(publish::Args),
     Token(token::Args),
+    Bench(bench::Args),
 }
 
 #[tokio::main]
@@ -43,6 +45,7 @@ async fn main() -> ExitCode {
         Command::Listen(args) => listen::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Token(args) => Ok(token::run(args)),
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(code) => code,

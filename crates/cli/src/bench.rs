@@ -1,0 +1,178 @@
+//! `sluice bench`: load generators. The work is in `sluice-loadgen`; this module turns flags
+//! into its settings and prints what it measured.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use sluice_loadgen::hub::{HubBench, Pinning, ServerTarget, summary};
+use sluice_server::{Grant, HUB_PATH, mint_hs256};
+
+/// Measure a hub under load.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Subscribers on one topic, publishers at rising rates: deliveries/s, publish→receive
+    /// latency, connect rate, the server's CPU and RSS.
+    Hub(Box<HubArgs>),
+    /// A worker process of `bench hub` (started by it; settings on stdin).
+    #[command(hide = true)]
+    HubWorker,
+}
+
+#[derive(Debug, clap::Args)]
+struct HubArgs {
+    /// The hub to load (a loopback http:// URL).
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "spawn_server",
+        required_unless_present = "spawn_server"
+    )]
+    url: Option<String>,
+    /// Start `sluice serve --store memory` on a free loopback port, pinned to --server-cpus.
+    #[arg(long)]
+    spawn_server: bool,
+    /// Subscribers in all.
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    subscribers: u64,
+    /// The topic to subscribe and publish to.
+    #[arg(long, default_value = "https://example.com/bench", value_name = "T")]
+    topic: String,
+    /// Publish rates in updates/s, one step each (0: idle).
+    #[arg(long, value_delimiter = ',', default_value = "0", value_name = "R[,R2,...]")]
+    rate: Vec<f64>,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    duration: u64,
+    /// Bytes of data per update (a send-time stamp, padded).
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    message_size: usize,
+    /// Worker processes holding the subscribers [default: one per 9,000].
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    processes: usize,
+    /// A publisher JWT.
+    #[arg(long, value_name = "JWT", conflicts_with = "jwt_secret")]
+    token: Option<String>,
+    /// The hub's HS256 key: a publisher token is minted with it (and given to a spawned
+    /// server) [default with --spawn-server: a random one].
+    #[arg(long, value_name = "S", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// The pid of the server at --url, for its CPU and RSS.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Concurrent publishing connections.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    publishers: usize,
+    /// Connection attempts in flight at once, per worker.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    connect_concurrency: usize,
+    /// CPUs of a spawned server (`taskset -c` list).
+    #[arg(long, default_value = "0", value_name = "LIST")]
+    server_cpus: String,
+    /// CPUs of the load generator (`taskset -c` list).
+    #[arg(long, default_value = "1", value_name = "LIST")]
+    loadgen_cpus: String,
+    /// Do not pin anything.
+    #[arg(long)]
+    no_pin: bool,
+    /// An extra argument for a spawned `sluice serve` (repeatable).
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Seconds to wait after connecting before reading the idle RSS.
+    #[arg(long, default_value_t = 3, value_name = "SECS")]
+    settle: u64,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        BenchCommand::Hub(args) => hub(*args).await,
+        BenchCommand::HubWorker => {
+            tokio::task::spawn_blocking(sluice_loadgen::worker::run).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
+    let program = std::env::current_exe().context("finding this binary")?;
+    let secret = match (&args.jwt_secret, args.spawn_server) {
+        (Some(secret), _) => Some(secret.clone()),
+        (None, true) => Some(format!(
+            "sluice-bench-{}",
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+        )),
+        (None, false) => None,
+    };
+    let publish_token = args.token.clone().or_else(|| {
+        secret.as_ref().map(|secret| {
+            let grant = Grant {
+                publish: vec!["*".into()],
+                subscribe: Vec::new(),
+                exp: None,
+                payload: None,
+            };
+            mint_hs256(secret.as_bytes(), &grant)
+        })
+    });
+    let server = match (&args.url, args.spawn_server) {
+        (Some(url), false) => {
+            ServerTarget::Url(url.parse().with_context(|| format!("--url {url:?}"))?)
+        }
+        (None, true) => {
+            let mut server_args: Vec<String> =
+                ["serve", "--store", "memory", "--anonymous"].map(String::from).into();
+            if let Some(secret) = &secret {
+                server_args.extend(["--jwt-secret".to_owned(), secret.clone()]);
+            }
+            server_args.extend(args.server_args.iter().cloned());
+            ServerTarget::Spawn {
+                program: program.clone(),
+                args: server_args,
+                path: HUB_PATH.into(),
+            }
+        }
+        _ => bail!("give either --url or --spawn-server"),
+    };
+    let bench = HubBench {
+        server,
+        server_pid: args.server_pid,
+        subscribers: args.subscribers,
+        topic: args.topic,
+        rates: args.rate,
+        step_duration: Duration::from_secs(args.duration.max(1)),
+        message_size: args.message_size,
+        processes: args.processes,
+        publish_token,
+        publish_connections: args.publishers.max(1),
+        connect_concurrency: args.connect_concurrency.max(1),
+        pinning: (!args.no_pin).then(|| Pinning {
+            server_cpus: args.server_cpus.clone(),
+            loadgen_cpus: args.loadgen_cpus.clone(),
+        }),
+        settle: Duration::from_secs(args.settle),
+        progress: !args.quiet,
+        ..HubBench::new(program, vec!["bench".into(), "hub-worker".into()])
+    };
+    let results = bench.run().await?;
+    println!("{}", summary(&results));
+    if let Some(path) = &args.json {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+        serde_json::to_writer_pretty(file, &results)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

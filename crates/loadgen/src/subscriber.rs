@@ -1,0 +1,376 @@
+//! A lean event-stream subscriber: a raw HTTP/1.1 GET over a tokio `TcpStream`, its body
+//! de-chunked and decoded in place, each event's publish→receive latency recorded.
+//!
+//! Thousands of these run in one worker process on one thread, so a subscriber owns no read
+//! buffer: it waits until its socket is readable, then reads into the worker's one shared
+//! buffer and decodes what it got before yielding again. Its own state is a
+//! [`Dechunker`](crate::chunked::Dechunker), an SSE [`Decoder`] and the socket.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice_sse::Decoder;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::chunked::{Dechunker, Progress};
+use crate::stats::{Latency, StepDelta, WorkerReport};
+
+/// The largest response head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Nanoseconds since the Unix epoch: what publishers put first in `data`.
+pub fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The payload a publisher sends: `"<send time in ns> <step> "`, padded with `x` to `size`
+/// bytes (never cut shorter than the stamp).
+pub fn stamped_data(sent_nanos: u64, step: u32, size: usize) -> String {
+    let mut data = format!("{sent_nanos} {step} ");
+    if data.len() < size {
+        data.extend(std::iter::repeat_n('x', size - data.len()));
+    }
+    data
+}
+
+/// Reads the stamp back: `(send time in ns, step)`.
+pub fn parse_stamp(data: &str) -> Option<(u64, u32)> {
+    let mut parts = data.splitn(3, ' ');
+    let sent = parts.next()?.parse().ok()?;
+    let step = parts.next()?.parse().ok()?;
+    Some((sent, step))
+}
+
+/// What every subscriber of a worker shares: its counters and histograms, and the read
+/// buffer. Single-threaded (a `LocalSet`), so plain `RefCell`s.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) stats: RefCell<Stats>,
+    buffer: RefCell<Vec<u8>>,
+}
+
+impl Shared {
+    pub(crate) fn new(subscribers: u64) -> Self {
+        let stats = Stats {
+            report: WorkerReport { pending: subscribers, ..WorkerReport::default() },
+            steps: BTreeMap::new(),
+        };
+        Shared { stats: RefCell::new(stats), buffer: RefCell::new(vec![0; 64 * 1024]) }
+    }
+}
+
+/// A worker's running counters.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    /// The counters (its `steps` stays empty: deltas live in `steps` below).
+    pub(crate) report: WorkerReport,
+    steps: BTreeMap<u32, (u64, Latency)>,
+}
+
+impl Stats {
+    fn error(&mut self, error: impl std::fmt::Display) {
+        if self.report.first_error.is_none() {
+            self.report.first_error = Some(error.to_string());
+        }
+    }
+
+    fn event(&mut self, data: &str, now_nanos: u64) {
+        self.report.received += 1;
+        match parse_stamp(data) {
+            Some((sent, step)) => {
+                let (count, latency) = self.steps.entry(step).or_default();
+                *count += 1;
+                latency.record_micros(now_nanos.saturating_sub(sent) / 1_000);
+            }
+            None => self.report.untimed += 1,
+        }
+    }
+
+    /// The report to send now: counters, plus the step deltas since the last one, which are
+    /// then cleared.
+    pub(crate) fn take_report(&mut self) -> WorkerReport {
+        let mut report = self.report.clone();
+        for (&step, (count, latency)) in &mut self.steps {
+            if *count > 0 {
+                report.steps.push(StepDelta { step, count: *count, buckets: latency.buckets() });
+                *count = 0;
+                latency.clear();
+            }
+        }
+        report
+    }
+}
+
+/// Where and how subscribers connect.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    /// The request, head and all.
+    pub(crate) request: Vec<u8>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) attempts: u32,
+}
+
+impl Target {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        host: &str,
+        path_and_query: &str,
+        token: Option<&str>,
+        connect_timeout: Duration,
+        attempts: u32,
+    ) -> Self {
+        let mut request = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
+             Cache-Control: no-cache\r\n"
+        );
+        if let Some(token) = token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        Target { addr, request: request.into_bytes(), connect_timeout, attempts: attempts.max(1) }
+    }
+}
+
+/// An error with a short description for the report.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// Seconds the server asked to wait (503 Retry-After).
+    retry_after: Option<u64>,
+}
+
+impl From<io::Error> for Failure {
+    fn from(error: io::Error) -> Self {
+        Failure { message: error.to_string(), retry_after: None }
+    }
+}
+
+fn failure(message: impl Into<String>) -> Failure {
+    Failure { message: message.into(), retry_after: None }
+}
+
+/// One subscriber: connects (taking a permit of `connects` for the attempt, retrying with
+/// backoff), then reads its stream until it ends or the worker stops.
+pub(crate) async fn run(
+    target: std::rc::Rc<Target>,
+    shared: std::rc::Rc<Shared>,
+    connects: std::rc::Rc<tokio::sync::Semaphore>,
+) {
+    let mut attempt = 0;
+    let (stream, leftover, chunked) = loop {
+        attempt += 1;
+        let permit = connects.acquire().await;
+        let result =
+            match tokio::time::timeout(target.connect_timeout, open(&target, &shared)).await {
+                Ok(result) => result,
+                Err(_) => Err(failure("timed out connecting")),
+            };
+        drop(permit);
+        match result {
+            Ok(opened) => break opened,
+            Err(error) => {
+                {
+                    let mut stats = shared.stats.borrow_mut();
+                    stats.report.connect_errors += 1;
+                    stats.error(format!("connect: {}", error.message));
+                    if attempt >= target.attempts {
+                        stats.report.pending -= 1;
+                        stats.report.gave_up += 1;
+                        return;
+                    }
+                }
+                let wait = error
+                    .retry_after
+                    .map_or(Duration::from_millis(100 * u64::from(attempt)), Duration::from_secs);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    {
+        let mut stats = shared.stats.borrow_mut();
+        stats.report.pending -= 1;
+        stats.report.connected += 1;
+        stats.report.last_connected_ns = now_nanos();
+    }
+    let result = read_stream(&stream, &shared, &leftover, chunked).await;
+    let mut stats = shared.stats.borrow_mut();
+    stats.report.connected -= 1;
+    stats.report.disconnects += 1;
+    stats.error(match result {
+        Ok(()) => "stream: ended by the server".to_owned(),
+        Err(error) => format!("stream: {}", error.message),
+    });
+}
+
+/// Connects, sends the request, reads the head. Returns the stream, the body bytes read
+/// with the head, and whether the body is chunked.
+async fn open(target: &Target, shared: &Shared) -> Result<(TcpStream, Vec<u8>, bool), Failure> {
+    let mut stream = TcpStream::connect(target.addr).await?;
+    stream.write_all(&target.request).await?;
+    let mut head = Vec::with_capacity(1024);
+    loop {
+        stream.readable().await?;
+        let mut buffer = shared.buffer.borrow_mut();
+        match stream.try_read(&mut buffer) {
+            Ok(0) => return Err(failure("closed before the response head")),
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+        drop(buffer);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let body = head.split_off(end + 4);
+            let chunked = parse_head(&head)?;
+            return Ok((stream, body, chunked));
+        }
+        if head.len() > MAX_HEAD {
+            return Err(failure("response head too large"));
+        }
+    }
+}
+
+/// Checks the status (200) and content type; says whether the body is chunked.
+fn parse_head(head: &[u8]) -> Result<bool, Failure> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).unwrap_or_default();
+    let mut chunked = false;
+    let mut event_stream = false;
+    let mut retry_after = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim().to_ascii_lowercase();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "transfer-encoding" => chunked = value.contains("chunked"),
+            "content-type" => event_stream = value.starts_with("text/event-stream"),
+            "retry-after" => retry_after = value.parse().ok(),
+            _ => {}
+        }
+    }
+    if status != "200" {
+        return Err(Failure { message: format!("HTTP {status}"), retry_after });
+    }
+    if !event_stream {
+        return Err(failure("not text/event-stream"));
+    }
+    Ok(chunked)
+}
+
+/// Reads and decodes the body until it ends (`Ok`) or fails.
+async fn read_stream(
+    stream: &TcpStream,
+    shared: &Shared,
+    leftover: &[u8],
+    chunked: bool,
+) -> Result<(), Failure> {
+    let mut body = Body { dechunker: chunked.then(Dechunker::new), decoder: Decoder::new() };
+    if body.consume(leftover, now_nanos(), &mut shared.stats.borrow_mut())? == Progress::Done {
+        return Ok(());
+    }
+    loop {
+        stream.readable().await?;
+        let mut buffer = shared.buffer.borrow_mut();
+        match stream.try_read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                let mut stats = shared.stats.borrow_mut();
+                if body.consume(&buffer[..n], now_nanos(), &mut stats)? == Progress::Done {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A response body being decoded.
+struct Body {
+    dechunker: Option<Dechunker>,
+    decoder: Decoder,
+}
+
+impl Body {
+    fn consume(
+        &mut self,
+        input: &[u8],
+        now_nanos: u64,
+        stats: &mut Stats,
+    ) -> Result<Progress, Failure> {
+        let decoder = &mut self.decoder;
+        let mut decode_error = None;
+        let mut decode = |data: &[u8]| {
+            if decode_error.is_none() {
+                if let Err(error) = decoder.feed(data, |event| stats.event(&event.data, now_nanos))
+                {
+                    decode_error = Some(error);
+                }
+            }
+        };
+        let progress = match &mut self.dechunker {
+            Some(dechunker) => {
+                dechunker.feed(input, &mut decode).map_err(|e| failure(e.to_string()))?
+            }
+            None => {
+                decode(input);
+                Progress::More
+            }
+        };
+        match decode_error {
+            Some(error) => Err(failure(error.to_string())),
+            None => Ok(progress),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_and_pad() {
+        let data = stamped_data(1_700_000_000_123_456_789, 4, 64);
+        assert_eq!(data.len(), 64);
+        assert_eq!(parse_stamp(&data), Some((1_700_000_000_123_456_789, 4)));
+        assert_eq!(stamped_data(5, 0, 1), "5 0 ");
+        assert_eq!(parse_stamp("hello"), None);
+    }
+
+    #[test]
+    fn a_chunked_event_stream_records_latency_per_step() {
+        let mut stats = Shared::new(1).stats.into_inner();
+        let mut body = Body { dechunker: Some(Dechunker::new()), decoder: Decoder::new() };
+        let event = format!("data: {}\n\n", stamped_data(1_000_000, 2, 40));
+        let wire = format!("2\r\n:\n\r\n{:x}\r\n{event}\r\n", event.len());
+        for piece in wire.as_bytes().chunks(7) {
+            body.consume(piece, 3_000_000, &mut stats).unwrap();
+        }
+        let report = stats.take_report();
+        assert_eq!(report.received, 1);
+        assert_eq!(report.steps.len(), 1);
+        assert_eq!(report.steps[0].step, 2);
+        assert_eq!(report.steps[0].count, 1);
+        // 2 ms after it was sent.
+        assert_eq!(report.steps[0].buckets.len(), 1);
+        assert!((1_999..=2_001).contains(&report.steps[0].buckets[0].0));
+        // Deltas are cleared once reported.
+        assert!(stats.take_report().steps.is_empty());
+    }
+
+    #[test]
+    fn parses_heads() {
+        let ok =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n";
+        assert!(parse_head(ok).unwrap());
+        let busy = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n";
+        let error = parse_head(busy).unwrap_err();
+        assert_eq!(error.retry_after, Some(1));
+        assert_eq!(error.message, "HTTP 503");
+    }
+}
