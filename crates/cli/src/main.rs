@@ -2,6 +2,7 @@
 //! the arguments, sets up logging and dispatches.
 
 mod bench;
+mod chat;
 mod listen;
 mod providers;
 mod publish;
@@ -26,6 +27,7 @@ enum Command {
     Serve(Box<serve::Args>),
     Listen(listen::Args),
     Publish(publish::Args),
+    Chat(chat::Args),
     Token(token::Args),
     Bench(bench::Args),
 }
@@ -44,6 +46,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args).await,
         Command::Listen(args) => listen::run(args).await,
         Command::Publish(args) => publish::run(args).await,
+        Command::Chat(args) => chat::run(args).await,
         Command::Token(args) => Ok(token::run(args)),
         Command::Bench(args) => bench::run(args).await,
     };

@@ -185,3 +185,21 @@ fn settings_come_from_the_file_and_flags_win() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("sluice.toml"));
 }
+
+#[test]
+fn sluice_chat_prints_the_answer_as_it_streams_and_its_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = serve(port, dir.path(), &["--store", "memory", "--provider", "scripted"]);
+    let url = format!("http://127.0.0.1:{port}");
+    let output = sluice(&["chat", "--url", &url, "--model", "scripted", "ça va? 你好"]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "Hello! This is Sluice's scripted model. You said: ça va? 你好\n"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tokens/s") && stderr.contains("first after"), "{stderr}");
+}
