@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test setup build lint bench fuzz clean
+.PHONY: run test test-js setup build lint bench fuzz clean
 
 ## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
 ## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
@@ -12,8 +12,14 @@ run: setup build
 	$(SLUICE) serve $(ARGS)
 
 ## Every test: formatting, lints, unit, integration, conformance and doc tests.
-test: setup lint
+test: setup lint test-js
 	$(CARGO) test --workspace --locked
+
+## The hub through a third-party EventSource client (npm `eventsource`) and a real browser
+## (Debian's chromium, driven by playwright-core): tests/js, run with node --test.
+test-js: setup
+	$(CARGO) build -p sluice --locked
+	cd tests/js && SLUICE_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice npm test
 
 setup:
 	@bash scripts/setup.sh
