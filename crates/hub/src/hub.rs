@@ -245,7 +245,7 @@ impl Hub {
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let subscriber =
             Arc::new(Subscriber::new(key, Arc::clone(&filter), sender, Arc::clone(&cutoff)));
-        let live_after = self.inner.registry.register(&subscriber);
+        let live_after = self.inner.registry.register(&subscriber).ok_or(StoreError::Closed)?;
         metrics::gauge!("sluice_subscribers_connected").increment(1.0);
         let feed = Feed {
             hub: Arc::clone(&self.inner),

@@ -100,6 +100,8 @@ struct State {
     exact: HashMap<String, HashMap<u64, Arc<Subscriber>>>,
     others: HashMap<u64, Arc<Subscriber>>,
     count: usize,
+    /// Set by [`Registry::shut_down`]: no subscriber is admitted after it.
+    closed: bool,
 }
 
 impl State {
@@ -126,9 +128,13 @@ impl State {
 
 impl Registry {
     /// Adds a subscriber and returns the `seq` after which its live feed starts: everything up
-    /// to and including it must come from the store's history.
-    pub(crate) fn register(&self, subscriber: &Arc<Subscriber>) -> u64 {
+    /// to and including it must come from the store's history. `None` once shut down: a
+    /// subscriber admitted then would never be ended, and would hold the server open.
+    pub(crate) fn register(&self, subscriber: &Arc<Subscriber>) -> Option<u64> {
         let mut state = self.state.lock().unwrap();
+        if state.closed {
+            return None;
+        }
         for selector in &subscriber.filter.selectors {
             match selector.exact() {
                 Some(topic) => {
@@ -144,7 +150,7 @@ impl Registry {
             }
         }
         state.count += 1;
-        state.last_seq
+        Some(state.last_seq)
     }
 
     /// Removes a subscriber (its connection ended).
@@ -165,6 +171,7 @@ impl Registry {
     /// Ends every live feed (hub shutdown).
     pub(crate) fn shut_down(&self) {
         let mut state = self.state.lock().unwrap();
+        state.closed = true;
         let all: Vec<Arc<Subscriber>> = state
             .exact
             .values()

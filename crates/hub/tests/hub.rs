@@ -245,6 +245,9 @@ async fn shutting_down_ends_every_subscription() {
     let mut subscription = hub.subscribe(request(&["*"], &[], Cursor::Live)).await.unwrap();
     hub.shut_down().await.unwrap();
     assert!(subscription.frames.next().await.is_none());
+    // A subscriber arriving during shutdown is refused: admitted, nothing would ever end it.
+    let late = hub.subscribe(request(&["*"], &[], Cursor::Live)).await;
+    assert!(matches!(late, Err(StoreError::Closed)), "{late:?}");
     assert!(matches!(
         hub.publish(Draft::new("/t", "late")).await,
         Err(PublishError::Store(StoreError::Closed))

@@ -28,8 +28,9 @@ use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -335,8 +336,68 @@ pub(crate) async fn events(
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such generation"));
     }
     let (deliveries, reader) = follow(&state, &id, after).await?;
-    let frames = deliveries.stream.map(|d| d.frame()).boxed();
+    let frames = pieces(deliveries.stream)
+        .map(|piece| match piece {
+            Piece::Text { text, id } => event_frame(Some("delta"), &id, &json!({"text": text})),
+            Piece::Other(delivery) => delivery.frame(),
+        })
+        .boxed();
     Ok(event_stream(None, frames, state.config().keep_alive, None, reader))
+}
+
+/// What a reader is sent: an update, or several consecutive deltas merged into one.
+enum Piece {
+    /// The text of consecutive `delta` updates, with the id of the last one.
+    Text { text: String, id: String },
+    /// Anything else, as delivered.
+    Other(Delivery),
+}
+
+/// Merges the deltas that are already waiting when the reader is ready for more: a reader
+/// that keeps up gets every delta as it comes; a slow one gets fewer, larger events (the
+/// merged event carries the last merged id, so resuming from it loses nothing) instead of
+/// falling behind token by token.
+fn pieces(deliveries: BoxStream<'static, Delivery>) -> BoxStream<'static, Piece> {
+    deliveries
+        .ready_chunks(256)
+        .flat_map(|batch| {
+            let mut out: Vec<Piece> = Vec::with_capacity(batch.len());
+            for delivery in batch {
+                let Delivery::Update(update) = &delivery else {
+                    out.push(Piece::Other(delivery));
+                    continue;
+                };
+                if update.event_type() != Some("delta") {
+                    out.push(Piece::Other(delivery));
+                    continue;
+                }
+                let data: Value = serde_json::from_str(update.data()).unwrap_or(Value::Null);
+                let more = data["text"].as_str().unwrap_or_default();
+                match out.last_mut() {
+                    Some(Piece::Text { text, id }) => {
+                        text.push_str(more);
+                        update.id().clone_into(id);
+                    }
+                    _ => {
+                        out.push(Piece::Text { text: more.to_owned(), id: update.id().to_owned() });
+                    }
+                }
+            }
+            futures_util::stream::iter(out)
+        })
+        .boxed()
+}
+
+/// One SSE event with an id.
+fn event_frame(event: Option<&str>, id: &str, data: &Value) -> Bytes {
+    let mut frame = BytesMut::new();
+    let mut out =
+        sluice_sse::Event::new(data.to_string()).with_id(id).expect("answer ids are plain");
+    if let Some(event) = event {
+        out = out.with_event(event).expect("constant event types");
+    }
+    out.encode(&mut frame);
+    frame.freeze()
 }
 
 /// Stops an answer: the upstream is cancelled, the stream still ends with usage and end.
@@ -430,35 +491,69 @@ pub(crate) async fn one_shot(
     let chunker =
         Chunker::new(format!("chatcmpl-{id}"), state.default_model().unwrap_or_default(), false);
     let mut first = true;
-    let frames = deliveries
-        .stream
-        .map(move |delivery| {
-            let Delivery::Update(update) = delivery else { return delivery.frame() };
-            let data: Value = serde_json::from_str(update.data()).unwrap_or(Value::Null);
-            let (event, body) = match update.event_type() {
-                Some("delta") => {
-                    let text = data["text"].as_str().unwrap_or_default();
-                    let mut chunk = chunker.text(text);
+    let frames = pieces(deliveries.stream)
+        .map(move |piece| {
+            let (event, id, body) = match piece {
+                Piece::Text { text, id } => {
+                    let mut chunk = chunker.text(&text);
                     if std::mem::take(&mut first) {
                         chunk["choices"][0]["delta"]["role"] = json!("assistant");
                     }
-                    (None, chunk)
+                    (None, id, chunk)
                 }
-                Some("end") => (Some("end"), data),
-                Some("error") => (Some("error"), json!({"error": data})),
-                Some(other) => (Some(other), data),
-                None => (None, data),
+                Piece::Other(Delivery::Update(update)) => {
+                    let data: Value = serde_json::from_str(update.data()).unwrap_or(Value::Null);
+                    let body = if update.event_type() == Some("error") {
+                        json!({"error": data})
+                    } else {
+                        data
+                    };
+                    (update.event_type().map(str::to_owned), update.id().to_owned(), body)
+                }
+                Piece::Other(other) => return other.frame(),
             };
-            let mut frame = BytesMut::new();
-            let mut event_out = sluice_sse::Event::new(body.to_string())
-                .with_id(update.id())
-                .expect("answer event ids are plain");
-            if let Some(event) = event {
-                event_out = event_out.with_event(event).expect("constant event types");
-            }
-            event_out.encode(&mut frame);
-            frame.freeze()
+            event_frame(event.as_deref(), &id, &body)
         })
         .boxed();
     Ok(event_stream(None, frames, state.config().keep_alive, None, reader))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::StreamExt;
+    use sluice_hub::{Delivery, Draft, Update};
+
+    use super::{Piece, pieces};
+
+    fn update(n: u64, event_type: &str, data: &str) -> Delivery {
+        let draft = Draft {
+            id: Some(format!("a.{n}")),
+            event_type: Some(event_type.to_owned()),
+            ..Draft::new("/t", data)
+        };
+        Delivery::Update(Arc::new(Update::new(n, 0, draft).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn deltas_waiting_together_merge_under_the_last_id() {
+        let waiting = vec![
+            update(1, "delta", r#"{"text":"a"}"#),
+            update(2, "delta", r#"{"text":"b"}"#),
+            update(3, "delta", r#"{"text":"c"}"#),
+            update(4, "usage", "{}"),
+            update(5, "delta", r#"{"text":"d"}"#),
+        ];
+        let out: Vec<Piece> = pieces(futures_util::stream::iter(waiting).boxed()).collect().await;
+        let described: Vec<String> = out
+            .iter()
+            .map(|p| match p {
+                Piece::Text { text, id } => format!("{text}@{id}"),
+                Piece::Other(Delivery::Update(u)) => u.id().to_owned(),
+                Piece::Other(_) => "other".to_owned(),
+            })
+            .collect();
+        assert_eq!(described, ["abc@a.3", "a.4", "d@a.5"]);
+    }
 }
