@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-js setup build lint bench fuzz clean
+.PHONY: run test test-js test-python setup build lint bench fuzz clean
 
 ## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
 ## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
@@ -12,14 +12,21 @@ run: setup build
 	$(SLUICE) serve $(ARGS)
 
 ## Every test: formatting, lints, unit, integration, conformance and doc tests.
-test: setup lint test-js
+test: setup lint test-js test-python
 	$(CARGO) test --workspace --locked
 
 ## The hub through a third-party EventSource client (npm `eventsource`) and a real browser
-## (Debian's chromium, driven by playwright-core): tests/js, run with node --test.
+## (Debian's chromium, driven by playwright-core), and the gateway through the official OpenAI
+## SDK (npm `openai`): tests/js, run with node --test.
 test-js: setup
 	$(CARGO) build -p sluice --locked
 	cd tests/js && SLUICE_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice npm test
+
+## The gateway through the official OpenAI SDK for Python (tests/python, pytest in .venv/).
+## pytest's exit status 5 (no test collected) fails this target like any other failure.
+test-python: setup
+	$(CARGO) build -p sluice --locked
+	SLUICE_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice .venv/bin/python -m pytest -q tests/python
 
 setup:
 	@bash scripts/setup.sh

@@ -27,6 +27,9 @@ command -v curl >/dev/null || apt_missing+=(curl)
 if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q 'install ok installed'; then
     apt_missing+=(chromium)
 fi
+# The Python SDK tests (tests/python): python3 with venv (Debian's python3-venv brings ensurepip).
+command -v python3 >/dev/null || apt_missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
 if ((${#apt_missing[@]})); then
     say "installing ${apt_missing[*]} (Debian packages)"
     as_root=()
@@ -50,4 +53,25 @@ if [[ ! -f $js_dir/node_modules/.package-lock.json \
     || $js_dir/package-lock.json -nt $js_dir/node_modules/.package-lock.json ]]; then
     say "installing the npm packages of tests/js"
     (cd "$js_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+
+# The official OpenAI SDK for Python and pytest, pinned in tests/python/requirements.txt, in a
+# virtual environment at .venv/ (git-ignored). pip runs only when the requirements differ from
+# the copy kept in .venv/ after the last install; a venv that no longer starts is made anew.
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    say "Python $(python3 -V 2>&1) is too old for tests/python: install Python 3.11 or later"
+    exit 1
+fi
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv=$root/.venv
+requirements=$root/tests/python/requirements.txt
+if ! "$venv/bin/python" -c '' 2>/dev/null; then
+    say "creating the Python virtual environment .venv"
+    python3 -m venv --clear "$venv"
+fi
+if ! cmp -s "$requirements" "$venv/requirements.installed"; then
+    say "installing the Python packages of tests/python into .venv"
+    "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --quiet \
+        --requirement "$requirements"
+    cp "$requirements" "$venv/requirements.installed"
 fi

@@ -73,7 +73,8 @@ process.on('exit', () => {
  * Starts `sluice serve` and waits until /healthz answers 200.
  *
  * options: port (default: a free one), store (`memory` or `sqlite:PATH`), secret,
- * anonymous (default true), corsOrigins (list), retry (ms), args (extra flags).
+ * anonymous (default true), corsOrigins (list), retry (ms), args (extra flags), env (extra
+ * environment variables, e.g. the scripted provider's SLUICE_SCRIPTED_*).
  * Returns { port, origin, hubUrl, log(), stop() }; stop({ grace }) sends SIGTERM and resolves
  * with the exit { code, signal }; after `grace` ms (10 s) it records the threads' backtraces
  * (gdb) in the log and sends SIGKILL.
@@ -102,7 +103,8 @@ async function launch(port, options) {
   if (options.retry !== undefined) args.push('--retry', String(options.retry));
   args.push(...(options.args ?? []));
 
-  const child = spawn(SLUICE_BIN, args, { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const env = { ...childEnv(), ...options.env };
+  const child = spawn(SLUICE_BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
   let output = '';
   const keep = (chunk) => {

@@ -1,0 +1,123 @@
+"""Fixtures: a real `sluice serve` on a free port, started and stopped around the tests.
+
+The binary is $SLUICE_BIN, else the workspace's debug build (target/debug/sluice).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SLUICE_BIN = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "debug" / "sluice")).resolve()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Sluice:
+    """One `sluice serve` process; its output goes to a temporary file, shown on failure."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.port = free_port()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self._log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self._dir = tempfile.TemporaryDirectory(prefix="sluice-py-")
+        # Our environment without SLUICE_* (a developer's settings must not leak in), plus
+        # the test's own variables. The working directory is empty: no stray sluice.toml.
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+        child_env.update(env)
+        command = [str(SLUICE_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", *args]
+        self.process = subprocess.Popen(
+            command,
+            env=child_env,
+            cwd=self._dir.name,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read()[-64_000:]
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise EarlyExit(f"sluice serve exited early ({self.process.returncode}):\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.origin}/healthz", timeout=5) as res:
+                    if res.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sluice serve on {self.origin} never answered /healthz:\n{self.log()}")
+            time.sleep(0.025)
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"{self.origin}{path}", timeout=10) as res:
+            return res.read().decode()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        self._dir.cleanup()
+
+
+class EarlyExit(RuntimeError):
+    """The server exited before answering /healthz (e.g. its port was taken meanwhile)."""
+
+
+def start(args: list[str], env: dict[str, str]) -> Sluice:
+    """Starts a server and waits for /healthz; retries on a fresh port if it exits early."""
+    if not SLUICE_BIN.is_file():
+        raise FileNotFoundError(f"{SLUICE_BIN} is missing: build it with `cargo build -p sluice`")
+    for attempt in range(3):
+        server = Sluice(args, env)
+        try:
+            server.wait_healthy()
+            return server
+        except EarlyExit:
+            server.stop()
+            if attempt == 2:
+                raise
+        except BaseException:
+            server.stop()
+            raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def sluice_servers():
+    """A factory: `sluice_servers(args, env)` starts a server, stopped after the module."""
+    servers: list[Sluice] = []
+
+    def factory(args: list[str] | None = None, env: dict[str, str] | None = None) -> Sluice:
+        server = start(args or [], env or {})
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
