@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-js test-python setup build lint bench fuzz clean
+.PHONY: run test test-js test-python test-web web setup build lint bench fuzz clean
 
 ## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
 ## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
@@ -12,7 +12,7 @@ run: setup build
 	$(SLUICE) serve $(ARGS)
 
 ## Every test: formatting, lints, unit, integration, conformance and doc tests.
-test: setup lint test-js test-python
+test: setup web lint test-js test-python test-web
 	$(CARGO) test --workspace --locked
 
 ## The hub through a third-party EventSource client (npm `eventsource`) and a real browser
@@ -28,10 +28,29 @@ test-python: setup
 	$(CARGO) build -p sluice --locked
 	SLUICE_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice .venv/bin/python -m pytest -q tests/python
 
+## The chat page and the hub console: unit tests of web/src/lib (vitest), then both pages in
+## Debian's chromium (playwright-core) against a real `sluice serve` (web/tests, node --test).
+## Screenshots go to artifacts/.
+test-web: setup web
+	$(CARGO) build -p sluice --locked
+	cd web && npm test
+	cd web && SLUICE_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice npm run test:browser
+
+## The web UI (web/, Vite + TypeScript + React) built into web/dist, which the binary embeds.
+## Rebuilt only when its sources change (web/dist/.built is the stamp).
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/console.html \
+	web/vite.config.ts web/tsconfig.json web/package.json web/package-lock.json
+web: web/dist/.built
+web/dist/.built: $(WEB_SOURCES) web/node_modules/.package-lock.json
+	cd web && npm run build
+	touch $@
+web/node_modules/.package-lock.json: web/package-lock.json
+	@bash scripts/setup.sh
+
 setup:
 	@bash scripts/setup.sh
 
-build:
+build: setup web
 	$(CARGO) build --release --locked -p sluice
 
 lint:

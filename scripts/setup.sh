@@ -55,6 +55,19 @@ if [[ ! -f $js_dir/node_modules/.package-lock.json \
     (cd "$js_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
+# The web UI (web/: Vite, TypeScript, React; its browser tests use playwright-core with
+# Debian's chromium). Vite 8 wants Node.js 20.19 or later.
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
+    say "Node.js $(node --version) is too old for web/ (Vite): install Node.js 20.19 or later"
+    exit 1
+fi
+web_dir="$(dirname "$0")/../web"
+if [[ ! -f $web_dir/node_modules/.package-lock.json \
+    || $web_dir/package-lock.json -nt $web_dir/node_modules/.package-lock.json ]]; then
+    say "installing the npm packages of web/"
+    (cd "$web_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+
 # The official OpenAI SDK for Python and pytest, pinned in tests/python/requirements.txt, in a
 # virtual environment at .venv/ (git-ignored). pip runs only when the requirements differ from
 # the copy kept in .venv/ after the last install; a venv that no longer starts is made anew.

@@ -29,6 +29,7 @@ mod openapi;
 mod ops;
 mod sse;
 mod state;
+mod ui;
 
 use std::future::Future;
 
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::routes())
         .merge(generations::routes())
         .merge(ops::routes())
+        .merge(ui::routes())
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),

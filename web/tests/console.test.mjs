@@ -1,0 +1,74 @@
+// The hub console in a real browser: it subscribes, shows an update published with
+// `sluice publish`, publishes one itself, and shows its connection state.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { SECRET, launchBrowser, screenshot, sluice, startServer } from './harness.mjs';
+
+let browser;
+let hub;
+
+before(async () => {
+  browser = await launchBrowser();
+  hub = await startServer();
+});
+
+after(async () => {
+  await browser?.close();
+  await hub?.stop();
+});
+
+test('the console shows updates published with sluice publish, and publishes its own', async () => {
+  const topic = 'urn:sluice:console:test';
+  const subscriber = await sluice('token', '--secret', SECRET, '--subscribe', '*');
+  const publisher = await sluice('token', '--secret', SECRET, '--publish', '*');
+
+  const page = await browser.context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`${hub.origin}/console`);
+  await page.locator('[data-testid=sub-topics]').fill(topic);
+  await page.locator('[data-testid=sub-token]').fill(subscriber);
+  await page.locator('[data-testid=subscribe]').click();
+  await page.waitForSelector('[data-testid=connection-state][data-state=open]');
+
+  // A public update from the command line.
+  const id = await sluice(
+    'publish', '--hub', `${hub.origin}/.well-known/mercure`, '--topic', topic,
+    '--type', 'greeting', '--data', 'hello from sluice publish', '--token', publisher,
+  );
+  assert.ok(id.length > 0);
+  const row = page.locator('[data-testid=event]', { has: page.locator(`[data-testid=event-id]:text-is("${id}")`) });
+  await row.waitFor();
+  assert.equal(await row.locator('[data-testid=event-type]').innerText(), 'greeting');
+  assert.equal(await row.locator('[data-testid=event-data]').innerText(), 'hello from sluice publish');
+
+  // A private update from the console's own form: the subscriber's token lets it through.
+  await page.locator('[data-testid=pub-topics]').fill(topic);
+  await page.locator('[data-testid=pub-data]').fill('{"from": "the console"}');
+  await page.locator('[data-testid=pub-type]').fill('note');
+  await page.locator('[data-testid=pub-id]').fill('console-1');
+  await page.getByRole('checkbox', { name: 'Private' }).check();
+  await page.locator('[data-testid=pub-token]').fill(publisher);
+  await page.locator('[data-testid=publish]').click();
+  await page.locator('[data-testid=pub-result]', { hasText: 'Published with id console-1' }).waitFor();
+  const own = page.locator('[data-testid=event]', { has: page.locator('[data-testid=event-id]:text-is("console-1")') });
+  await own.waitFor();
+  assert.equal(await own.locator('[data-testid=event-type]').innerText(), 'note');
+
+  // Publishing without a token is refused, and the console says so.
+  await page.locator('[data-testid=pub-token]').fill('');
+  await page.locator('[data-testid=pub-id]').fill('');
+  await page.locator('[data-testid=publish]').click();
+  await page.locator('[data-testid=pub-result]', { hasText: '401' }).waitFor();
+
+  await page.emulateMedia({ colorScheme: 'light' });
+  await screenshot(page, 'console-desktop-light.png');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await screenshot(page, 'console-desktop-dark.png');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await screenshot(page, 'console-phone-dark.png');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
