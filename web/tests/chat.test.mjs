@@ -184,8 +184,40 @@ describe('chat page', () => {
     await page.close();
   });
 
+  test('auto-scroll follows the answer until the reader scrolls up', async () => {
+    const text = Array.from({ length: 400 }, (_, i) => `line ${i + 1}`).join('\n\n');
+    const { origin } = await server({ text, tokensPerSecond: 80 });
+    const { page } = await openChat(browser.context, origin);
+    const scroll = () =>
+      page.locator('[data-testid=messages]').evaluate((el) => ({
+        top: el.scrollTop,
+        fromBottom: el.scrollHeight - el.scrollTop - el.clientHeight,
+        overflow: el.scrollHeight - el.clientHeight,
+      }));
+    await ask(page, 'Many lines');
+    await waitFor(async () => (await scroll()).overflow > 400, { what: 'the answer to overflow the view' });
+    assert.ok((await scroll()).fromBottom < 48, 'the view follows the newest text');
+
+    await page.mouse.move(640, 400);
+    await page.mouse.wheel(0, -300);
+    await waitFor(async () => (await scroll()).fromBottom > 150, { what: 'the wheel to scroll up' });
+    const held = (await scroll()).top;
+    const length = (await lastAnswerText(page)).length;
+    await waitFor(async () => (await lastAnswerText(page)).length > length + 100, { what: 'more text' });
+    assert.ok(Math.abs((await scroll()).top - held) <= 2, 'the view stays where the reader put it');
+    const jump = page.getByRole('button', { name: '↓ Latest' });
+    await jump.click();
+    await waitFor(async () => (await scroll()).fromBottom < 48, { what: 'the jump to the latest text' });
+    const again = (await lastAnswerText(page)).length;
+    await waitFor(async () => (await lastAnswerText(page)).length > again + 100, { what: 'more text' });
+    assert.ok((await scroll()).fromBottom < 48, 'the view follows again');
+    await page.keyboard.press('Escape');
+    await page.waitForSelector('[data-testid=assistant][data-status=done]');
+    await page.close();
+  });
+
   test('a reload mid-answer ends with the exact full text, once', async () => {
-    const text = words(90);
+    const text = words(120);
     const { origin } = await server({ text, tokensPerSecond: 25 });
     const { page } = await openChat(browser.context, origin);
     await ask(page, 'Count');
@@ -203,7 +235,7 @@ describe('chat page', () => {
       { interval: 20, what: 'the resumed answer to end' },
     );
     assert.ok(firstAfter.startsWith(beforeReload.slice(0, -5)), 'the text kept across the reload');
-    assert.ok(firstAfter.split(' ').length < 90, 'the reload happened mid-answer');
+    assert.ok(firstAfter.split(' ').length < 120, 'the reload happened mid-answer');
     assert.equal((await lastAnswerText(page)).trim(), text);
     assert.equal(await page.locator('[data-testid=assistant]').count(), 1);
     const stored = await page.evaluate(() => {
@@ -215,8 +247,8 @@ describe('chat page', () => {
   });
 
   test('a second tab follows the running answer without a connection of its own', async () => {
-    const text = words(120);
-    const { origin } = await server({ text, tokensPerSecond: 25 });
+    const text = words(160);
+    const { origin } = await server({ text, tokensPerSecond: 20 });
     const first = await openChat(browser.context, origin);
     await ask(first.page, 'Count');
     await waitFor(async () => (await lastAnswerText(first.page)).split(' ').length >= 5, { what: 'five words' });
@@ -233,7 +265,10 @@ describe('chat page', () => {
       };
     });
     await second.goto(`${origin}/`);
-    await waitFor(async () => (await lastAnswerText(second)).split(' ').length >= 40, { what: 'the second tab to follow' });
+    const seenBySecond = (await lastAnswerText(second)).split(' ').length;
+    await waitFor(async () => (await lastAnswerText(second)).split(' ').length >= seenBySecond + 10, {
+      what: 'the second tab to follow the answer as it grows',
+    });
     assert.equal(await second.evaluate(() => window.__eventSources), 0, 'the second tab opened no EventSource');
 
     // The first tab goes away mid-answer: the second one takes over and finishes it.

@@ -114,27 +114,12 @@ export function App() {
 
   const active = conversations.find((c) => c.id === activeId) ?? null;
 
-  // Persist, and follow other tabs' writes.
+  // Persist.
   useEffect(() => saveConversations(conversations), [conversations]);
   useEffect(() => saveSettings(settings), [settings]);
   useEffect(() => {
     if (activeId) saveActive(activeId);
   }, [activeId]);
-  useEffect(() => {
-    const onStorage = (e: StorageEvent) => {
-      if (e.key !== CONVERSATIONS_KEY || e.newValue === null) return;
-      try {
-        const remote = JSON.parse(e.newValue) as Conversation[];
-        setConversations((local) => mergeConversations(local, remote));
-        for (const c of remote) for (const m of c.messages) if (m.gen?.status === 'streaming') waitFor(m.gen.id);
-      } catch {
-        // a broken value: keep ours
-      }
-    };
-    addEventListener('storage', onStorage);
-    return () => removeEventListener('storage', onStorage);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, []);
 
   // Models for the picker.
   useEffect(() => {
@@ -179,6 +164,22 @@ export function App() {
     finishers.current.delete(answerId);
     finish?.();
   }, []);
+
+  // Other tabs' writes: their list, and answers to take over if their tab goes away.
+  useEffect(() => {
+    const onStorage = (e: StorageEvent) => {
+      if (e.key !== CONVERSATIONS_KEY || e.newValue === null) return;
+      try {
+        const remote = JSON.parse(e.newValue) as Conversation[];
+        setConversations((local) => mergeConversations(local, remote));
+        for (const c of remote) for (const m of c.messages) if (m.gen?.status === 'streaming') waitFor(m.gen.id);
+      } catch {
+        // a broken value: keep ours
+      }
+    };
+    addEventListener('storage', onStorage);
+    return () => removeEventListener('storage', onStorage);
+  }, [waitFor]);
 
   // Tabs: snapshots from the tab that follows an answer.
   useEffect(() => {

@@ -95,7 +95,11 @@ export function Console() {
   const [publishing, setPublishing] = useState(false);
 
   useEffect(() => {
-    localStorage.setItem(STORE, JSON.stringify({ topics, pubTopics, type: pubType } satisfies Saved));
+    try {
+      localStorage.setItem(STORE, JSON.stringify({ topics, pubTopics, type: pubType } satisfies Saved));
+    } catch {
+      // storage unavailable: the form is not remembered
+    }
   }, [topics, pubTopics, pubType]);
   useEffect(() => setSessionValue('sluice.console.subToken', subToken), [subToken]);
   useEffect(() => setSessionValue('sluice.console.pubToken', pubToken), [pubToken]);
