@@ -478,7 +478,7 @@ export function App() {
                 type="password"
                 autoComplete="off"
                 value={settings.apiKey}
-                placeholder="only if the server asks for one"
+                placeholder="if the server wants one"
                 onChange={(e) => setSettings((s) => ({ ...s, apiKey: e.target.value }))}
               />
             </label>
