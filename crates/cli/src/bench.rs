@@ -25,6 +25,41 @@ enum BenchCommand {
     /// A worker process of `bench hub` (started by it; settings on stdin).
     #[command(hide = true)]
     HubWorker,
+    /// K concurrent streamed answers from a scripted upstream, straight and through a Sluice
+    /// gateway: the time to first token and inter-chunk latency the gateway adds, its memory
+    /// per open stream, and how fast a disconnect cancels the upstream.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// Concurrent streams.
+    #[arg(long, default_value_t = 100, value_name = "K")]
+    streams: usize,
+    /// Answers per stream, one after the other.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    rounds: usize,
+    /// Tokens per answer.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    tokens: usize,
+    /// The upstream's tokens per second.
+    #[arg(long, default_value_t = 50.0, value_name = "R")]
+    tokens_per_second: f64,
+    /// The upstream's time to first token, in ms.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    ttft_ms: u64,
+    /// Disconnects timed for the cancellation figure.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    cancels: usize,
+    /// CPUs for the gateway, the upstream, and this process (`taskset -c` lists).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,1", value_name = "G,U,L")]
+    cpus: Vec<String>,
+    /// Do not pin anything.
+    #[arg(long)]
+    no_pin: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,7 +139,46 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(sluice_loadgen::worker::run).await??;
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Gateway(args) => gateway(args).await,
     }
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let pinning = match (args.no_pin, args.cpus.as_slice()) {
+        (true, _) => None,
+        (false, [g, u, l]) => Some([g.clone(), u.clone(), l.clone()]),
+        (false, other) => {
+            bail!("--cpus takes three lists (gateway, upstream, loader), got {other:?}")
+        }
+    };
+    let work_dir =
+        std::env::temp_dir().join(format!("sluice-bench-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir)?;
+    let bench = sluice_loadgen::gateway::GatewayBench {
+        program: std::env::current_exe().context("finding this binary")?,
+        streams: args.streams.max(1),
+        rounds: args.rounds.max(1),
+        tokens: args.tokens.max(2),
+        tokens_per_second: args.tokens_per_second,
+        time_to_first_token: Duration::from_millis(args.ttft_ms),
+        cancels: args.cancels.max(1),
+        pinning,
+        work_dir: work_dir.clone(),
+    };
+    eprintln!(
+        "bench gateway: {} streams × {} answers of {} tokens at {} tokens/s, straight then through the gateway…",
+        bench.streams, bench.rounds, bench.tokens, bench.tokens_per_second
+    );
+    let results = bench.run().await;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    let results = results?;
+    println!("{}", sluice_loadgen::gateway::summary(&results));
+    if let Some(path) = &args.json {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+        serde_json::to_writer_pretty(file, &results)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use reqwest::Url;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 
 use crate::Error;
+use crate::process;
 use crate::procfs::{self, ProcSample};
 use crate::publisher::{self, PublishPlan, PublishStats};
 use crate::stats::{Aggregate, WorkerReport};
@@ -161,7 +162,7 @@ impl HubBench {
         let machine = Machine::read();
         let open_files = crate::raise_open_file_limit();
         if let Some(pinning) = &self.pinning {
-            pin_self(&pinning.loadgen_cpus).await?;
+            process::pin_self(&pinning.loadgen_cpus).await?;
         }
 
         // The server.
@@ -169,7 +170,8 @@ impl HubBench {
         let (url, server_pid) = match &self.server {
             ServerTarget::Url(url) => (url.clone(), self.server_pid),
             ServerTarget::Spawn { program, args, path } => {
-                let (child, url) = self.spawn_server(program, args, path).await?;
+                let cpus = self.pinning.as_ref().map(|p| p.server_cpus.as_str());
+                let (child, url) = process::spawn_server(program, args, cpus, path).await?;
                 let pid = child.id();
                 server_child = Some(child);
                 (url, pid)
@@ -338,61 +340,16 @@ impl HubBench {
         })
     }
 
-    async fn spawn_server(
-        &self,
-        program: &PathBuf,
-        args: &[String],
-        path: &str,
-    ) -> Result<(Child, Url), Error> {
-        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut command = self.pinned(program, self.pinning.as_ref().map(|p| &p.server_cpus));
-        command
-            .args(args)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| Error::Server(format!("cannot start: {e}")))?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(Error::Server(format!("exited at start: {status}")));
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Server(format!("not listening on {addr} after 15 s")));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let url = Url::parse(&format!("http://{addr}{path}"))
-            .map_err(|e| Error::Config(format!("bad hub path {path:?}: {e}")))?;
-        Ok((child, url))
-    }
-
-    fn pinned(&self, program: &PathBuf, cpus: Option<&String>) -> Command {
-        match cpus {
-            Some(cpus) => {
-                let mut command = Command::new("taskset");
-                command.arg("-c").arg(cpus).arg(program);
-                command
-            }
-            None => Command::new(program),
-        }
-    }
-
     async fn spawn_worker(
         &self,
         index: usize,
         config: &WorkerConfig,
         aggregate: Arc<Mutex<Aggregate>>,
     ) -> Result<Worker, Error> {
-        let mut command =
-            self.pinned(&self.worker_program, self.pinning.as_ref().map(|p| &p.loadgen_cpus));
+        let mut command = process::pinned(
+            &self.worker_program,
+            self.pinning.as_ref().map(|p| p.loadgen_cpus.as_str()),
+        );
         command
             .args(&self.worker_args)
             .stdin(Stdio::piped())
@@ -855,20 +812,6 @@ fn loopback_addr(url: &Url) -> Result<SocketAddr, Error> {
     }
     let port = url.port_or_known_default().unwrap_or(80);
     Ok(SocketAddr::new(ip, port))
-}
-
-/// Pins this process (every thread) to `cpus`.
-async fn pin_self(cpus: &str) -> Result<(), Error> {
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .await
-        .map_err(|e| Error::Config(format!("taskset (util-linux) is needed to pin: {e}")))?;
-    if !status.success() {
-        return Err(Error::Config(format!("taskset -c {cpus} failed: {status}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -24,8 +24,11 @@
 //! - [`chunked`]: an incremental `Transfer-Encoding: chunked` decoder.
 //! - [`stats`]: latency histograms (HDR) and the reports workers send, mergeable exactly.
 //! - [`procfs`]: CPU time and RSS of a process from `/proc`.
+//! - [`process`]: starting the measured servers, pinned to CPUs.
 //! - [`publisher`]: form POSTs at a set rate, each stamped with its send time.
 //! - [`worker`]: a process holding thousands of lean subscribers on one thread.
+//! - [`gateway`]: `sluice bench gateway`: streamed answers through a gateway against straight
+//!   from its upstream.
 //! - [`hub`]: the coordinator: starts (or finds) the server, spreads subscribers over
 //!   worker processes, steps through publish rates, prints progress and a summary.
 //!
@@ -35,7 +38,9 @@
 //! what is measured.
 
 pub mod chunked;
+pub mod gateway;
 pub mod hub;
+pub mod process;
 pub mod procfs;
 pub mod publisher;
 pub mod stats;
