@@ -8,12 +8,16 @@
 //! the first token.
 
 pub mod anthropic;
+#[cfg(feature = "local")]
+pub mod local;
 pub mod openai;
 pub mod router;
 pub mod scripted;
 pub mod types;
 
 pub use anthropic::{Anthropic, AnthropicConfig};
+#[cfg(feature = "local")]
+pub use local::{LoadError, LocalConfig, LocalModel, LocalStats};
 pub use openai::{OpenAi, OpenAiConfig};
 pub use router::{Attempts, Router};
 pub use scripted::{Script, Scripted, ScriptedStats};
