@@ -88,3 +88,7 @@ if ! cmp -s "$requirements" "$venv/requirements.installed"; then
         --requirement "$requirements"
     cp "$requirements" "$venv/requirements.installed"
 fi
+
+# The built-in local model (SmolLM2-135M-Instruct GGUF, 98 MB): `make run` serves it and the
+# tests run it. Fetched once into models/ (git-ignored), its sha256 checked; quiet when there.
+bash "$(dirname "$0")/fetch-model.sh"

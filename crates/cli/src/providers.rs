@@ -1,14 +1,23 @@
 //! Building the model router from settings: `[[providers]]` tables in `sluice.toml`, the
-//! `--provider scripted` flag (with `[scripted]` keys or `SLUICE_SCRIPTED_*` variables), and
-//! the built-in local model when nothing else is configured.
+//! `--provider` flag (`local`, `scripted`; the scripted one's knobs in `[scripted]` keys or
+//! `SLUICE_SCRIPTED_*` variables), and the built-in local model when nothing else is
+//! configured.
+//!
+//! With no provider configured at all, the local model is the one provider. Naming any
+//! provider (a table or the flag) replaces that default, so `--provider scripted` gives a
+//! server with the scripted model only (what tests and benchmarks want: no 100 MB model to
+//! load), and `--provider local,scripted` gives both.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use std::path::Path;
+
 use sluice_llm::{
-    Anthropic, AnthropicConfig, Attempts, OpenAi, OpenAiConfig, Provider, Router, Script, Scripted,
+    Anthropic, AnthropicConfig, Attempts, LocalConfig, LocalModel, OpenAi, OpenAiConfig, Provider,
+    Router, Script, Scripted,
 };
 
 /// One `[[providers]]` table.
@@ -22,6 +31,9 @@ pub(crate) struct ProviderConfig {
     /// The API base URL (openai, anthropic).
     #[serde(default)]
     base_url: Option<String>,
+    /// The GGUF file (local).
+    #[serde(default)]
+    path: Option<std::path::PathBuf>,
     /// The environment variable holding the API key.
     #[serde(default)]
     api_key_env: Option<String>,
@@ -75,6 +87,26 @@ pub(crate) struct ModelSettings<'a> {
     pub(crate) providers: &'a [ProviderConfig],
     pub(crate) extra: &'a [String],
     pub(crate) scripted: &'a ScriptedConfig,
+    /// The local model's GGUF file.
+    pub(crate) model: &'a Path,
+}
+
+/// Loads the local model (a llama-family GGUF).
+fn local(path: &Path) -> anyhow::Result<Arc<dyn Provider>> {
+    if !path.exists() {
+        bail!(
+            "the local model {} is missing: run scripts/fetch-model.sh (make run does), \
+             or give --model PATH, or configure another provider",
+            path.display()
+        );
+    }
+    let model = LocalModel::load(LocalConfig::new(path))?;
+    tracing::info!(
+        model = model.model_name(),
+        seconds = model.load_time().as_secs_f64(),
+        "loaded the local model"
+    );
+    Ok(Arc::new(model))
 }
 
 fn attempts(config: &ProviderConfig) -> Attempts {
@@ -119,26 +151,39 @@ fn build(config: &ProviderConfig, scripted: &ScriptedConfig) -> anyhow::Result<A
             timeout,
         })),
         "scripted" => Arc::new(Scripted::new(config.name.clone(), scripted.script()?)),
+        "local" => local(
+            config.path.as_deref().unwrap_or(Path::new(sluice_llm::local::DEFAULT_MODEL_PATH)),
+        )?,
         other => bail!(
-            "provider {:?}: unknown kind {other:?} (openai, anthropic, scripted)",
+            "provider {:?}: unknown kind {other:?} (openai, anthropic, local, scripted)",
             config.name
         ),
     })
 }
 
-/// The router for these settings. With no provider configured at all, it is empty.
+/// The router for these settings.
 pub(crate) fn router(settings: &ModelSettings<'_>) -> anyhow::Result<Router> {
     let mut router = Router::new();
     for config in settings.providers {
         router.add(build(config, settings.scripted)?, config.models.clone(), attempts(config));
     }
-    for extra in settings.extra {
-        match extra.as_str() {
+    let default = [String::from("local")];
+    let extra = if settings.providers.is_empty() && settings.extra.is_empty() {
+        &default[..]
+    } else {
+        settings.extra
+    };
+    for name in extra {
+        match name.as_str() {
             "scripted" => {
                 let provider = Scripted::new("scripted", settings.scripted.script()?);
                 router.add(Arc::new(provider), vec!["scripted".to_owned()], Attempts::default());
             }
-            other => bail!("--provider {other:?}: only `scripted` can be added by flag"),
+            "local" => {
+                let model = sluice_llm::local::DEFAULT_MODEL_NAME.to_owned();
+                router.add(local(settings.model)?, vec![model], Attempts::default());
+            }
+            other => bail!("--provider {other:?}: the flag adds `local` or `scripted`"),
         }
     }
     Ok(router)

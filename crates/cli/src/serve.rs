@@ -95,7 +95,13 @@ pub(crate) struct Args {
     /// Do not publish subscription events.
     #[arg(long, env = "SLUICE_NO_SUBSCRIPTION_EVENTS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     no_subscription_events: Option<bool>,
-    /// Add a provider by name: `scripted` (model `scripted`, for tests and benchmarks).
+    /// The local model's GGUF file (any llama-family model) [default:
+    /// models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    #[arg(long, env = "SLUICE_MODEL", value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Providers by name: `local` (the built-in model, served as `smollm2-135m`) and
+    /// `scripted` (model `scripted`, for tests and benchmarks) [default: local, when no
+    /// [[providers]] are configured].
     #[arg(long = "provider", env = "SLUICE_PROVIDERS", value_name = "NAME", value_delimiter = ',')]
     provider: Vec<String>,
     /// API keys clients must present to the gateway; none: open.
@@ -150,6 +156,7 @@ impl Args {
             queue_capacity: self.queue_capacity.or(file.queue_capacity),
             no_subscription_events: self.no_subscription_events.or(file.no_subscription_events),
             provider: list(self.provider, file.provider),
+            model: self.model.or(file.model),
             api_keys: list(self.api_keys, file.api_keys),
             requests_per_minute: self.requests_per_minute.or(file.requests_per_minute),
             generation_grace: self.generation_grace.or(file.generation_grace),
@@ -222,6 +229,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             providers: &args.providers,
             extra: &args.provider,
             scripted: &args.scripted,
+            model: args
+                .model
+                .as_deref()
+                .unwrap_or(Path::new(sluice_llm::local::DEFAULT_MODEL_PATH)),
         })?),
         api_keys: args.api_keys.clone(),
         requests_per_minute: args.requests_per_minute,
