@@ -4,6 +4,7 @@
 // that aborts mid-answer must cancel the upstream (sluice_upstream_cancelled_total).
 
 import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import OpenAI, { APIError, AuthenticationError, InternalServerError, NotFoundError } from 'openai';
 
@@ -290,5 +291,34 @@ describe('the official openai SDK aborting mid-answer', () => {
     }
     assert.ok(text.startsWith('word') && text.length < 400 * 5, JSON.stringify(text));
     await waitCancelled(before + 1);
+  });
+});
+
+describe('the official openai SDK against the built-in local model', () => {
+  const model = fileURLToPath(new URL('../../models/SmolLM2-135M-Instruct.Q4_1.gguf', import.meta.url));
+  let hub;
+  before(async () => {
+    hub = await startHub({ store: 'memory', args: ['--provider', 'local', '--model', model] });
+  });
+  after(() => hub?.stop());
+
+  test('a greedy streamed answer is non-empty and the same twice', async () => {
+    const openai = client(hub);
+    const ask = async () => {
+      const stream = await openai.chat.completions.create({
+        model: 'smollm2-135m',
+        messages: [{ role: 'user', content: 'Name one colour.' }],
+        stream: true,
+        stream_options: { include_usage: true },
+        max_tokens: 16,
+        temperature: 0,
+      });
+      const chunks = await collect(stream);
+      assertUsage(chunks.at(-1).usage);
+      return textOf(chunks);
+    };
+    const first = await ask();
+    assert.ok(first.trim().length > 0, 'the model said something');
+    assert.equal(await ask(), first, 'greedy decoding is deterministic');
   });
 });

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -241,3 +242,28 @@ def test_closing_a_stream_mid_answer_cancels_the_upstream(sluice_servers):
 
     asyncio.run(run_async())
     wait_cancelled(2)
+
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_the_local_model_streams_the_same_greedy_answer_twice(sluice_servers):
+    server = sluice_servers(["--store", "memory", "--provider", "local", "--model", str(MODEL)])
+    openai_client = client(server)
+
+    def ask() -> str:
+        stream = openai_client.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "Name one colour."}],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=16,
+            temperature=0,
+        )
+        chunks = list(stream)
+        check_usage(chunks[-1].usage)
+        return text_of(chunks)
+
+    first = ask()
+    assert first.strip(), "the model said something"
+    assert ask() == first, "greedy decoding is deterministic"
