@@ -81,6 +81,13 @@ def number(value):
     return f"{value:.3g}"
 
 
+def ratio_text(ratio):
+    """`0.58x`, or `1/11,400x` for ratios too small to read as decimals."""
+    if ratio >= 0.01:
+        return f"{ratio:.2f}x"
+    return f"1/{1 / ratio:,.0f}x"
+
+
 def markdown(results):
     out = []
     for scenario, rows in results.items():
@@ -98,7 +105,7 @@ def markdown(results):
                 ),
                 None,
             )
-            ratio = f"{row['mb_s'] / base['mb_s']:.3g}x" if base else "n/a"
+            ratio = ratio_text(row["mb_s"] / base["mb_s"]) if base else "n/a"
             size = row["size"] or f"{row['bytes'] / 1e6:.2f} MB"
             out.append(
                 f"| {row['implementation']} | {size} "
@@ -139,6 +146,18 @@ def svg(results):
                 f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h - 5}">{number(row["mb_s"])}</text>'
             )
             y += bar_h + gap
+        missing = [
+            f"{implementation} {size}"
+            for size in sorted({r["size"] for r in rows if r["size"]}, key=SIZE_ORDER.get)
+            for implementation in sorted({r["implementation"] for r in rows})
+            if not any(r["implementation"] == implementation and r["size"] == size for r in rows)
+        ]
+        if missing:
+            parts.append(
+                f'<text x="{label_w}" y="{y + 12}" fill="#555">not measured: '
+                f"{escape(', '.join(missing))} (see BENCHMARKS.md)</text>"
+            )
+            y += title_h
         y += panel_gap
     height = y
     header = (
