@@ -27,7 +27,7 @@
 
 use std::borrow::Cow;
 
-/// The largest event a [`Decoder::new`] accepts: 16 MiB of data plus the unfinished line.
+/// The largest event a [`Decoder::new`] accepts: 16 MiB of data plus the line being read.
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
 
 const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
