@@ -3,7 +3,8 @@
 //! `SLUICE_SCRIPTED_*` variables), and the built-in local model when nothing else is
 //! configured.
 //!
-//! With no provider configured at all, the local model is the one provider. Naming any
+//! With no provider configured at all, the local model is the one provider (and when its file
+//! is missing, the hub is served with no chat model and a warning). Naming any
 //! provider (a table or the flag) replaces that default, so `--provider scripted` gives a
 //! server with the scripted model only (what tests and benchmarks want: no 100 MB model to
 //! load), and `--provider local,scripted` gives both.
@@ -168,11 +169,17 @@ pub(crate) fn router(settings: &ModelSettings<'_>) -> anyhow::Result<Router> {
         router.add(build(config, settings.scripted)?, config.models.clone(), attempts(config));
     }
     let default = [String::from("local")];
-    let extra = if settings.providers.is_empty() && settings.extra.is_empty() {
-        &default[..]
-    } else {
-        settings.extra
-    };
+    let defaulted = settings.providers.is_empty() && settings.extra.is_empty();
+    if defaulted && !settings.model.exists() {
+        // The hub is useful without a model: serve it, and say how to get the model.
+        tracing::warn!(
+            model = %settings.model.display(),
+            "no provider is configured and the local model is missing: serving the hub with \
+             no chat model (run scripts/fetch-model.sh, or give --model PATH or --provider)"
+        );
+        return Ok(router);
+    }
+    let extra = if defaulted { &default[..] } else { settings.extra };
     for name in extra {
         match name.as_str() {
             "scripted" => {
