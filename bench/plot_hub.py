@@ -103,14 +103,17 @@ class Panel:
                 self.out.append(f'<circle cx="{self.x(a):.1f}" cy="{self.y(b):.1f}" r="3" '
                                 f'fill="{colour}"/>')
         lx, ly = self.x(xs[label_at]), self.y(ys[label_at]) + (17 if below else -7)
-        self.out.append(f'<text x="{lx - 4}" y="{ly}" text-anchor="end" fill="{colour}">'
+        anchor = "start" if below else "end"
+        lx += 6 if below else -4
+        self.out.append(f'<text x="{lx}" y="{ly}" text-anchor="{anchor}" fill="{colour}">'
                         f"{escape(label)}</text>")
 
     def hline(self, v, colour, label):
         x0, x1 = self.x(self.xticks[0]), self.x(self.xticks[-1])
         self.out.append(f'<line x1="{x0}" y1="{self.y(v)}" x2="{x1}" y2="{self.y(v)}" '
                         f'stroke="{colour}" stroke-dasharray="2,3"/>')
-        self.out.append(f'<text x="{x0 + 4}" y="{self.y(v) - 4}" fill="{colour}">'
+        self.out.append(f'<text x="{x1 - 4}" y="{self.y(v) - 4}" text-anchor="end" '
+                        f'fill="{colour}">'
                         f"{escape(label)}</text>")
 
 
@@ -191,8 +194,8 @@ def main():
                   "deliveries/s", rates, offered + got + [500_000])
         p.frame()
         p.hline(500_000, RED, "target 500k/s")
-        p.line(rates, offered, GREY, "offered", dashed=True, dots=False)
-        p.line(rates, got, BLUE, "delivered", below=True)
+        p.line(rates, offered, GREY, "offered", dashed=True, dots=False, label_at=len(rates) // 2)
+        p.line(rates, got, BLUE, "delivered", below=True, label_at=len(rates) // 2)
         panels.append(p)
         p99 = [max(s["p99_ms"], 0.01) for s in steps]
         p50 = [max(s["p50_ms"], 0.01) for s in steps]
@@ -201,7 +204,7 @@ def main():
         q.frame()
         q.hline(50, RED, "target p99 < 50 ms")
         q.line(rates, p99, ORANGE, "p99")
-        q.line(rates, p50, BLUE, "p50", below=True)
+        q.line(rates, p50, BLUE, "p50", below=True, label_at=len(rates) // 2)
         panels.append(q)
     if idle_runs:
         ns = [i["idle"]["subscribers"] for _, i in idle_runs]

@@ -207,8 +207,12 @@ async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
             ServerTarget::Url(url.parse().with_context(|| format!("--url {url:?}"))?)
         }
         (None, true) => {
+            // The scripted provider only: the hub is measured, not the local model (which
+            // would add its load time and 100 MB to the RSS baseline).
             let mut server_args: Vec<String> =
-                ["serve", "--store", "memory", "--anonymous"].map(String::from).into();
+                ["serve", "--store", "memory", "--anonymous", "--provider", "scripted"]
+                    .map(String::from)
+                    .into();
             if let Some(secret) = &secret {
                 server_args.extend(["--jwt-secret".to_owned(), secret.clone()]);
             }
