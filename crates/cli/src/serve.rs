@@ -262,9 +262,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let hub = Hub::new(store, fanout, hub_config);
 
     let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let anonymous = config.anonymous;
     tracing::info!(
         address = %listener.local_addr()?,
@@ -277,6 +275,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     sluice_server::serve(listener, AppState::new(hub, config), stop_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel's queue of connections not yet accepted. Tokio's default (128) overflows when
+/// thousands of clients reconnect at once after a restart, and each dropped SYN costs a
+/// client a second before it retries.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

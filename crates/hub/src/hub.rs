@@ -307,15 +307,17 @@ impl Drop for Feed {
 
 impl Feed {
     fn into_stream(self) -> BoxStream<'static, Delivery> {
-        stream::unfold(self, |mut feed| async move {
+        // The counter's handle is looked up once per subscription, not once per delivery.
+        let delivered = metrics::counter!("sluice_updates_delivered_total");
+        stream::unfold((self, delivered), |(mut feed, delivered)| async move {
             let delivery = feed.next_delivery().await?;
             if let Delivery::Update(update) = &delivery {
-                metrics::counter!("sluice_updates_delivered_total").increment(1);
+                delivered.increment(1);
                 if feed.until.is_some() && update.event_type() == feed.until.as_deref() {
                     feed.done = true;
                 }
             }
-            Some((delivery, feed))
+            Some((delivery, (feed, delivered)))
         })
         .boxed()
     }

@@ -193,11 +193,15 @@ impl CommitListener for Registry {
         for update in updates {
             state.last_seq = update.seq();
             state.last = Some(Arc::clone(update));
+            let seq = update.seq();
+            // Found through the exact index, a public update is wanted by construction: its
+            // topic is one of the subscriber's selectors. Only the rest needs the full check.
             let exact = update.topics().iter().filter_map(|topic| state.exact.get(topic));
-            for subscriber in exact.flat_map(|s| s.values()).chain(state.others.values()) {
-                let seq = update.seq();
+            let indexed = exact.flat_map(|s| s.values()).map(|s| (s, !update.private()));
+            let scanned = state.others.values().map(|s| (s, false));
+            for (subscriber, wanted) in indexed.chain(scanned) {
                 if subscriber.last_queued.load(Ordering::Relaxed) == seq
-                    || !subscriber.filter.can_receive(update)
+                    || !(wanted || subscriber.filter.can_receive(update))
                 {
                     continue;
                 }

@@ -32,10 +32,12 @@ pub(crate) fn event_stream(
         deadline: deadline.map(|d| Box::pin(sleep_until(d))),
         _on_end: on_end,
     };
-    let body = stream::unfold(state, |mut state| async move {
+    // The counter's handle is looked up once per stream, not once per frame.
+    let bytes_out = metrics::counter!("sluice_bytes_out_total");
+    let body = stream::unfold((state, bytes_out), |(mut state, bytes_out)| async move {
         let frame = state.next().await?;
-        metrics::counter!("sluice_bytes_out_total").increment(frame.len() as u64);
-        Some((Ok::<_, std::convert::Infallible>(frame), state))
+        bytes_out.increment(frame.len() as u64);
+        Some((Ok::<_, std::convert::Infallible>(frame), (state, bytes_out)))
     });
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
