@@ -7,16 +7,15 @@
 //! finish (`end_turn`, `stop_sequence` → stop; `max_tokens` → length; `tool_use` →
 //! tool_calls), `error` → an upstream error. `ping` and `thinking` blocks are skipped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::stream::{self, BoxStream};
-use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
-use sluice_sse::{MessageEvent, StreamError};
+use sluice_sse::MessageEvent;
 
-use crate::openai::open_event_stream;
+use crate::openai::{Out, Translate, open_event_stream, translate};
 use crate::types::{
     ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Role, Usage,
 };
@@ -146,64 +145,32 @@ impl Provider for Anthropic {
                 http = http.header("x-api-key", key);
             }
             let events = open_event_stream(http, self.config.timeout).await?;
-            Ok(translate(events))
+            Ok(translate(events, Events::default()))
         }
         .boxed()
     }
 }
 
+/// What has been seen of an Anthropic message stream.
+#[derive(Default)]
 struct Events {
-    events: BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>,
-    ready: VecDeque<Result<Delta, ProviderError>>,
     input_tokens: u32,
     output_tokens: u32,
     finish: Option<FinishReason>,
     /// Content block index → tool-call index, for `tool_use` blocks.
     tools: HashMap<u64, u32>,
-    over: bool,
 }
 
-fn translate(
-    events: BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>,
-) -> DeltaStream {
-    let state = Events {
-        events,
-        ready: VecDeque::new(),
-        input_tokens: 0,
-        output_tokens: 0,
-        finish: None,
-        tools: HashMap::new(),
-        over: false,
-    };
-    stream::unfold(state, |mut state| async move {
-        loop {
-            if let Some(item) = state.ready.pop_front() {
-                return Some((item, state));
-            }
-            if state.over {
-                return None;
-            }
-            match state.events.next().await {
-                Some(Ok(event)) => state.event(&event),
-                Some(Err(error)) => state.fail(ProviderError::Network(error.to_string())),
-                None => state.fail(ProviderError::Network(
-                    "the upstream ended the stream before message_stop".to_owned(),
-                )),
-            }
-        }
-    })
-    .boxed()
-}
-
-impl Events {
-    fn fail(&mut self, error: ProviderError) {
-        self.over = true;
-        self.ready.push_back(Err(error));
+impl Translate for Events {
+    fn end(&mut self, out: &mut Out) {
+        out.fail(ProviderError::Network(
+            "the upstream ended the stream before message_stop".to_owned(),
+        ));
     }
 
-    fn event(&mut self, event: &MessageEvent) {
+    fn event(&mut self, event: &MessageEvent, out: &mut Out) {
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
-            return self.fail(ProviderError::Upstream {
+            return out.fail(ProviderError::Upstream {
                 status: 502,
                 message: format!("unparseable {} event from the upstream", event.event_type),
             });
@@ -219,31 +186,31 @@ impl Events {
                 let block = data["index"].as_u64().unwrap_or(0);
                 let index = self.tools.len() as u32;
                 self.tools.insert(block, index);
-                self.ready.push_back(Ok(Delta::ToolCall {
+                out.push(Delta::ToolCall {
                     index,
                     id: data["content_block"]["id"].as_str().map(str::to_owned),
                     name: data["content_block"]["name"].as_str().map(str::to_owned),
                     arguments: String::new(),
-                }));
+                });
             }
             "content_block_delta" => {
                 let delta = &data["delta"];
                 match delta["type"].as_str() {
                     Some("text_delta") => {
                         if let Some(text) = delta["text"].as_str().filter(|t| !t.is_empty()) {
-                            self.ready.push_back(Ok(Delta::Text(text.to_owned())));
+                            out.push(Delta::Text(text.to_owned()));
                         }
                     }
                     Some("input_json_delta") => {
                         let block = data["index"].as_u64().unwrap_or(0);
                         if let Some(&index) = self.tools.get(&block) {
                             let partial = delta["partial_json"].as_str().unwrap_or_default();
-                            self.ready.push_back(Ok(Delta::ToolCall {
+                            out.push(Delta::ToolCall {
                                 index,
                                 id: None,
                                 name: None,
                                 arguments: partial.to_owned(),
-                            }));
+                            });
                         }
                     }
                     _ => {}
@@ -261,16 +228,14 @@ impl Events {
                 };
             }
             "message_stop" => {
-                self.over = true;
                 let usage = Usage::new(self.input_tokens, self.output_tokens);
-                self.ready.push_back(Ok(Delta::Usage(usage)));
-                self.ready.push_back(Ok(Delta::Finish(self.finish.unwrap_or(FinishReason::Stop))));
+                out.finish(Some(usage), self.finish.unwrap_or(FinishReason::Stop));
             }
             "error" => {
                 let kind = data["error"]["type"].as_str().unwrap_or("error");
                 let message = data["error"]["message"].as_str().unwrap_or(kind).to_owned();
                 let status = if kind == "overloaded_error" { 529 } else { 500 };
-                self.fail(ProviderError::Upstream { status, message });
+                out.fail(ProviderError::Upstream { status, message });
             }
             _ => {}
         }

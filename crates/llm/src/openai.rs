@@ -98,20 +98,18 @@ impl Provider for OpenAi {
                 http = http.bearer_auth(key);
             }
             let events = open_event_stream(http, self.config.timeout).await?;
-            Ok(translate(events))
+            Ok(translate(events, Chunks::default()))
         }
         .boxed()
     }
 }
 
-/// Reading state: what has been seen of the upstream's chunks.
+/// What has been seen of an OpenAI-compatible upstream's chunks.
+#[derive(Default)]
 struct Chunks {
-    events: BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>,
-    ready: VecDeque<Result<Delta, ProviderError>>,
     usage: Option<Usage>,
     finish: Option<FinishReason>,
     tools: ToolIndexes,
-    over: bool,
 }
 
 /// Gives each tool call its own index even when an upstream reuses one index for parallel
@@ -139,72 +137,94 @@ impl ToolIndexes {
     }
 }
 
-fn translate(
+/// The deltas a translator has ready, and whether the answer is over.
+#[derive(Default)]
+pub(crate) struct Out {
+    ready: VecDeque<Result<Delta, ProviderError>>,
+    over: bool,
+}
+
+impl Out {
+    /// Queues a delta.
+    pub(crate) fn push(&mut self, delta: Delta) {
+        self.ready.push_back(Ok(delta));
+    }
+
+    /// Ends the answer with `error`.
+    pub(crate) fn fail(&mut self, error: ProviderError) {
+        self.over = true;
+        self.ready.push_back(Err(error));
+    }
+
+    /// Ends the answer with its usage (when known) and finish reason.
+    pub(crate) fn finish(&mut self, usage: Option<Usage>, finish: FinishReason) {
+        self.over = true;
+        if let Some(usage) = usage {
+            self.push(Delta::Usage(usage));
+        }
+        self.push(Delta::Finish(finish));
+    }
+}
+
+/// An upstream wire format, event by event; [`translate`] does the reading.
+pub(crate) trait Translate: Send + 'static {
+    /// Reads one event of the upstream's stream.
+    fn event(&mut self, event: &MessageEvent, out: &mut Out);
+    /// The upstream's stream ended cleanly.
+    fn end(&mut self, out: &mut Out);
+}
+
+/// The deltas of an upstream's event stream, read through `translator`.
+pub(crate) fn translate<T: Translate>(
     events: BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>,
+    translator: T,
 ) -> DeltaStream {
-    let state = Chunks {
-        events,
-        ready: VecDeque::new(),
-        usage: None,
-        finish: None,
-        tools: ToolIndexes::default(),
-        over: false,
-    };
-    stream::unfold(state, |mut state| async move {
+    let state = (events, translator, Out::default());
+    stream::unfold(state, |(mut events, mut translator, mut out)| async move {
         loop {
-            if let Some(item) = state.ready.pop_front() {
-                return Some((item, state));
+            if let Some(item) = out.ready.pop_front() {
+                return Some((item, (events, translator, out)));
             }
-            if state.over {
+            if out.over {
                 return None;
             }
-            match state.events.next().await {
-                Some(Ok(event)) if event.data.trim() == "[DONE]" => state.end(),
-                Some(Ok(event)) => state.chunk(&event.data),
-                Some(Err(error)) => {
-                    state.over = true;
-                    state.ready.push_back(Err(ProviderError::Network(error.to_string())));
-                }
-                None => state.end(),
+            match events.next().await {
+                Some(Ok(event)) => translator.event(&event, &mut out),
+                Some(Err(error)) => out.fail(ProviderError::Network(error.to_string())),
+                None => translator.end(&mut out),
             }
         }
     })
     .boxed()
 }
 
-impl Chunks {
-    fn end(&mut self) {
-        self.over = true;
+impl Translate for Chunks {
+    fn end(&mut self, out: &mut Out) {
         match self.finish {
-            Some(finish) => {
-                if let Some(usage) = self.usage {
-                    self.ready.push_back(Ok(Delta::Usage(usage)));
-                }
-                self.ready.push_back(Ok(Delta::Finish(finish)));
-            }
-            None => self.ready.push_back(Err(ProviderError::Network(
+            Some(finish) => out.finish(self.usage, finish),
+            None => out.fail(ProviderError::Network(
                 "the upstream ended the stream before the answer finished".to_owned(),
-            ))),
+            )),
         }
     }
 
-    fn chunk(&mut self, data: &str) {
+    fn event(&mut self, event: &MessageEvent, out: &mut Out) {
+        let data = event.data.as_str();
+        if data.trim() == "[DONE]" {
+            return self.end(out);
+        }
         let chunk: Value = match serde_json::from_str(data) {
             Ok(chunk) => chunk,
             Err(e) => {
-                self.over = true;
-                self.ready.push_back(Err(ProviderError::Upstream {
+                return out.fail(ProviderError::Upstream {
                     status: 502,
                     message: format!("unparseable chunk from the upstream: {e}"),
-                }));
-                return;
+                });
             }
         };
         if let Some(error) = chunk.get("error") {
-            self.over = true;
             let message = error["message"].as_str().unwrap_or("upstream error").to_owned();
-            self.ready.push_back(Err(ProviderError::Upstream { status: 500, message }));
-            return;
+            return out.fail(ProviderError::Upstream { status: 500, message });
         }
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
             let count = |k: &str| usage[k].as_u64().unwrap_or(0) as u32;
@@ -213,18 +233,18 @@ impl Chunks {
         let Some(choice) = chunk["choices"].get(0) else { return };
         let delta = &choice["delta"];
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-            self.ready.push_back(Ok(Delta::Text(text.to_owned())));
+            out.push(Delta::Text(text.to_owned()));
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let upstream = call["index"].as_u64().unwrap_or(0);
             let id = call["id"].as_str();
             let index = self.tools.index(upstream, id);
-            self.ready.push_back(Ok(Delta::ToolCall {
+            out.push(Delta::ToolCall {
                 index,
                 id: id.map(str::to_owned),
                 name: call["function"]["name"].as_str().map(str::to_owned),
                 arguments: call["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
-            }));
+            });
         }
         self.finish = match choice["finish_reason"].as_str() {
             Some("stop") => Some(FinishReason::Stop),

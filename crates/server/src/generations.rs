@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 
 use crate::error::ApiError;
 use crate::limits::ClientAddr;
-use crate::openai::{Chunker, CompletionRequest, admit, provider_error, read_body};
+use crate::openai::{Chunker, admit, admitted_request, provider_error};
 use crate::sse::event_stream;
 use crate::state::AppState;
 
@@ -245,9 +245,8 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    admit(&state, &headers, client)?;
-    let body = read_body(&state, body).await?;
-    let chat = CompletionRequest::parse(&body)?.into_chat(state.default_model().as_deref())?;
+    let request = admitted_request(&state, &headers, client, body).await?;
+    let chat = request.into_chat(state.default_model().as_deref())?;
     let id = start(&state, chat, state.config().generation_grace).await?;
     let token = state.generations().token(&id);
     let events_url = format!("/api/generations/{id}/events?token={token}");

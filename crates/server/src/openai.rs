@@ -267,8 +267,20 @@ impl CompletionRequest {
     }
 }
 
+/// The checks every chat request goes through: the client's key and rate limit, the body's
+/// size, then its parsing.
+pub(crate) async fn admitted_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: ClientAddr,
+    body: Body,
+) -> Result<CompletionRequest, ApiError> {
+    admit(state, headers, client)?;
+    CompletionRequest::parse(&read_body(state, body).await?)
+}
+
 /// Reads a JSON body up to the configured size.
-pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.config().max_body_bytes;
     axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
@@ -444,9 +456,7 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    admit(&state, &headers, client)?;
-    let body = read_body(&state, body).await?;
-    let request = CompletionRequest::parse(&body)?;
+    let request = admitted_request(&state, &headers, client, body).await?;
     let (stream, include_usage) = (request.stream, request.include_usage());
     let chat = request.into_chat(state.default_model().as_deref())?;
     let model = chat.model.clone();
