@@ -57,8 +57,11 @@
 //! # Threads
 //!
 //! candle sizes its CPU thread pool from `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS` when
-//! set, else from the number of physical cores; set one of them before the first generation
-//! to pin the model to fewer cores.
+//! set, else from the number of physical cores, and reads them nowhere but the environment.
+//! On a quiet 2-core machine two threads are fastest (about 69 tokens/s, against 50 with
+//! one), but its threads spin-wait for each other between kernels: when other work wants a
+//! core, two threads fall to 3–20 tokens/s while one stays at 50. Start the process with
+//! `CANDLE_NUM_THREADS=1` where the model shares a small machine (BENCHMARKS.md).
 
 mod detok;
 mod requant;
