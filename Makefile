@@ -12,6 +12,9 @@ run: setup build
 	$(SLUICE) serve $(ARGS)
 
 ## Every test: formatting, lints, unit, integration, conformance and doc tests.
+## The local model runs on one candle thread in tests: two threads spin-wait on each other and
+## collapse when the machine is busy with anything else (see BENCHMARKS.md).
+test test-js test-python test-web: export CANDLE_NUM_THREADS := 1
 test: setup web lint test-js test-python test-web
 	$(CARGO) test --workspace --locked
 
