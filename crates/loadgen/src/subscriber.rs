@@ -306,11 +306,10 @@ impl Body {
         let decoder = &mut self.decoder;
         let mut decode_error = None;
         let mut decode = |data: &[u8]| {
-            if decode_error.is_none() {
-                if let Err(error) = decoder.feed(data, |event| stats.event(&event.data, now_nanos))
-                {
-                    decode_error = Some(error);
-                }
+            if decode_error.is_none()
+                && let Err(error) = decoder.feed(data, |event| stats.event(&event.data, now_nanos))
+            {
+                decode_error = Some(error);
             }
         };
         let progress = match &mut self.dechunker {

@@ -326,10 +326,10 @@ pub(crate) async fn events(
 ) -> Result<Response, ApiError> {
     state.generations().check(&id, &query.token)?;
     let after = cursor(&headers, query.last_event_id);
-    if let Some(after) = &after {
-        if is_end(state.hub(), after).await? {
-            return Ok(no_content());
-        }
+    if let Some(after) = &after
+        && is_end(state.hub(), after).await?
+    {
+        return Ok(no_content());
     }
     if !exists(&state, &id).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such generation"));

@@ -168,10 +168,10 @@ pub(crate) async fn subscribe(
         deadline,
         guard,
     );
-    if let Some(resumed) = subscription.resumed_after {
-        if let Ok(value) = HeaderValue::from_str(&resumed) {
-            response.headers_mut().insert("last-event-id", value);
-        }
+    if let Some(resumed) = subscription.resumed_after
+        && let Ok(value) = HeaderValue::from_str(&resumed)
+    {
+        response.headers_mut().insert("last-event-id", value);
     }
     Ok(response)
 }

@@ -105,15 +105,15 @@ pub(crate) fn admit(
             }
         }
     };
-    if let Some(per_minute) = config.requests_per_minute {
-        if let Err(wait) = state.rate_limiter().take(&key, per_minute) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_exceeded",
-                format!("rate limit of {per_minute} requests per minute reached"),
-            )
-            .with_retry_after(wait.as_secs().max(1)));
-        }
+    if let Some(per_minute) = config.requests_per_minute
+        && let Err(wait) = state.rate_limiter().take(&key, per_minute)
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            format!("rate limit of {per_minute} requests per minute reached"),
+        )
+        .with_retry_after(wait.as_secs().max(1)));
     }
     Ok(())
 }

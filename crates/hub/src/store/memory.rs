@@ -65,10 +65,10 @@ impl MemoryStore {
         inner.next_seq += 1;
         inner.ids.insert(id, update.seq());
         inner.ring.push_back(Arc::clone(&update));
-        if inner.ring.len() > inner.capacity {
-            if let Some(evicted) = inner.ring.pop_front() {
-                inner.ids.remove(evicted.id());
-            }
+        if inner.ring.len() > inner.capacity
+            && let Some(evicted) = inner.ring.pop_front()
+        {
+            inner.ids.remove(evicted.id());
         }
         // Told under the lock, so listeners hear of commits in seq order.
         self.listener.committed(std::slice::from_ref(&update));

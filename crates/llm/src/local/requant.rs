@@ -45,7 +45,7 @@ pub(crate) fn requantize<R: Read + Seek>(
         let info = &content.tensor_infos[name];
         let dtype = info.ggml_dtype;
         let elements = info.shape.elem_count();
-        if elements % dtype.block_size() != 0 {
+        if !elements.is_multiple_of(dtype.block_size()) {
             candle_core::bail!("tensor {name}: {elements} values do not fill whole blocks");
         }
         let mut raw = vec![0u8; elements / dtype.block_size() * dtype.type_size()];

@@ -168,10 +168,10 @@ impl GgufTokenizer {
     pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
         let encoding = self.encoder.encode(text, false).map_err(|e| e.to_string())?;
         let mut ids = encoding.get_ids().to_vec();
-        if let (true, Some(bos)) = (self.add_bos, self.bos) {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
+        if let (true, Some(bos)) = (self.add_bos, self.bos)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }
