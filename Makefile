@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-js test-python test-web web setup build lint bench fuzz clean
+.PHONY: run test test-build test-js test-python test-web web setup build lint bench fuzz clean
 
 ## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
 ## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
@@ -18,26 +18,31 @@ test test-js test-python test-web: export CANDLE_NUM_THREADS := 1
 test: setup web lint test-js test-python test-web
 	$(CARGO) test --workspace --locked
 
+## One build for every test and the test binary of `sluice`: `cargo test --workspace` unifies
+## features across the workspace and its dev-dependencies, so building `-p sluice` on its own
+## would compile candle and the rest a second time with other features. The suites that drive a
+## real `sluice serve` (js, python, web) use the binary this build leaves in target/debug.
+SLUICE_TEST_BIN := $(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice
+test-build: setup
+	$(CARGO) test --workspace --locked --no-run
+
 ## The hub through a third-party EventSource client (npm `eventsource`) and a real browser
 ## (Debian's chromium, driven by playwright-core), and the gateway through the official OpenAI
 ## SDK (npm `openai`): tests/js, run with node --test.
-test-js: setup
-	$(CARGO) build -p sluice --locked
-	cd tests/js && SLUICE_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice npm test
+test-js: test-build
+	cd tests/js && SLUICE_BIN=$(SLUICE_TEST_BIN) npm test
 
 ## The gateway through the official OpenAI SDK for Python (tests/python, pytest in .venv/).
 ## pytest's exit status 5 (no test collected) fails this target like any other failure.
-test-python: setup
-	$(CARGO) build -p sluice --locked
-	SLUICE_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice .venv/bin/python -m pytest -q tests/python
+test-python: test-build
+	SLUICE_BIN=$(SLUICE_TEST_BIN) .venv/bin/python -m pytest -q tests/python
 
 ## The chat page and the hub console: unit tests of web/src/lib (vitest), then both pages in
 ## Debian's chromium (playwright-core) against a real `sluice serve` (web/tests, node --test).
 ## Screenshots go to artifacts/.
-test-web: setup web
-	$(CARGO) build -p sluice --locked
+test-web: web test-build
 	cd web && npm test
-	cd web && SLUICE_BIN=$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/sluice npm run test:browser
+	cd web && SLUICE_BIN=$(SLUICE_TEST_BIN) npm run test:browser
 
 ## The web UI (web/, Vite + TypeScript + React) built into web/dist, which the binary embeds.
 ## Rebuilt only when its sources change (web/dist/.built is the stamp).

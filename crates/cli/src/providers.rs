@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use sluice_llm::{
@@ -22,7 +22,7 @@ use sluice_llm::{
 };
 
 /// One `[[providers]]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProviderConfig {
     /// What `/v1/models` lists as the owner.
@@ -49,7 +49,7 @@ pub(crate) struct ProviderConfig {
 }
 
 /// The scripted provider's knobs (`[scripted]`, or `SLUICE_SCRIPTED_*`; variables win).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ScriptedConfig {
     text: Option<String>,
@@ -82,6 +82,37 @@ impl ScriptedConfig {
     }
 }
 
+/// The bounds on waiting for upstreams (each provider's `timeout_secs` overrides the first
+/// token's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamTimeouts {
+    pub(crate) connect: Duration,
+    pub(crate) first_token: Duration,
+    pub(crate) gap: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        let attempts = Attempts::default();
+        UpstreamTimeouts {
+            connect: Duration::from_secs(10),
+            first_token: attempts.first_token_timeout,
+            gap: attempts.gap_timeout,
+        }
+    }
+}
+
+impl UpstreamTimeouts {
+    /// The attempts of a provider with these bounds.
+    fn attempts(&self) -> Attempts {
+        Attempts {
+            first_token_timeout: self.first_token,
+            gap_timeout: self.gap,
+            ..Attempts::default()
+        }
+    }
+}
+
 /// Everything the router is built from.
 #[derive(Debug)]
 pub(crate) struct ModelSettings<'a> {
@@ -90,6 +121,7 @@ pub(crate) struct ModelSettings<'a> {
     pub(crate) scripted: &'a ScriptedConfig,
     /// The local model's GGUF file.
     pub(crate) model: &'a Path,
+    pub(crate) timeouts: UpstreamTimeouts,
 }
 
 /// Loads the local model (a llama-family GGUF).
@@ -110,8 +142,8 @@ fn local(path: &Path) -> anyhow::Result<Arc<dyn Provider>> {
     Ok(Arc::new(model))
 }
 
-fn attempts(config: &ProviderConfig) -> Attempts {
-    let defaults = Attempts::default();
+fn attempts(config: &ProviderConfig, timeouts: &UpstreamTimeouts) -> Attempts {
+    let defaults = timeouts.attempts();
     Attempts {
         retries: config.retries.unwrap_or(defaults.retries),
         first_token_timeout: config
@@ -121,7 +153,11 @@ fn attempts(config: &ProviderConfig) -> Attempts {
     }
 }
 
-fn build(config: &ProviderConfig, scripted: &ScriptedConfig) -> anyhow::Result<Arc<dyn Provider>> {
+fn build(
+    config: &ProviderConfig,
+    scripted: &ScriptedConfig,
+    timeouts: &UpstreamTimeouts,
+) -> anyhow::Result<Arc<dyn Provider>> {
     let api_key = match &config.api_key_env {
         Some(var) => Some(std::env::var(var).with_context(|| {
             format!("provider {:?} reads its key from ${var}, which is not set", config.name)
@@ -141,6 +177,7 @@ fn build(config: &ProviderConfig, scripted: &ScriptedConfig) -> anyhow::Result<A
             base_url: base_url()?,
             api_key,
             timeout,
+            connect_timeout: timeouts.connect,
         })),
         "anthropic" => Arc::new(Anthropic::new(AnthropicConfig {
             name: config.name.clone(),
@@ -150,6 +187,7 @@ fn build(config: &ProviderConfig, scripted: &ScriptedConfig) -> anyhow::Result<A
                 .unwrap_or_else(|| "https://api.anthropic.com/v1".to_owned()),
             api_key,
             timeout,
+            connect_timeout: timeouts.connect,
         })),
         "scripted" => Arc::new(Scripted::new(config.name.clone(), scripted.script()?)),
         "local" => local(
@@ -166,7 +204,8 @@ fn build(config: &ProviderConfig, scripted: &ScriptedConfig) -> anyhow::Result<A
 pub(crate) fn router(settings: &ModelSettings<'_>) -> anyhow::Result<Router> {
     let mut router = Router::new();
     for config in settings.providers {
-        router.add(build(config, settings.scripted)?, config.models.clone(), attempts(config));
+        let provider = build(config, settings.scripted, &settings.timeouts)?;
+        router.add(provider, config.models.clone(), attempts(config, &settings.timeouts));
     }
     let default = [String::from("local")];
     let defaulted = settings.providers.is_empty() && settings.extra.is_empty();
@@ -184,11 +223,15 @@ pub(crate) fn router(settings: &ModelSettings<'_>) -> anyhow::Result<Router> {
         match name.as_str() {
             "scripted" => {
                 let provider = Scripted::new("scripted", settings.scripted.script()?);
-                router.add(Arc::new(provider), vec!["scripted".to_owned()], Attempts::default());
+                router.add(
+                    Arc::new(provider),
+                    vec!["scripted".to_owned()],
+                    settings.timeouts.attempts(),
+                );
             }
             "local" => {
                 let model = sluice_llm::local::DEFAULT_MODEL_NAME.to_owned();
-                router.add(local(settings.model)?, vec![model], Attempts::default());
+                router.add(local(settings.model)?, vec![model], settings.timeouts.attempts());
             }
             other => bail!("--provider {other:?}: the flag adds `local` or `scripted`"),
         }

@@ -1,7 +1,10 @@
-//! `sluice serve`: the hub, the gateway and (as they land) the pages.
+//! `sluice serve`: the hub, the gateway, the pages.
 //!
 //! Settings come from flags, then `SLUICE_*` environment variables (clap reads both: a flag
 //! wins), then `sluice.toml`, then defaults. The file uses the flags' names with underscores.
+//! Both layers are the same [`Args`] type: the file is read into one, the command line into
+//! another, and what the command line set is laid over the file in one serde pass, so a new
+//! setting is one field here and nothing else.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,14 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
-use sluice_hub::{Fanout, Hub, HubConfig, MemoryStore, SqliteConfig, SqliteStore, Store};
-use sluice_server::{AppState, Config, Verifier};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_hub::{Fanout, Hub, HubConfig, Limits, MemoryStore, SqliteConfig, SqliteStore, Store};
+use sluice_server::{AppState, Config, Timeouts, Verifier};
 
-use crate::providers::{ModelSettings, ProviderConfig, ScriptedConfig};
+use crate::providers::{ModelSettings, ProviderConfig, ScriptedConfig, UpstreamTimeouts};
 
 /// Start the server: a Mercure hub on /.well-known/mercure, metrics, health checks.
-#[derive(Debug, Default, clap::Args, Deserialize)]
+#[derive(Debug, Default, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Args {
     /// Settings file (TOML, keys named like the flags with underscores).
@@ -119,6 +123,40 @@ pub(crate) struct Args {
     /// Seconds an answer goes on with no reader before it is cancelled [default: 30].
     #[arg(long, env = "SLUICE_GENERATION_GRACE", value_name = "SECONDS")]
     generation_grace: Option<u64>,
+    /// Seconds a client has to send a whole request head [default: 30].
+    #[arg(long, env = "SLUICE_REQUEST_HEAD_TIMEOUT", value_name = "SECONDS")]
+    request_head_timeout: Option<u64>,
+    /// Seconds a request body may stall between two pieces [default: 30].
+    #[arg(long, env = "SLUICE_REQUEST_BODY_TIMEOUT", value_name = "SECONDS")]
+    request_body_timeout: Option<u64>,
+    /// Seconds an idle keep-alive connection is kept [default: 75].
+    #[arg(long, env = "SLUICE_IDLE_TIMEOUT", value_name = "SECONDS")]
+    idle_timeout: Option<u64>,
+    /// Seconds a write to a client may make no progress (a subscriber that stopped
+    /// reading) [default: 30].
+    #[arg(long, env = "SLUICE_WRITE_TIMEOUT", value_name = "SECONDS")]
+    write_timeout: Option<u64>,
+    /// Seconds to connect to an upstream model API [default: 10].
+    #[arg(long, env = "SLUICE_UPSTREAM_CONNECT_TIMEOUT", value_name = "SECONDS")]
+    upstream_connect_timeout: Option<u64>,
+    /// Seconds to wait for an upstream's first token [default: 120].
+    #[arg(long, env = "SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT", value_name = "SECONDS")]
+    upstream_first_token_timeout: Option<u64>,
+    /// Seconds an upstream may pause between two chunks [default: 60].
+    #[arg(long, env = "SLUICE_UPSTREAM_GAP_TIMEOUT", value_name = "SECONDS")]
+    upstream_gap_timeout: Option<u64>,
+    /// Longest topic (and exact selector), in bytes [default: 1024].
+    #[arg(long, env = "SLUICE_MAX_TOPIC_BYTES", value_name = "BYTES")]
+    max_topic_bytes: Option<usize>,
+    /// Most topics on one update [default: 32].
+    #[arg(long, env = "SLUICE_MAX_TOPICS_PER_UPDATE", value_name = "N")]
+    max_topics_per_update: Option<usize>,
+    /// Longest URI template selector, in bytes [default: 256].
+    #[arg(long, env = "SLUICE_MAX_TEMPLATE_BYTES", value_name = "BYTES")]
+    max_template_bytes: Option<usize>,
+    /// Most variables in one URI template selector [default: 16].
+    #[arg(long, env = "SLUICE_MAX_TEMPLATE_VARIABLES", value_name = "N")]
+    max_template_variables: Option<usize>,
     /// Upstream providers (`[[providers]]` tables; only in the settings file).
     #[arg(skip)]
     providers: Vec<ProviderConfig>,
@@ -128,41 +166,23 @@ pub(crate) struct Args {
 }
 
 impl Args {
-    /// Fills what the command line left unset from the settings file.
-    fn merge(self, file: Args) -> Args {
-        let list = |flag: Vec<String>, file: Vec<String>| if flag.is_empty() { file } else { flag };
-        Args {
-            config: self.config,
-            listen: self.listen.or(file.listen),
-            store: self.store.or(file.store),
-            history_max_updates: self.history_max_updates.or(file.history_max_updates),
-            history_max_age: self.history_max_age.or(file.history_max_age),
-            jwt_secret: self.jwt_secret.or(file.jwt_secret),
-            publisher_jwt_secret: self.publisher_jwt_secret.or(file.publisher_jwt_secret),
-            subscriber_jwt_secret: self.subscriber_jwt_secret.or(file.subscriber_jwt_secret),
-            jwt_public_key: self.jwt_public_key.or(file.jwt_public_key),
-            anonymous: self.anonymous.or(file.anonymous),
-            cors_origins: list(self.cors_origins, file.cors_origins),
-            publish_origins: list(self.publish_origins, file.publish_origins),
-            keep_alive: self.keep_alive.or(file.keep_alive),
-            retry: self.retry.or(file.retry),
-            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
-            max_event_bytes: self.max_event_bytes.or(file.max_event_bytes),
-            max_topics: self.max_topics.or(file.max_topics),
-            max_connections: self.max_connections.or(file.max_connections),
-            max_subscriptions_per_client: self
-                .max_subscriptions_per_client
-                .or(file.max_subscriptions_per_client),
-            queue_capacity: self.queue_capacity.or(file.queue_capacity),
-            no_subscription_events: self.no_subscription_events.or(file.no_subscription_events),
-            provider: list(self.provider, file.provider),
-            model: self.model.or(file.model),
-            api_keys: list(self.api_keys, file.api_keys),
-            requests_per_minute: self.requests_per_minute.or(file.requests_per_minute),
-            generation_grace: self.generation_grace.or(file.generation_grace),
-            providers: file.providers,
-            scripted: file.scripted,
+    /// Lays what the command line set over the settings file: one serde pass over both, so
+    /// every setting merges the same way (a value given wins; an empty list does not).
+    fn merge(self, file: Args) -> anyhow::Result<Args> {
+        let (Value::Object(given), Value::Object(mut merged)) =
+            (serde_json::to_value(&self)?, serde_json::to_value(file)?)
+        else {
+            bail!("settings serialize to JSON objects");
+        };
+        for (key, value) in given {
+            let unset = value.is_null() || value.as_array().is_some_and(Vec::is_empty);
+            if !unset {
+                merged.insert(key, value);
+            }
         }
+        let mut merged: Args = serde_json::from_value(Value::Object(merged))?;
+        merged.config = self.config;
+        Ok(merged)
     }
 }
 
@@ -192,6 +212,32 @@ fn parse_store(text: &str) -> anyhow::Result<StoreKind> {
     }
 }
 
+/// Seconds as a duration, or the default.
+fn seconds(value: Option<u64>, default: Duration) -> Duration {
+    value.map_or(default, Duration::from_secs)
+}
+
+/// Raises the open-file limit to its hard maximum, and keeps `--max-connections` below what
+/// that allows (past it, accepting would fail and clients would hang).
+fn connection_limit(asked: Option<usize>) -> usize {
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
+    let allowed = sluice_server::max_connections_for_files();
+    match asked {
+        Some(asked) if asked > allowed => {
+            tracing::warn!(
+                asked,
+                allowed,
+                "--max-connections is above what the open-file limit allows: using the lower"
+            );
+            allowed
+        }
+        Some(asked) => asked,
+        None => allowed,
+    }
+}
+
 fn verifiers(args: &Args) -> anyhow::Result<(Option<Verifier>, Option<Verifier>)> {
     if let Some(path) = &args.jwt_public_key {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -206,9 +252,11 @@ fn verifiers(args: &Args) -> anyhow::Result<(Option<Verifier>, Option<Verifier>)
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = read_file(args.config.as_deref())?;
-    let args = args.merge(file);
+    let args = args.merge(file)?;
     let (publisher, subscriber) = verifiers(&args)?;
     let defaults = Config::default();
+    let timeouts = Timeouts::default();
+    let upstream = UpstreamTimeouts::default();
     let config = Config {
         anonymous: args.anonymous.unwrap_or(subscriber.is_none()),
         publisher,
@@ -222,7 +270,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_topics_per_subscription: args
             .max_topics
             .unwrap_or(defaults.max_topics_per_subscription),
-        max_connections: args.max_connections.unwrap_or(defaults.max_connections),
+        max_connections: connection_limit(args.max_connections),
         max_subscriptions_per_client: args.max_subscriptions_per_client,
         subscription_events: !args.no_subscription_events.unwrap_or(false),
         models: Arc::new(crate::providers::router(&ModelSettings {
@@ -233,16 +281,37 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .model
                 .as_deref()
                 .unwrap_or(Path::new(sluice_llm::local::DEFAULT_MODEL_PATH)),
+            timeouts: UpstreamTimeouts {
+                connect: seconds(args.upstream_connect_timeout, upstream.connect),
+                first_token: seconds(args.upstream_first_token_timeout, upstream.first_token),
+                gap: seconds(args.upstream_gap_timeout, upstream.gap),
+            },
         })?),
         api_keys: args.api_keys.clone(),
         requests_per_minute: args.requests_per_minute,
-        generation_grace: args
-            .generation_grace
-            .map_or(defaults.generation_grace, Duration::from_secs),
+        generation_grace: seconds(args.generation_grace, defaults.generation_grace),
+        timeouts: Timeouts {
+            request_head: seconds(args.request_head_timeout, timeouts.request_head),
+            request_body: seconds(args.request_body_timeout, timeouts.request_body),
+            idle_connection: seconds(args.idle_timeout, timeouts.idle_connection),
+            write: seconds(args.write_timeout, timeouts.write),
+        },
     };
+    let hub_defaults = HubConfig::default();
+    let limits = hub_defaults.limits;
     let hub_config = HubConfig {
-        queue_capacity: args.queue_capacity.unwrap_or(HubConfig::default().queue_capacity),
-        ..HubConfig::default()
+        queue_capacity: args.queue_capacity.unwrap_or(hub_defaults.queue_capacity),
+        limits: Limits {
+            max_topic_bytes: args.max_topic_bytes.unwrap_or(limits.max_topic_bytes),
+            max_topics_per_update: args
+                .max_topics_per_update
+                .unwrap_or(limits.max_topics_per_update),
+            max_template_bytes: args.max_template_bytes.unwrap_or(limits.max_template_bytes),
+            max_template_variables: args
+                .max_template_variables
+                .unwrap_or(limits.max_template_variables),
+        },
+        ..hub_defaults
     };
 
     let fanout = Fanout::new();

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use tokio::sync::mpsc;
 
-use crate::registry::{Cutoff, Filter, Registry, Subscriber};
+use crate::registry::{Cutoff, Filter, Hangup, Intake, Registry, Subscriber};
 use crate::selector::Selector;
 use crate::store::{CommitListener, Store, StoreError};
 use crate::update::{Draft, Update, new_id};
@@ -25,11 +25,111 @@ pub struct HubConfig {
     pub queue_capacity: usize,
     /// Updates read from the store per page while replaying history.
     pub replay_page: usize,
+    /// Bounds on topics and selectors, which bound the cost of matching one against another.
+    pub limits: Limits,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { queue_capacity: 1024, replay_page: 512 }
+        HubConfig { queue_capacity: 1024, replay_page: 512, limits: Limits::default() }
+    }
+}
+
+/// Bounds on what publishers and subscribers may name. Matching a template against a topic
+/// costs O(topic length × template size); every publish is matched against every template
+/// subscription, so without these one subscriber could make every publish slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest topic, in bytes (also the longest exact selector).
+    pub max_topic_bytes: usize,
+    /// The most topics one update may have (the canonical one and its alternates).
+    pub max_topics_per_update: usize,
+    /// The longest URI template selector, in bytes.
+    pub max_template_bytes: usize,
+    /// The most variables in one URI template selector.
+    pub max_template_variables: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_topic_bytes: 1024,
+            max_topics_per_update: 32,
+            max_template_bytes: 256,
+            max_template_variables: 16,
+        }
+    }
+}
+
+/// A topic or selector past one of the [`Limits`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// A topic (or exact selector) longer than `max_topic_bytes`.
+    #[error("a topic is {len} bytes long; at most {max} are allowed")]
+    TopicTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More topics on one update than `max_topics_per_update`.
+    #[error("an update has {count} topics; at most {max} are allowed")]
+    TooManyTopics {
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A template longer than `max_template_bytes`.
+    #[error("a URI template selector is {len} bytes long; at most {max} are allowed")]
+    TemplateTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A template with more variables than `max_template_variables`.
+    #[error("a URI template selector has {count} variables; at most {max} are allowed")]
+    TooManyVariables {
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Limits {
+    /// Checks one topic of an update.
+    pub fn check_topic(&self, topic: &str) -> Result<(), LimitError> {
+        if topic.len() > self.max_topic_bytes {
+            return Err(LimitError::TopicTooLong { len: topic.len(), max: self.max_topic_bytes });
+        }
+        Ok(())
+    }
+
+    /// Checks one subscription selector.
+    pub fn check_selector(&self, selector: &Selector) -> Result<(), LimitError> {
+        let len = selector.as_str().len();
+        if selector.exact().is_some() {
+            return self.check_topic(selector.as_str());
+        }
+        if len > self.max_template_bytes {
+            return Err(LimitError::TemplateTooLong { len, max: self.max_template_bytes });
+        }
+        let count = selector.variables();
+        if count > self.max_template_variables {
+            return Err(LimitError::TooManyVariables { count, max: self.max_template_variables });
+        }
+        Ok(())
+    }
+
+    fn check_draft(&self, draft: &Draft) -> Result<(), LimitError> {
+        let count = draft.topics.len();
+        if count > self.max_topics_per_update {
+            return Err(LimitError::TooManyTopics { count, max: self.max_topics_per_update });
+        }
+        draft.topics.iter().try_for_each(|topic| self.check_topic(topic))
     }
 }
 
@@ -40,10 +140,25 @@ pub enum PublishError {
     /// The update names no topic.
     #[error("an update needs at least one topic")]
     NoTopic,
-    /// A publisher-chosen id must not start with `#` (reserved by the protocol).
-    #[error("an update id must not start with '#'")]
+    /// A publisher-chosen id must not start with `#` (reserved by the protocol) nor be empty.
+    #[error("an update id must be non-empty and must not start with '#'")]
     ReservedId,
+    /// A topic past the hub's [`Limits`].
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// The store refused or failed (conflicting id, invalid field, backend down).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// A selector past the hub's [`Limits`].
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The store could not look up the cursor, or the hub is shutting down.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -71,12 +186,21 @@ pub struct SubscribeRequest {
     /// End the subscription right after delivering an update of this event type (a
     /// stream's last event, such as an answer's `end`).
     pub until_event_type: Option<String>,
+    /// Run when the hub cuts the subscriber off (too slow, or shutting down), so that its
+    /// connection can be closed at once rather than when its stream is next polled.
+    pub hangup: Option<Hangup>,
 }
 
 impl SubscribeRequest {
-    /// A request for `selectors` from `cursor`, with no private access and no end.
+    /// A request for `selectors` from `cursor`, with no private access, no end, no hook.
     pub fn new(selectors: Vec<Selector>, cursor: Cursor) -> Self {
-        SubscribeRequest { selectors, allowed_private: Vec::new(), cursor, until_event_type: None }
+        SubscribeRequest {
+            selectors,
+            allowed_private: Vec::new(),
+            cursor,
+            until_event_type: None,
+            hangup: None,
+        }
     }
 }
 
@@ -89,6 +213,9 @@ pub enum Delivery {
     Update(Arc<Update>),
     /// The subscriber read too slowly and is cut off (it can resume from its last id).
     TooSlow,
+    /// History could not be read: the stream ends here rather than go live past a gap (the
+    /// subscriber resumes from its last id).
+    ReplayFailed,
 }
 
 impl Delivery {
@@ -98,6 +225,7 @@ impl Delivery {
             Delivery::Reset => reset_frame(),
             Delivery::Update(update) => update.frame().clone(),
             Delivery::TooSlow => slow_frame(),
+            Delivery::ReplayFailed => replay_failed_frame(),
         }
     }
 }
@@ -148,13 +276,25 @@ pub struct Hub {
 struct Inner {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    /// Keeps the dispatcher running for as long as the hub lives.
+    _intake: Arc<Intake>,
     config: HubConfig,
     next_key: AtomicU64,
 }
 
 /// The fan-out side of a hub, made first because a store needs it as its [`CommitListener`].
-#[derive(Debug, Clone, Default)]
-pub struct Fanout(Arc<Registry>);
+///
+/// It runs a thread of its own (`sluice-fanout`) that matches committed updates against the
+/// subscriptions, so the store's commit path only queues them. The thread ends when the
+/// fan-out, its listener and the hub over it are all dropped.
+#[derive(Debug, Clone)]
+pub struct Fanout(Arc<Intake>);
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Fanout(Intake::start())
+    }
+}
 
 impl Fanout {
     /// A fan-out with no subscribers yet.
@@ -174,7 +314,8 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 store,
-                registry: fanout.0,
+                registry: Arc::clone(fanout.0.registry()),
+                _intake: fanout.0,
                 config,
                 next_key: AtomicU64::new(1),
             }),
@@ -196,14 +337,22 @@ impl Hub {
         self.inner.registry.len()
     }
 
+    /// The settings it runs with.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
     /// Publishes `draft`: gives it an id if it has none, commits it, fans it out. Resolves
     /// once it is committed, with the update as stored.
     pub async fn publish(&self, mut draft: Draft) -> Result<Arc<Update>, PublishError> {
         if draft.topics.is_empty() {
             return Err(PublishError::NoTopic);
         }
+        self.inner.config.limits.check_draft(&draft)?;
         match &draft.id {
-            Some(id) if id.starts_with('#') => return Err(PublishError::ReservedId),
+            Some(id) if id.is_empty() || id.starts_with('#') => {
+                return Err(PublishError::ReservedId);
+            }
             Some(_) => {}
             None => draft.id = Some(new_id()),
         }
@@ -216,18 +365,26 @@ impl Hub {
 
     /// Subscribes: the frames replay what the cursor missed, then go live, with no gap and no
     /// duplicate between the two, in the store's order.
-    pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, StoreError> {
+    pub async fn subscribe(
+        &self,
+        request: SubscribeRequest,
+    ) -> Result<Subscription, SubscribeError> {
         let (reset, deliveries) = self.start(request).await?;
         let frames = deliveries.stream.map(|d| d.frame()).boxed();
         Ok(Subscription { resumed_after: deliveries.resumed_after, reset, frames })
     }
 
     /// Subscribes, like [`Hub::subscribe`], delivering values rather than frames.
-    pub async fn deliveries(&self, request: SubscribeRequest) -> Result<Deliveries, StoreError> {
+    pub async fn deliveries(
+        &self,
+        request: SubscribeRequest,
+    ) -> Result<Deliveries, SubscribeError> {
         Ok(self.start(request).await?.1)
     }
 
-    async fn start(&self, request: SubscribeRequest) -> Result<(bool, Deliveries), StoreError> {
+    async fn start(&self, request: SubscribeRequest) -> Result<(bool, Deliveries), SubscribeError> {
+        let limits = &self.inner.config.limits;
+        request.selectors.iter().try_for_each(|selector| limits.check_selector(selector))?;
         let (replay_after, resumed_after, reset) = match &request.cursor {
             Cursor::Live => (None, None, false),
             Cursor::Earliest => (Some(0), Some("earliest".to_owned()), false),
@@ -243,16 +400,21 @@ impl Hub {
         let cutoff = Arc::new(OnceLock::new());
         let (sender, receiver) = mpsc::channel(self.inner.config.queue_capacity.max(1));
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-        let subscriber =
-            Arc::new(Subscriber::new(key, Arc::clone(&filter), sender, Arc::clone(&cutoff)));
+        let subscriber = Arc::new(Subscriber::new(
+            key,
+            Arc::clone(&filter),
+            sender,
+            Arc::clone(&cutoff),
+            request.hangup,
+        ));
         let live_after = self.inner.registry.register(&subscriber).ok_or(StoreError::Closed)?;
-        metrics::gauge!("sluice_subscribers_connected").increment(1.0);
         let feed = Feed {
             hub: Arc::clone(&self.inner),
             subscriber: Arc::downgrade(&subscriber),
             filter,
             cutoff,
             receiver,
+            live_after,
             until: request.until_event_type,
             replay: replay_after.map(|after| Replay {
                 after,
@@ -291,6 +453,9 @@ struct Feed {
     filter: Arc<Filter>,
     cutoff: Arc<OnceLock<Cutoff>>,
     receiver: mpsc::Receiver<Arc<Update>>,
+    /// Live updates up to this `seq` are skipped: they were committed before the subscriber
+    /// registered, so they belong to the replay (or to no one, for a live-only cursor).
+    live_after: u64,
     until: Option<String>,
     replay: Option<Replay>,
     done: bool,
@@ -301,7 +466,6 @@ impl Drop for Feed {
         if let Some(subscriber) = self.subscriber.upgrade() {
             self.hub.registry.unregister(&subscriber);
         }
-        metrics::gauge!("sluice_subscribers_connected").decrement(1.0);
     }
 }
 
@@ -326,53 +490,61 @@ impl Feed {
         if self.done {
             return None;
         }
+        // Cut off: stop at once, without draining what is queued (it resumes from its id).
+        if let Some(why) = self.cutoff.get() {
+            self.done = true;
+            return (*why == Cutoff::Slow).then_some(Delivery::TooSlow);
+        }
         if let Some(replay) = &mut self.replay {
             if std::mem::take(&mut replay.reset) {
                 return Some(Delivery::Reset);
             }
-            if let Some(update) = self.next_replayed().await {
-                return Some(Delivery::Update(update));
+            match self.next_replayed().await {
+                Ok(Some(update)) => return Some(Delivery::Update(update)),
+                Ok(None) => self.replay = None,
+                Err(error) => {
+                    tracing::warn!(%error, "replay from the store failed: ending the stream");
+                    metrics::counter!("sluice_replay_failures_total").increment(1);
+                    self.done = true;
+                    return Some(Delivery::ReplayFailed);
+                }
             }
-            self.replay = None;
         }
-        match self.receiver.recv().await {
-            Some(update) => Some(Delivery::Update(update)),
-            None => {
-                self.done = true;
-                match self.cutoff.get() {
-                    Some(Cutoff::Slow) => Some(Delivery::TooSlow),
-                    _ => None,
+        loop {
+            match self.receiver.recv().await {
+                // Committed before it registered: sent by the replay already.
+                Some(update) if update.seq() <= self.live_after => {}
+                Some(update) if self.cutoff.get().is_none() => {
+                    return Some(Delivery::Update(update));
+                }
+                _ => {
+                    self.done = true;
+                    return match self.cutoff.get() {
+                        Some(Cutoff::Slow) => Some(Delivery::TooSlow),
+                        _ => None,
+                    };
                 }
             }
         }
     }
 
-    /// The next replayed update, or `None` when the replay is over (or the store failed, in
-    /// which case the subscriber goes live and can resume from its last id later).
-    async fn next_replayed(&mut self) -> Option<Arc<Update>> {
-        let replay = self.replay.as_mut()?;
+    /// The next replayed update, or `None` when the replay is over.
+    async fn next_replayed(&mut self) -> Result<Option<Arc<Update>>, StoreError> {
+        let Some(replay) = self.replay.as_mut() else { return Ok(None) };
         loop {
             while let Some(update) = replay.page.pop_front() {
                 if self.filter.can_receive(&update) {
-                    return Some(update);
+                    return Ok(Some(update));
                 }
             }
             if replay.after >= replay.until {
-                return None;
+                return Ok(None);
             }
-            let page = self.hub.store.read_after(replay.after, self.hub.config.replay_page).await;
-            match page {
-                Ok(page) if !page.is_empty() => {
-                    replay.after = page.last().map_or(replay.until, |u| u.seq());
-                    let until = replay.until;
-                    replay.page.extend(page.into_iter().take_while(|u| u.seq() <= until));
-                }
-                Ok(_) => return None,
-                Err(error) => {
-                    tracing::warn!(%error, "replay from the store failed");
-                    return None;
-                }
-            }
+            let page = self.hub.store.read_after(replay.after, self.hub.config.replay_page).await?;
+            let Some(last) = page.last() else { return Ok(None) };
+            replay.after = last.seq();
+            let until = replay.until;
+            replay.page.extend(page.into_iter().take_while(|u| u.seq() <= until));
         }
     }
 }
@@ -383,6 +555,15 @@ fn reset_frame() -> Bytes {
         .with_event(RESET_EVENT_TYPE)
         .expect("a constant event type")
         .encode(&mut frame);
+    frame.freeze()
+}
+
+fn replay_failed_frame() -> Bytes {
+    let mut frame = BytesMut::new();
+    sluice_sse::encode_comment(
+        "sluice: disconnected: the history could not be read; reconnect with Last-Event-ID to resume",
+        &mut frame,
+    );
     frame.freeze()
 }
 

@@ -17,6 +17,7 @@
 //!         allowed_private: vec![],
 //!         cursor: Cursor::Earliest,
 //!         until_event_type: None,
+//!         hangup: None,
 //!     })
 //!     .await?;
 //! hub.publish(Draft::new("https://example.com/books/2", "back in stock")).await?;
@@ -49,11 +50,11 @@ pub mod testing;
 mod update;
 
 pub use hub::{
-    Cursor, Deliveries, Delivery, Fanout, Hub, HubConfig, PublishError, RESET_EVENT_TYPE,
-    SubscribeRequest, Subscription,
+    Cursor, Deliveries, Delivery, Fanout, Hub, HubConfig, LimitError, Limits, PublishError,
+    RESET_EVENT_TYPE, SubscribeError, SubscribeRequest, Subscription,
 };
-pub use registry::RESERVED_TOPIC_PREFIX;
+pub use registry::{Hangup, RESERVED_TOPIC_PREFIX};
 pub use selector::{Selector, SelectorError};
-pub use store::{CommitListener, MemoryStore, Store, StoreError};
+pub use store::{CommitListener, MemoryStore, Store, StoreError, StreamRecord};
 pub use store::{SqliteConfig, SqliteStats, SqliteStore, Synchronous};
 pub use update::{Draft, Update, now_ms};

@@ -1,17 +1,24 @@
 //! Who is subscribed to what, and the fan-out of committed updates to them.
 //!
-//! The registry is the store's [`CommitListener`]: the store tells it of each commit in `seq`
-//! order, under the registry's lock, and it hands the update to every subscriber allowed to
-//! see it by a non-blocking send into that subscriber's bounded queue. A subscriber whose
-//! queue is full is cut off (it resumes from its last event id), so a slow reader never slows
-//! the publisher or the other readers.
+//! The store tells the fan-out of each commit in `seq` order through an [`Intake`], which only
+//! queues the batch: matching updates against subscriptions runs on a thread of its own (the
+//! dispatcher), never on the thread or task that commits and acknowledges writes, so no
+//! subscription, however costly its selectors, can hold up a publisher's acknowledgement.
+//!
+//! The dispatcher hands each update to every subscriber allowed to see it by a non-blocking
+//! send into that subscriber's bounded queue. A subscriber whose queue is full is cut off at
+//! once: it leaves the registry and the connected count, its hang-up hook closes its
+//! connection, and nothing more is sent to it (it resumes from its last event id). A slow
+//! reader never slows the publisher or the other readers.
 //!
 //! Exact-topic selectors are indexed by topic, so a publish costs in proportion to the
 //! subscribers it may reach, not to all subscribers; `*` and template selectors are checked
 //! one by one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
@@ -24,6 +31,10 @@ use crate::update::Update;
 /// template selectors never match them; only an exact selector does.
 pub const RESERVED_TOPIC_PREFIX: &str = "/.well-known/sluice/";
 
+/// Committed batches waiting for the dispatcher. When it falls this far behind, the store's
+/// commit waits for it, which slows publishers instead of growing memory without bound.
+const DISPATCH_BACKLOG: usize = 1024;
+
 /// Why a subscriber's live feed ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cutoff {
@@ -31,6 +42,26 @@ pub(crate) enum Cutoff {
     Slow,
     /// The hub is shutting down.
     Shutdown,
+}
+
+/// Called once when the hub cuts a subscriber off as too slow, from the dispatcher: it must
+/// not block.
+/// The server uses it to close the subscriber's connection at once, even while a write to it
+/// is stuck behind a full socket buffer.
+#[derive(Clone)]
+pub struct Hangup(Arc<dyn Fn() + Send + Sync>);
+
+impl Hangup {
+    /// A hook running `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Self {
+        Hangup(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for Hangup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hangup")
+    }
 }
 
 /// What a subscriber receives: shared by its registry entry (for live fan-out) and its
@@ -64,6 +95,9 @@ pub(crate) struct Subscriber {
     /// The last `seq` queued: an update matching through several topics is queued once.
     last_queued: AtomicU64,
     pub(crate) cutoff: Arc<OnceLock<Cutoff>>,
+    hangup: Option<Hangup>,
+    /// Whether it still counts in `sluice_subscribers_connected`.
+    counted: AtomicBool,
 }
 
 impl Subscriber {
@@ -72,8 +106,36 @@ impl Subscriber {
         filter: Arc<Filter>,
         sender: mpsc::Sender<Arc<Update>>,
         cutoff: Arc<OnceLock<Cutoff>>,
+        hangup: Option<Hangup>,
     ) -> Self {
-        Subscriber { key, filter, sender, last_queued: AtomicU64::new(0), cutoff }
+        Subscriber {
+            key,
+            filter,
+            sender,
+            last_queued: AtomicU64::new(0),
+            cutoff,
+            hangup,
+            counted: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops counting it as connected; only the first call counts.
+    pub(crate) fn leave(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            metrics::gauge!("sluice_subscribers_connected").decrement(1.0);
+        }
+    }
+
+    /// Cuts it off: its feed ends at its next read. A slow one is also hung up now (its
+    /// writes are stuck); at shutdown the stream ends cleanly, so clients reconnect elsewhere.
+    fn cut(&self, why: Cutoff) {
+        let _ = self.cutoff.set(why);
+        self.leave();
+        if why == Cutoff::Slow
+            && let Some(hangup) = &self.hangup
+        {
+            (hangup.0)();
+        }
     }
 }
 
@@ -89,14 +151,15 @@ fn selects(selector: &Selector, topic: &str) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     state: Mutex<State>,
+    /// The `seq` of the last update the store committed (and handed to the dispatcher, which
+    /// may not have fanned it out yet); before any, the last the store held when it opened.
+    committed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// The `seq` of the last update fanned out: live delivery to a new subscriber starts after.
-    last_seq: u64,
-    /// The last update fanned out, for the subscription API's `lastEventID`.
-    last: Option<Arc<Update>>,
+    /// The id of the last update fanned out, for the subscription API's `lastEventID`.
+    last_id: Option<String>,
     exact: HashMap<String, HashMap<u64, Arc<Subscriber>>>,
     others: HashMap<u64, Arc<Subscriber>>,
     count: usize,
@@ -124,12 +187,41 @@ impl State {
             self.count -= 1;
         }
     }
+
+    /// Queues `update` for every subscriber allowed to see it; returns those found too slow.
+    fn fan_out(&mut self, update: &Arc<Update>, cut: &mut Vec<Arc<Subscriber>>) {
+        self.last_id = Some(update.id().to_owned());
+        let seq = update.seq();
+        // Found through the exact index, a public update is wanted by construction: its
+        // topic is one of the subscriber's selectors. Only the rest needs the full check.
+        let exact = update.topics().iter().filter_map(|topic| self.exact.get(topic));
+        let indexed = exact.flat_map(|s| s.values()).map(|s| (s, !update.private()));
+        let scanned = self.others.values().map(|s| (s, false));
+        for (subscriber, wanted) in indexed.chain(scanned) {
+            if subscriber.last_queued.load(Ordering::Relaxed) == seq
+                || !(wanted || subscriber.filter.can_receive(update))
+            {
+                continue;
+            }
+            subscriber.last_queued.store(seq, Ordering::Relaxed);
+            if subscriber.sender.try_send(Arc::clone(update)).is_err() {
+                // Full: too slow. Closed: its connection is going away. Either way, out.
+                cut.push(Arc::clone(subscriber));
+            }
+        }
+    }
 }
 
 impl Registry {
     /// Adds a subscriber and returns the `seq` after which its live feed starts: everything up
-    /// to and including it must come from the store's history. `None` once shut down: a
+    /// to and including it is committed, so it comes from the store's history, and the live
+    /// feed skips it (the dispatcher may still hand it over). `None` once shut down: a
     /// subscriber admitted then would never be ended, and would hold the server open.
+    ///
+    /// Why this leaves no gap: [`Intake::committed`] raises `committed` before it queues the
+    /// batch, and this reads it under the lock the dispatcher fans out under. An update whose
+    /// seq is above the value read was not queued yet, so the dispatcher, which now sees this
+    /// subscriber, will hand it over live.
     pub(crate) fn register(&self, subscriber: &Arc<Subscriber>) -> Option<u64> {
         let mut state = self.state.lock().unwrap();
         if state.closed {
@@ -150,17 +242,20 @@ impl Registry {
             }
         }
         state.count += 1;
-        Some(state.last_seq)
+        subscriber.counted.store(true, Ordering::Release);
+        metrics::gauge!("sluice_subscribers_connected").increment(1.0);
+        Some(self.committed.load(Ordering::SeqCst))
     }
 
     /// Removes a subscriber (its connection ended).
     pub(crate) fn unregister(&self, subscriber: &Subscriber) {
         self.state.lock().unwrap().remove(subscriber);
+        subscriber.leave();
     }
 
     /// The id of the last update fanned out since this process started, if any.
     pub(crate) fn last_id(&self) -> Option<String> {
-        self.state.lock().unwrap().last.as_ref().map(|u| u.id().to_owned())
+        self.state.lock().unwrap().last_id.clone()
     }
 
     /// How many subscribers are registered.
@@ -180,43 +275,72 @@ impl Registry {
             .cloned()
             .collect();
         for subscriber in all {
-            let _ = subscriber.cutoff.set(Cutoff::Shutdown);
             state.remove(&subscriber);
+            subscriber.cut(Cutoff::Shutdown);
+        }
+    }
+
+    /// Fans out the batches the dispatcher takes from `batches`, until every [`Intake`] is gone.
+    fn dispatch(&self, batches: &Receiver<Vec<Arc<Update>>>) {
+        let published = metrics::counter!("sluice_updates_published_total");
+        let slow = metrics::counter!("sluice_slow_consumer_disconnects_total");
+        let mut cut = Vec::new();
+        while let Ok(first) = batches.recv() {
+            // Whatever else is waiting goes out under the same lock.
+            let mut waiting = vec![first];
+            waiting.extend(batches.try_iter().take(DISPATCH_BACKLOG));
+            let mut state = self.state.lock().unwrap();
+            for update in waiting.iter().flatten() {
+                state.fan_out(update, &mut cut);
+                published.increment(1);
+            }
+            for subscriber in cut.drain(..) {
+                state.remove(&subscriber);
+                subscriber.cut(Cutoff::Slow);
+                slow.increment(1);
+            }
         }
     }
 }
 
-impl CommitListener for Registry {
+/// The store's side of the fan-out: a [`CommitListener`] that queues each committed batch for
+/// the dispatcher thread.
+#[derive(Debug)]
+pub(crate) struct Intake {
+    registry: Arc<Registry>,
+    batches: SyncSender<Vec<Arc<Update>>>,
+}
+
+impl Intake {
+    /// A registry and its intake, with the dispatcher thread started. The thread ends once
+    /// the intake (held by the store and the hub) is dropped.
+    pub(crate) fn start() -> Arc<Intake> {
+        let registry = Arc::new(Registry::default());
+        let (batches, receiver) = sync_channel(DISPATCH_BACKLOG);
+        let dispatcher = Arc::clone(&registry);
+        std::thread::Builder::new()
+            .name("sluice-fanout".to_owned())
+            .spawn(move || dispatcher.dispatch(&receiver))
+            .expect("the fan-out thread starts");
+        Arc::new(Intake { registry, batches })
+    }
+
+    /// The registry this intake feeds.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+impl CommitListener for Intake {
+    fn starts_after(&self, seq: u64) {
+        self.registry.committed.fetch_max(seq, Ordering::SeqCst);
+    }
+
     fn committed(&self, updates: &[Arc<Update>]) {
-        let mut state = self.state.lock().unwrap();
-        let mut cut = Vec::new();
-        for update in updates {
-            state.last_seq = update.seq();
-            state.last = Some(Arc::clone(update));
-            let seq = update.seq();
-            // Found through the exact index, a public update is wanted by construction: its
-            // topic is one of the subscriber's selectors. Only the rest needs the full check.
-            let exact = update.topics().iter().filter_map(|topic| state.exact.get(topic));
-            let indexed = exact.flat_map(|s| s.values()).map(|s| (s, !update.private()));
-            let scanned = state.others.values().map(|s| (s, false));
-            for (subscriber, wanted) in indexed.chain(scanned) {
-                if subscriber.last_queued.load(Ordering::Relaxed) == seq
-                    || !(wanted || subscriber.filter.can_receive(update))
-                {
-                    continue;
-                }
-                subscriber.last_queued.store(seq, Ordering::Relaxed);
-                if subscriber.sender.try_send(Arc::clone(update)).is_err() {
-                    // Full: too slow. Closed: its connection is going away. Either way, out.
-                    let _ = subscriber.cutoff.set(Cutoff::Slow);
-                    cut.push(Arc::clone(subscriber));
-                }
-            }
-            metrics::counter!("sluice_updates_published_total").increment(1);
+        if let Some(last) = updates.last() {
+            self.registry.committed.fetch_max(last.seq(), Ordering::SeqCst);
         }
-        for subscriber in cut {
-            state.remove(&subscriber);
-            metrics::counter!("sluice_slow_consumer_disconnects_total").increment(1);
-        }
+        // Fails only when the dispatcher is gone, which happens with the intake itself.
+        let _ = self.batches.send(updates.to_vec());
     }
 }

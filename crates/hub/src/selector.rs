@@ -224,6 +224,15 @@ impl Selector {
         }
     }
 
+    /// How many variables the template's expressions hold (0 for `*` and exact topics).
+    /// Matching costs O(topic length × variables): a hub bounds both.
+    pub fn variables(&self) -> usize {
+        match &self.kind {
+            Kind::Template(template) => template.variables,
+            Kind::Any | Kind::Exact => 0,
+        }
+    }
+
     /// Whether this is `*`, which matches every topic.
     pub fn is_any(&self) -> bool {
         matches!(self.kind, Kind::Any)
@@ -616,6 +625,8 @@ struct Template {
     states: Vec<State>,
     start: StateId,
     accept: StateId,
+    /// Variables in all its expressions: what the automaton's size grows with.
+    variables: usize,
 }
 
 /// How much work a match did: (state, offset) visits and moves tried.
@@ -649,7 +660,14 @@ impl Template {
                 Part::Expression(expression) => builder.expression(at, expression),
             };
         }
-        Template { head, tail, states: builder.states, start, accept: at }
+        let variables = parts
+            .iter()
+            .map(|part| match part {
+                Part::Expression(expression) => expression.variables.len(),
+                Part::Literal(_) => 0,
+            })
+            .sum();
+        Template { head, tail, states: builder.states, start, accept: at, variables }
     }
 
     fn matches(&self, topic: &str, work: &mut Work) -> bool {

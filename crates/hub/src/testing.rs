@@ -21,18 +21,32 @@ use crate::update::{Draft, Update};
 
 /// A listener that remembers what it was told.
 #[derive(Debug, Default)]
-pub struct Recorder(Mutex<Vec<Arc<Update>>>);
+pub struct Recorder {
+    started_after: Mutex<Option<u64>>,
+    heard: Mutex<Vec<Arc<Update>>>,
+}
 
 impl Recorder {
     /// The `seq`s heard so far, in the order heard.
     pub fn seqs(&self) -> Vec<u64> {
-        self.0.lock().unwrap().iter().map(|u| u.seq()).collect()
+        self.heard.lock().unwrap().iter().map(|u| u.seq()).collect()
+    }
+
+    /// What [`CommitListener::starts_after`] was told, if it was called.
+    pub fn started_after(&self) -> Option<u64> {
+        *self.started_after.lock().unwrap()
     }
 }
 
 impl CommitListener for Recorder {
+    fn starts_after(&self, seq: u64) {
+        let previous = self.started_after.lock().unwrap().replace(seq);
+        assert!(previous.is_none(), "starts_after is called once");
+        assert!(self.heard.lock().unwrap().is_empty(), "starts_after comes before any commit");
+    }
+
     fn committed(&self, updates: &[Arc<Update>]) {
-        self.0.lock().unwrap().extend(updates.iter().cloned());
+        self.heard.lock().unwrap().extend(updates.iter().cloned());
     }
 }
 
@@ -67,6 +81,7 @@ where
 
 async fn appends_in_order_and_reads_back(store: &dyn Store, recorder: &Recorder) {
     assert!(store.read_after(0, 10).await.unwrap().is_empty(), "a new store is empty");
+    assert_eq!(recorder.started_after(), Some(0), "a new store starts the listener after 0");
     let mut seqs = Vec::new();
     for n in 0..25 {
         let update = store.append(draft(&format!("id-{n}"), "/t", &format!("{n}"))).await.unwrap();

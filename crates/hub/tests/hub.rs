@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use sluice_hub::testing::{conformance, draft};
 use sluice_hub::{
     CommitListener, Cursor, Draft, Fanout, Hub, HubConfig, MemoryStore, PublishError, Selector,
-    Store, StoreError, SubscribeRequest, Subscription,
+    Store, StoreError, StreamRecord, SubscribeRequest, Subscription, Update,
 };
 use sluice_sse::{Decoder, MessageEvent};
 
@@ -27,6 +28,7 @@ fn request(selectors: &[&str], allowed: &[&str], cursor: Cursor) -> SubscribeReq
         allowed_private: parse(allowed),
         cursor,
         until_event_type: None,
+        hangup: None,
     }
 }
 
@@ -133,20 +135,58 @@ async fn a_slow_subscriber_is_cut_off_without_slowing_anyone() {
     let hub = hub_with(1000, HubConfig { queue_capacity: 4, ..HubConfig::default() });
     let mut stalled = hub.subscribe(request(&["/t"], &[], Cursor::Live)).await.unwrap();
     let mut reader = hub.subscribe(request(&["/t"], &[], Cursor::Live)).await.unwrap();
-    let reading = tokio::spawn(async move { (take(&mut reader, 100).await.len(), reader) });
     for n in 0..100 {
         // The reader keeps up; the stalled one never reads; publishing never waits for either.
         hub.publish(Draft::new("/t", n.to_string())).await.unwrap();
-        tokio::task::yield_now().await;
+        assert_eq!(data(&take(&mut reader, 1).await), [n.to_string()]);
     }
-    let (read, _reader) = reading.await.unwrap();
-    assert_eq!(read, 100);
-    let queued = take(&mut stalled, 4).await;
-    assert_eq!(data(&queued), ["0", "1", "2", "3"], "what was queued is delivered first");
+    // Cut off at once: nothing queued is drained to it, only a comment that says why.
     let last = stalled.frames.next().await.expect("a final comment says why");
     assert!(std::str::from_utf8(&last).unwrap().starts_with(": sluice: disconnected"));
     assert!(stalled.frames.next().await.is_none());
     assert_eq!(hub.subscriber_count(), 1);
+}
+
+#[tokio::test]
+async fn a_cut_subscriber_is_hung_up_at_once_and_no_longer_counted() {
+    let hub = hub_with(1000, HubConfig { queue_capacity: 2, ..HubConfig::default() });
+    let (hung_up, mut hangups) = tokio::sync::mpsc::unbounded_channel();
+    let mut stalled = request(&["/t"], &[], Cursor::Live);
+    stalled.hangup = Some(sluice_hub::Hangup::new(move || hung_up.send(()).unwrap()));
+    let _stalled = hub.subscribe(stalled).await.unwrap();
+    for n in 0..3 {
+        hub.publish(Draft::new("/t", n.to_string())).await.unwrap();
+    }
+    // The hook runs without the stream ever being polled: the server closes the socket then.
+    hangups.recv().await.expect("the hang-up hook runs");
+    assert_eq!(hub.subscriber_count(), 0, "it left the registry when it was cut");
+}
+
+#[tokio::test]
+async fn topics_and_selectors_past_the_limits_are_refused() {
+    let limits = sluice_hub::Limits {
+        max_topic_bytes: 16,
+        max_topics_per_update: 2,
+        max_template_bytes: 12,
+        max_template_variables: 2,
+    };
+    let hub = hub_with(100, HubConfig { limits, ..HubConfig::default() });
+    let long = "/".repeat(17);
+    let refused = |r: Result<_, sluice_hub::SubscribeError>| {
+        matches!(r, Err(sluice_hub::SubscribeError::Limit(_)))
+    };
+    assert!(refused(hub.subscribe(request(&[long.as_str()], &[], Cursor::Live)).await.map(drop)));
+    assert!(refused(hub.subscribe(request(&["/{a}/{b}/{c}"], &[], Cursor::Live)).await.map(drop)));
+    assert!(refused(
+        hub.subscribe(request(&["/abcdefgh/{id}"], &[], Cursor::Live)).await.map(drop)
+    ));
+    assert!(hub.subscribe(request(&["/{a}/{b}"], &[], Cursor::Live)).await.is_ok());
+    let publish_refused = |r: Result<_, PublishError>| matches!(r, Err(PublishError::Limit(_)));
+    assert!(publish_refused(hub.publish(Draft::new(long.as_str(), "x")).await));
+    let three =
+        Draft { topics: vec!["/a".into(), "/b".into(), "/c".into()], ..Draft::new("", "x") };
+    assert!(publish_refused(hub.publish(three).await));
+    assert!(hub.publish(Draft::new("/a", "x")).await.is_ok());
 }
 
 #[tokio::test]
@@ -227,6 +267,7 @@ async fn bad_updates_are_refused() {
     let no_topic = Draft { topics: vec![], ..Draft::new("", "x") };
     assert!(matches!(hub.publish(no_topic).await, Err(PublishError::NoTopic)));
     assert!(matches!(hub.publish(draft("#1", "/t", "x")).await, Err(PublishError::ReservedId)));
+    assert!(matches!(hub.publish(draft("", "/t", "x")).await, Err(PublishError::ReservedId)));
     let injected = Draft { event_type: Some("a\ndata: forged".into()), ..Draft::new("/t", "x") };
     assert!(matches!(
         hub.publish(injected).await,
@@ -247,9 +288,76 @@ async fn shutting_down_ends_every_subscription() {
     assert!(subscription.frames.next().await.is_none());
     // A subscriber arriving during shutdown is refused: admitted, nothing would ever end it.
     let late = hub.subscribe(request(&["*"], &[], Cursor::Live)).await;
-    assert!(matches!(late, Err(StoreError::Closed)), "{late:?}");
+    assert!(matches!(late, Err(sluice_hub::SubscribeError::Store(StoreError::Closed))), "{late:?}");
     assert!(matches!(
         hub.publish(Draft::new("/t", "late")).await,
         Err(PublishError::Store(StoreError::Closed))
     ));
+}
+
+/// A memory store whose history reads fail once `broken` is set.
+#[derive(Debug)]
+struct BrokenReads {
+    inner: MemoryStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl Store for BrokenReads {
+    fn append(&self, draft: Draft) -> BoxFuture<'_, Result<Arc<Update>, StoreError>> {
+        self.inner.append(draft)
+    }
+
+    fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Update>>, StoreError>> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Backend("disk on fire".into())) });
+        }
+        self.inner.read_after(after, limit)
+    }
+
+    fn find(&self, id: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        self.inner.find(id)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.close()
+    }
+
+    fn put_stream(&self, record: StreamRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.put_stream(record)
+    }
+
+    fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
+        self.inner.stream(id)
+    }
+}
+
+/// Issue 10, finding 6: a replay that fails ends the stream with a comment; it never goes
+/// live past the gap (the subscriber's next Last-Event-ID would skip what it never got).
+#[tokio::test]
+async fn a_replay_that_fails_ends_the_stream_instead_of_going_live() {
+    let fanout = Fanout::new();
+    let store = Arc::new(BrokenReads {
+        inner: MemoryStore::new(100, fanout.listener()),
+        broken: std::sync::atomic::AtomicBool::new(false),
+    });
+    let hub = Hub::new(Arc::clone(&store) as Arc<dyn Store>, fanout, HubConfig::default());
+    let first = hub.publish(Draft::new("/t", "one")).await.unwrap();
+    hub.publish(Draft::new("/t", "two")).await.unwrap();
+    // Wait until the fan-out has seen both, so the replay must read "two" from the store.
+    let mut probe = hub.subscribe(request(&["/t"], &[], Cursor::Earliest)).await.unwrap();
+    take(&mut probe, 2).await;
+    store.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut resumed =
+        hub.subscribe(request(&["/t"], &[], Cursor::After(first.id().to_owned()))).await.unwrap();
+    hub.publish(Draft::new("/t", "three")).await.unwrap();
+    let frame = resumed.frames.next().await.expect("a comment says why");
+    assert!(
+        std::str::from_utf8(&frame).unwrap().contains("history could not be read"),
+        "{frame:?}"
+    );
+    assert!(resumed.frames.next().await.is_none(), "the stream ends; \"three\" is not sent live");
 }

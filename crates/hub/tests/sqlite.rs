@@ -1,6 +1,7 @@
 //! The SQLite store on real files: conformance, reopening, retention, group commit, and
 //! durability across `kill -9`.
 
+use futures_util::StreamExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,7 +205,6 @@ async fn a_file_from_a_newer_version_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_over_sqlite_resumes_a_subscriber_across_a_restart() {
-    use futures_util::StreamExt;
     use sluice_hub::{Cursor, Hub, HubConfig, Selector, SubscribeRequest};
 
     let dir = tempfile::tempdir().unwrap();
@@ -235,6 +235,60 @@ async fn a_hub_over_sqlite_resumes_a_subscriber_across_a_restart() {
     assert!(resumed.frames.next().await.unwrap().ends_with(b"data: three\n\n"));
 }
 
+/// Issue 10, finding 1: a new process replays what the old one stored, before anything new is
+/// published (the registry's position used to start at 0 in each process, so the replay was
+/// empty until the next publish, and what lay between was skipped for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_hub_replays_history_before_anything_new_is_published() {
+    use sluice_hub::{Cursor, Hub, HubConfig, Selector, SubscribeRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let start = |path: &Path| {
+        let fanout = Fanout::new();
+        let store = SqliteStore::open(SqliteConfig::new(path), fanout.listener()).unwrap();
+        Hub::new(Arc::new(store), fanout, HubConfig::default())
+    };
+    let hub = start(&path);
+    let mut ids = Vec::new();
+    for data in ["a1", "a2", "a3"] {
+        ids.push(hub.publish(Draft::new("/log", data)).await.unwrap().id().to_owned());
+    }
+    hub.shut_down().await.unwrap();
+    drop(hub);
+
+    let hub = start(&path);
+    let selectors = || vec![Selector::parse("/log").unwrap()];
+    let mut after_a1 = hub
+        .subscribe(SubscribeRequest::new(selectors(), Cursor::After(ids[0].clone())))
+        .await
+        .unwrap();
+    let mut earliest =
+        hub.subscribe(SubscribeRequest::new(selectors(), Cursor::Earliest)).await.unwrap();
+    hub.publish(Draft::new("/log", "a4")).await.unwrap();
+    let resumed = first_data(&mut after_a1, 3).await;
+    assert_eq!(resumed, ["a2", "a3", "a4"], "resumed after a1: the stored rest, then the new");
+    let all = first_data(&mut earliest, 4).await;
+    assert_eq!(all, ["a1", "a2", "a3", "a4"], "earliest: everything kept, then the new");
+}
+
+/// The data of the next `n` events of a subscription.
+async fn first_data(subscription: &mut sluice_hub::Subscription, n: usize) -> Vec<String> {
+    let mut decoder = sluice_sse::Decoder::new();
+    let mut data = Vec::new();
+    // A generous bound, so that a missing event fails the test instead of hanging it.
+    let read = async {
+        while data.len() < n {
+            let frame = subscription.frames.next().await.expect("the subscription ended early");
+            decoder.feed(&frame, |e| data.push(e.data)).unwrap();
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), read).await.is_err() {
+        panic!("waited 20 s for {n} events; got only {data:?}");
+    }
+    data
+}
+
 /// A listener that holds up the writer on its first call until released.
 struct Gate {
     entered: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -243,6 +297,10 @@ struct Gate {
 }
 
 impl CommitListener for Gate {
+    fn starts_after(&self, seq: u64) {
+        self.recorder.starts_after(seq);
+    }
+
     fn committed(&self, updates: &[Arc<Update>]) {
         if let Some(entered) = self.entered.lock().unwrap().take() {
             entered.send(()).unwrap();

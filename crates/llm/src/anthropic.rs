@@ -15,10 +15,10 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use sluice_sse::MessageEvent;
 
-use crate::openai::{Out, Translate, open_event_stream, translate};
 use crate::types::{
     ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Role, Usage,
 };
+use crate::upstream::{Out, Translate, open_event_stream, translate};
 
 /// The API version header Sluice speaks.
 const API_VERSION: &str = "2023-06-01";
@@ -36,6 +36,8 @@ pub struct AnthropicConfig {
     pub api_key: Option<String>,
     /// The longest wait for the response to start.
     pub timeout: Duration,
+    /// The longest wait for a connection to the upstream.
+    pub connect_timeout: Duration,
 }
 
 /// The Anthropic Messages API as a provider.
@@ -48,7 +50,8 @@ pub struct Anthropic {
 impl Anthropic {
     /// A provider for `config`.
     pub fn new(config: AnthropicConfig) -> Self {
-        Anthropic { config, client: reqwest::Client::new() }
+        let client = crate::upstream::client(config.connect_timeout);
+        Anthropic { config, client }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod openai;
 pub mod router;
 pub mod scripted;
 pub mod types;
+mod upstream;
 
 pub use anthropic::{Anthropic, AnthropicConfig};
 #[cfg(feature = "local")]

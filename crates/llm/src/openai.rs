@@ -7,16 +7,16 @@
 //! order the upstream sent them in. Dropping the stream drops the HTTP response, which closes
 //! the connection: the upstream sees the client leave and stops generating.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::stream::{self, BoxStream};
-use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
-use sluice_sse::{EventStream, MessageEvent, StreamError};
+use sluice_sse::MessageEvent;
 
 use crate::types::{ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Usage};
+use crate::upstream::{Out, Translate, open_event_stream, translate};
 
 /// Where an OpenAI-compatible upstream is and how to reach it.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct OpenAiConfig {
     pub api_key: Option<String>,
     /// The longest wait for the response to start.
     pub timeout: Duration,
+    /// The longest wait for a connection to the upstream.
+    pub connect_timeout: Duration,
 }
 
 /// An OpenAI-compatible upstream.
@@ -41,44 +43,9 @@ pub struct OpenAi {
 impl OpenAi {
     /// A provider for `config`.
     pub fn new(config: OpenAiConfig) -> Self {
-        OpenAi { config, client: reqwest::Client::new() }
+        let client = crate::upstream::client(config.connect_timeout);
+        OpenAi { config, client }
     }
-}
-
-/// Maps an error response (before the stream started) to a [`ProviderError`].
-pub(crate) async fn error_from_response(response: reqwest::Response) -> ProviderError {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or(body);
-    match status {
-        401 | 403 => ProviderError::Unauthorized(message),
-        429 => ProviderError::Busy { message, retry_after },
-        400 | 404 | 422 => ProviderError::InvalidRequest(message),
-        _ => ProviderError::Upstream { status, message },
-    }
-}
-
-/// Sends `request` and checks the response opened an event stream.
-pub(crate) async fn open_event_stream(
-    request: reqwest::RequestBuilder,
-    timeout: Duration,
-) -> Result<BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>, ProviderError> {
-    let response = tokio::time::timeout(timeout, request.send())
-        .await
-        .map_err(|_| ProviderError::Timeout(timeout))?
-        .map_err(|e| ProviderError::Network(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(error_from_response(response).await);
-    }
-    Ok(EventStream::new(response.bytes_stream()).boxed())
 }
 
 impl Provider for OpenAi {
@@ -135,67 +102,6 @@ impl ToolIndexes {
             }
         }
     }
-}
-
-/// The deltas a translator has ready, and whether the answer is over.
-#[derive(Default)]
-pub(crate) struct Out {
-    ready: VecDeque<Result<Delta, ProviderError>>,
-    over: bool,
-}
-
-impl Out {
-    /// Queues a delta.
-    pub(crate) fn push(&mut self, delta: Delta) {
-        self.ready.push_back(Ok(delta));
-    }
-
-    /// Ends the answer with `error`.
-    pub(crate) fn fail(&mut self, error: ProviderError) {
-        self.over = true;
-        self.ready.push_back(Err(error));
-    }
-
-    /// Ends the answer with its usage (when known) and finish reason.
-    pub(crate) fn finish(&mut self, usage: Option<Usage>, finish: FinishReason) {
-        self.over = true;
-        if let Some(usage) = usage {
-            self.push(Delta::Usage(usage));
-        }
-        self.push(Delta::Finish(finish));
-    }
-}
-
-/// An upstream wire format, event by event; [`translate`] does the reading.
-pub(crate) trait Translate: Send + 'static {
-    /// Reads one event of the upstream's stream.
-    fn event(&mut self, event: &MessageEvent, out: &mut Out);
-    /// The upstream's stream ended cleanly.
-    fn end(&mut self, out: &mut Out);
-}
-
-/// The deltas of an upstream's event stream, read through `translator`.
-pub(crate) fn translate<T: Translate>(
-    events: BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>,
-    translator: T,
-) -> DeltaStream {
-    let state = (events, translator, Out::default());
-    stream::unfold(state, |(mut events, mut translator, mut out)| async move {
-        loop {
-            if let Some(item) = out.ready.pop_front() {
-                return Some((item, (events, translator, out)));
-            }
-            if out.over {
-                return None;
-            }
-            match events.next().await {
-                Some(Ok(event)) => translator.event(&event, &mut out),
-                Some(Err(error)) => out.fail(ProviderError::Network(error.to_string())),
-                None => translator.end(&mut out),
-            }
-        }
-    })
-    .boxed()
 }
 
 impl Translate for Chunks {

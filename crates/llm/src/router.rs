@@ -6,6 +6,11 @@
 //! retried with backoff and then handed to the next provider, unseen by the reader. After
 //! the first delta, an error is the answer's error: replaying the answer elsewhere would show
 //! the reader a second, different beginning.
+//!
+//! Every wait is bounded: the first delta by [`Attempts::first_token_timeout`], each later
+//! one by [`Attempts::gap_timeout`] (an upstream that stalls mid-answer ends it with a
+//! timeout error, which releases the upstream request). Both are counted in
+//! `sluice_timeouts_total{wait="upstream_first_token"|"upstream_gap"}`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -25,6 +30,8 @@ pub struct Attempts {
     pub backoff: Duration,
     /// The longest wait for the first delta once the provider accepted the request.
     pub first_token_timeout: Duration,
+    /// The longest wait between two deltas after the first.
+    pub gap_timeout: Duration,
 }
 
 impl Default for Attempts {
@@ -32,7 +39,8 @@ impl Default for Attempts {
         Attempts {
             retries: 1,
             backoff: Duration::from_millis(200),
-            first_token_timeout: Duration::from_secs(60),
+            first_token_timeout: Duration::from_secs(120),
+            gap_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -83,9 +91,16 @@ impl Router {
             return Err(ProviderError::UnknownModel(request.model));
         }
         let mut fallover = Fallover { request, candidates, last_error: None };
-        let (current, timeout) = fallover.open_next().await?;
-        Ok(fallover.into_stream(current, timeout))
+        let (current, limits) = fallover.open_next().await?;
+        Ok(fallover.into_stream(current, limits))
     }
+}
+
+/// The bounds on one provider's waits.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    first_token: Duration,
+    gap: Duration,
 }
 
 /// The providers still to try for one answer.
@@ -98,12 +113,14 @@ struct Fallover {
 impl Fallover {
     /// Opens a stream on the first candidate that accepts, retrying and falling over as
     /// configured.
-    async fn open_next(&mut self) -> Result<(DeltaStream, Duration), ProviderError> {
+    async fn open_next(&mut self) -> Result<(DeltaStream, Limits), ProviderError> {
         while let Some(route) = self.candidates.front() {
-            let (provider, timeout) =
-                (Arc::clone(&route.provider), route.attempts.first_token_timeout);
-            match provider.stream(self.request.clone()).await {
-                Ok(stream) => return Ok((stream, timeout)),
+            let limits = Limits {
+                first_token: route.attempts.first_token_timeout,
+                gap: route.attempts.gap_timeout,
+            };
+            match Arc::clone(&route.provider).stream(self.request.clone()).await {
+                Ok(stream) => return Ok((stream, limits)),
                 Err(error) => self.failed(error).await?,
             }
         }
@@ -135,40 +152,49 @@ impl Fallover {
         Ok(())
     }
 
-    fn into_stream(self, current: DeltaStream, timeout: Duration) -> DeltaStream {
-        let state = (self, current, Some(timeout));
-        stream::unfold(state, |(mut fallover, mut current, mut waiting)| async move {
+    fn into_stream(self, current: DeltaStream, limits: Limits) -> DeltaStream {
+        // `started`: whether the reader has seen a delta (then no fallover, and gaps apply).
+        let state = (self, current, limits, false);
+        stream::unfold(state, |(mut fallover, mut current, mut limits, mut started)| async move {
             loop {
-                let item = match waiting {
-                    Some(limit) => match tokio::time::timeout(limit, current.next()).await {
-                        Ok(item) => item,
-                        Err(_) => Some(Err(ProviderError::Timeout(limit))),
-                    },
-                    None => current.next().await,
+                let (limit, wait) = if started {
+                    (limits.gap, "upstream_gap")
+                } else {
+                    (limits.first_token, "upstream_first_token")
+                };
+                let item = match tokio::time::timeout(limit, current.next()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        metrics::counter!("sluice_timeouts_total", "wait" => wait).increment(1);
+                        Some(Err(ProviderError::Timeout(limit)))
+                    }
                 };
                 match item {
-                    Some(Err(error)) if waiting.is_some() && error.is_retryable() => {
+                    Some(Err(error)) if !started && error.is_retryable() => {
                         drop(current);
                         let next = match fallover.failed(error).await {
                             Ok(()) => fallover.open_next().await,
                             Err(error) => Err(error),
                         };
                         match next {
-                            Ok((next, limit)) => {
+                            Ok((next, next_limits)) => {
                                 current = next;
-                                waiting = Some(limit);
+                                limits = next_limits;
                             }
                             Err(error) => {
                                 let done: DeltaStream = stream::empty().boxed();
-                                return Some((Err(error), (fallover, done, None)));
+                                return Some((Err(error), (fallover, done, limits, true)));
                             }
                         }
                     }
+                    Some(Err(error)) => {
+                        // The answer's error ends it: the upstream request is dropped now.
+                        let done: DeltaStream = stream::empty().boxed();
+                        return Some((Err(error), (fallover, done, limits, true)));
+                    }
                     Some(item) => {
-                        if matches!(item, Ok(Delta::Text(_) | Delta::ToolCall { .. })) {
-                            waiting = None;
-                        }
-                        return Some((item, (fallover, current, waiting)));
+                        started |= matches!(item, Ok(Delta::Text(_) | Delta::ToolCall { .. }));
+                        return Some((item, (fallover, current, limits, started)));
                     }
                     None => return None,
                 }

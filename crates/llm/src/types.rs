@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Instructions for the model.
+    /// Instructions for the model (OpenAI's newer `developer` role is read as this).
+    #[serde(alias = "developer")]
     System,
     /// The person.
     User,

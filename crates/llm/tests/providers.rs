@@ -138,6 +138,7 @@ fn openai(base_url: String) -> OpenAi {
         base_url,
         api_key: Some("sk-test".into()),
         timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
     })
 }
 
@@ -250,6 +251,7 @@ async fn anthropic_events_translate_into_the_same_deltas() {
         base_url: url,
         api_key: Some("key".into()),
         timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
     });
     let answer = collect(provider.stream(request("claude-x")).await.unwrap()).await;
     assert_eq!(answer.text, TEXT);
@@ -267,6 +269,7 @@ async fn anthropic_events_translate_into_the_same_deltas() {
         base_url: url,
         api_key: None,
         timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
     });
     let answer = collect(provider.stream(request("claude-x")).await.unwrap()).await;
     assert!(matches!(answer.error, Some(ProviderError::Upstream { status: 529, .. })));
@@ -290,6 +293,7 @@ fn quick() -> Attempts {
         retries: 1,
         backoff: Duration::from_millis(1),
         first_token_timeout: Duration::from_secs(30),
+        gap_timeout: Duration::from_secs(30),
     }
 }
 
@@ -335,6 +339,7 @@ async fn a_slow_first_token_falls_over_by_timeout() {
             retries: 0,
             backoff: Duration::ZERO,
             first_token_timeout: Duration::from_millis(50),
+            gap_timeout: Duration::from_secs(30),
         },
     );
     router.add(scripted("fast", None), vec!["m".into()], quick());
@@ -358,4 +363,112 @@ async fn dropping_the_stream_cancels_the_answer() {
     let tokens_at_drop = stats.tokens();
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(stats.tokens(), tokens_at_drop, "nothing is generated after the drop");
+}
+
+/// What a faulty upstream does after its response head.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Sends nothing, ever.
+    HangsBeforeTheFirstToken,
+    /// Sends one chunk, then nothing, holding the connection open.
+    StallsMidStream,
+    /// Sends one chunk, then resets the connection.
+    Resets,
+    /// Sends a line that is not JSON.
+    Garbage,
+    /// Sends one 10 MB line.
+    HugeLine,
+}
+
+/// An OpenAI-compatible upstream with `fault`. Returns its URL and a receiver that yields
+/// once the server sees the client close the connection (the upstream request released).
+async fn faulty_upstream(fault: Fault) -> (String, tokio::sync::oneshot::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (released, released_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 65536];
+        let _ = socket.read(&mut request).await;
+        let head =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let first =
+            r#"data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#;
+        match fault {
+            Fault::HangsBeforeTheFirstToken => {}
+            Fault::StallsMidStream => {
+                socket.write_all(format!("{first}\n\n").as_bytes()).await.unwrap();
+            }
+            Fault::Resets => {
+                socket.write_all(format!("{first}\n\n").as_bytes()).await.unwrap();
+                socket.set_zero_linger().unwrap();
+                drop(socket);
+                return;
+            }
+            Fault::Garbage => socket.write_all(b"data: {not json at all\n\n").await.unwrap(),
+            Fault::HugeLine => {
+                let line = format!("data: {}\n\n", "x".repeat(10 * 1024 * 1024));
+                let _ = socket.write_all(line.as_bytes()).await;
+            }
+        }
+        // Wait for the client to go away: a read of 0 bytes (or an error) is its close.
+        let mut rest = [0u8; 1024];
+        loop {
+            match socket.read(&mut rest).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = released.send(());
+    });
+    (url, released_rx)
+}
+
+fn impatient() -> Attempts {
+    Attempts {
+        retries: 0,
+        backoff: Duration::ZERO,
+        first_token_timeout: Duration::from_millis(300),
+        gap_timeout: Duration::from_millis(300),
+    }
+}
+
+/// Issue 10, finding 3: an upstream that hangs, stalls, resets, sends garbage or a 10 MB
+/// line ends the answer with an error, and the upstream connection is released.
+#[tokio::test]
+async fn faulty_upstreams_end_the_answer_with_an_error_and_are_released() {
+    for fault in [
+        Fault::HangsBeforeTheFirstToken,
+        Fault::StallsMidStream,
+        Fault::Resets,
+        Fault::Garbage,
+        Fault::HugeLine,
+    ] {
+        let (url, released) = faulty_upstream(fault).await;
+        let mut router = Router::new();
+        router.add(Arc::new(openai(url)), vec!["m".into()], impatient());
+        let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+            match router.stream(request("m")).await {
+                Ok(stream) => collect(stream).await.error,
+                Err(error) => Some(error),
+            }
+        })
+        .await
+        .expect("the answer ends within a bounded time");
+        let error = outcome.expect("the answer ends with an error");
+        match fault {
+            Fault::HangsBeforeTheFirstToken | Fault::StallsMidStream => {
+                assert!(matches!(error, ProviderError::Timeout(_)), "{error:?}");
+            }
+            Fault::Resets => assert!(matches!(error, ProviderError::Network(_)), "{error:?}"),
+            Fault::Garbage | Fault::HugeLine => {}
+        }
+        if !matches!(fault, Fault::Resets) {
+            tokio::time::timeout(Duration::from_secs(20), released)
+                .await
+                .expect("the upstream connection is closed")
+                .unwrap();
+        }
+    }
 }

@@ -2,8 +2,11 @@
 //! `mercure.subscribe` topic selectors, found in the `Authorization: Bearer` header, else the
 //! `authorization` query parameter, else the `mercureAuthorization` cookie.
 //!
-//! Tokens need not expire (Mercure tokens often do not), but an `exp` that has passed is
-//! refused, and a subscriber's connection is closed when its token expires.
+//! Tokens need not expire (Mercure tokens often do not), but an `exp` that has passed or an
+//! `nbf` still to come is refused, and a subscriber's connection is closed when its token
+//! expires. A refused token gets a message that says what was wrong in our own words, never
+//! the JWT library's (which would tell an attacker what the parser expected), and the token
+//! itself is never logged or echoed.
 
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -42,14 +45,19 @@ pub(crate) fn find_token(
     if let Some(token) = query_token {
         return Some((token.to_owned(), TokenSource::Query));
     }
+    cookie(headers, COOKIE_NAME).map(|value| (value, TokenSource::Cookie))
+}
+
+/// The value of the cookie `name`, from any `Cookie` header of the request.
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| (value.to_owned(), TokenSource::Cookie))
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
 }
 
 /// What a verified token allows.
@@ -114,14 +122,20 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.required_spec_claims.clear();
         validation.validate_aud = false;
+        validation.validate_nbf = true;
         validation.leeway = 0;
         Verifier { key, validation }
     }
 
-    /// The claims of a valid, unexpired token.
+    /// The claims of a valid token, in force now.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let data = jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation)
-            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        let data =
+            jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation).map_err(|e| {
+                metrics::counter!("sluice_auth_failures_total").increment(1);
+                let why = refusal(e.kind(), &self.validation.algorithms);
+                tracing::info!(why, "a token was refused");
+                ApiError::unauthorized(format!("invalid token: {why}"))
+            })?;
         let mercure = data.claims.mercure.unwrap_or_default();
         let parse = |list: Vec<String>| {
             list.iter()
@@ -135,6 +149,26 @@ impl Verifier {
             subscribe: parse(mercure.subscribe)?,
             payload: mercure.payload,
         })
+    }
+}
+
+/// Why a token was refused, in words that reveal nothing of the parser.
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind, accepted: &[Algorithm]) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => "it has expired".to_owned(),
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)".to_owned(),
+        ErrorKind::InvalidSignature => "its signature does not verify".to_owned(),
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => {
+            let names: Vec<String> = accepted.iter().map(|a| format!("{a:?}")).collect();
+            format!("its algorithm is not accepted (accepted: {})", names.join(", "))
+        }
+        ErrorKind::InvalidIssuer => "its issuer is not accepted".to_owned(),
+        ErrorKind::InvalidAudience => "its audience is not this hub".to_owned(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("it lacks the {claim} claim"),
+        _ => "it is not a well-formed JWT".to_owned(),
     }
 }
 
@@ -183,7 +217,56 @@ mod tests {
         assert!(claims.subscribe[0].is_any());
         assert!(Verifier::hs256(b"other").verify(&token).is_err());
         let expired = mint_hs256(b"secret", &Grant { exp: Some(1), ..grant });
-        assert!(Verifier::hs256(b"secret").verify(&expired).is_err());
+        let refused = Verifier::hs256(b"secret").verify(&expired).unwrap_err();
+        assert!(refused.message().contains("expired"), "{}", refused.message());
+    }
+
+    #[test]
+    fn refusals_say_what_was_wrong_without_the_parser_internals() {
+        let verifier = Verifier::hs256(b"secret");
+        let sign = |header: &str, claims: &str| {
+            use base64_like::encode;
+            format!("{}.{}.", encode(header), encode(claims))
+        };
+        // alg: none, unsigned.
+        let none = sign(r#"{"alg":"none","typ":"JWT"}"#, r#"{"mercure":{"publish":["*"]}}"#);
+        let message = verifier.verify(&none).unwrap_err().message().to_owned();
+        assert_eq!(message, "invalid token: it is not a well-formed JWT");
+        assert!(!message.contains("variant"), "no library internals: {message}");
+        // nbf in the future.
+        let mut claims = serde_json::Map::new();
+        claims.insert("nbf".into(), (u64::MAX / 2).into());
+        let key = jsonwebtoken::EncodingKey::from_secret(b"secret");
+        let early = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        assert!(verifier.verify(&early).unwrap_err().message().contains("not valid yet"));
+        // Signed with another algorithm.
+        let hs384 = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS384),
+            &serde_json::Map::new(),
+            &key,
+        )
+        .unwrap();
+        assert!(verifier.verify(&hs384).unwrap_err().message().contains("algorithm"));
+    }
+
+    /// Unpadded base64url, enough to forge test tokens by hand.
+    mod base64_like {
+        pub(super) fn encode(text: &str) -> String {
+            const ALPHABET: &[u8] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let bytes = text.as_bytes();
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+                for i in 0..=chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                }
+            }
+            out
+        }
     }
 
     #[test]

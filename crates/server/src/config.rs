@@ -7,6 +7,7 @@ use std::time::Duration;
 use sluice_llm::Router;
 
 use crate::auth::Verifier;
+use crate::conn::Timeouts;
 
 /// Everything the HTTP layer needs to know.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct Config {
     pub requests_per_minute: Option<u32>,
     /// How long an answer goes on with no reader before it is cancelled.
     pub generation_grace: Duration,
+    /// How long a client may make the server wait (see [`Timeouts`]).
+    pub timeouts: Timeouts,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             requests_per_minute: None,
             generation_grace: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -74,15 +78,14 @@ impl Default for Config {
 /// Connections kept in reserve below the open-file limit, for the store, logs and accepts.
 const FILE_RESERVE: u64 = 256;
 
-/// The process's open-file limit minus a reserve: past it, accepting would fail anyway.
+/// The most connections the process's open-file limit allows: the limit minus a reserve.
+/// Past it, accepting would fail anyway.
+pub fn max_connections_for_files() -> usize {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    soft.saturating_sub(FILE_RESERVE).max(16) as usize
+}
+
+/// The default connection limit: see [`max_connections_for_files`].
 pub fn default_max_connections() -> usize {
-    let limit = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3).and_then(|soft| soft.parse::<u64>().ok()))
-        })
-        .unwrap_or(1024);
-    limit.saturating_sub(FILE_RESERVE).max(16) as usize
+    max_connections_for_files()
 }

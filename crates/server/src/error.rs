@@ -32,6 +32,30 @@ struct Detail<'a> {
     code: &'a str,
 }
 
+/// The body of every error response, for the OpenAPI document (the same shape as OpenAI's).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // describes what `ApiError::body` writes
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ErrorDetail {
+    /// For people.
+    message: String,
+    /// The class of error: `invalid_request_error`, `authentication_error`,
+    /// `permission_error`, `not_found_error`, `conflict_error`, `rate_limit_error` or
+    /// `server_error`.
+    r#type: String,
+    /// The request parameter that was wrong, if one was.
+    #[schema(nullable)]
+    param: Option<String>,
+    /// For programs: a stable code such as `missing_topic` or `rate_limit_exceeded`.
+    code: String,
+}
+
 impl ApiError {
     /// An error with this status, machine-readable code and human-readable message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -58,6 +82,11 @@ impl ApiError {
     /// 401: no usable credentials.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 404: nothing here by that name.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
     /// 403: credentials that do not allow this.

@@ -1,25 +1,20 @@
-//! Resumable answers: every answer started here is a stream in the hub, so a reader can
-//! drop, reload, or join late and get the whole answer exactly once, and "stop" cancels the
+//! The answers API: every answer started here is a stream in the hub, so a reader can drop,
+//! reload, or join late and get the whole answer exactly once, and "stop" cancels the
 //! upstream at once.
 //!
-//! - `POST /api/generations` starts an answer and returns its id and `events_url`.
+//! - `POST /api/generations` starts an answer and returns its id, `events_url` and
+//!   `cancel_url` (both carrying the answer's capability token).
 //! - `GET /api/generations/{id}/events` follows it (EventSource): `delta` `{"text"}` events,
 //!   then `usage`, then `end` `{"finish_reason"}` (or `error`, then `end`), each with an id.
 //!   A reconnect with `Last-Event-ID` continues where it stopped; after `end` it gets 204,
 //!   which makes a browser's EventSource stop for good.
 //! - `POST /api/generations/{id}/cancel` stops the upstream and still ends the stream.
 //! - `GET /api/chat/stream?prompt=…` is the one-shot form for a plain `new EventSource(url)`:
-//!   OpenAI chunk objects as `data:`, then `event: end`, with ids that name the answer.
+//!   OpenAI chunk objects as `data:`, then `event: end`, with ids that name the answer, so a
+//!   reconnect resumes the answer it was reading (and only answers made by this endpoint).
 //!
-//! An answer lives on the reserved topic `/.well-known/sluice/generations/{id}` as private
-//! updates, so no `*` or template subscriber can read it; the events URL carries a capability
-//! token, an HMAC of the id under a per-process key (so it needs no table, and is checked in
-//! constant time). When every reader has gone, the answer goes on for a grace period (a
-//! reload takes a moment), then is cancelled.
+//! What an answer is in the hub, and who may read it, is in [`crate::answers`].
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -31,19 +26,19 @@ use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::Sha256;
-use sluice_hub::{Cursor, Delivery, Draft, Hub, RESERVED_TOPIC_PREFIX, Selector, SubscribeRequest};
-use sluice_llm::{ChatRequest, Delta, DeltaStream, Message, Role, Usage};
-use tokio::sync::Notify;
+use sluice_hub::{Cursor, Delivery, Hub, Selector, SubscribeRequest};
+use sluice_llm::{ChatRequest, Message, Role};
+use utoipa::{IntoParams, ToSchema};
 
+use crate::answers::{Kind, Reader, answer_of, end_id, store_unavailable, topic};
+use crate::conn::ClientAddr;
 use crate::error::ApiError;
-use crate::limits::ClientAddr;
-use crate::openai::{Chunker, admit, admitted_request, provider_error};
+use crate::openai::admitted_request;
 use crate::sse::event_stream;
 use crate::state::AppState;
+use crate::wire::{Chunker, provider_error};
 
 /// How long a one-shot `/api/chat/stream` answer waits for its reader to come back: long
 /// enough for a browser's reconnection (about 3 s), short enough that closing the page
@@ -58,187 +53,41 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/chat/stream", get(one_shot))
 }
 
-/// The answers running in this process.
-#[derive(Debug)]
-pub(crate) struct Generations {
-    key: [u8; 32],
-    running: Mutex<HashMap<String, Arc<Running>>>,
-}
-
-/// A running answer's controls.
-#[derive(Debug, Default)]
-struct Running {
-    cancel: Notify,
-    readers: AtomicUsize,
-    readers_changed: Notify,
-}
-
-/// Counts a reader of an answer for as long as it is connected.
-struct Reader(Option<Arc<Running>>);
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        if let Some(running) = &self.0 {
-            running.readers.fetch_sub(1, Ordering::SeqCst);
-            running.readers_changed.notify_one();
-        }
-    }
-}
-
-impl Default for Generations {
-    fn default() -> Self {
-        Generations { key: rand::random(), running: Mutex::new(HashMap::new()) }
-    }
-}
-
-impl Generations {
-    /// The capability token for answer `id`: 128 bits of HMAC-SHA256, hex.
-    fn token(&self, id: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
-        mac.update(id.as_bytes());
-        mac.finalize().into_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn check(&self, id: &str, token: &str) -> Result<(), ApiError> {
-        if crate::openai::constant_time_eq(self.token(id).as_bytes(), token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden("a valid token for this generation is required"))
-        }
-    }
-
-    fn reader(&self, id: &str) -> Reader {
-        let running = self.running.lock().unwrap().get(id).cloned();
-        if let Some(running) = &running {
-            running.readers.fetch_add(1, Ordering::SeqCst);
-            running.readers_changed.notify_one();
-        }
-        Reader(running)
-    }
-
-    /// Asks a running answer to stop; false if it is not running here.
-    fn cancel(&self, id: &str) -> bool {
-        match self.running.lock().unwrap().get(id) {
-            Some(running) => {
-                running.cancel.notify_one();
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-/// The hub topic of answer `id`.
-pub(crate) fn topic(id: &str) -> String {
-    format!("{RESERVED_TOPIC_PREFIX}generations/{id}")
-}
-
-/// Starts an answer: asks the provider (its refusal is an HTTP error), then pumps its deltas
-/// into the hub in the background. Returns the answer's id.
-async fn start(state: &AppState, chat: ChatRequest, grace: Duration) -> Result<String, ApiError> {
-    let deltas = state.config().models.stream(chat).await.map_err(provider_error)?;
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let running = Arc::new(Running::default());
-    state.generations().running.lock().unwrap().insert(id.clone(), Arc::clone(&running));
-    let (hub, state_for_task, id_for_task) = (state.hub().clone(), state.clone(), id.clone());
-    tokio::spawn(async move {
-        metrics::gauge!("sluice_generations_active").increment(1.0);
-        let pump = Pump { hub, topic: topic(&id_for_task), id: id_for_task.clone(), next: 0 };
-        pump.run(deltas, &running, grace).await;
-        state_for_task.generations().running.lock().unwrap().remove(&id_for_task);
-        metrics::gauge!("sluice_generations_active").decrement(1.0);
-    });
-    Ok(id)
-}
-
-/// Writes one answer's events into the hub.
-struct Pump {
-    hub: Hub,
-    topic: String,
+/// A started answer: where to follow it and how to stop it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Created {
+    /// The answer's id.
     id: String,
-    next: u64,
+    /// Follow the answer here (EventSource); the URL carries the capability token.
+    events_url: String,
+    /// `POST` here to stop the answer; the URL carries the capability token.
+    cancel_url: String,
 }
 
-impl Pump {
-    async fn publish(&mut self, event_type: &str, data: Value) {
-        let draft = Draft {
-            id: Some(format!("{}.{}", self.id, self.next)),
-            topics: vec![self.topic.clone()],
-            data: data.to_string(),
-            event_type: Some(event_type.to_owned()),
-            retry: None,
-            private: true,
-        };
-        self.next += 1;
-        if let Err(error) = self.hub.publish(draft).await {
-            tracing::error!(%error, generation = self.id, "an answer event could not be stored");
-        }
-    }
-
-    async fn run(mut self, mut deltas: DeltaStream, running: &Running, grace: Duration) {
-        let (mut usage, mut texts) = (None::<Usage>, 0u32);
-        let mut finish = "error";
-        let mut idle_since = Some(tokio::time::Instant::now());
-        loop {
-            let abandoned = async {
-                match idle_since {
-                    Some(since) => tokio::time::sleep_until(since + grace).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                delta = deltas.next() => match delta {
-                    Some(Ok(Delta::Text(text))) => {
-                        texts += 1;
-                        self.publish("delta", json!({"text": text})).await;
-                    }
-                    Some(Ok(Delta::ToolCall { index, id, name, arguments })) => {
-                        let call = json!({"index": index, "id": id, "name": name, "arguments": arguments});
-                        self.publish("tool_call", call).await;
-                    }
-                    Some(Ok(Delta::Usage(u))) => usage = Some(u),
-                    Some(Ok(Delta::Finish(reason))) => finish = reason.as_str(),
-                    Some(Err(error)) => {
-                        let body = json!({"message": error.to_string(), "type": "server_error", "code": null});
-                        self.publish("error", body).await;
-                        finish = "error";
-                        break;
-                    }
-                    None => break,
-                },
-                () = running.cancel.notified() => {
-                    finish = "cancelled";
-                    break;
-                }
-                () = running.readers_changed.notified() => {
-                    let readers = running.readers.load(Ordering::SeqCst);
-                    idle_since = (readers == 0).then(tokio::time::Instant::now);
-                }
-                () = abandoned => {
-                    tracing::info!(generation = self.id, "no reader for the grace period: cancelling");
-                    finish = "cancelled";
-                    break;
-                }
-            }
-        }
-        if finish == "cancelled" {
-            drop(deltas);
-            metrics::counter!("sluice_upstream_cancelled_total").increment(1);
-        }
-        // Usage is reported even when stopped: what was generated is what was paid for.
-        let usage = usage.unwrap_or(Usage::new(0, texts));
-        self.publish("usage", json!(usage)).await;
-        self.publish("end", json!({"finish_reason": finish})).await;
-    }
+/// The reply to a cancel request.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Cancelling {
+    /// The answer's id.
+    id: String,
+    /// Always `cancelling`.
+    status: String,
 }
 
-/// `201 {"id", "events_url"}`.
+/// Starts an answer: `201 {"id", "events_url", "cancel_url"}`.
 #[utoipa::path(post, path = "/api/generations", tag = "answers",
-    request_body(content_type = "application/json", description = "The same body as /v1/chat/completions"),
-    responses((status = 201, description = "Started: {id, events_url}"),
-              (status = 400, description = "A malformed request"),
-              (status = 404, description = "No provider serves the model"),
-              (status = 429, description = "Rate limited or the model is busy")))]
+    request_body(content = crate::wire::CompletionRequest, content_type = "application/json",
+        description = "The same body as /v1/chat/completions (`stream` is ignored)"),
+    responses((status = 201, description = "Started", body = Created),
+              (status = 400, description = "A malformed request", body = crate::error::ErrorBody),
+              (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
+              (status = 404, description = "No provider serves the model", body = crate::error::ErrorBody),
+              (status = 408, description = "The request body stalled", body = crate::error::ErrorBody),
+              (status = 413, description = "The request body is too large", body = crate::error::ErrorBody),
+              (status = 429, description = "Rate limited or the model is busy", body = crate::error::ErrorBody),
+              (status = 502, description = "The upstream failed before answering", body = crate::error::ErrorBody),
+              (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody),
+              (status = 504, description = "The upstream did not answer in time", body = crate::error::ErrorBody)),
+    security((), ("api_key" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<ClientAddr>,
@@ -247,19 +96,26 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let request = admitted_request(&state, &headers, client, body).await?;
     let chat = request.into_chat(state.default_model().as_deref())?;
-    let id = start(&state, chat, state.config().generation_grace).await?;
-    let token = state.generations().token(&id);
-    let events_url = format!("/api/generations/{id}/events?token={token}");
-    let cancel_url = format!("/api/generations/{id}/cancel?token={token}");
-    let body = json!({"id": id, "events_url": events_url, "cancel_url": cancel_url});
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    let deltas = state.config().models.stream(chat).await.map_err(provider_error)?;
+    let grace = state.config().generation_grace;
+    let started = state.answers().start(state.hub(), deltas, Kind::Generation, grace).await?;
+    let (id, token) = (started.id, started.token);
+    let created = Created {
+        events_url: format!("/api/generations/{id}/events?token={token}"),
+        cancel_url: format!("/api/generations/{id}/cancel?token={token}"),
+        id,
+    };
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of an answer's URLs.
+#[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct TokenQuery {
-    #[serde(default)]
+    /// The capability token from `events_url` or `cancel_url`.
     token: String,
+    /// Resume after this event id (the `Last-Event-ID` header wins).
     #[serde(default, rename = "lastEventID")]
+    #[param(rename = "lastEventID")]
     last_event_id: Option<String>,
 }
 
@@ -272,38 +128,56 @@ fn cursor(headers: &HeaderMap, query: Option<String>) -> Option<String> {
         .filter(|id| !id.is_empty())
 }
 
-/// Whether `id` is the `end` event of an answer (so a reconnect after it gets 204).
-async fn is_end(hub: &Hub, id: &str) -> Result<bool, ApiError> {
-    let store = hub.store();
-    let Some(seq) = store.find(id).await.map_err(ApiError::internal)? else { return Ok(false) };
-    let update = store.read_after(seq - 1, 1).await.map_err(ApiError::internal)?;
-    Ok(update.first().is_some_and(|u| u.seq() == seq && u.event_type() == Some("end")))
-}
-
-/// Whether answer `id` exists: running here, or with its first event in the history.
-async fn exists(state: &AppState, id: &str) -> Result<bool, ApiError> {
-    if state.generations().running.lock().unwrap().contains_key(id) {
-        return Ok(true);
+/// Whether event `id` is the `end` of answer `answer` or later (so a reconnect gets 204).
+async fn ended_at(hub: &Hub, answer: &str, id: &str) -> Result<bool, ApiError> {
+    if id == end_id(answer) {
+        return Ok(hub.store().find(id).await.map_err(store_unavailable)?.is_some());
     }
-    Ok(state.hub().store().find(&format!("{id}.0")).await.map_err(ApiError::internal)?.is_some())
+    Ok(false)
 }
 
-/// The answer's updates from `after` (or from its start), ending after `end`.
+/// Follows answer `id` from after `after` (or from its start), ending after `end`. An answer
+/// that nothing produces any more is ended first, so the reader never waits forever.
 async fn follow(
     state: &AppState,
     id: &str,
     after: Option<String>,
-) -> Result<(sluice_hub::Deliveries, Reader), ApiError> {
+) -> Result<(BoxStream<'static, Delivery>, Reader), ApiError> {
+    state.answers().settle(state.hub(), id).await?;
     let selector = Selector::parse(&topic(id)).map_err(ApiError::internal)?;
     let request = SubscribeRequest {
         selectors: vec![selector.clone()],
         allowed_private: vec![selector],
         cursor: after.map_or(Cursor::Earliest, Cursor::After),
         until_event_type: Some("end".to_owned()),
+        hangup: None,
     };
-    let reader = state.generations().reader(id);
-    let deliveries = state.hub().deliveries(request).await.map_err(ApiError::internal)?;
-    Ok((deliveries, reader))
+    let reader = state.answers().reader(id);
+    let deliveries =
+        state.hub().deliveries(request).await.map_err(crate::mercure::subscribe_error)?;
+    // If the answer's pump gives up on the store, its readers here are told to reconnect.
+    let stream = match reader.running() {
+        Some(running) => until_abandoned(deliveries.stream, std::sync::Arc::clone(running)),
+        None => deliveries.stream,
+    };
+    Ok((stream, reader))
+}
+
+/// `deliveries`, cut short by a comment that says to reconnect if the answer's pump gives up
+/// on the store.
+fn until_abandoned(
+    deliveries: BoxStream<'static, Delivery>,
+    running: std::sync::Arc<crate::answers::Running>,
+) -> BoxStream<'static, Delivery> {
+    futures_util::stream::unfold(Some((deliveries, running)), |state| async move {
+        let (mut deliveries, running) = state?;
+        tokio::select! {
+            biased;
+            delivery = deliveries.next() => delivery.map(|d| (d, Some((deliveries, running)))),
+            () = running.abandoned() => Some((Delivery::ReplayFailed, None)),
+        }
+    })
+    .boxed()
 }
 
 fn no_content() -> Response {
@@ -312,30 +186,30 @@ fn no_content() -> Response {
 
 /// Follows an answer (EventSource, resumable).
 #[utoipa::path(get, path = "/api/generations/{id}/events", tag = "answers",
-    params(("id" = String, Path, description = "The answer"),
-           ("token" = String, Query, description = "The capability token from events_url")),
+    params(("id" = String, Path, description = "The answer"), TokenQuery,
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses((status = 200, description = "delta, usage, end (or error, end) events", content_type = "text/event-stream"),
               (status = 204, description = "The answer has ended: stop reconnecting"),
-              (status = 403, description = "A wrong token"),
-              (status = 404, description = "No such answer")))]
+              (status = 400, description = "No token", body = crate::error::ErrorBody),
+              (status = 403, description = "A wrong token", body = crate::error::ErrorBody),
+              (status = 404, description = "No such answer", body = crate::error::ErrorBody),
+              (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<TokenQuery>,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.generations().check(&id, &query.token)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    state.answers().authorize(state.hub(), &id, Kind::Generation, Some(&query.token)).await?;
     let after = cursor(&headers, query.last_event_id);
     if let Some(after) = &after
-        && is_end(state.hub(), after).await?
+        && ended_at(state.hub(), &id, after).await?
     {
         return Ok(no_content());
     }
-    if !exists(&state, &id).await? {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such generation"));
-    }
     let (deliveries, reader) = follow(&state, &id, after).await?;
-    let frames = pieces(deliveries.stream)
+    let frames = pieces(deliveries)
         .map(|piece| match piece {
             Piece::Text { text, id } => event_frame(Some("delta"), &id, &json!({"text": text})),
             Piece::Other(delivery) => delivery.frame(),
@@ -401,22 +275,25 @@ fn event_frame(event: Option<&str>, id: &str, data: &Value) -> Bytes {
 
 /// Stops an answer: the upstream is cancelled, the stream still ends with usage and end.
 #[utoipa::path(post, path = "/api/generations/{id}/cancel", tag = "answers",
-    params(("id" = String, Path, description = "The answer"),
-           ("token" = String, Query, description = "The capability token")),
-    responses((status = 202, description = "Cancelling"),
-              (status = 403, description = "A wrong token"),
-              (status = 409, description = "The answer is not running (it ended)")))]
+    params(("id" = String, Path, description = "The answer"), TokenQuery),
+    responses((status = 202, description = "Cancelling", body = Cancelling),
+              (status = 400, description = "No token", body = crate::error::ErrorBody),
+              (status = 403, description = "A wrong token", body = crate::error::ErrorBody),
+              (status = 404, description = "No such answer", body = crate::error::ErrorBody),
+              (status = 409, description = "The answer is not running (it ended)", body = crate::error::ErrorBody),
+              (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody)))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<TokenQuery>,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.generations().check(&id, &query.token)?;
-    if state.generations().cancel(&id) {
-        Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": id, "status": "cancelling"})))
-            .into_response())
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    state.answers().authorize(state.hub(), &id, Kind::Generation, Some(&query.token)).await?;
+    if state.answers().cancel(&id) {
+        let body = Cancelling { id, status: "cancelling".to_owned() };
+        Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
     } else {
-        Err(ApiError::new(StatusCode::CONFLICT, "not_running", "the generation is not running"))
+        Err(ApiError::new(StatusCode::CONFLICT, "not_running", "the answer is not running"))
     }
 }
 
@@ -426,11 +303,11 @@ fn one_shot_request(
     default_model: Option<&str>,
 ) -> Result<ChatRequest, ApiError> {
     let (mut prompt, mut model, mut system) = (None, None, None);
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    for (key, value) in crate::form::parse(raw.unwrap_or_default().as_bytes())? {
         match &*key {
-            "prompt" => prompt = Some(value.into_owned()),
-            "model" => model = Some(value.into_owned()),
-            "system" => system = Some(value.into_owned()),
+            "prompt" => prompt = Some(value),
+            "model" => model = Some(value),
+            "system" => system = Some(value),
             _ => {}
         }
     }
@@ -453,9 +330,16 @@ fn one_shot_request(
 #[utoipa::path(get, path = "/api/chat/stream", tag = "answers",
     params(("prompt" = String, Query, description = "The user's message"),
            ("model" = Option<String>, Query, description = "The model (default: the first configured)"),
-           ("system" = Option<String>, Query, description = "A system prompt")),
+           ("system" = Option<String>, Query, description = "A system prompt"),
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume the answer this event id belongs to")),
     responses((status = 200, description = "OpenAI chunk objects as data, then event: end", content_type = "text/event-stream"),
-              (status = 204, description = "The answer has ended: stop reconnecting")))]
+              (status = 204, description = "The answer has ended: stop reconnecting"),
+              (status = 400, description = "No prompt, or no model", body = crate::error::ErrorBody),
+              (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
+              (status = 404, description = "No such answer to resume, or no provider serves the model", body = crate::error::ErrorBody),
+              (status = 429, description = "Rate limited or the model is busy", body = crate::error::ErrorBody),
+              (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody)),
+    security((), ("api_key" = [])))]
 pub(crate) async fn one_shot(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<ClientAddr>,
@@ -463,34 +347,30 @@ pub(crate) async fn one_shot(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     // A reconnection names its answer in Last-Event-ID (`{answer}.{n}`): resume it, never
-    // start a new one. The answer id is 128 random bits, known only to its reader.
-    let resumed = cursor(&headers, None);
-    let (id, after) = match resumed {
+    // start a new one. Its id is 128 random bits, known only to its reader.
+    let (id, after) = match cursor(&headers, None) {
         Some(last) => {
-            if is_end(state.hub(), &last).await? {
+            let id = answer_of(&last).to_owned();
+            state.answers().authorize(state.hub(), &id, Kind::OneShot, None).await?;
+            if ended_at(state.hub(), &id, &last).await? {
                 return Ok(no_content());
-            }
-            let id = last.split('.').next().unwrap_or_default().to_owned();
-            if !exists(&state, &id).await? {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such answer to resume",
-                ));
             }
             (id, Some(last))
         }
         None => {
-            admit(&state, &headers, client)?;
+            state.admission().admit(&headers, client.0.ip())?;
             let chat = one_shot_request(raw.as_deref(), state.default_model().as_deref())?;
-            (start(&state, chat, ONE_SHOT_GRACE).await?, None)
+            let deltas = state.config().models.stream(chat).await.map_err(provider_error)?;
+            let started =
+                state.answers().start(state.hub(), deltas, Kind::OneShot, ONE_SHOT_GRACE).await?;
+            (started.id, None)
         }
     };
     let (deliveries, reader) = follow(&state, &id, after).await?;
     let chunker =
         Chunker::new(format!("chatcmpl-{id}"), state.default_model().unwrap_or_default(), false);
     let mut first = true;
-    let frames = pieces(deliveries.stream)
+    let frames = pieces(deliveries)
         .map(move |piece| {
             let (event, id, body) = match piece {
                 Piece::Text { text, id } => {

@@ -14,38 +14,62 @@
 //! # }
 //! ```
 //!
-//! Handlers know HTTP; the hub knows topics and history; providers know models. Every error is an [`ApiError`]
-//! with a JSON body. Event streams are never compressed and carry the headers that make
-//! proxies pass each event through at once.
+//! Handlers know HTTP; the hub knows topics and history; providers know models. Every error
+//! is an [`ApiError`] with a JSON body. Event streams are never compressed and carry the
+//! headers that make proxies pass each event through at once.
+//!
+//! Modules, by what they know (data flows one way: handlers → shared pieces → hub, llm):
+//! - handlers: `mercure` (the hub's routes), `openai` (the gateway), `generations` (the
+//!   answers API), `ops`, `openapi`, `ui`;
+//! - shared pieces: `admission` (keys, budgets, per-client counts), `answers` (answers as
+//!   hub streams), `wire` (OpenAI's wire format), `auth` (JWTs), `body`, `form`, `sse`,
+//!   `error`, `telemetry`, `conn` (connections and their timeouts), `state`, `config`.
 
+mod admission;
+mod answers;
 mod auth;
+mod body;
 mod config;
+mod conn;
 mod error;
+mod form;
 mod generations;
-mod limits;
 mod mercure;
 mod openai;
 mod openapi;
 mod ops;
 mod sse;
 mod state;
+mod telemetry;
 mod ui;
+mod wire;
 
 use std::future::Future;
+use std::time::Instant;
 
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{Claims, Grant, KeyError, Verifier, mint_hs256};
-pub use config::{Config, default_max_connections};
+pub use config::{Config, default_max_connections, max_connections_for_files};
+pub use conn::{ClientAddr, Timeouts};
 pub use error::ApiError;
-pub use limits::{ClientAddr, LimitedListener};
 pub use mercure::HUB_PATH;
-pub use ops::prometheus;
 pub use state::AppState;
+pub use telemetry::prometheus;
 
-/// All routes, with CORS as configured.
+/// The longest request target (path and query) answered; past it, 414.
+const MAX_URI_BYTES: usize = 128 * 1024;
+/// The most header bytes (names and values) answered; past it, 431.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most header fields answered; past it, 431.
+const MAX_HEADER_FIELDS: usize = 100;
+
+/// All routes, with CORS as configured, request limits and the access log.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config().cors_origins);
     let router = Router::new()
@@ -53,12 +77,64 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::routes())
         .merge(generations::routes())
         .merge(ops::routes())
+        .merge(openapi::routes())
         .merge(ui::routes())
+        .fallback(not_found)
         .with_state(state);
-    match cors {
+    let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
+    };
+    router.layer(middleware::from_fn(request_limits)).layer(middleware::from_fn(access_log))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Refuses requests whose target or headers are too large, with the JSON error shape (hyper
+/// answers only far larger ones itself, with an empty body).
+async fn request_limits(request: Request, next: Next) -> Response {
+    let uri = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
+        )
+        .into_response();
     }
+    let headers = request.headers();
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if headers.len() > MAX_HEADER_FIELDS || bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "at most {MAX_HEADER_FIELDS} header fields and {MAX_HEADER_BYTES} bytes of headers are accepted"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Logs each request at debug level (method, path, status, time; never the query, which may
+/// hold a token), and refused credentials at info level with the client's address.
+async fn access_log(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let client = request.extensions().get::<ConnectInfo<ClientAddr>>().map(|c| c.0.0);
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        tracing::info!(%method, path, status = status.as_u16(), client = ?client, "refused: credentials");
+    } else {
+        tracing::debug!(%method, path, status = status.as_u16(), millis, client = ?client, "request");
+    }
+    response
 }
 
 /// CORS for browsers on other origins: exact origins with credentials (so `EventSource` with
@@ -85,23 +161,24 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, ends every event stream (clients
-/// reconnect elsewhere), waits for open requests, and closes the store (flushing it).
+/// reconnect elsewhere), waits (a bounded time) for open requests, and closes the store
+/// (flushing it).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     prometheus();
-    let listener = LimitedListener::new(listener, state.config().max_connections);
-    let app = router(state.clone()).into_make_service_with_connect_info::<ClientAddr>();
+    let config = conn::ServeConfig {
+        max_connections: state.config().max_connections,
+        timeouts: state.config().timeouts,
+    };
     let stopping = state.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.begin_shutdown();
-            if let Err(error) = stopping.hub().shut_down().await {
-                tracing::error!(%error, "closing the store failed");
-            }
-        })
-        .await
+    let on_shutdown = async move {
+        stopping.begin_shutdown();
+        if let Err(error) = stopping.hub().shut_down().await {
+            tracing::error!(%error, "closing the store failed");
+        }
+    };
+    conn::serve_router(listener, router(state), config, shutdown, on_shutdown).await
 }

@@ -2,20 +2,22 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::limits::ClientAddr;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 use sluice_hub::{
-    Cursor, Draft, PublishError, RESERVED_TOPIC_PREFIX, Selector, StoreError, SubscribeRequest,
+    Cursor, Draft, Hangup, LimitError, PublishError, RESERVED_TOPIC_PREFIX, Selector, StoreError,
+    SubscribeError, SubscribeRequest,
 };
 
+use crate::answers::store_unavailable;
 use crate::auth::{Claims, TokenSource, find_token};
-use crate::error::ApiError;
+use crate::conn::{ClientAddr, ConnHandle};
+use crate::error::{ApiError, ErrorBody};
 use crate::sse::{event_stream, opening};
 use crate::state::{ActiveSubscription, AppState};
 
@@ -39,17 +41,17 @@ struct SubscribeQuery {
     authorization: Option<String>,
 }
 
-fn parse_query(raw: Option<&str>) -> SubscribeQuery {
+fn parse_query(raw: Option<&str>) -> Result<SubscribeQuery, ApiError> {
     let mut query = SubscribeQuery::default();
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    for (key, value) in crate::form::parse(raw.unwrap_or_default().as_bytes())? {
         match &*key {
-            "topic" => query.topics.push(value.into_owned()),
-            "lastEventID" => query.last_event_id = Some(value.into_owned()),
-            "authorization" => query.authorization = Some(value.into_owned()),
+            "topic" => query.topics.push(value),
+            "lastEventID" => query.last_event_id = Some(value),
+            "authorization" => query.authorization = Some(value),
             _ => {}
         }
     }
-    query
+    Ok(query)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, as topic IRIs are encoded
@@ -91,24 +93,28 @@ fn subscriber_claims(
 /// Subscribes to updates: an event stream of every update whose topics match.
 #[utoipa::path(get, path = "/.well-known/mercure", tag = "hub",
     params(
-        ("topic" = Vec<String>, Query, description = "Topic selectors: a topic, a URI template, or *; repeatable"),
+        ("topic" = Vec<String>, Query, description = "Topic selectors: a topic, a URI template, or *; repeatable", explode = true),
         ("lastEventID" = Option<String>, Query, description = "Resume after this id (the Last-Event-ID header wins); earliest for all history"),
         ("authorization" = Option<String>, Query, description = "A subscriber JWT, when no header or cookie can carry it"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id; earliest for all history"),
     ),
     responses(
-        (status = 200, description = "The event stream", content_type = "text/event-stream"),
-        (status = 400, description = "No topic, too many topics, or an invalid selector"),
-        (status = 401, description = "A token is required, or the token is invalid or expired"),
-        (status = 429, description = "Too many subscriptions from this client"),
-        (status = 503, description = "At the connection limit (Retry-After)"),
-    ))]
+        (status = 200, description = "The event stream", content_type = "text/event-stream",
+            headers(("Last-Event-ID" = String, description = "When a cursor was sent: the id of the event before the first one sent, or earliest"))),
+        (status = 400, description = "No topic, too many topics, an invalid or too large selector", body = ErrorBody),
+        (status = 401, description = "A token is required, or the token is invalid or expired", body = ErrorBody),
+        (status = 429, description = "Too many subscriptions from this client", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the store does not answer (Retry-After)", body = ErrorBody),
+    ),
+    security((), ("mercure_jwt" = [])))]
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    connection: Option<Extension<ConnHandle>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = parse_query(raw.as_deref());
+    let query = parse_query(raw.as_deref())?;
     let config = state.config();
     if query.topics.is_empty() {
         return Err(ApiError::bad_request(
@@ -129,7 +135,7 @@ pub(crate) async fn subscribe(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))?;
     let claims = subscriber_claims(&state, &headers, query.authorization.as_deref())?;
-    let slot = state.claim_client_slot(client.ip())?;
+    let slot = state.admission().claim_subscription(client.ip())?;
 
     let header_cursor = headers
         .get("last-event-id")
@@ -144,11 +150,11 @@ pub(crate) async fn subscribe(
         Some(claims) => (claims.subscribe, claims.payload, claims.exp),
         None => (Vec::new(), None, None),
     };
-    let subscription = state
-        .hub()
-        .subscribe(SubscribeRequest { selectors, allowed_private, cursor, until_event_type: None })
-        .await
-        .map_err(store_error)?;
+    // Cut off as too slow, the connection is closed at once, even mid-write.
+    let hangup = connection.map(|Extension(connection)| Hangup::new(move || connection.hang_up()));
+    let request =
+        SubscribeRequest { selectors, allowed_private, cursor, until_event_type: None, hangup };
+    let subscription = state.hub().subscribe(request).await.map_err(subscribe_error)?;
 
     let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     let active =
@@ -181,7 +187,7 @@ pub(crate) async fn subscribe(
 struct EndGuard {
     state: AppState,
     subscriber: String,
-    _slot: crate::state::ClientSlot,
+    _slot: crate::admission::ClientSlot,
 }
 
 impl Drop for EndGuard {
@@ -234,6 +240,26 @@ fn store_error(error: StoreError) -> ApiError {
         ),
         StoreError::Invalid(e) => ApiError::bad_request("invalid_update", e.to_string()),
         StoreError::Closed => ApiError::unavailable("the hub is shutting down", 1),
+        other => store_unavailable(other),
+    }
+}
+
+fn limit_error(error: &LimitError) -> ApiError {
+    let code = match error {
+        LimitError::TopicTooLong { .. } => "topic_too_long",
+        LimitError::TooManyTopics { .. } => "too_many_topics",
+        LimitError::TemplateTooLong { .. } => "selector_too_long",
+        LimitError::TooManyVariables { .. } => "selector_too_complex",
+        _ => "limit_exceeded",
+    };
+    ApiError::bad_request(code, error.to_string())
+}
+
+/// A refused subscription as the client sees it.
+pub(crate) fn subscribe_error(error: SubscribeError) -> ApiError {
+    match error {
+        SubscribeError::Limit(e) => limit_error(&e),
+        SubscribeError::Store(e) => store_error(e),
         other => ApiError::internal(other),
     }
 }
@@ -242,24 +268,50 @@ fn publish_error(error: PublishError) -> ApiError {
     match error {
         PublishError::NoTopic => ApiError::bad_request("missing_topic", error.to_string()),
         PublishError::ReservedId => ApiError::bad_request("invalid_id", error.to_string()),
+        PublishError::Limit(e) => limit_error(&e),
         PublishError::Store(e) => store_error(e),
         other => ApiError::internal(other),
     }
 }
 
+/// The form of a publication (draft-07).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // a schema for the document only: the form is parsed by `parse_publication`
+pub(crate) struct PublishForm {
+    /// The topics: the first is canonical, the rest alternates. Repeatable.
+    #[schema(min_items = 1)]
+    topic: Vec<String>,
+    /// The event's data.
+    data: Option<String>,
+    /// Present (with any value): only authorized subscribers receive it.
+    private: Option<String>,
+    /// The event id; the hub makes one when absent. Must not be empty or start with `#`.
+    id: Option<String>,
+    /// The SSE event type.
+    #[serde(rename = "type")]
+    r#type: Option<String>,
+    /// The SSE reconnection time, in milliseconds.
+    #[schema(minimum = 0)]
+    retry: Option<u64>,
+}
+
 /// Publishes an update (form fields of draft-07); the response body is its id.
 #[utoipa::path(post, path = "/.well-known/mercure", tag = "hub",
-    request_body(content_type = "application/x-www-form-urlencoded",
+    request_body(content = PublishForm, content_type = "application/x-www-form-urlencoded",
         description = "topic (required, repeatable), data, private, id, type, retry"),
+    params(("authorization" = Option<String>, Query, description = "A publisher JWT, when no header or cookie can carry it")),
     responses(
-        (status = 200, description = "The id of the update", content_type = "text/plain"),
-        (status = 400, description = "A malformed field"),
-        (status = 401, description = "No valid publisher token"),
-        (status = 403, description = "The token may not publish to a topic"),
-        (status = 409, description = "An update with this id exists"),
-        (status = 413, description = "The body or the data is too large"),
-        (status = 415, description = "Not application/x-www-form-urlencoded"),
-    ))]
+        (status = 200, description = "The id of the update", content_type = "text/plain", body = String),
+        (status = 400, description = "A malformed field, invalid UTF-8, or a topic past the limits", body = ErrorBody),
+        (status = 401, description = "No valid publisher token", body = ErrorBody),
+        (status = 403, description = "The token may not publish to a topic", body = ErrorBody),
+        (status = 408, description = "The request body stalled", body = ErrorBody),
+        (status = 409, description = "An update with this id exists", body = ErrorBody),
+        (status = 413, description = "The body or the data is too large", body = ErrorBody),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
+        (status = 503, description = "The store cannot take the update now (Retry-After)", body = ErrorBody),
+    ),
+    security(("mercure_jwt" = [])))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -272,7 +324,7 @@ pub(crate) async fn publish(
             "publishing is disabled: the hub has no publisher key (--jwt-secret)",
         ));
     };
-    let query_token = parse_query(raw.as_deref()).authorization;
+    let query_token = parse_query(raw.as_deref())?.authorization;
     let Some((token, source)) = find_token(&headers, query_token.as_deref()) else {
         return Err(ApiError::unauthorized("a publisher token is required"));
     };
@@ -295,13 +347,8 @@ pub(crate) async fn publish(
             "publish with Content-Type: application/x-www-form-urlencoded",
         ));
     }
-    let body = axum::body::to_bytes(body, config.max_body_bytes).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body exceeds {} bytes", config.max_body_bytes),
-        )
-    })?;
+    let body =
+        crate::body::read_body(body, config.max_body_bytes, config.timeouts.request_body).await?;
     let draft = parse_publication(&body, config.max_event_bytes)?;
     for topic in &draft.topics {
         if topic.starts_with(RESERVED_TOPIC_PREFIX) {
@@ -324,13 +371,13 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 /// The draft-07 form fields: `topic` (repeatable), `data`, `private`, `id`, `type`, `retry`.
 fn parse_publication(body: &[u8], max_data: usize) -> Result<Draft, ApiError> {
     let mut draft = Draft { topics: Vec::new(), ..Draft::new("", "") };
-    for (key, value) in form_urlencoded::parse(body) {
+    for (key, value) in crate::form::parse(body)? {
         match &*key {
-            "topic" => draft.topics.push(value.into_owned()),
-            "data" => draft.data = value.into_owned(),
+            "topic" => draft.topics.push(value),
+            "data" => draft.data = value,
             "private" => draft.private = true,
-            "id" => draft.id = Some(value.into_owned()),
-            "type" => draft.event_type = Some(value.into_owned()),
+            "id" => draft.id = Some(value),
+            "type" => draft.event_type = Some(value),
             "retry" => {
                 draft.retry = Some(value.parse().map_err(|_| {
                     ApiError::bad_request(
@@ -366,7 +413,7 @@ fn visible(
     if state.config().subscriber.is_none() {
         return Err(ApiError::unauthorized("the subscription API needs a subscriber key"));
     }
-    let query_token = parse_query(raw).authorization;
+    let query_token = parse_query(raw)?.authorization;
     let claims = subscriber_claims(state, headers, query_token.as_deref())?
         .ok_or_else(|| ApiError::unauthorized("a subscriber token is required"))?;
     let mut found = Vec::new();

@@ -1,6 +1,14 @@
-//! The OpenAPI document served at `/openapi.json`, generated from the route annotations.
+//! The OpenAPI document served at `/openapi.json`, generated from the route annotations: every
+//! request body, parameter, response and error is described, with the security schemes, so
+//! that a client generator (or schemathesis) can take it as the contract.
 
-use utoipa::OpenApi;
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,12 +29,58 @@ use utoipa::OpenApi;
         crate::ops::healthz,
         crate::ops::readyz,
     ),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    modifiers(&SecuritySchemes),
     tags((name = "hub", description = "Mercure publish and subscribe"),
          (name = "gateway", description = "OpenAI-compatible chat completions"),
          (name = "answers", description = "Resumable answers"),
          (name = "ops", description = "Health and metrics"))
 )]
 struct ApiDoc;
+
+/// The ways a client proves who it is.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "mercure_jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A Mercure JWT with `mercure.publish` / `mercure.subscribe` claims; also \
+                         accepted in the `authorization` query parameter or the \
+                         `mercureAuthorization` cookie",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "mercure_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("mercureAuthorization"))),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A gateway API key, when the server is configured with keys"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi))
+}
+
+async fn openapi() -> Response {
+    axum::Json(document()).into_response()
+}
 
 /// The OpenAPI document.
 pub(crate) fn document() -> utoipa::openapi::OpenApi {

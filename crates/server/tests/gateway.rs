@@ -392,6 +392,7 @@ async fn sluice_in_front_of_sluice() {
         base_url: format!("{}/v1", upstream.url),
         api_key: None,
         timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
     });
     router.add(Arc::new(provider), vec!["scripted".into()], Attempts::default());
     let (front, _stop) = serve(router, Config::default()).await;

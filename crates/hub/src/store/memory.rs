@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 
-use super::{CommitListener, Store, StoreError};
+use super::{CommitListener, Store, StoreError, StreamRecord};
 use crate::update::{Draft, Update, now_ms};
 
-/// Keeps the latest `capacity` updates in memory; nothing survives a restart.
+/// Keeps the latest `capacity` updates (and stream records) in memory; nothing survives a
+/// restart.
 pub struct MemoryStore {
     // A std mutex: it is never held across an await, and the listener it calls does not block.
     inner: Mutex<Inner>,
@@ -21,6 +22,9 @@ struct Inner {
     /// Contiguous `seq`s, oldest first.
     ring: VecDeque<Arc<Update>>,
     ids: HashMap<String, u64>,
+    /// Stream records, and their ids oldest first (at most `capacity` are kept).
+    streams: HashMap<String, StreamRecord>,
+    stream_order: VecDeque<String>,
     next_seq: u64,
     capacity: usize,
     closed: bool,
@@ -40,10 +44,13 @@ impl fmt::Debug for MemoryStore {
 impl MemoryStore {
     /// A store keeping at most `capacity` updates (at least one).
     pub fn new(capacity: usize, listener: Arc<dyn CommitListener>) -> Self {
+        listener.starts_after(0);
         MemoryStore {
             inner: Mutex::new(Inner {
                 ring: VecDeque::new(),
                 ids: HashMap::new(),
+                streams: HashMap::new(),
+                stream_order: VecDeque::new(),
                 next_seq: 1,
                 capacity: capacity.max(1),
                 closed: false,
@@ -99,5 +106,28 @@ impl Store for MemoryStore {
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.inner.lock().unwrap().closed = true;
         ready(Ok(())).boxed()
+    }
+
+    fn put_stream(&self, record: StreamRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut inner = self.inner.lock().unwrap();
+        let result = if inner.closed {
+            Err(StoreError::Closed)
+        } else if inner.streams.contains_key(&record.id) {
+            Err(StoreError::Conflict(record.id))
+        } else {
+            inner.stream_order.push_back(record.id.clone());
+            inner.streams.insert(record.id.clone(), record);
+            if inner.stream_order.len() > inner.capacity
+                && let Some(oldest) = inner.stream_order.pop_front()
+            {
+                inner.streams.remove(&oldest);
+            }
+            Ok(())
+        };
+        ready(result).boxed()
+    }
+
+    fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
+        ready(Ok(self.inner.lock().unwrap().streams.get(id).cloned())).boxed()
     }
 }

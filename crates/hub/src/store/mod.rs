@@ -23,8 +23,16 @@ use crate::update::{Draft, Update};
 
 /// Told about committed updates, in `seq` order, once each.
 ///
-/// Called on the store's own thread or task, possibly under its lock: it must not block.
+/// Called on the store's own thread or task, possibly under its lock: it must not block for
+/// long (the hub's listener only queues the updates for its fan-out thread).
 pub trait CommitListener: Send + Sync + 'static {
+    /// Called once, before any [`CommitListener::committed`] and before the store's
+    /// constructor returns: the store already holds every update up to `seq` (the highest
+    /// seq it ever gave; 0 for an empty store), so what it commits from now on comes after.
+    /// A hub over a reopened store needs it to replay the history a resuming subscriber
+    /// missed across the restart.
+    fn starts_after(&self, seq: u64);
+
     /// `updates` were committed; their `seq`s are increasing.
     fn committed(&self, updates: &[Arc<Update>]);
 }
@@ -47,6 +55,22 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// What a store keeps about a stream (an AI answer, whose events are updates on a reserved
+/// topic): who may read it and how it was made. It lives as long as the stream's history, so
+/// an answer's reader is checked the same way after a restart and on every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecord {
+    /// The stream's id.
+    pub id: String,
+    /// SHA-256 of the stream's capability token: the store never holds the token itself, so
+    /// a copy of the store gives no reader access.
+    pub token_hash: [u8; 32],
+    /// What made the stream (for the server: which endpoint may resume it).
+    pub kind: String,
+    /// When it was made, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
 /// A durable or in-memory history of updates, in one total order.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Commits `draft` (whose `id` is set), giving it the next `seq`, and resolves once it is
@@ -67,4 +91,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Finishes pending writes and stops accepting new ones.
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Records a new stream. Fails with [`StoreError::Conflict`] when its id is taken.
+    fn put_stream(&self, record: StreamRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The record of stream `id`, if it exists and is still kept.
+    fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>>;
 }

@@ -93,12 +93,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, ready};
+use futures_util::future::BoxFuture;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::{CommitListener, Store, StoreError};
+use super::{CommitListener, Store, StoreError, StreamRecord};
 use crate::update::{Draft, Update, now_ms};
 
 /// The most appends written in one transaction.
@@ -108,6 +108,12 @@ const RETENTION_EVERY: Duration = Duration::from_millis(500);
 /// The most updates one retention transaction deletes, so that a large backlog of expired
 /// updates (after the limits were lowered, say) does not hold up appends for long.
 const RETENTION_CHUNK: u64 = 10_000;
+/// Requests queued for the writer at most; past it, appends wait (asynchronously) for room,
+/// so a burst of publishers slows down instead of growing memory without bound.
+const QUEUE_BOUND: usize = 8192;
+/// How long a stream record outlives the oldest kept update at least: a record is written
+/// before its stream's first event, and must not be taken for an expired one meanwhile.
+const STREAM_RECORD_SLACK_MS: u64 = 10 * 60 * 1000;
 /// Idle read connections kept open for the next read.
 const IDLE_READERS: usize = 4;
 /// How long a connection waits for a lock held by another before failing.
@@ -115,7 +121,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema, one step per version: step `n` takes a file from `user_version` `n` to
 /// `n + 1`. Append steps; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE updates (
         seq          INTEGER PRIMARY KEY,
         id           TEXT    NOT NULL UNIQUE,
@@ -131,7 +138,16 @@ const MIGRATIONS: &[&str] = &["
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('high_water_seq', 0);
-"];
+",
+    "
+    CREATE TABLE streams (
+        id         TEXT    PRIMARY KEY,
+        token_hash BLOB    NOT NULL, -- SHA-256 of the capability token, never the token
+        kind       TEXT    NOT NULL,
+        created_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+",
+];
 
 const INSERT_UPDATE: &str = "
     INSERT INTO updates (seq, id, topics, data, event_type, retry, private, published_ms)
@@ -220,7 +236,8 @@ struct Counters {
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Request {
-    Append { draft: Draft, reply: Reply<Arc<Update>> },
+    Append { draft: Draft, reply: Reply<Arc<Update>>, _room: OwnedSemaphorePermit },
+    PutStream { record: StreamRecord, reply: Reply<()>, _room: OwnedSemaphorePermit },
     Retention { reply: Reply<u64> },
     Close { reply: Reply<()> },
 }
@@ -233,6 +250,8 @@ enum Request {
 pub struct SqliteStore {
     /// The writer's queue; `None` once closed.
     requests: Mutex<Option<mpsc::Sender<Request>>>,
+    /// Room in the writer's queue: each append holds a permit until the writer has taken it.
+    room: Arc<Semaphore>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     readers: Arc<Readers>,
     counters: Arc<Counters>,
@@ -273,6 +292,9 @@ impl SqliteStore {
             .optional()
             .map_err(backend)?
             .unwrap_or(0);
+        let high_water: u64 =
+            conn.query_row(SELECT_HIGH_WATER, [], |r| r.get(0)).map_err(backend)?;
+        listener.starts_after(high_water);
 
         let readers = Arc::new(Readers { path: path.clone(), idle: Mutex::new(Vec::new()) });
         // Open one reader now, so that a file readers cannot open fails here, not later.
@@ -296,6 +318,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             requests: Mutex::new(Some(sender)),
+            room: Arc::new(Semaphore::new(QUEUE_BOUND)),
             writer: Mutex::new(Some(handle)),
             readers,
             counters,
@@ -334,6 +357,34 @@ impl SqliteStore {
         }
     }
 
+    /// Queues a request that needs room in the queue, waiting for room first.
+    fn send_with_room<T: Send + 'static>(
+        &self,
+        request: impl FnOnce(Reply<T>, OwnedSemaphorePermit) -> Request + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        // Appends called one after the other must keep their order: take room at once when
+        // there is some, and only wait (in the future) when the queue is full.
+        let queued = match Arc::clone(&self.room).try_acquire_owned() {
+            Ok(room) => self.send(request(reply, room)).map(|()| None),
+            Err(_) => Ok(Some((reply, request))),
+        };
+        async move {
+            match queued? {
+                None => {}
+                Some((reply, request)) => {
+                    let room = Arc::clone(&self.room)
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| StoreError::Closed)?;
+                    self.send(request(reply, room))?;
+                }
+            }
+            answer.await.map_err(|_| writer_gone())?
+        }
+        .boxed()
+    }
+
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -350,11 +401,29 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn append(&self, draft: Draft) -> BoxFuture<'_, Result<Arc<Update>, StoreError>> {
-        let (reply, answer) = oneshot::channel();
-        if let Err(e) = self.send(Request::Append { draft, reply }) {
-            return ready(Err(e)).boxed();
-        }
-        async move { answer.await.map_err(|_| writer_gone())? }.boxed()
+        self.send_with_room(move |reply, room| Request::Append { draft, reply, _room: room })
+    }
+
+    fn put_stream(&self, record: StreamRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.send_with_room(move |reply, room| Request::PutStream { record, reply, _room: room })
+    }
+
+    fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, token_hash, kind, created_ms FROM streams WHERE id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok(StreamRecord {
+                    id: r.get(0)?,
+                    token_hash: r.get(1)?,
+                    kind: r.get(2)?,
+                    created_ms: r.get(3)?,
+                })
+            })
+            .optional()
+        })
     }
 
     fn read_after(
@@ -428,12 +497,14 @@ impl Writer {
     fn run(mut self) {
         while let Some(request) = self.next_request() {
             let control = match request {
-                Request::Append { draft, reply } => {
+                Request::Append { draft, reply, _room } => {
                     let mut batch = vec![(draft, reply)];
                     let mut control = None;
                     while batch.len() < MAX_BATCH {
                         match self.requests.try_recv() {
-                            Ok(Request::Append { draft, reply }) => batch.push((draft, reply)),
+                            Ok(Request::Append { draft, reply, _room }) => {
+                                batch.push((draft, reply));
+                            }
                             Ok(other) => {
                                 control = Some(other);
                                 break;
@@ -451,6 +522,9 @@ impl Writer {
             };
             match control {
                 None => {}
+                Some(Request::PutStream { record, reply, _room }) => {
+                    let _ = reply.send(self.put_stream(&record));
+                }
                 Some(Request::Retention { reply }) => {
                     let _ = reply.send(self.retention_all());
                 }
@@ -465,6 +539,7 @@ impl Writer {
         while let Ok(request) = self.requests.try_recv() {
             match request {
                 Request::Append { reply, .. } => drop(reply.send(Err(StoreError::Closed))),
+                Request::PutStream { reply, .. } => drop(reply.send(Err(StoreError::Closed))),
                 Request::Retention { reply } => drop(reply.send(Err(StoreError::Closed))),
                 Request::Close { reply } => drop(reply.send(Ok(()))),
             }
@@ -562,6 +637,29 @@ impl Writer {
         Ok((outcomes, committed))
     }
 
+    /// Inserts a stream record in a transaction of its own.
+    fn put_stream(&mut self, record: &StreamRecord) -> Result<(), StoreError> {
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO streams (id, token_hash, kind, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .and_then(|mut insert| {
+                insert.execute(params![
+                    record.id,
+                    record.token_hash,
+                    record.kind,
+                    record.created_ms
+                ])
+            })
+            .map_err(backend)?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict(record.id.clone()));
+        }
+        Ok(())
+    }
+
     /// Deletes expired updates until none is left.
     fn retention_all(&mut self) -> Result<u64, StoreError> {
         let mut total = 0;
@@ -618,6 +716,17 @@ impl Writer {
                  WHERE seq < min(?1, coalesce((SELECT min(seq) FROM updates), 0) + ?2)",
             )?
             .execute(params![keep_from, RETENTION_CHUNK])? as u64;
+        // Stream records go with their history: older than the oldest kept update (and than
+        // the slack that covers a record whose first event is still to come).
+        let oldest_kept: Option<u64> = tx
+            .prepare_cached("SELECT published_ms FROM updates ORDER BY seq LIMIT 1")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let now = now_ms();
+        let records_before =
+            oldest_kept.unwrap_or(now).min(now.saturating_sub(STREAM_RECORD_SLACK_MS));
+        tx.prepare_cached("DELETE FROM streams WHERE created_ms < ?1")?
+            .execute([records_before])?;
         tx.commit()?;
         self.counters.expired.fetch_add(deleted, Ordering::Relaxed);
         Ok(deleted)

@@ -1,0 +1,446 @@
+//! Serving connections: the accept loop, the connection limit, and a bound on every wait a
+//! client can impose.
+//!
+//! Each accepted socket is wrapped in a [`Conn`] that enforces what hyper alone does not:
+//!
+//! - **Request head**: a new connection has [`Timeouts::request_head`] from accept to deliver a
+//!   whole request head; a kept-alive one has as long from the first byte of its next request.
+//!   Slowloris clients, trickling a header byte every few seconds, are closed at that bound.
+//! - **Idle keep-alive**: a connection with no request in flight and no byte arriving is
+//!   closed after [`Timeouts::idle_connection`] (longer than nginx's upstream keep-alive, so a
+//!   proxy closes first and never reuses a socket the server is closing).
+//! - **Writes**: a write that makes no progress for [`Timeouts::write`] (a subscriber that
+//!   stopped reading, its socket buffers full) fails, which closes the connection.
+//! - **Hang-up**: the hub can close a connection at once ([`ConnHandle::hang_up`]) when it cuts
+//!   a slow subscriber off, even while a write to it is stuck; the socket is reset, so the
+//!   kernel frees its send queue instead of holding it for the peer.
+//!
+//! Every bound that is hit is counted in `sluice_timeouts_total{wait=…}`. Past the connection
+//! limit, the server still accepts, answers 503 with `Retry-After` and closes, so clients
+//! learn to come back instead of hanging in the kernel's backlog.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep, sleep};
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+use crate::telemetry::count_timeout;
+
+/// How long to wait before accepting again after the OS refused (out of files, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long, after the shutdown signal, open connections get to finish before the server
+/// stops anyway. Event streams end at once (the hub cuts them); this bounds the rest.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a client may make the server wait. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From accept (or from the first byte of a later request) to a complete request head.
+    pub request_head: Duration,
+    /// Between two pieces of a request body.
+    pub request_body: Duration,
+    /// A connection with no request in flight and nothing arriving.
+    pub idle_connection: Duration,
+    /// A write to the client that makes no progress.
+    pub write: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request_head: Duration::from_secs(30),
+            request_body: Duration::from_secs(30),
+            idle_connection: Duration::from_secs(75),
+            write: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The peer address of a connection, for handlers (`ConnectInfo<ClientAddr>`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// What a handler may do to its own connection (a request extension).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnHandle(Arc<Control>);
+
+impl ConnHandle {
+    /// Closes the connection now: pending and later reads and writes fail, and the socket is
+    /// reset so the kernel drops what it still had to send.
+    pub(crate) fn hang_up(&self) {
+        self.0.killed.store(true, Ordering::Release);
+        self.0.read_waker.wake();
+        self.0.write_waker.wake();
+    }
+}
+
+/// State shared by a connection's socket wrapper and the requests on it.
+#[derive(Debug, Default)]
+struct Control {
+    /// Requests whose response is not finished.
+    in_flight: AtomicUsize,
+    /// Requests finished so far: a change restarts the idle clock.
+    finished: AtomicU64,
+    killed: AtomicBool,
+    read_waker: AtomicWaker,
+    write_waker: AtomicWaker,
+}
+
+/// Marks a request in flight until its response body is dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Control>);
+
+impl InFlight {
+    fn start(control: &Arc<Control>) -> Self {
+        control.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(control))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The socket wrapper may be parked on a read: let it restart its idle clock.
+        self.0.read_waker.wake();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Where a connection with nothing in flight is in its wait for a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Just accepted: the first head is due `request_head` after accept.
+    Fresh,
+    /// Idle between requests: closed after `idle_connection` without a byte.
+    Idle,
+    /// Bytes of a head arrived: the rest is due `request_head` after the first.
+    InHead,
+}
+
+/// A socket with the bounds of the [module docs](self).
+struct Conn {
+    stream: TcpStream,
+    control: Arc<Control>,
+    timeouts: Timeouts,
+    waiting: Waiting,
+    /// When the current wait for a head ends.
+    deadline: Pin<Box<Sleep>>,
+    /// The `finished` count the current wait started from.
+    seen_finished: u64,
+    /// Armed while a write is pending.
+    write_stall: Option<Pin<Box<Sleep>>>,
+    _slot: Slot,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, control: Arc<Control>, timeouts: Timeouts, slot: Slot) -> Self {
+        Conn {
+            stream,
+            control,
+            timeouts,
+            waiting: Waiting::Fresh,
+            deadline: Box::pin(sleep(timeouts.request_head)),
+            seen_finished: 0,
+            write_stall: None,
+            _slot: slot,
+        }
+    }
+
+    fn killed(&self) -> Option<io::Error> {
+        if !self.control.killed.load(Ordering::Acquire) {
+            return None;
+        }
+        // Reset rather than close: the peer will not read what is queued, so do not keep it.
+        let _ = self.stream.set_zero_linger();
+        Some(io::Error::new(io::ErrorKind::ConnectionAborted, "hung up by the server"))
+    }
+
+    /// Called when a read found nothing: fails once the wait for a head has lasted too long.
+    fn check_head_wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.control.in_flight.load(Ordering::Acquire) > 0 {
+            return Poll::Pending;
+        }
+        let finished = self.control.finished.load(Ordering::Acquire);
+        if finished != self.seen_finished {
+            self.seen_finished = finished;
+            self.waiting = Waiting::Idle;
+            let until = Instant::now() + self.timeouts.idle_connection;
+            self.deadline.as_mut().reset(until);
+        }
+        ready!(self.deadline.as_mut().poll(cx));
+        count_timeout(match self.waiting {
+            Waiting::Idle => "idle_connection",
+            Waiting::Fresh | Waiting::InHead => "request_head",
+        });
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no request in time")))
+    }
+
+    /// Bytes arrived with nothing in flight: a head has begun.
+    fn head_began(&mut self) {
+        if self.waiting == Waiting::Idle && self.control.in_flight.load(Ordering::Acquire) == 0 {
+            self.waiting = Waiting::InHead;
+            let until = Instant::now() + self.timeouts.request_head;
+            self.deadline.as_mut().reset(until);
+        }
+    }
+
+    /// Passes a write's outcome through, failing it once it has been pending too long.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if outcome.is_ready() {
+            self.write_stall = None;
+            return outcome;
+        }
+        let write = self.timeouts.write;
+        let stall = self.write_stall.get_or_insert_with(|| Box::pin(sleep(write)));
+        ready!(stall.as_mut().poll(cx));
+        count_timeout("write");
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")))
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(error) = self.killed() {
+            return Poll::Ready(Err(error));
+        }
+        self.control.read_waker.register(cx.waker());
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.head_began();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => self.check_head_wait(cx),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(error) = self.killed() {
+            return Poll::Ready(Err(error));
+        }
+        self.control.write_waker.register(cx.waker());
+        let outcome = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.bound_write(cx, outcome)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(error) = self.killed() {
+            return Poll::Ready(Err(error));
+        }
+        self.control.write_waker.register(cx.waker());
+        let outcome = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(error) = self.killed() {
+            return Poll::Ready(Err(error));
+        }
+        let outcome = Pin::new(&mut self.stream).poll_flush(cx);
+        self.bound_write(cx, outcome)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// One admitted connection's place under the limit; freed when dropped.
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("sluice_connections_open").decrement(1.0);
+    }
+}
+
+/// Admits at most `limit` connections at once.
+#[derive(Debug)]
+struct Admission {
+    open: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Admission {
+    fn admit(&self) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        metrics::gauge!("sluice_connections_open").increment(1.0);
+        Some(Slot(Arc::clone(&self.open)))
+    }
+}
+
+/// Reads what the client sent (so closing does not reset the connection), answers 503.
+async fn refuse(mut stream: TcpStream) {
+    let error = ApiError::unavailable("the server is at its connection limit; retry shortly", 1);
+    let body = error.body();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Retry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut request = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut request)).await;
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
+}
+
+/// How a [`serve_router`] call is set up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) timeouts: Timeouts,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, runs
+/// `on_shutdown` (which ends the event streams), and gives open connections
+/// [`SHUTDOWN_GRACE`] to finish.
+pub(crate) async fn serve_router(
+    listener: TcpListener,
+    app: Router,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The head bounds live in `Conn`, which also knows about kept-alive connections.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    builder.http2().timer(TokioTimer::new());
+    let admission =
+        Admission { open: Arc::new(AtomicUsize::new(0)), limit: config.max_connections };
+    let graceful = GracefulShutdown::new();
+    let mut last_accept_error: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                metrics::counter!("sluice_accept_errors_total").increment(1);
+                // Out of files, say: once a second in the log is enough to say so.
+                if last_accept_error.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!(%error, "accept failed");
+                    last_accept_error = Some(Instant::now());
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(slot) = admission.admit() else {
+            metrics::counter!("sluice_connections_refused_total").increment(1);
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let control = Arc::new(Control::default());
+        let io = TokioIo::new(Conn::new(stream, Arc::clone(&control), config.timeouts, slot));
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
+            // Over HTTP/2 one connection carries many streams: never hang them all up for one.
+            if request.version() < axum::http::Version::HTTP_2 {
+                request.extensions_mut().insert(ConnHandle(Arc::clone(&control)));
+            }
+            let in_flight = InFlight::start(&control);
+            let response = app.clone().oneshot(request);
+            async move {
+                let response: Response<Body> = response.await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| Tracked { body, _in_flight: in_flight }),
+                )
+            }
+        });
+        let connection =
+            graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    on_shutdown.await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown: closing them");
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The metrics every part of the server reports with, registered at start so that each one
+//! is in `/metrics` (at 0) before anything has happened: a dashboard or an alert on
+//! `sluice_upstream_cancelled_total` must not see "no data" until the first cancel.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The waits bounded by a timeout, as labels of `sluice_timeouts_total{wait=…}`.
+pub(crate) const WAITS: &[&str] = &[
+    "request_head",
+    "request_body",
+    "idle_connection",
+    "write",
+    "upstream_connect",
+    "upstream_first_token",
+    "upstream_gap",
+];
+
+const COUNTERS: &[(&str, &str)] = &[
+    ("sluice_updates_published_total", "Updates committed and fanned out."),
+    ("sluice_updates_delivered_total", "Updates written to subscribers."),
+    ("sluice_slow_consumer_disconnects_total", "Subscribers cut off for reading too slowly."),
+    ("sluice_replay_failures_total", "Subscriptions ended because history could not be read."),
+    (
+        "sluice_upstream_cancelled_total",
+        "Upstream requests stopped because the reader left or asked.",
+    ),
+    ("sluice_connections_refused_total", "Connections answered 503 at the connection limit."),
+    ("sluice_accept_errors_total", "Failed accepts (out of files, say)."),
+    ("sluice_bytes_out_total", "Bytes of event streams written."),
+    (
+        "sluice_auth_failures_total",
+        "Requests refused for a missing, invalid or insufficient credential.",
+    ),
+    ("sluice_store_failures_total", "Store operations that failed (publish answered 503)."),
+];
+
+const GAUGES: &[(&str, &str)] = &[
+    ("sluice_subscribers_connected", "Subscribers connected now."),
+    ("sluice_generations_active", "Answers being generated now."),
+    ("sluice_connections_open", "Open connections."),
+];
+
+/// The process-wide Prometheus recorder, installed on first use with every metric registered.
+/// Metrics are global (the `metrics` facade), so every server in a process shares it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        for (name, help) in COUNTERS {
+            metrics::describe_counter!(*name, *help);
+            metrics::counter!(*name).increment(0);
+        }
+        for (name, help) in GAUGES {
+            metrics::describe_gauge!(*name, *help);
+            metrics::gauge!(*name).increment(0.0);
+        }
+        metrics::describe_counter!("sluice_timeouts_total", "Waits cut short by their bound.");
+        for wait in WAITS {
+            metrics::counter!("sluice_timeouts_total", "wait" => *wait).increment(0);
+        }
+        handle
+    })
+}
+
+/// Counts a wait that hit its bound.
+pub(crate) fn count_timeout(wait: &'static str) {
+    debug_assert!(WAITS.contains(&wait), "{wait} is not a registered wait");
+    metrics::counter!("sluice_timeouts_total", "wait" => wait).increment(1);
+}

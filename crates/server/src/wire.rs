@@ -1,0 +1,367 @@
+//! OpenAI's chat completions wire format, as the gateway speaks it: the request body (parsed
+//! and checked, naming the offending parameter like OpenAI does), the chunk objects of a
+//! streamed answer, and the error a provider's failure becomes. Shared by the OpenAI-compatible
+//! endpoint and the answers API; no handler lives here.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_llm::{ChatRequest, FinishReason, Message, ProviderError, Role, Usage};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// The most stop sequences a request may give (OpenAI's limit).
+const MAX_STOP_SEQUENCES: usize = 4;
+/// The longest stop sequence, in bytes.
+const MAX_STOP_BYTES: usize = 256;
+/// The most messages in one request.
+const MAX_MESSAGES: usize = 2048;
+
+/// A provider's failure before anything was sent, as the HTTP error a client expects.
+pub(crate) fn provider_error(error: ProviderError) -> ApiError {
+    match error {
+        ProviderError::UnknownModel(model) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("The model `{model}` does not exist or you do not have access to it."),
+        )
+        .with_param("model"),
+        ProviderError::InvalidRequest(message) => ApiError::bad_request("invalid_request", message),
+        ProviderError::Busy { message, retry_after } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
+                .with_retry_after(retry_after.map_or(1, |d| d.as_secs().max(1)))
+        }
+        ProviderError::Timeout(after) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("the upstream did not answer within {after:?}"),
+        ),
+        ProviderError::Internal(detail) => ApiError::internal(detail),
+        other => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", other.to_string()),
+    }
+}
+
+/// `stop` may be a string or a list.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `content` may be a string, a list of parts, or null.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a message's content; only text parts are read.
+#[derive(Debug, Deserialize, ToSchema)]
+struct ContentPart {
+    /// `text`, `image_url`, …
+    #[serde(rename = "type")]
+    r#type: String,
+    /// The text of a `text` part.
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Deserialize, ToSchema)]
+struct InMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    #[schema(value_type = String, example = "user")]
+    role: Role,
+    #[serde(default)]
+    #[schema(nullable)]
+    content: Option<Content>,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    tool_calls: Vec<Value>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+/// Streaming options.
+#[derive(Debug, Deserialize, ToSchema)]
+struct StreamOptions {
+    /// Send a last chunk with the usage.
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The body of `POST /v1/chat/completions` (and `POST /api/generations`): OpenAI's chat
+/// completion request. Parameters not listed are ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct CompletionRequest {
+    /// The model; the first configured one when absent.
+    #[schema(example = "scripted")]
+    model: Option<String>,
+    /// The conversation, oldest first.
+    #[schema(min_items = 1)]
+    messages: Vec<InMessage>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub(crate) stream: bool,
+    stream_options: Option<StreamOptions>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
+    temperature: Option<f32>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    top_p: Option<f32>,
+    #[schema(minimum = 1)]
+    max_tokens: Option<u32>,
+    #[schema(minimum = 1)]
+    max_completion_tokens: Option<u32>,
+    stop: Option<Stop>,
+    seed: Option<u64>,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    tools: Vec<Value>,
+    #[schema(value_type = Option<Object>)]
+    tool_choice: Option<Value>,
+    /// Only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
+    n: Option<u32>,
+}
+
+impl CompletionRequest {
+    /// Parses and checks a request body, naming the offending parameter on failure.
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let request: CompletionRequest = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("invalid request body: {e}"))
+        })?;
+        if request.messages.is_empty() {
+            return Err(ApiError::bad_request("invalid_messages", "messages must not be empty")
+                .with_param("messages"));
+        }
+        if request.n.is_some_and(|n| n != 1) {
+            return Err(
+                ApiError::bad_request("unsupported_n", "only n = 1 is supported").with_param("n")
+            );
+        }
+        if request.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(ApiError::bad_request(
+                "invalid_temperature",
+                "temperature must be between 0 and 2",
+            )
+            .with_param("temperature"));
+        }
+        if request.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+            return Err(ApiError::bad_request("invalid_top_p", "top_p must be between 0 and 1")
+                .with_param("top_p"));
+        }
+        if request.messages.len() > MAX_MESSAGES {
+            return Err(ApiError::bad_request(
+                "too_many_messages",
+                format!("at most {MAX_MESSAGES} messages"),
+            )
+            .with_param("messages"));
+        }
+        for (value, param) in [
+            (request.max_tokens, "max_tokens"),
+            (request.max_completion_tokens, "max_completion_tokens"),
+        ] {
+            if value == Some(0) {
+                return Err(ApiError::bad_request(
+                    "invalid_max_tokens",
+                    format!("{param} must be at least 1"),
+                )
+                .with_param(param));
+            }
+        }
+        let stops = match &request.stop {
+            None => &[][..],
+            Some(Stop::One(one)) => std::slice::from_ref(one),
+            Some(Stop::Many(many)) => many.as_slice(),
+        };
+        if stops.len() > MAX_STOP_SEQUENCES
+            || stops.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_stop",
+                format!("stop takes at most {MAX_STOP_SEQUENCES} non-empty sequences of at most {MAX_STOP_BYTES} bytes"),
+            )
+            .with_param("stop"));
+        }
+        Ok(request)
+    }
+
+    pub(crate) fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+
+    /// The provider-facing request; `default_model` when the client named none.
+    pub(crate) fn into_chat(self, default_model: Option<&str>) -> Result<ChatRequest, ApiError> {
+        let model = self.model.or_else(|| default_model.map(str::to_owned)).ok_or_else(|| {
+            ApiError::bad_request("missing_model", "model is required").with_param("model")
+        })?;
+        let messages = self
+            .messages
+            .into_iter()
+            .map(|m| Message {
+                role: m.role,
+                content: match m.content {
+                    None => String::new(),
+                    Some(Content::Text(text)) => text,
+                    Some(Content::Parts(parts)) => parts
+                        .iter()
+                        .filter(|p| p.r#type == "text")
+                        .filter_map(|p| p.text.as_deref())
+                        .collect::<Vec<_>>()
+                        .join(""),
+                },
+                tool_calls: m.tool_calls,
+                tool_call_id: m.tool_call_id,
+            })
+            .collect();
+        Ok(ChatRequest {
+            model,
+            messages,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            stop: match self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(list)) => list,
+            },
+            seed: self.seed,
+            tools: self.tools,
+            tool_choice: self.tool_choice,
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Builds the chunks of one streamed completion; every chunk shares id, created and model.
+pub(crate) struct Chunker {
+    pub(crate) id: String,
+    pub(crate) created: u64,
+    pub(crate) model: String,
+    pub(crate) include_usage: bool,
+}
+
+impl Chunker {
+    pub(crate) fn new(id: String, model: String, include_usage: bool) -> Self {
+        Chunker { id, created: unix_now(), model, include_usage }
+    }
+
+    fn chunk(&self, delta: &Value, finish: Option<FinishReason>) -> Value {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_sluice",
+            "choices": [{
+                "index": 0,
+                "delta": delta,
+                "logprobs": null,
+                "finish_reason": finish.map(FinishReason::as_str),
+            }],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    }
+
+    /// The first chunk: the assistant's role and empty content.
+    pub(crate) fn role(&self) -> Value {
+        self.chunk(&json!({"role": "assistant", "content": ""}), None)
+    }
+
+    /// A chunk of text.
+    pub(crate) fn text(&self, text: &str) -> Value {
+        self.chunk(&json!({"content": text}), None)
+    }
+
+    pub(crate) fn tool_call(
+        &self,
+        index: u32,
+        id: Option<&str>,
+        name: Option<&str>,
+        arguments: &str,
+    ) -> Value {
+        let mut call = json!({"index": index, "function": {"arguments": arguments}});
+        if let Some(id) = id {
+            call["id"] = json!(id);
+            call["type"] = json!("function");
+        }
+        if let Some(name) = name {
+            call["function"]["name"] = json!(name);
+        }
+        self.chunk(&json!({"tool_calls": [call]}), None)
+    }
+
+    /// The last choice chunk: an empty delta and the finish reason.
+    pub(crate) fn finish(&self, reason: FinishReason) -> Value {
+        self.chunk(&json!({}), Some(reason))
+    }
+
+    pub(crate) fn usage(&self, usage: Usage) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_sluice",
+            "choices": [],
+            "usage": usage,
+        })
+    }
+}
+
+/// One `data:` event.
+pub(crate) fn data_frame(data: &str) -> Bytes {
+    let mut frame = BytesMut::new();
+    sluice_sse::Event::new(data).encode(&mut frame);
+    frame.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_parts_and_stop_forms_are_accepted() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"stop":"END"}"#;
+        let chat = CompletionRequest::parse(body).unwrap().into_chat(None).unwrap();
+        assert_eq!(chat.messages[0].content, "ab");
+        assert_eq!(chat.stop, ["END"]);
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_refused_and_named() {
+        let refused = |body: &str| {
+            let error = CompletionRequest::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{body}");
+            error.message().to_owned()
+        };
+        let user = r#""messages":[{"role":"user","content":"hi"}]"#;
+        refused(r#"{"model":"m","messages":[],"stream":true}"#);
+        refused(&format!(r#"{{{user},"temperature":-1}}"#));
+        refused(&format!(r#"{{{user},"temperature":"NaN"}}"#));
+        refused(&format!(r#"{{{user},"temperature":1e40}}"#));
+        refused(&format!(r#"{{{user},"top_p":1.5}}"#));
+        refused(&format!(r#"{{{user},"max_tokens":0}}"#));
+        refused(&format!(r#"{{{user},"max_tokens":-5}}"#));
+        refused(&format!(r#"{{{user},"max_tokens":99999999999}}"#));
+        refused(&format!(r#"{{{user},"n":2}}"#));
+        refused(&format!(r#"{{{user},"stop":["a","b","c","d","e"]}}"#));
+        refused(&format!(r#"{{{user},"stop":[""]}}"#));
+        assert!(refused(r#"{"messages":[{"role":"wizard","content":"x"}]}"#).contains("wizard"));
+        assert!(
+            CompletionRequest::parse(format!(r#"{{{user},"max_tokens":16}}"#).as_bytes()).is_ok()
+        );
+    }
+}
