@@ -251,6 +251,8 @@ fn verifiers(args: &Args) -> anyhow::Result<(Option<Verifier>, Option<Verifier>)
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Metrics first: parts started below (the hub's fan-out) report from the start.
+    sluice_server::prometheus();
     let file = read_file(args.config.as_deref())?;
     let args = args.merge(file)?;
     let (publisher, subscriber) = verifiers(&args)?;

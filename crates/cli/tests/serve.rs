@@ -1,5 +1,7 @@
 //! `sluice serve` as an operator runs it: a real process, killed, restarted, stopped.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -8,14 +10,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sluice_client::{EventSource, Item};
 
-const SECRET: &str = "serve-test-secret";
+use common::{SECRET, free_port, publisher_token, spawn_serve};
 
 fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts `sluice serve --listen 127.0.0.1:PORT` with a publisher key, and waits for it.
@@ -28,23 +26,7 @@ fn serve(port: u16, dir: &Path, extra: &[&str]) -> Child {
 
 /// Starts `sluice serve ARGS` in `dir` and waits until it accepts on `port`.
 fn serve_with(port: u16, dir: &Path, args: &[&str]) -> Child {
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(dir)
-        .arg("serve")
-        .args(args)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(&listen).is_ok() {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    panic!("sluice serve did not start on {listen}");
+    spawn_serve(dir, port, args, &[])
 }
 
 fn publish(port: u16, token: &str, data: &str) -> Option<String> {
@@ -52,11 +34,6 @@ fn publish(port: u16, token: &str, data: &str) -> Option<String> {
     let output =
         sluice(&["publish", "--hub", &hub, "--topic", "/log", "--data", data, "--token", token]);
     output.status.success().then(|| String::from_utf8(output.stdout).unwrap().trim().to_owned())
-}
-
-fn publisher_token() -> String {
-    let output = sluice(&["token", "--secret", SECRET, "--publish", "*"]);
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// Every event id from the start of history up to and including the one with `data == last`.

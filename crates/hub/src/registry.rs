@@ -282,10 +282,12 @@ impl Registry {
 
     /// Fans out the batches the dispatcher takes from `batches`, until every [`Intake`] is gone.
     fn dispatch(&self, batches: &Receiver<Vec<Arc<Update>>>) {
-        let published = metrics::counter!("sluice_updates_published_total");
-        let slow = metrics::counter!("sluice_slow_consumer_disconnects_total");
         let mut cut = Vec::new();
         while let Ok(first) = batches.recv() {
+            // Looked up per batch, not once at start: the thread may start before the
+            // process installs its metrics recorder.
+            let published = metrics::counter!("sluice_updates_published_total");
+            let slow = metrics::counter!("sluice_slow_consumer_disconnects_total");
             // Whatever else is waiting goes out under the same lock.
             let mut waiting = vec![first];
             waiting.extend(batches.try_iter().take(DISPATCH_BACKLOG));

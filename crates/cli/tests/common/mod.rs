@@ -1,0 +1,169 @@
+//! What the process-level tests share: a real `sluice serve` on a free port, in a directory
+//! of its own, that a test can stop, kill -9 and start again on the same port and files.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The HS256 key of every test server.
+pub(crate) const SECRET: &str = "process-test-secret";
+
+/// A port nobody listens on now.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `sluice serve ARGS` in `dir`, with `env` set, and waits until it accepts on `port`.
+pub(crate) fn spawn_serve(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(dir)
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(&listen).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    panic!("sluice serve did not start on {listen}");
+}
+
+/// A `sluice serve` process.
+pub(crate) struct Server {
+    pub(crate) port: u16,
+    pub(crate) dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts `sluice serve --listen 127.0.0.1:PORT --jwt-secret SECRET --anonymous ARGS` in
+    /// `dir` and waits until it accepts.
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Server {
+        Server::start_with_env(dir, args, &[])
+    }
+
+    /// [`Server::start`], with these environment variables set for the process.
+    pub(crate) fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut server = Server {
+            port: free_port(),
+            dir: dir.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the process again (after a stop or a kill), on the same port and files.
+    pub(crate) fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut args = vec!["--listen", &listen, "--jwt-secret", SECRET, "--anonymous"];
+        args.extend(self.args.iter().map(String::as_str));
+        let env: Vec<(&str, &str)> =
+            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.child = Some(spawn_serve(&self.dir, self.port, &args, &env));
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The hub's URL.
+    pub(crate) fn hub(&self) -> String {
+        format!("{}/.well-known/mercure", self.url())
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9`: no flush, no goodbye.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub(crate) fn stop(&mut self) {
+        let child = self.child.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(status.unwrap().success());
+        let exit = child.wait_with_output().unwrap().status;
+        assert!(exit.success(), "sluice serve exits 0 on SIGTERM: {exit}");
+    }
+
+    /// The value of a metric in `/metrics` (summed over its label sets), 0 when absent.
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        metric_from(
+            &reqwest::get(format!("{}/metrics", self.url())).await.unwrap().text().await.unwrap(),
+            name,
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The value of `name` (with the labels given in `name`, if any) in a Prometheus text page.
+pub(crate) fn metric_from(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                || (name.contains('{') && line.starts_with(name))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A publisher token for every topic.
+pub(crate) fn publisher_token() -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["token", "--secret", SECRET, "--publish", "*", "--subscribe", "*"])
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Publishes `data` on `topic`; the update's id, or the refusal's status.
+pub(crate) async fn publish(
+    client: &reqwest::Client,
+    hub: &str,
+    token: &str,
+    topic: &str,
+    data: &str,
+) -> Result<String, reqwest::StatusCode> {
+    let response = client
+        .post(hub)
+        .bearer_auth(token)
+        .form(&[("topic", topic), ("data", data)])
+        .send()
+        .await
+        .map_err(|_| reqwest::StatusCode::SERVICE_UNAVAILABLE)?;
+    if response.status().is_success() {
+        Ok(response.text().await.unwrap())
+    } else {
+        Err(response.status())
+    }
+}
