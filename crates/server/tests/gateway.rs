@@ -8,25 +8,18 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sluice_client::{EventSource, Item, MessageEvent};
-use sluice_hub::{Fanout, Hub, HubConfig, MemoryStore};
+use sluice_hub::HubConfig;
 use sluice_llm::{Attempts, OpenAi, OpenAiConfig, Router, Script, Scripted};
-use sluice_server::{AppState, Config};
-use tokio::sync::oneshot;
+use sluice_server::Config;
 
 const ANSWER: &str = "Streams 中文 and emoji 🎉 arrive whole, token by token.";
+
+mod common;
 
 struct Server {
     url: String,
     scripted: Arc<Scripted>,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    _running: common::Running,
 }
 
 fn script(tokens_per_second: f64) -> Script {
@@ -38,29 +31,19 @@ fn script(tokens_per_second: f64) -> Script {
     }
 }
 
-/// Serves `router`; the server stops when the returned sender is dropped.
-async fn serve(router: Router, config: Config) -> (String, oneshot::Sender<()>) {
-    let fanout = Fanout::new();
-    let store = Arc::new(MemoryStore::new(100_000, fanout.listener()));
-    let state = AppState::new(
-        Hub::new(store, fanout, HubConfig::default()),
-        Config { models: Arc::new(router), ..config },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(sluice_server::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    (url, stop)
+/// Serves `router`; the server stops when the returned handle is dropped.
+async fn serve(router: Router, config: Config) -> (String, common::Running) {
+    let running =
+        common::serve(Config { models: Arc::new(router), ..config }, HubConfig::default()).await;
+    (running.url.clone(), running)
 }
 
 async fn start_with(script: Script, config: Config) -> Server {
     let scripted = Arc::new(Scripted::new("scripted", script));
     let mut router = Router::new();
     router.add(scripted.clone(), vec!["scripted".into()], Attempts::default());
-    let (url, stop) = serve(router, config).await;
-    Server { url, scripted, stop: Some(stop) }
+    let (url, running) = serve(router, config).await;
+    Server { url, scripted, _running: running }
 }
 
 async fn start(script: Script) -> Server {

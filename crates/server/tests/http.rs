@@ -1,33 +1,28 @@
 //! The hub over real HTTP: a server on a loopback port, driven by reqwest and the Rust
 //! EventSource client, as an application would.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use sluice_client::{EventSource, Item, MessageEvent};
-use sluice_hub::{Fanout, Hub, HubConfig, MemoryStore};
-use sluice_server::{AppState, Config, Grant, Verifier, mint_hs256};
+use sluice_hub::HubConfig;
+use sluice_server::{Config, Grant, Verifier, mint_hs256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 
 const SECRET: &[u8] = b"test secret";
 
-struct Server {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
+mod common;
+
+struct Server(common::Running);
 
 impl Server {
     fn hub_url(&self) -> String {
-        format!("{}/.well-known/mercure", self.url)
+        format!("{}/.well-known/mercure", self.0.url)
     }
 
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
@@ -41,16 +36,7 @@ fn secure() -> Config {
 }
 
 async fn start_with(config: Config, hub_config: HubConfig) -> Server {
-    let fanout = Fanout::new();
-    let store = Arc::new(MemoryStore::new(10_000, fanout.listener()));
-    let state = AppState::new(Hub::new(store, fanout, hub_config), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(sluice_server::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    Server { url, stop: Some(stop), task }
+    Server(common::serve(config, hub_config).await)
 }
 
 async fn start(config: Config) -> Server {
@@ -359,7 +345,7 @@ async fn limits_on_subscriptions_and_connections_answer_429_and_503() {
 
     // Three connections are open now (two streams, one idle keep-alive from reqwest::get may
     // be pooled); hold raw ones until the server starts refusing, and check the refusal.
-    let addr = server.url.trim_start_matches("http://").to_owned();
+    let addr = server.0.url.trim_start_matches("http://").to_owned();
     let mut held = Vec::new();
     let refusal = loop {
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -411,7 +397,7 @@ async fn cors_allows_configured_origins_with_credentials_only() {
     let server = start(Config { cors_origins: vec!["http://app.test".into()], ..secure() }).await;
     let get = |origin: &'static str| {
         reqwest::Client::new()
-            .get(format!("{}/healthz", server.url))
+            .get(format!("{}/healthz", server.0.url))
             .header("Origin", origin)
             .send()
     };
@@ -485,7 +471,7 @@ async fn a_stalled_subscriber_does_not_delay_the_others() {
     let server =
         start_with(secure(), HubConfig { queue_capacity: 16, ..HubConfig::default() }).await;
     // A raw client that subscribes and then never reads: its socket buffers fill up.
-    let addr = server.url.trim_start_matches("http://").to_owned();
+    let addr = server.0.url.trim_start_matches("http://").to_owned();
     let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
     stalled
         .write_all(b"GET /.well-known/mercure?topic=/load HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -521,15 +507,15 @@ async fn stopping_the_server_ends_event_streams() {
 async fn operations_endpoints_answer() {
     let server = start(secure()).await;
     publish_ok(&server, &[("topic", "/m")]).await;
-    let health = reqwest::get(format!("{}/healthz", server.url)).await.unwrap();
+    let health = reqwest::get(format!("{}/healthz", server.0.url)).await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let ready = reqwest::get(format!("{}/readyz", server.url)).await.unwrap();
+    let ready = reqwest::get(format!("{}/readyz", server.0.url)).await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let metrics =
-        reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
+        reqwest::get(format!("{}/metrics", server.0.url)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("sluice_updates_published_total"), "{metrics}");
     let openapi: serde_json::Value =
-        reqwest::get(format!("{}/openapi.json", server.url)).await.unwrap().json().await.unwrap();
+        reqwest::get(format!("{}/openapi.json", server.0.url)).await.unwrap().json().await.unwrap();
     assert!(openapi["paths"]["/.well-known/mercure"]["post"].is_object());
     server.stop().await;
 }

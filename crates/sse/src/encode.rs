@@ -24,9 +24,13 @@ pub enum EncodeError {
         /// `"id"` or `"event"`.
         field: &'static str,
     },
-    /// An `id` containing U+0000 is ignored by every conforming client.
-    #[error("the id of an event must not contain U+0000")]
-    Nul,
+    /// An `id` containing U+0000 is ignored by every conforming client; an event type with
+    /// it names no listener anyone could have meant.
+    #[error("the {field} of an event must not contain U+0000")]
+    Nul {
+        /// `"id"` or `"event"`.
+        field: &'static str,
+    },
 }
 
 /// One event to send: `data`, and optionally an event type, an id and a reconnection time.
@@ -47,11 +51,14 @@ impl<'a> Event<'a> {
         Event { data: data.into(), event: None, id: None, retry: None }
     }
 
-    /// Sets the event type (`event:`), refusing a value with a line break.
+    /// Sets the event type (`event:`), refusing a value with a line break or U+0000.
     pub fn with_event(mut self, event: impl Into<Cow<'a, str>>) -> Result<Self, EncodeError> {
         let event = event.into();
         if has_line_break(&event) {
             return Err(EncodeError::LineBreak { field: "event" });
+        }
+        if event.as_bytes().contains(&0) {
+            return Err(EncodeError::Nul { field: "event" });
         }
         self.event = Some(event);
         Ok(self)
@@ -66,7 +73,7 @@ impl<'a> Event<'a> {
             return Err(EncodeError::LineBreak { field: "id" });
         }
         if id.as_bytes().contains(&0) {
-            return Err(EncodeError::Nul);
+            return Err(EncodeError::Nul { field: "id" });
         }
         self.id = Some(id);
         Ok(self)
@@ -262,7 +269,8 @@ mod tests {
                 Err(EncodeError::LineBreak { field: "event" })
             );
         }
-        assert_eq!(Event::new("").with_id("a\0b"), Err(EncodeError::Nul));
+        assert_eq!(Event::new("").with_id("a\0b"), Err(EncodeError::Nul { field: "id" }));
+        assert_eq!(Event::new("").with_event("a\0b"), Err(EncodeError::Nul { field: "event" }));
         assert!(Event::new("").with_event("a\0b").is_ok(), "NUL is harmless in an event type");
     }
 
