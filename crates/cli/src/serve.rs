@@ -212,6 +212,19 @@ fn parse_store(text: &str) -> anyhow::Result<StoreKind> {
     }
 }
 
+/// Takes SIGXFSZ, so that a write past the file-size limit (`ulimit -f`) fails with EFBIG,
+/// which the store reports like a full disk (publish answers 503 and the server recovers when
+/// the limit is raised), instead of killing the process.
+fn survive_file_size_limit() {
+    const SIGXFSZ: i32 = 25;
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::from_raw(SIGXFSZ)) {
+        // The handler stays installed for the life of the process; the stream is not needed.
+        Ok(stream) => drop(stream),
+        Err(error) => tracing::warn!(%error, "cannot take SIGXFSZ"),
+    }
+}
+
 /// Seconds as a duration, or the default.
 fn seconds(value: Option<u64>, default: Duration) -> Duration {
     value.map_or(default, Duration::from_secs)
@@ -253,6 +266,7 @@ fn verifiers(args: &Args) -> anyhow::Result<(Option<Verifier>, Option<Verifier>)
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Metrics first: parts started below (the hub's fan-out) report from the start.
     sluice_server::prometheus();
+    survive_file_size_limit();
     let file = read_file(args.config.as_deref())?;
     let args = args.merge(file)?;
     let (publisher, subscriber) = verifiers(&args)?;

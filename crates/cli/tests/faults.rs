@@ -418,3 +418,114 @@ async fn an_answer_cut_short_by_kill_9_ends_with_an_error() {
     assert_eq!(&kinds[kinds.len() - 2..], ["error", "end"], "{rest:?}");
     assert_eq!(rest.last().unwrap().data, r#"{"finish_reason":"error"}"#);
 }
+
+/// Sets the (soft) file-size limit of a running process (`prlimit --pid`), in bytes or
+/// `unlimited`; the hard limit stays, so it can be raised again without privileges.
+fn file_size_limit(pid: u32, limit: &str) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--fsize={limit}:")])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success());
+}
+
+/// A full disk (here: the file-size limit reached, which SQLite sees as a full disk): publish
+/// answers 503 with Retry-After, `/readyz` says why, subscribers already connected keep their
+/// stream, and everything recovers when space returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--keep-alive", "1"]);
+    let token = publisher_token();
+    let client = reqwest::Client::new();
+    let url = format!("{}?topic=/disk", server.hub());
+    let mut source = EventSource::get(&url).reconnect(false).build().unwrap();
+    assert!(matches!(source.next().await, Some(Ok(Item::Open))));
+    publish(&client, &server.hub(), &token, "/disk", "before").await.unwrap();
+
+    // No file may grow any more: the next commits cannot be written.
+    file_size_limit(server.pid(), "0");
+    let big = "x".repeat(200 * 1024);
+    let mut refused = None;
+    for _ in 0..20 {
+        let response = client
+            .post(server.hub())
+            .bearer_auth(&token)
+            .form(&[("topic", "/disk"), ("data", big.as_str())])
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+    }
+    let refused = refused.expect("publishing to a full disk is refused");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let ready = client.get(format!("{}/readyz", server.url())).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while writes fail");
+
+    file_size_limit(server.pid(), "unlimited");
+    publish(&client, &server.hub(), &token, "/disk", "after").await.unwrap();
+    let ready = client.get(format!("{}/readyz", server.url())).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again");
+    // The subscriber connected all along got what was acknowledged, in order.
+    let mut got = Vec::new();
+    while got.last().is_none_or(|d: &String| d != "after") {
+        match tokio::time::timeout(PATIENCE, source.next()).await.expect("the stream goes on") {
+            Some(Ok(Item::Message(event))) if event.data.len() < 100 => got.push(event.data),
+            Some(Ok(_)) => {}
+            other => panic!("the subscriber's stream broke: {other:?}"),
+        }
+    }
+    assert_eq!(got, ["before", "after"]);
+}
+
+/// Issue 10, finding 6: an answer whose events cannot be stored is stopped (its upstream
+/// cancelled), its readers are told to reconnect instead of waiting, and once the store takes
+/// writes again the answer ends with `error` then `end`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_cannot_be_stored_ends_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        dir.path(),
+        &["--provider", "scripted"],
+        &[("SLUICE_SCRIPTED_TOKENS_PER_SECOND", "5")],
+    );
+    let created = start_answer(&server).await;
+    let events_url = format!("{}{}", server.url(), created["events_url"].as_str().unwrap());
+    let mut source = EventSource::get(&events_url).reconnect(false).build().unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        if let Some(Ok(Item::Message(event))) = source.next().await {
+            seen.push(event);
+        }
+    }
+    file_size_limit(server.pid(), "0");
+    // The next delta cannot be stored: the reader's stream ends (it would reconnect).
+    let ended = async {
+        while let Some(item) = source.next().await {
+            if let Ok(Item::Message(event)) = item {
+                seen.push(event);
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, ended).await.expect("the reader is not left waiting");
+    assert!(server.metric("sluice_upstream_cancelled_total").await >= 1.0);
+    file_size_limit(server.pid(), "unlimited");
+    // Reconnect as a browser would, from the last id, until the answer has ended.
+    let mut rest: Vec<MessageEvent> = Vec::new();
+    let until_end = async {
+        while rest.last().is_none_or(|e| e.event_type != "end") {
+            let last = rest.last().or(seen.last()).unwrap().last_event_id.clone();
+            rest.extend(events(&events_url, Some(&last), usize::MAX).await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, until_end).await.expect("the answer ends");
+    let kinds = kinds(&rest);
+    assert_eq!(kinds[kinds.len() - 3..], ["error", "usage", "end"], "{rest:?}");
+    assert_eq!(rest.last().unwrap().data, r#"{"finish_reason":"error"}"#);
+}

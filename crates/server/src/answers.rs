@@ -358,7 +358,9 @@ impl Pump {
         while tokio::time::Instant::now() < give_up {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
-            if self.end(&usage, "error").await.is_ok() {
+            let error = json!({"message": "the answer could not be stored; it was stopped",
+                "type": "server_error", "code": "store_unavailable"});
+            if self.close(Some(&error), &usage, "error").await.is_ok() {
                 return;
             }
         }
@@ -367,11 +369,22 @@ impl Pump {
 
     /// Writes `usage` (once) and `end`; a second `end` is a conflict, which is success.
     async fn end(&mut self, usage: &Value, finish: &str) -> Result<(), PublishError> {
-        let usage_id = format!("{}.usage", self.id);
+        self.close(None, usage, finish).await
+    }
+
+    /// Writes `error` (once, when given), `usage` (once) and `end`; each has a fixed id, so a
+    /// retry after a partial failure writes only what is missing.
+    async fn close(
+        &mut self,
+        error: Option<&Value>,
+        usage: &Value,
+        finish: &str,
+    ) -> Result<(), PublishError> {
         let end = json!({"finish_reason": finish});
-        for (event_id, event_type, data) in
-            [(usage_id, "usage", usage), (end_id(&self.id), "end", &end)]
-        {
+        let error = error.map(|e| (format!("{}.failed", self.id), "error", e));
+        let rest =
+            [(format!("{}.usage", self.id), "usage", usage), (end_id(&self.id), "end", &end)];
+        for (event_id, event_type, data) in error.into_iter().chain(rest) {
             match self.hub.publish(event(&self.id, event_id, event_type, data)).await {
                 Ok(_) | Err(PublishError::Store(StoreError::Conflict(_))) => {}
                 Err(e) => return Err(e),

@@ -41,7 +41,8 @@ pub(crate) async fn healthz() -> Response {
     axum::Json(Status { status: "ok", detail: None }).into_response()
 }
 
-/// Ready when the store answers and the server is not shutting down.
+/// Ready when the store answers, its last write did not fail, and the server is not
+/// shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, description = "Ready for traffic", body = Status),
               (status = 503, description = "Shutting down, or the store does not answer", body = Status)))]
@@ -50,10 +51,15 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         let status = Status { status: "shutting down", detail: None };
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(status)).into_response();
     }
-    match state.hub().store().find("").await {
-        Ok(_) => axum::Json(Status { status: "ready", detail: None }).into_response(),
-        Err(error) => {
-            let status = Status { status: "store unavailable", detail: Some(error.to_string()) };
+    // Not ready while writes fail (a full disk, Redis down), even if reads still work.
+    let failure = match state.hub().store().find("").await {
+        Ok(_) => state.hub().store_failure(),
+        Err(error) => Some(error.to_string()),
+    };
+    match failure {
+        None => axum::Json(Status { status: "ready", detail: None }).into_response(),
+        Some(detail) => {
+            let status = Status { status: "store unavailable", detail: Some(detail) };
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(status)).into_response()
         }
     }
