@@ -69,8 +69,9 @@ lint:
 bench: setup
 	$(CARGO) bench --locked -p sluice-sse --bench decode
 
-## Coverage-guided fuzzing of the decoder (FUZZ_SECONDS, default 60). Not part of `make test`;
-## the committed corpus is replayed by an ordinary test.
+## Coverage-guided fuzzing of every parser of untrusted input (FUZZ_SECONDS per target, default
+## 60): the SSE decoder, topic selectors, the publish form, token extraction, chat requests,
+## GGUF headers. Not part of `make test`; the committed corpora are replayed by ordinary tests.
 fuzz: setup
 	bash scripts/fuzz.sh
 

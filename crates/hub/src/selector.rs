@@ -211,6 +211,22 @@ impl Selector {
         }
     }
 
+    /// Whether `topic` is selected, with the work the match did and the most it may do: the
+    /// number of automaton moves tried, and (topic length + 1) × automaton edges. The fuzz
+    /// target checks the one never exceeds the other, which is what makes matching linear.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn matches_with_cost(&self, topic: &str) -> (bool, u64, u64) {
+        match &self.kind {
+            Kind::Template(template) if topic != &*self.source => {
+                let mut work = Work::default();
+                let matched = template.matches(topic, &mut work);
+                let bound = (topic.len() as u64 + 1) * template.edges() as u64;
+                (matched, work.steps, bound)
+            }
+            _ => (self.matches(topic), 0, 0),
+        }
+    }
+
     /// The selector's source text.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -727,7 +743,7 @@ impl Template {
         false
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     fn edges(&self) -> usize {
         self.states.iter().map(|s| s.empty.len() + s.moves.len()).sum()
     }

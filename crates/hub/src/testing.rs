@@ -1,5 +1,7 @@
 //! The [`Store`] conformance suite: one set of checks that every implementation runs
-//! (memory, SQLite, Redis), so they cannot drift apart.
+//! (memory, SQLite, Redis), so they cannot drift apart; and the invariants of selector
+//! matching on arbitrary input ([`check_selector`]), shared by the fuzz target (`make fuzz`)
+//! and the test that replays its corpus.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -16,6 +18,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use crate::selector::Selector;
 use crate::store::{CommitListener, Store, StoreError};
 use crate::update::{Draft, Update};
 
@@ -170,4 +173,36 @@ async fn closing_refuses_appends(store: &dyn Store) {
     store.append(draft("before", "/t", "x")).await.unwrap();
     store.close().await.unwrap();
     assert!(matches!(store.append(draft("after", "/t", "x")).await, Err(StoreError::Closed)));
+}
+
+/// Selector parsing and matching on arbitrary input: the bytes before the first newline are
+/// the selector, the rest the topic (both read as UTF-8, lossily). Panics if an invariant
+/// breaks: parsing never panics; a selector matches its own text; `*` matches everything, an
+/// exact selector only its own text; and a template's match does at most (topic length + 1)
+/// × automaton edges moves, so no topic can make matching super-linear.
+pub fn check_selector(input: &[u8]) {
+    let text = String::from_utf8_lossy(input);
+    let (selector, topic) = text.split_once('\n').unwrap_or((&text, ""));
+    let Ok(parsed) = Selector::parse(selector) else { return };
+    assert!(parsed.matches(selector), "{selector:?} must match its own text");
+    let (matched, steps, bound) = parsed.matches_with_cost(topic);
+    assert_eq!(matched, parsed.matches(topic));
+    if parsed.is_any() {
+        assert!(matched);
+    } else if parsed.exact().is_some() {
+        assert_eq!(matched, topic == selector, "an exact selector matches only itself");
+    } else {
+        assert!(steps <= bound, "{selector:?} against {topic:?}: {steps} moves > {bound}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Replays the fuzz corpus (`fuzz/corpus/selector`, grown by `make fuzz`) through the
+    /// target's checks, so a plain `cargo test` keeps everything the fuzzer found covered.
+    #[test]
+    fn every_selector_corpus_input_passes_the_checks() {
+        let replayed = sluice_sse::testing::replay_corpus("selector", super::check_selector);
+        assert!(replayed > 0);
+    }
 }

@@ -13,6 +13,8 @@ pub mod local;
 pub mod openai;
 pub mod router;
 pub mod scripted;
+#[cfg(all(feature = "testing", feature = "local"))]
+pub mod testing;
 pub mod types;
 mod upstream;
 

@@ -41,6 +41,8 @@ mod ops;
 mod sse;
 mod state;
 mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod ui;
 mod wire;
 

@@ -369,7 +369,7 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 }
 
 /// The draft-07 form fields: `topic` (repeatable), `data`, `private`, `id`, `type`, `retry`.
-fn parse_publication(body: &[u8], max_data: usize) -> Result<Draft, ApiError> {
+pub(crate) fn parse_publication(body: &[u8], max_data: usize) -> Result<Draft, ApiError> {
     let mut draft = Draft { topics: Vec::new(), ..Draft::new("", "") };
     for (key, value) in crate::form::parse(body)? {
         match &*key {

@@ -88,3 +88,25 @@ pub fn check_decoder(input: &[u8]) {
     let again = decode_chunks([&wire[..]]);
     assert_eq!(whole.events, again.events, "re-encoded events decode differently");
 }
+
+/// Runs `check` on every file of the fuzz corpus `fuzz/corpus/{target}` (at the repository's
+/// root) and returns how many there were, panicking with the name of the first file that fails.
+/// Each crate's corpus test calls it, so a plain `cargo test` keeps covered everything a fuzzer
+/// ever found.
+pub fn replay_corpus(target: &str, check: impl Fn(&[u8]) + std::panic::RefUnwindSafe) -> usize {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("cannot read the corpus at {}: {error}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    for path in &files {
+        let input = std::fs::read(path).unwrap();
+        if std::panic::catch_unwind(|| check(&input)).is_err() {
+            panic!("corpus input {} fails the checks of {target}", path.display());
+        }
+    }
+    files.len()
+}

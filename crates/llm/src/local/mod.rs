@@ -257,6 +257,47 @@ impl fmt::Debug for LocalModel {
     }
 }
 
+/// What a GGUF file's header says the model is: its metadata and tensor index, the tokenizer
+/// and chat template built from the metadata, and the context it was trained for. Untrusted
+/// input as far as this goes: a file that is not a llama-family GGUF is an error, never a panic.
+pub(crate) struct Header {
+    pub(crate) content: gguf_file::Content,
+    pub(crate) tokenizer: GgufTokenizer,
+    pub(crate) template: ChatTemplate,
+    pub(crate) trained_context: usize,
+}
+
+impl Header {
+    /// Reads the header (not the weights) from `reader`.
+    pub(crate) fn read<R: std::io::Read + std::io::Seek>(reader: &mut R) -> Result<Header, String> {
+        let content = gguf_file::Content::read(reader).map_err(|e| e.to_string())?;
+        let metadata = &content.metadata;
+        let architecture = metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .map_or("unknown", String::as_str);
+        if architecture != "llama" {
+            return Err(format!(
+                "its architecture is {architecture:?}; the local provider runs \"llama\" models"
+            ));
+        }
+        let trained_context = metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(MAX_SEQ_LEN, |n| n as usize);
+        let tokenizer =
+            GgufTokenizer::from_metadata(metadata).map_err(|e| format!("its tokenizer: {e}"))?;
+        let special = |id: Option<u32>| {
+            id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default().to_owned()
+        };
+        let (bos, eos) = (special(tokenizer.bos()), special(tokenizer.eos()));
+        let source = metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok());
+        let template = ChatTemplate::new(source.map(String::as_str), &bos, &eos)
+            .map_err(|e| format!("its chat template: {e}"))?;
+        Ok(Header { content, tokenizer, template, trained_context })
+    }
+}
+
 impl LocalModel {
     /// Loads the model and starts its worker thread. Takes about half a second for
     /// SmolLM2-135M (the file is read, not mapped); call it from a blocking context.
@@ -267,37 +308,13 @@ impl LocalModel {
         let file = File::open(&config.path)
             .map_err(|source| LoadError::Io { path: path.clone(), source })?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| bad(e.to_string()))?;
-        let metadata = &content.metadata;
-
-        let architecture = metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .map_or("unknown", String::as_str);
-        if architecture != "llama" {
-            return Err(bad(format!(
-                "its architecture is {architecture:?}; the local provider runs \"llama\" models"
-            )));
-        }
-        let trained_context = metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_SEQ_LEN, |n| n as usize);
+        let Header { content, tokenizer, template, trained_context } =
+            Header::read(&mut reader).map_err(bad)?;
         let context =
             trained_context.min(MAX_SEQ_LEN).min(config.max_context.unwrap_or(usize::MAX));
         if context < 2 {
             return Err(bad(format!("a context of {context} tokens is too small")));
         }
-
-        let tokenizer = GgufTokenizer::from_metadata(metadata)
-            .map_err(|e| bad(format!("its tokenizer: {e}")))?;
-        let special = |id: Option<u32>| {
-            id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default().to_owned()
-        };
-        let (bos, eos) = (special(tokenizer.bos()), special(tokenizer.eos()));
-        let source = metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok());
-        let template = ChatTemplate::new(source.map(String::as_str), &bos, &eos)
-            .map_err(|e| bad(format!("its chat template: {e}")))?;
 
         let cpu = Device::Cpu;
         let needs_requantizing = config.requantize
