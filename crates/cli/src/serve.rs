@@ -145,15 +145,15 @@ pub(crate) struct Args {
     /// Seconds an upstream may pause between two chunks [default: 60].
     #[arg(long, env = "SLUICE_UPSTREAM_GAP_TIMEOUT", value_name = "SECONDS")]
     upstream_gap_timeout: Option<u64>,
-    /// Longest topic (and exact selector), in bytes [default: 1024].
-    #[arg(long, env = "SLUICE_MAX_TOPIC_BYTES", value_name = "BYTES")]
-    max_topic_bytes: Option<usize>,
+    /// Longest topic (and exact selector), in characters [default: 1024].
+    #[arg(long, env = "SLUICE_MAX_TOPIC_LENGTH", value_name = "CHARS")]
+    max_topic_length: Option<usize>,
     /// Most topics on one update [default: 32].
     #[arg(long, env = "SLUICE_MAX_TOPICS_PER_UPDATE", value_name = "N")]
     max_topics_per_update: Option<usize>,
-    /// Longest URI template selector, in bytes [default: 256].
-    #[arg(long, env = "SLUICE_MAX_TEMPLATE_BYTES", value_name = "BYTES")]
-    max_template_bytes: Option<usize>,
+    /// Longest URI template selector, in characters [default: 256].
+    #[arg(long, env = "SLUICE_MAX_TEMPLATE_LENGTH", value_name = "CHARS")]
+    max_template_length: Option<usize>,
     /// Most variables in one URI template selector [default: 16].
     #[arg(long, env = "SLUICE_MAX_TEMPLATE_VARIABLES", value_name = "N")]
     max_template_variables: Option<usize>,
@@ -318,11 +318,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let hub_config = HubConfig {
         queue_capacity: args.queue_capacity.unwrap_or(hub_defaults.queue_capacity),
         limits: Limits {
-            max_topic_bytes: args.max_topic_bytes.unwrap_or(limits.max_topic_bytes),
+            max_topic_length: args.max_topic_length.unwrap_or(limits.max_topic_length),
             max_topics_per_update: args
                 .max_topics_per_update
                 .unwrap_or(limits.max_topics_per_update),
-            max_template_bytes: args.max_template_bytes.unwrap_or(limits.max_template_bytes),
+            max_template_length: args.max_template_length.unwrap_or(limits.max_template_length),
             max_template_variables: args
                 .max_template_variables
                 .unwrap_or(limits.max_template_variables),

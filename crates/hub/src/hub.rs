@@ -40,12 +40,13 @@ impl Default for HubConfig {
 /// subscription, so without these one subscriber could make every publish slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// The longest topic, in bytes (also the longest exact selector).
-    pub max_topic_bytes: usize,
+    /// The longest topic, in characters (also the longest exact selector). Characters, not
+    /// bytes, as JSON Schema's `maxLength` counts them, so a client can check before sending.
+    pub max_topic_length: usize,
     /// The most topics one update may have (the canonical one and its alternates).
     pub max_topics_per_update: usize,
-    /// The longest URI template selector, in bytes.
-    pub max_template_bytes: usize,
+    /// The longest URI template selector, in characters.
+    pub max_template_length: usize,
     /// The most variables in one URI template selector.
     pub max_template_variables: usize,
 }
@@ -53,9 +54,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_topic_bytes: 1024,
+            max_topic_length: 1024,
             max_topics_per_update: 32,
-            max_template_bytes: 256,
+            max_template_length: 256,
             max_template_variables: 16,
         }
     }
@@ -65,8 +66,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LimitError {
-    /// A topic (or exact selector) longer than `max_topic_bytes`.
-    #[error("a topic is {len} bytes long; at most {max} are allowed")]
+    /// A topic (or exact selector) longer than `max_topic_length`.
+    #[error("a topic is {len} characters long; at most {max} are allowed")]
     TopicTooLong {
         /// Its length.
         len: usize,
@@ -81,8 +82,8 @@ pub enum LimitError {
         /// The limit.
         max: usize,
     },
-    /// A template longer than `max_template_bytes`.
-    #[error("a URI template selector is {len} bytes long; at most {max} are allowed")]
+    /// A template longer than `max_template_length`.
+    #[error("a URI template selector is {len} characters long; at most {max} are allowed")]
     TemplateTooLong {
         /// Its length.
         len: usize,
@@ -102,20 +103,21 @@ pub enum LimitError {
 impl Limits {
     /// Checks one topic of an update.
     pub fn check_topic(&self, topic: &str) -> Result<(), LimitError> {
-        if topic.len() > self.max_topic_bytes {
-            return Err(LimitError::TopicTooLong { len: topic.len(), max: self.max_topic_bytes });
+        let len = topic.chars().count();
+        if len > self.max_topic_length {
+            return Err(LimitError::TopicTooLong { len, max: self.max_topic_length });
         }
         Ok(())
     }
 
     /// Checks one subscription selector.
     pub fn check_selector(&self, selector: &Selector) -> Result<(), LimitError> {
-        let len = selector.as_str().len();
+        let len = selector.as_str().chars().count();
         if selector.exact().is_some() {
             return self.check_topic(selector.as_str());
         }
-        if len > self.max_template_bytes {
-            return Err(LimitError::TemplateTooLong { len, max: self.max_template_bytes });
+        if len > self.max_template_length {
+            return Err(LimitError::TemplateTooLong { len, max: self.max_template_length });
         }
         let count = selector.variables();
         if count > self.max_template_variables {

@@ -165,9 +165,9 @@ async fn a_cut_subscriber_is_hung_up_at_once_and_no_longer_counted() {
 #[tokio::test]
 async fn topics_and_selectors_past_the_limits_are_refused() {
     let limits = sluice_hub::Limits {
-        max_topic_bytes: 16,
+        max_topic_length: 16,
         max_topics_per_update: 2,
-        max_template_bytes: 12,
+        max_template_length: 12,
         max_template_variables: 2,
     };
     let hub = hub_with(100, HubConfig { limits, ..HubConfig::default() });

@@ -110,6 +110,7 @@ pub(crate) async fn create(
 
 /// The query of an answer's URLs.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TokenQuery {
     /// The capability token from `events_url` or `cancel_url`.
     token: String,
@@ -188,7 +189,7 @@ fn no_content() -> Response {
 #[utoipa::path(get, path = "/api/generations/{id}/events", tag = "answers",
     params(("id" = String, Path, description = "The answer"), TokenQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
-    responses((status = 200, description = "delta, usage, end (or error, end) events", content_type = "text/event-stream"),
+    responses((status = 200, description = "delta, usage, end (or error, end) events", content_type = "text/event-stream", body = crate::sse::SseEvent),
               (status = 204, description = "The answer has ended: stop reconnecting"),
               (status = 400, description = "No token", body = crate::error::ErrorBody),
               (status = 403, description = "A wrong token", body = crate::error::ErrorBody),
@@ -328,11 +329,11 @@ fn one_shot_request(
 
 /// The one-shot form: `new EventSource("/api/chat/stream?prompt=…")`.
 #[utoipa::path(get, path = "/api/chat/stream", tag = "answers",
-    params(("prompt" = String, Query, description = "The user's message"),
+    params(("prompt" = String, Query, description = "The user's message", min_length = 1),
            ("model" = Option<String>, Query, description = "The model (default: the first configured)"),
            ("system" = Option<String>, Query, description = "A system prompt"),
            ("Last-Event-ID" = Option<String>, Header, description = "Resume the answer this event id belongs to")),
-    responses((status = 200, description = "OpenAI chunk objects as data, then event: end", content_type = "text/event-stream"),
+    responses((status = 200, description = "OpenAI chunk objects as data, then event: end", content_type = "text/event-stream", body = crate::sse::SseEvent),
               (status = 204, description = "The answer has ended: stop reconnecting"),
               (status = 400, description = "No prompt, or no model", body = crate::error::ErrorBody),
               (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),

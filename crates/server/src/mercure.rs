@@ -8,6 +8,7 @@ use axum::extract::{ConnectInfo, Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_hub::{
     Cursor, Draft, Hangup, LimitError, PublishError, RESERVED_TOPIC_PREFIX, Selector, StoreError,
@@ -99,7 +100,7 @@ fn subscriber_claims(
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id; earliest for all history"),
     ),
     responses(
-        (status = 200, description = "The event stream", content_type = "text/event-stream",
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = crate::sse::SseEvent,
             headers(("Last-Event-ID" = String, description = "When a cursor was sent: the id of the event before the first one sent, or earliest"))),
         (status = 400, description = "No topic, too many topics, an invalid or too large selector", body = ErrorBody),
         (status = 401, description = "A token is required, or the token is invalid or expired", body = ErrorBody),
@@ -208,7 +209,7 @@ fn announce(state: &AppState, active: &ActiveSubscription, is_active: bool) {
         let update = Draft {
             topics: vec![subscription_topic(topic, &active.subscriber)],
             private: true,
-            ..Draft::new("", subscription_json(topic, active, is_active).to_string())
+            ..Draft::new("", json!(subscription_json(topic, active, is_active)).to_string())
         };
         let hub = state.hub().clone();
         runtime.spawn(async move {
@@ -219,16 +220,58 @@ fn announce(state: &AppState, active: &ActiveSubscription, is_active: bool) {
     }
 }
 
-fn subscription_json(topic: &str, active: &ActiveSubscription, is_active: bool) -> Value {
-    json!({
-        "@context": "https://mercure.rocks/",
-        "id": subscription_topic(topic, &active.subscriber),
-        "type": "Subscription",
-        "topic": topic,
-        "subscriber": active.subscriber,
-        "active": is_active,
-        "payload": active.payload.clone().unwrap_or(Value::Null),
-    })
+/// A subscription, as the subscription API and subscription events show it (JSON-LD).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SubscriptionLd {
+    /// Always `https://mercure.rocks/`.
+    #[serde(rename = "@context")]
+    context: &'static str,
+    /// The subscription's IRI (also the topic of its subscription events).
+    id: String,
+    /// Always `Subscription`.
+    #[serde(rename = "type")]
+    r#type: &'static str,
+    /// The topic selector subscribed to.
+    topic: String,
+    /// The subscriber's id.
+    subscriber: String,
+    /// Whether it is connected.
+    active: bool,
+    /// The `mercure.payload` claim of the subscriber's token.
+    #[schema(value_type = Option<Object>)]
+    payload: Value,
+    /// The id of the last update (`earliest` before any), for a single subscription.
+    #[serde(rename = "lastEventID", skip_serializing_if = "Option::is_none")]
+    last_event_id: Option<String>,
+}
+
+/// A collection of subscriptions (JSON-LD).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SubscriptionsLd {
+    /// Always `https://mercure.rocks/`.
+    #[serde(rename = "@context")]
+    context: &'static str,
+    id: String,
+    /// Always `Subscriptions`.
+    #[serde(rename = "type")]
+    r#type: &'static str,
+    /// The id of the last update (`earliest` before any): subscribe from it to miss nothing.
+    #[serde(rename = "lastEventID")]
+    last_event_id: String,
+    subscriptions: Vec<SubscriptionLd>,
+}
+
+fn subscription_json(topic: &str, active: &ActiveSubscription, is_active: bool) -> SubscriptionLd {
+    SubscriptionLd {
+        context: "https://mercure.rocks/",
+        id: subscription_topic(topic, &active.subscriber),
+        r#type: "Subscription",
+        topic: topic.to_owned(),
+        subscriber: active.subscriber.clone(),
+        active: is_active,
+        payload: active.payload.clone().unwrap_or(Value::Null),
+        last_event_id: None,
+    }
 }
 
 fn store_error(error: StoreError) -> ApiError {
@@ -274,26 +317,46 @@ fn publish_error(error: PublishError) -> ApiError {
     }
 }
 
-/// The form of a publication (draft-07).
+/// The form of a publication (draft-07). The topics' and data's limits are the defaults.
 #[derive(Debug, utoipa::ToSchema)]
 #[allow(dead_code)] // a schema for the document only: the form is parsed by `parse_publication`
 pub(crate) struct PublishForm {
-    /// The topics: the first is canonical, the rest alternates. Repeatable.
-    #[schema(min_items = 1)]
-    topic: Vec<String>,
-    /// The event's data.
+    /// The topics: the first is canonical, the rest alternates. Repeatable. Topics under
+    /// `/.well-known/sluice/` are the hub's own (403).
+    #[schema(min_items = 1, max_items = 32)]
+    topic: Vec<Topic>,
+    /// The event's data (at most 512 KiB).
+    #[schema(max_length = 524288, nullable = false)]
     data: Option<String>,
     /// Present (with any value): only authorized subscribers receive it.
+    #[schema(nullable = false)]
     private: Option<String>,
-    /// The event id; the hub makes one when absent. Must not be empty or start with `#`.
+    /// The event id; the hub makes one when absent. Not empty, not starting with `#`, no
+    /// line break or NUL.
+    #[schema(min_length = 1, pattern = r"^[^#\r\n\u0000][^\r\n\u0000]*$", nullable = false)]
     id: Option<String>,
-    /// The SSE event type.
-    #[serde(rename = "type")]
+    /// The SSE event type: no line break or NUL.
+    #[schema(pattern = r"^[^\r\n\u0000]*$", nullable = false)]
     r#type: Option<String>,
-    /// The SSE reconnection time, in milliseconds.
-    #[schema(minimum = 0)]
-    retry: Option<u64>,
+    /// The SSE reconnection time, in milliseconds (digits only).
+    #[schema(pattern = "^[0-9]{1,19}$", nullable = false)]
+    retry: Option<String>,
 }
+
+/// A topic (an IRI, or any text) in the document: at most 1024 characters (the default limit).
+#[derive(Debug)]
+pub(crate) struct Topic;
+
+impl utoipa::PartialSchema for Topic {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .max_length(Some(sluice_hub::Limits::default().max_topic_length))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Topic {}
 
 /// Publishes an update (form fields of draft-07); the response body is its id.
 #[utoipa::path(post, path = "/.well-known/mercure", tag = "hub",
@@ -301,7 +364,7 @@ pub(crate) struct PublishForm {
         description = "topic (required, repeatable), data, private, id, type, retry"),
     params(("authorization" = Option<String>, Query, description = "A publisher JWT, when no header or cookie can carry it")),
     responses(
-        (status = 200, description = "The id of the update", content_type = "text/plain", body = String),
+        (status = 200, description = "The id of the update", content_type = "text/plain; charset=utf-8", body = String),
         (status = 400, description = "A malformed field, invalid UTF-8, or a topic past the limits", body = ErrorBody),
         (status = 401, description = "No valid publisher token", body = ErrorBody),
         (status = 403, description = "The token may not publish to a topic", body = ErrorBody),
@@ -409,7 +472,7 @@ fn visible(
     raw: Option<&str>,
     topic: Option<&str>,
     subscriber: Option<&str>,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<SubscriptionLd>, ApiError> {
     if state.config().subscriber.is_none() {
         return Err(ApiError::unauthorized("the subscription API needs a subscriber key"));
     }
@@ -431,38 +494,48 @@ fn visible(
     Ok(found)
 }
 
-fn json_ld(value: &Value) -> Response {
-    ([(header::CONTENT_TYPE, "application/ld+json")], value.to_string()).into_response()
+fn json_ld(value: &impl Serialize) -> Response {
+    ([(header::CONTENT_TYPE, "application/ld+json")], json!(value).to_string()).into_response()
 }
 
-fn collection(state: &AppState, id: &str, subscriptions: &[Value]) -> Response {
-    json_ld(&json!({
-        "@context": "https://mercure.rocks/",
-        "id": id,
-        "type": "Subscriptions",
-        "lastEventID": state.hub().last_event_id().unwrap_or_else(|| "earliest".to_owned()),
-        "subscriptions": subscriptions,
-    }))
+fn last_event_id(state: &AppState) -> String {
+    state.hub().last_event_id().unwrap_or_else(|| "earliest".to_owned())
+}
+
+fn collection(state: &AppState, id: &str, subscriptions: Vec<SubscriptionLd>) -> Response {
+    json_ld(&SubscriptionsLd {
+        context: "https://mercure.rocks/",
+        id: id.to_owned(),
+        r#type: "Subscriptions",
+        last_event_id: last_event_id(state),
+        subscriptions,
+    })
 }
 
 /// The active subscriptions the token may see (JSON-LD).
 #[utoipa::path(get, path = "/.well-known/mercure/subscriptions", tag = "hub",
-    responses((status = 200, description = "Subscriptions", content_type = "application/ld+json"),
-              (status = 401, description = "No valid subscriber token")))]
+    params(("authorization" = Option<String>, Query, description = "A subscriber JWT, when no header or cookie can carry it")),
+    responses((status = 200, description = "Subscriptions", content_type = "application/ld+json", body = SubscriptionsLd),
+              (status = 400, description = "A malformed query", body = ErrorBody),
+              (status = 401, description = "No valid subscriber token", body = ErrorBody)),
+    security(("mercure_jwt" = [])))]
 pub(crate) async fn list_all(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let found = visible(&state, &headers, raw.as_deref(), None, None)?;
-    Ok(collection(&state, SUBSCRIPTIONS_PATH, &found))
+    Ok(collection(&state, SUBSCRIPTIONS_PATH, found))
 }
 
 /// The active subscriptions to one topic selector (JSON-LD).
 #[utoipa::path(get, path = "/.well-known/mercure/subscriptions/{topic}", tag = "hub",
-    params(("topic" = String, Path, description = "The selector, URL-encoded")),
-    responses((status = 200, description = "Subscriptions", content_type = "application/ld+json"),
-              (status = 401, description = "No valid subscriber token")))]
+    params(("topic" = String, Path, description = "The selector, URL-encoded"),
+           ("authorization" = Option<String>, Query, description = "A subscriber JWT, when no header or cookie can carry it")),
+    responses((status = 200, description = "Subscriptions", content_type = "application/ld+json", body = SubscriptionsLd),
+              (status = 400, description = "A malformed query", body = ErrorBody),
+              (status = 401, description = "No valid subscriber token", body = ErrorBody)),
+    security(("mercure_jwt" = [])))]
 pub(crate) async fn list_topic(
     State(state): State<AppState>,
     Path(topic): Path<String>,
@@ -471,15 +544,19 @@ pub(crate) async fn list_topic(
 ) -> Result<Response, ApiError> {
     let found = visible(&state, &headers, raw.as_deref(), Some(&topic), None)?;
     let id = format!("{SUBSCRIPTIONS_PATH}/{}", encode_component(&topic));
-    Ok(collection(&state, &id, &found))
+    Ok(collection(&state, &id, found))
 }
 
 /// One active subscription (JSON-LD).
 #[utoipa::path(get, path = "/.well-known/mercure/subscriptions/{topic}/{subscriber}", tag = "hub",
     params(("topic" = String, Path, description = "The selector, URL-encoded"),
-           ("subscriber" = String, Path, description = "The subscriber id, URL-encoded")),
-    responses((status = 200, description = "The subscription", content_type = "application/ld+json"),
-              (status = 404, description = "No such active subscription")))]
+           ("subscriber" = String, Path, description = "The subscriber id, URL-encoded"),
+           ("authorization" = Option<String>, Query, description = "A subscriber JWT, when no header or cookie can carry it")),
+    responses((status = 200, description = "The subscription", content_type = "application/ld+json", body = SubscriptionLd),
+              (status = 400, description = "A malformed query", body = ErrorBody),
+              (status = 401, description = "No valid subscriber token", body = ErrorBody),
+              (status = 404, description = "No such active subscription", body = ErrorBody)),
+    security(("mercure_jwt" = [])))]
 pub(crate) async fn show_one(
     State(state): State<AppState>,
     Path((topic, subscriber)): Path<(String, String)>,
@@ -490,7 +567,6 @@ pub(crate) async fn show_one(
     let mut one = found.pop().ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such active subscription")
     })?;
-    one["lastEventID"] =
-        Value::String(state.hub().last_event_id().unwrap_or_else(|| "earliest".to_owned()));
+    one.last_event_id = Some(last_event_id(&state));
     Ok(json_ld(&one))
 }

@@ -8,7 +8,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sluice_llm::{Delta, DeltaStream, FinishReason, Usage};
 
 use crate::conn::ClientAddr;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::sse::event_stream;
 use crate::state::AppState;
 use crate::wire::{Chunker, CompletionRequest, data_frame, provider_error};
@@ -104,15 +104,22 @@ fn completion_frames(deltas: DeltaStream, chunker: Chunker) -> BoxStream<'static
 
 /// Sends a chat completion, streamed (`"stream": true`) or whole.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "gateway",
-    request_body(content_type = "application/json", description = "OpenAI's chat completion request"),
+    request_body(content = CompletionRequest, content_type = "application/json",
+        description = "OpenAI's chat completion request"),
     responses(
-        (status = 200, description = "The completion, or its chunks as an event stream"),
-        (status = 400, description = "A malformed request (the error names the param)"),
-        (status = 401, description = "A missing or wrong API key"),
-        (status = 404, description = "No provider serves the model"),
-        (status = 429, description = "Rate limited or the model is busy (Retry-After)"),
-        (status = 502, description = "The upstream failed before answering"),
-    ))]
+        (status = 200, description = "The completion (`chat.completion`), or with `stream: true` its chunks as an event stream",
+            content((crate::wire::Completion = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
+        (status = 400, description = "A malformed request (the error names the param)", body = ErrorBody),
+        (status = 401, description = "A missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No provider serves the model", body = ErrorBody),
+        (status = 408, description = "The request body stalled", body = ErrorBody),
+        (status = 413, description = "The request body is too large", body = ErrorBody),
+        (status = 429, description = "Rate limited or the model is busy (Retry-After)", body = ErrorBody),
+        (status = 500, description = "The provider failed inside this server", body = ErrorBody),
+        (status = 502, description = "The upstream failed before answering", body = ErrorBody),
+        (status = 504, description = "The upstream did not answer in time", body = ErrorBody),
+    ),
+    security((), ("api_key" = [])))]
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<ClientAddr>,
@@ -166,38 +173,20 @@ async fn whole_completion(
         }
     }
     finished.done = true;
-    let mut message = json!({"role": "assistant", "content": text, "refusal": null});
-    if !calls.is_empty() {
-        message["tool_calls"] = json!(calls);
-    }
-    let body = json!({
-        "id": chunker.id,
-        "object": "chat.completion",
-        "created": chunker.created,
-        "model": chunker.model,
-        "system_fingerprint": "fp_sluice",
-        "choices": [{"index": 0, "message": message, "logprobs": null,
-                     "finish_reason": finish.as_str()}],
-        "usage": usage,
-    });
-    Ok(([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
+    Ok(axum::Json(chunker.completion(text, calls, finish, usage)).into_response())
 }
 
 /// Lists the models the router serves.
 #[utoipa::path(get, path = "/v1/models", tag = "gateway",
-    responses((status = 200, description = "The models, OpenAI's list format")))]
+    responses((status = 200, description = "The models, OpenAI's list format", body = crate::wire::ModelList),
+              (status = 401, description = "A missing or wrong API key", body = ErrorBody),
+              (status = 429, description = "Rate limited (Retry-After)", body = ErrorBody)),
+    security((), ("api_key" = [])))]
 pub(crate) async fn models(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.admission().admit(&headers, client.0.ip())?;
-    let data: Vec<Value> = state
-        .config()
-        .models
-        .models()
-        .into_iter()
-        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
-        .collect();
-    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+    Ok(axum::Json(crate::wire::ModelList::new(state.config().models.models())).into_response())
 }

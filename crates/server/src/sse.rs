@@ -81,6 +81,21 @@ impl<G> State<G> {
     }
 }
 
+/// One event of a stream, as an `EventSource` reads it (the document's description of every
+/// `text/event-stream` response).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // a schema for the document only: frames are encoded by sluice-sse
+pub(crate) struct SseEvent {
+    /// The data (several `data:` lines joined by newlines).
+    data: String,
+    /// The event type (`message` when the stream names none).
+    event: Option<String>,
+    /// The event id: resume after it with `Last-Event-ID`.
+    id: Option<String>,
+    /// The reconnection time the server asks for, in milliseconds.
+    retry: Option<u64>,
+}
+
 /// The first bytes of a stream: `retry:` when one is configured, else an empty comment.
 pub(crate) fn opening(retry: Option<u64>) -> Bytes {
     let mut first = BytesMut::new();

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sluice_llm::{ChatRequest, FinishReason, Message, ProviderError, Role, Usage};
 use utoipa::ToSchema;
@@ -16,8 +16,8 @@ use crate::error::ApiError;
 
 /// The most stop sequences a request may give (OpenAI's limit).
 const MAX_STOP_SEQUENCES: usize = 4;
-/// The longest stop sequence, in bytes.
-const MAX_STOP_BYTES: usize = 256;
+/// The longest stop sequence, in characters.
+const MAX_STOP_LENGTH: usize = 256;
 /// The most messages in one request.
 const MAX_MESSAGES: usize = 2048;
 
@@ -46,12 +46,32 @@ pub(crate) fn provider_error(error: ProviderError) -> ApiError {
 }
 
 /// `stop` may be a string or a list.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
 }
+
+impl utoipa::PartialSchema for Stop {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let sequence = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_STOP_LENGTH))
+        };
+        let list = ArrayBuilder::new().items(sequence()).max_items(Some(MAX_STOP_SEQUENCES));
+        OneOfBuilder::new()
+            .item(sequence())
+            .item(list)
+            .description(Some("Where to stop: one sequence or a list of them"))
+            .into()
+    }
+}
+
+impl ToSchema for Stop {}
 
 /// `content` may be a string, a list of parts, or null.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -72,20 +92,52 @@ struct ContentPart {
     text: Option<String>,
 }
 
+/// Who said a message (the document's view of [`Role`]; `developer` is read as `system`).
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // a schema for the document only
+enum RoleName {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// A JSON object.
+type Object = serde_json::Map<String, Value>;
+
 /// One message of the conversation.
 #[derive(Debug, Deserialize, ToSchema)]
 struct InMessage {
-    /// `system`, `developer`, `user`, `assistant` or `tool`.
-    #[schema(value_type = String, example = "user")]
+    #[schema(value_type = RoleName)]
     role: Role,
     #[serde(default)]
     #[schema(nullable)]
     content: Option<Content>,
+    /// The tool calls an assistant message made (OpenAI's objects).
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
-    tool_calls: Vec<Value>,
+    tool_calls: Vec<Object>,
     #[serde(default)]
     tool_call_id: Option<String>,
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or a named function.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+enum ToolChoice {
+    Mode(String),
+    Named(NamedToolChoice),
+}
+
+/// A tool choice that names its function: `{"type": "function", "function": {"name": …}}`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+struct NamedToolChoice {
+    #[serde(rename = "type")]
+    r#type: String,
+    #[schema(value_type = Object)]
+    function: Object,
 }
 
 /// Streaming options.
@@ -110,24 +162,52 @@ pub(crate) struct CompletionRequest {
     #[serde(default)]
     pub(crate) stream: bool,
     stream_options: Option<StreamOptions>,
+    /// Read as a 64-bit float, so that a value just past a bound is not rounded into it.
     #[schema(minimum = 0.0, maximum = 2.0)]
-    temperature: Option<f32>,
+    temperature: Option<f64>,
     #[schema(minimum = 0.0, maximum = 1.0)]
-    top_p: Option<f32>,
+    top_p: Option<f64>,
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1)]
-    max_tokens: Option<u32>,
+    max_tokens: Option<i32>,
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1)]
-    max_completion_tokens: Option<u32>,
+    max_completion_tokens: Option<i32>,
     stop: Option<Stop>,
-    seed: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    seed: Option<i64>,
+    /// The tools the model may call (OpenAI's objects).
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
-    tools: Vec<Value>,
-    #[schema(value_type = Option<Object>)]
-    tool_choice: Option<Value>,
+    tools: Vec<Object>,
+    tool_choice: Option<ToolChoice>,
     /// Only 1 is supported.
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 1)]
-    n: Option<u32>,
+    n: Option<i32>,
+}
+
+/// An optional integer as JSON Schema means one: any number with no fractional part (`16`,
+/// `16.0`), in the target type's range.
+fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = match (number.as_i64(), number.as_u64(), number.as_f64()) {
+        (Some(n), _, _) => Some(i128::from(n)),
+        (_, Some(n), _) => Some(i128::from(n)),
+        // A float is a whole number only while it is exact (below 2^53).
+        (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => Some(f as i128),
+        _ => None,
+    };
+    whole
+        .and_then(|n| T::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a whole number in range")))
 }
 
 impl CompletionRequest {
@@ -167,7 +247,7 @@ impl CompletionRequest {
             (request.max_tokens, "max_tokens"),
             (request.max_completion_tokens, "max_completion_tokens"),
         ] {
-            if value == Some(0) {
+            if value.is_some_and(|n| n < 1) {
                 return Err(ApiError::bad_request(
                     "invalid_max_tokens",
                     format!("{param} must be at least 1"),
@@ -180,12 +260,14 @@ impl CompletionRequest {
             Some(Stop::One(one)) => std::slice::from_ref(one),
             Some(Stop::Many(many)) => many.as_slice(),
         };
-        if stops.len() > MAX_STOP_SEQUENCES
-            || stops.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
-        {
+        let too_long = |s: &String| s.is_empty() || s.chars().count() > MAX_STOP_LENGTH;
+        if stops.len() > MAX_STOP_SEQUENCES || stops.iter().any(too_long) {
             return Err(ApiError::bad_request(
                 "invalid_stop",
-                format!("stop takes at most {MAX_STOP_SEQUENCES} non-empty sequences of at most {MAX_STOP_BYTES} bytes"),
+                format!(
+                    "stop takes at most {MAX_STOP_SEQUENCES} non-empty sequences of at most \
+                     {MAX_STOP_LENGTH} characters"
+                ),
             )
             .with_param("stop"));
         }
@@ -216,24 +298,29 @@ impl CompletionRequest {
                         .collect::<Vec<_>>()
                         .join(""),
                 },
-                tool_calls: m.tool_calls,
+                tool_calls: m.tool_calls.into_iter().map(Value::Object).collect(),
                 tool_call_id: m.tool_call_id,
             })
             .collect();
         Ok(ChatRequest {
             model,
             messages,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature.map(|t| t as f32),
+            top_p: self.top_p.map(|p| p as f32),
+            // Checked positive by `parse`.
+            max_tokens: self.max_completion_tokens.or(self.max_tokens).map(|n| n.unsigned_abs()),
             stop: match self.stop {
                 None => Vec::new(),
                 Some(Stop::One(s)) => vec![s],
                 Some(Stop::Many(list)) => list,
             },
-            seed: self.seed,
-            tools: self.tools,
-            tool_choice: self.tool_choice,
+            // Any 64 bits make a seed: a negative one is read as its two's complement.
+            seed: self.seed.map(|seed| seed as u64),
+            tools: self.tools.into_iter().map(Value::Object).collect(),
+            tool_choice: self.tool_choice.map(|choice| match choice {
+                ToolChoice::Mode(mode) => Value::String(mode),
+                ToolChoice::Named(named) => json!(named),
+            }),
         })
     }
 }
@@ -326,6 +413,118 @@ pub(crate) fn data_frame(data: &str) -> Bytes {
     let mut frame = BytesMut::new();
     sluice_sse::Event::new(data).encode(&mut frame);
     frame.freeze()
+}
+
+/// Token counts, as OpenAI reports them.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UsageBody {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+}
+
+impl From<Usage> for UsageBody {
+    fn from(usage: Usage) -> Self {
+        let Usage { prompt_tokens, completion_tokens, total_tokens } = usage;
+        UsageBody { prompt_tokens, completion_tokens, total_tokens }
+    }
+}
+
+/// A whole (not streamed) completion: OpenAI's `chat.completion` object.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Completion {
+    id: String,
+    /// Always `chat.completion`.
+    object: &'static str,
+    created: u64,
+    model: String,
+    system_fingerprint: &'static str,
+    choices: Vec<Choice>,
+    usage: UsageBody,
+}
+
+/// The one choice of a completion.
+#[derive(Debug, Serialize, ToSchema)]
+struct Choice {
+    index: u32,
+    message: AssistantMessage,
+    /// Always null.
+    #[schema(value_type = Option<Object>)]
+    logprobs: Option<Value>,
+    /// `stop`, `length`, `tool_calls` or `content_filter`.
+    finish_reason: &'static str,
+}
+
+/// The answer.
+#[derive(Debug, Serialize, ToSchema)]
+struct AssistantMessage {
+    /// Always `assistant`.
+    role: &'static str,
+    content: String,
+    /// Always null.
+    refusal: Option<String>,
+    /// The calls, joined by index (absent when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    tool_calls: Vec<Value>,
+}
+
+impl Chunker {
+    /// The whole completion of an answer with `text`, `tool_calls`, `finish` and `usage`.
+    pub(crate) fn completion(
+        &self,
+        text: String,
+        tool_calls: Vec<Value>,
+        finish: FinishReason,
+        usage: Usage,
+    ) -> Completion {
+        let message =
+            AssistantMessage { role: "assistant", content: text, refusal: None, tool_calls };
+        Completion {
+            id: self.id.clone(),
+            object: "chat.completion",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: "fp_sluice",
+            choices: vec![Choice {
+                index: 0,
+                message,
+                logprobs: None,
+                finish_reason: finish.as_str(),
+            }],
+            usage: usage.into(),
+        }
+    }
+}
+
+/// The models a gateway serves: OpenAI's list object.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ModelList {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<Model>,
+}
+
+/// One model.
+#[derive(Debug, Serialize, ToSchema)]
+struct Model {
+    id: String,
+    /// Always `model`.
+    object: &'static str,
+    created: u64,
+    /// The provider that serves it first.
+    owned_by: String,
+}
+
+impl ModelList {
+    /// The list of `(model, owner)` pairs.
+    pub(crate) fn new(models: Vec<(String, String)>) -> Self {
+        let data = models
+            .into_iter()
+            .map(|(id, owned_by)| Model { id, object: "model", created: 0, owned_by })
+            .collect();
+        ModelList { object: "list", data }
+    }
 }
 
 #[cfg(test)]
