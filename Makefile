@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-build test-js test-python test-web web setup build lint bench fuzz clean
+.PHONY: run test test-build test-js test-python test-web web setup build lint bench fuzz soak clean
 
 ## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
 ## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
@@ -74,6 +74,14 @@ bench: setup
 ## GGUF headers. Not part of `make test`; the committed corpora are replayed by ordinary tests.
 fuzz: setup
 	bash scripts/fuzz.sh
+
+## A soak, not part of `make test`: SOAK_SECONDS (default 600) of churning subscribers,
+## publishing, chat streams and cancelled answers against a release `sluice serve`, its RSS and
+## open files sampled every 10 s (bench/results/soak.json, plotted in bench/soak.svg).
+soak: build
+	mkdir -p bench/results
+	$(SLUICE) bench soak --duration $(or $(SOAK_SECONDS),600) --json bench/results/soak.json
+	python3 bench/plot_soak.py
 
 clean:
 	$(CARGO) clean

@@ -29,6 +29,32 @@ enum BenchCommand {
     /// gateway: the time to first token and inter-chunk latency the gateway adds, its memory
     /// per open stream, and how fast a disconnect cancels the upstream.
     Gateway(GatewayArgs),
+    /// A long churning load (subscribers coming and going, publishing, chat streams, answers
+    /// cancelled) against a spawned server, its RSS and open files sampled throughout: what
+    /// `make soak` runs.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Seconds of load.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    duration: u64,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    sample_every: u64,
+    /// Subscribers connected at any moment (each leaves after 1-10 s and comes back).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    subscribers: usize,
+    /// Updates published per second.
+    #[arg(long, default_value_t = 50.0, value_name = "R")]
+    publish_rate: f64,
+    /// Chat loops running at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    chats: usize,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,7 +166,44 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Gateway(args) => gateway(args).await,
+        BenchCommand::Soak(args) => soak(args).await,
     }
+}
+
+async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = std::env::temp_dir().join(format!("sluice-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)?;
+    let secret = format!(
+        "sluice-soak-{}",
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+    );
+    let grant = Grant { publish: vec!["*".into()], ..Grant::default() };
+    let bench = sluice_loadgen::soak::SoakBench {
+        program: std::env::current_exe().context("finding this binary")?,
+        data_dir: data_dir.clone(),
+        duration: Duration::from_secs(args.duration.max(1)),
+        sample_every: Duration::from_secs(args.sample_every.max(1)),
+        subscribers: args.subscribers,
+        publish_rate: args.publish_rate,
+        chats: args.chats,
+        publish_token: mint_hs256(secret.as_bytes(), &grant),
+        jwt_secret: secret,
+        verbose: true,
+    };
+    eprintln!(
+        "bench soak: {} s of {} churning subscribers, {} updates/s, {} chat loops…",
+        args.duration, args.subscribers, args.publish_rate, args.chats
+    );
+    let results = bench.run().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let results = results?;
+    println!("{}", sluice_loadgen::soak::summary(&results));
+    if let Some(path) = &args.json {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+        serde_json::to_writer_pretty(file, &results)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {

@@ -31,6 +31,8 @@
 //!   from its upstream.
 //! - [`hub`]: the coordinator: starts (or finds) the server, spreads subscribers over
 //!   worker processes, steps through publish rates, prints progress and a summary.
+//! - [`soak`]: `sluice bench soak`: a long churning load, the server's memory and open files
+//!   sampled throughout.
 //!
 //! Why subscribers are spread over processes: one process may hold at most 20,000 open files
 //! on the machines Sluice is measured on, a hard limit. Why they are raw HTTP/1.1 clients:
@@ -43,6 +45,7 @@ pub mod hub;
 pub mod process;
 pub mod procfs;
 pub mod publisher;
+pub mod soak;
 pub mod stats;
 mod subscriber;
 pub mod worker;

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Charts a soak (`sluice bench soak --json`): the server's RSS and open files over the run.
+
+    python3 bench/plot_soak.py [--json bench/results/soak.json] [--svg bench/soak.svg]
+
+Two panels, each with the warm-up (the first fifth, left out of the slopes) shaded: resident
+memory in MiB and open file descriptors, against time. A server that leaks climbs; one that
+does not stays flat after the warm-up.
+"""
+
+import argparse
+import json
+import sys
+
+from plot_hub import BLUE, GREY, ORANGE, PANEL_H, PANEL_W, Panel
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default="bench/results/soak.json")
+    ap.add_argument("--svg", default="bench/soak.svg")
+    args = ap.parse_args()
+    with open(args.json) as f:
+        run = json.load(f)
+    samples = run["samples"]
+    if not samples:
+        sys.exit(f"no samples in {args.json}")
+    ts = [s["t_s"] for s in samples]
+    rss = [s["rss_kib"] / 1024 for s in samples]
+    fds = [s["fds"] for s in samples]
+    warm = ts[-1] * 0.2
+
+    panels = []
+    for i, (title, label, ys, colour, slope) in enumerate([
+        ("Server RSS during the soak", "MiB", rss, BLUE,
+         f"{run['rss_slope_kib_per_min']:+.1f} KiB/min after warm-up"),
+        ("Server open files during the soak", "file descriptors", fds, ORANGE,
+         f"{run['fd_slope_per_min']:+.2f} /min after warm-up"),
+    ]):
+        p = Panel(PANEL_W * i, title, "seconds", label, [0] + ts, [0] + [max(ys) * 1.2])
+        top = p.y(p.yticks[-1])
+        bottom = p.y(p.yticks[0])
+        p.out.append(f'<rect x="{p.x(0)}" y="{top}" width="{p.x(warm) - p.x(0)}" '
+                     f'height="{bottom - top}" fill="#f6f8fa"/>')
+        p.frame()
+        p.line(ts, ys, colour, slope, dots=False, label_at=len(ts) // 2)
+        p.out.append(f'<text x="{p.x(warm / 2)}" y="{bottom - 6}" text-anchor="middle" '
+                     f'fill="{GREY}">warm-up</text>')
+        panels.append(p)
+
+    width = PANEL_W * len(panels)
+    body = "\n".join("\n".join(p.out) for p in panels)
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" '
+           f'viewBox="0 0 {width} {PANEL_H}" font-family="sans-serif" font-size="12">\n'
+           f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n')
+    with open(args.svg, "w") as f:
+        f.write(svg)
+    print(f"wrote {args.svg}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
