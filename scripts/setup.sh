@@ -27,6 +27,11 @@ command -v curl >/dev/null || apt_missing+=(curl)
 if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q 'install ok installed'; then
     apt_missing+=(chromium)
 fi
+# The multi-node tests: a real Redis (started by the tests on a free port in a temporary
+# directory) and Debian's nginx in front of two nodes. Only the binaries are needed: the
+# packages' own services are not used (and not started when the system blocks service starts).
+command -v redis-server >/dev/null || apt_missing+=(redis-server)
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || apt_missing+=(nginx)
 # The Python SDK tests (tests/python): python3 with venv (Debian's python3-venv brings ensurepip).
 command -v python3 >/dev/null || apt_missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)

@@ -55,6 +55,9 @@ pub use hub::{
 };
 pub use registry::{Hangup, RESERVED_TOPIC_PREFIX};
 pub use selector::{Selector, SelectorError};
-pub use store::{CommitListener, MemoryStore, Store, StoreError, StreamRecord};
+pub use store::{
+    CommitListener, Heartbeat, MemoryStore, RedisConfig, RedisStore, Store, StoreError,
+    StreamControl, StreamRecord,
+};
 pub use store::{SqliteConfig, SqliteStats, SqliteStore, Synchronous};
 pub use update::{Draft, Update, now_ms};

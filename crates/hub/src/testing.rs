@@ -16,7 +16,10 @@
 //! ```
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::selector::Selector;
 use crate::store::{CommitListener, Store, StoreError};
@@ -193,6 +196,78 @@ pub fn check_selector(input: &[u8]) {
         assert_eq!(matched, topic == selector, "an exact selector matches only itself");
     } else {
         assert!(steps <= bound, "{selector:?} against {topic:?}: {steps} moves > {bound}");
+    }
+}
+
+/// A real `redis-server` for tests: on a free port, in a temporary directory of its own, with
+/// every write persisted before it is answered (`appendonly yes`, `appendfsync always`), so a
+/// restart keeps what was acknowledged. Stopped (and its directory removed) when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers.
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer { port, dir, child: None };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it at once (SIGKILL: what it persisted is what survives).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and files.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server is still running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let mut reply = [0u8; 16];
+                stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -9,14 +9,17 @@
 //! `testing` feature).
 
 mod memory;
+mod redis_streams;
 pub mod sqlite;
 
 use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 
 pub use memory::MemoryStore;
+pub use redis_streams::{RedisConfig, RedisStore};
 pub use sqlite::{SqliteConfig, SqliteStats, SqliteStore, Synchronous};
 
 use crate::update::{Draft, Update};
@@ -97,4 +100,50 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The record of stream `id`, if it exists and is still kept.
     fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>>;
+
+    /// How the processes sharing this store coordinate the streams they produce, when several
+    /// may (a shared store). `None` for a store only one process uses: then what runs in
+    /// this process is all that runs.
+    fn control(&self) -> Option<&dyn StreamControl> {
+        None
+    }
+}
+
+/// What a node learns from its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Streams this node produces that someone asked to cancel.
+    pub cancelled: Vec<String>,
+    /// Streams this node produces that another node has readers for.
+    pub read_elsewhere: Vec<String>,
+}
+
+/// How nodes sharing a store coordinate the streams they produce (AI answers): the producer
+/// holds a lease it renews, cancel requests reach it from any node, readers anywhere keep a
+/// stream alive, and a stream whose producer died is found by its lapsed lease and ended.
+pub trait StreamControl: Send + Sync {
+    /// Renews the leases of the streams this node produces (`owned`; a first heartbeat claims
+    /// one), and reports that this node has readers for `read`. Call it about every second.
+    fn heartbeat<'a>(
+        &'a self,
+        owned: &'a [String],
+        read: &'a [String],
+    ) -> BoxFuture<'a, Result<Heartbeat, StoreError>>;
+
+    /// Ends this node's lease on a stream (it has ended).
+    fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Whether some node holds a live lease on the stream.
+    fn is_live<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Asks whichever node produces the stream to stop it; `false` when none holds a live
+    /// lease on it.
+    fn request_cancel<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Cancel requests as they are made, on any node (stream ids): a producer stops at once
+    /// rather than at its next heartbeat.
+    fn cancel_requests(&self) -> BoxStream<'static, String>;
+
+    /// Streams whose lease lapsed: their producer is gone and nothing will end them.
+    fn lapsed(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 }

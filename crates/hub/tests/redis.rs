@@ -1,0 +1,155 @@
+//! The Redis store against a real `redis-server`: the same conformance suite as memory and
+//! SQLite, then what only a shared store does (several nodes, Redis going away and back).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sluice_hub::testing::{RedisServer, conformance, draft};
+use sluice_hub::{
+    CommitListener, Cursor, Fanout, Hub, HubConfig, RedisConfig, RedisStore, Selector, Store,
+    StoreError, SubscribeRequest,
+};
+
+/// A store with a prefix of its own, so that stores on one Redis do not see each other.
+fn config(redis: &RedisServer) -> RedisConfig {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let prefix = format!("test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    RedisConfig { prefix, ..RedisConfig::new(redis.url()) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms() {
+    let redis = RedisServer::start();
+    conformance(|listener: Arc<dyn CommitListener>| {
+        let config = config(&redis);
+        async move { Arc::new(RedisStore::open(config, listener).await.unwrap()) as Arc<dyn Store> }
+    })
+    .await;
+}
+
+/// A node: a hub over its own RedisStore on the shared prefix.
+async fn node(config: &RedisConfig) -> Hub {
+    let fanout = Fanout::new();
+    let store = RedisStore::open(config.clone(), fanout.listener()).await.unwrap();
+    Hub::new(Arc::new(store), fanout, HubConfig::default())
+}
+
+async fn data(subscription: &mut sluice_hub::Subscription, n: usize) -> Vec<String> {
+    let mut decoder = sluice_sse::Decoder::new();
+    let mut seen = Vec::new();
+    let read = async {
+        while seen.len() < n {
+            let frame = subscription.frames.next().await.expect("the subscription ended");
+            decoder.feed(&frame, |e| seen.push(e.data)).unwrap();
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), read).await.is_err() {
+        panic!("waited 30 s for {n} events, got {seen:?}");
+    }
+    seen
+}
+
+fn on(topic: &str, cursor: Cursor) -> SubscribeRequest {
+    SubscribeRequest::new(vec![Selector::parse(topic).unwrap()], cursor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_one_order_and_resume_each_other_s_ids() {
+    let redis = RedisServer::start();
+    let shared = config(&redis);
+    let (a, b) = (node(&shared).await, node(&shared).await);
+    let mut on_b = b.subscribe(on("/t", Cursor::Live)).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let hub = if n % 2 == 0 { &a } else { &b };
+        ids.push(hub.publish(draft(&format!("u{n}"), "/t", &format!("{n}"))).await.unwrap());
+    }
+    assert_eq!(data(&mut on_b, 6).await, ["0", "1", "2", "3", "4", "5"], "published on both");
+    assert!(ids.windows(2).all(|w| w[0].seq() < w[1].seq()), "one order across nodes");
+    // An id acknowledged by A resumes on B.
+    let mut resumed = b.subscribe(on("/t", Cursor::After("u2".into()))).await.unwrap();
+    assert_eq!(data(&mut resumed, 3).await, ["3", "4", "5"]);
+    // A publisher id taken on one node is taken on every node.
+    let taken = b.publish(draft("u1", "/t", "again")).await;
+    assert!(matches!(taken, Err(sluice_hub::PublishError::Store(StoreError::Conflict(_)))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_replays_from_redis() {
+    let redis = RedisServer::start();
+    let shared = config(&redis);
+    let first = node(&shared).await;
+    for n in 0..3 {
+        first.publish(draft(&format!("r{n}"), "/r", &format!("{n}"))).await.unwrap();
+    }
+    drop(first);
+    let second = node(&shared).await;
+    let mut resumed = second.subscribe(on("/r", Cursor::After("r0".into()))).await.unwrap();
+    assert_eq!(data(&mut resumed, 2).await, ["1", "2"], "before anything new is published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_refuses_writes_and_loses_nothing_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let shared = config(&redis);
+    let (a, b) = (node(&shared).await, node(&shared).await);
+    let mut on_b = b.subscribe(on("/x", Cursor::Live)).await.unwrap();
+    a.publish(draft("before", "/x", "before")).await.unwrap();
+    redis.kill();
+    let refused = a.publish(draft("during", "/x", "during")).await;
+    assert!(
+        matches!(refused, Err(sluice_hub::PublishError::Store(StoreError::Backend(_)))),
+        "{refused:?}"
+    );
+    assert!(a.store_failure().is_some(), "the hub knows its store fails");
+    redis.restart();
+    // The connection comes back on its own; publish until it does.
+    let mut after = None;
+    for _ in 0..100 {
+        match a.publish(draft("after", "/x", "after")).await {
+            Ok(update) => {
+                after = Some(update);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(after.is_some(), "publishing works again once Redis is back");
+    assert_eq!(data(&mut on_b, 2).await, ["before", "after"], "B's subscriber missed nothing");
+    assert!(a.store_failure().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_cancels_and_readers_reach_across_nodes() {
+    let redis = RedisServer::start();
+    let shared = config(&redis);
+    let (a, b) = (node(&shared).await, node(&shared).await);
+    let (ca, cb) = (a.store().control().unwrap(), b.store().control().unwrap());
+    let owned = vec!["answer-1".to_owned()];
+    assert!(!cb.is_live("answer-1").await.unwrap());
+    ca.heartbeat(&owned, &[]).await.unwrap();
+    assert!(cb.is_live("answer-1").await.unwrap(), "B sees A's lease");
+    let mut requests = ca.cancel_requests();
+    // The subscription is made in the background: ask until A hears it.
+    let heard = async {
+        loop {
+            assert!(cb.request_cancel("answer-1").await.unwrap());
+            if let Ok(Some(id)) =
+                tokio::time::timeout(Duration::from_millis(500), requests.next()).await
+            {
+                return id;
+            }
+        }
+    };
+    assert_eq!(tokio::time::timeout(Duration::from_secs(20), heard).await.unwrap(), "answer-1");
+    let beat = cb.heartbeat(&[], &owned).await.unwrap();
+    assert!(beat.cancelled.is_empty());
+    let beat = ca.heartbeat(&owned, &[]).await.unwrap();
+    assert_eq!(beat.cancelled, owned, "the request is also found by the next heartbeat");
+    assert_eq!(beat.read_elsewhere, owned, "B reported readers");
+    ca.release("answer-1").await.unwrap();
+    assert!(!cb.request_cancel("answer-1").await.unwrap(), "nothing to cancel once released");
+    assert!(ca.lapsed().await.unwrap().is_empty());
+}
