@@ -15,7 +15,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_hub::{Fanout, Hub, HubConfig, Limits, MemoryStore, SqliteConfig, SqliteStore, Store};
+use sluice_hub::{
+    Fanout, Hub, HubConfig, Limits, MemoryStore, RedisConfig, RedisStore, SqliteConfig,
+    SqliteStore, Store,
+};
 use sluice_server::{AppState, Config, Timeouts, Verifier};
 
 use crate::providers::{ModelSettings, ProviderConfig, ScriptedConfig, UpstreamTimeouts};
@@ -31,9 +34,14 @@ pub(crate) struct Args {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "SLUICE_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// History store: `memory`, or `sqlite:PATH` [default: sqlite:./sluice-data/sluice.db].
+    /// History store: `memory`, `sqlite:PATH`, or `redis://HOST:PORT[/DB]` (`rediss://` for
+    /// TLS) shared by every node of a hub [default: sqlite:./sluice-data/sluice.db].
     #[arg(long, env = "SLUICE_STORE", value_name = "STORE")]
     store: Option<String>,
+    /// The prefix of the hub's Redis keys (inside a hash tag), to share one Redis among hubs
+    /// [default: sluice].
+    #[arg(long, env = "SLUICE_REDIS_PREFIX", value_name = "PREFIX")]
+    redis_prefix: Option<String>,
     /// Keep at most this many updates in history [default: 1000000; memory: 100000].
     #[arg(long, env = "SLUICE_HISTORY_MAX_UPDATES", value_name = "N")]
     history_max_updates: Option<u64>,
@@ -202,13 +210,19 @@ fn read_file(path: Option<&Path>) -> anyhow::Result<Args> {
 enum StoreKind {
     Memory,
     Sqlite(PathBuf),
+    /// A Redis URL, shared by every node of the hub.
+    Redis(String),
 }
 
 fn parse_store(text: &str) -> anyhow::Result<StoreKind> {
     match text.split_once(':') {
         _ if text == "memory" => Ok(StoreKind::Memory),
         Some(("sqlite", path)) if !path.is_empty() => Ok(StoreKind::Sqlite(path.into())),
-        _ => bail!("--store must be `memory` or `sqlite:PATH`, not {text:?}"),
+        Some(("redis" | "rediss", _)) => Ok(StoreKind::Redis(text.to_owned())),
+        _ => bail!(
+            "--store must be `memory`, `sqlite:PATH` or `redis://HOST:PORT[/DB]` (`rediss://` \
+             for TLS), not {text:?}"
+        ),
     }
 }
 
@@ -343,6 +357,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             sqlite.max_age = args.history_max_age.map(Duration::from_secs);
             Arc::new(SqliteStore::open(sqlite, fanout.listener())?)
         }
+        StoreKind::Redis(url) => {
+            let mut redis = RedisConfig::new(url);
+            redis.max_updates = Some(args.history_max_updates.unwrap_or(1_000_000));
+            redis.max_age = args.history_max_age.map(Duration::from_secs);
+            if let Some(prefix) = &args.redis_prefix {
+                redis.prefix.clone_from(prefix);
+            }
+            Arc::new(RedisStore::open(redis, fanout.listener()).await?)
+        }
     };
     let hub = Hub::new(store, fanout, hub_config);
 
@@ -351,7 +374,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let anonymous = config.anonymous;
     tracing::info!(
         address = %listener.local_addr()?,
-        store = store_setting,
+        store = %match parse_store(store_setting)? {
+            StoreKind::Redis(url) => RedisConfig::new(url).redacted_url(),
+            _ => store_setting.to_owned(),
+        },
         anonymous,
         publishing = config.publisher.is_some(),
         models = ?config.models.models().iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),

@@ -405,9 +405,19 @@ impl Hub {
         let (replay_after, resumed_after, reset) = match &request.cursor {
             Cursor::Live => (None, None, false),
             Cursor::Earliest => (Some(0), Some("earliest".to_owned()), false),
-            Cursor::After(id) => match self.inner.store.find(id).await? {
-                Some(seq) => (Some(seq), Some(id.clone()), false),
-                None => (Some(0), Some("earliest".to_owned()), true),
+            Cursor::After(id) => match self.inner.store.find(id).await {
+                Ok(Some(seq)) => (Some(seq), Some(id.clone()), false),
+                Ok(None) => (Some(0), Some("earliest".to_owned()), true),
+                // The history cannot be read now: a stream that says so and ends, so that the
+                // subscriber (an EventSource stops for good on an error status) comes back
+                // with the same cursor, rather than a refusal.
+                Err(StoreError::Closed) => return Err(StoreError::Closed.into()),
+                Err(error) => {
+                    tracing::warn!(%error, "a cursor could not be looked up: ending the stream");
+                    metrics::counter!("sluice_replay_failures_total").increment(1);
+                    let failed = stream::once(async { Delivery::ReplayFailed }).boxed();
+                    return Ok((false, Deliveries { resumed_after: None, stream: failed }));
+                }
             },
         };
         let filter = Arc::new(Filter {

@@ -19,6 +19,13 @@
 //! moment), then is cancelled. An answer whose events cannot be stored is cancelled too; its
 //! pump keeps trying to write `error` and `end` for a while, and the readers following it here
 //! are told to reconnect, so no reader waits forever on an answer that will not end.
+//!
+//! With a store several nodes share (Redis), an answer runs on the node that started it and
+//! is read, resumed and cancelled from any node: [`coordinate`] renews this node's leases on
+//! the answers it produces every second, reports which answers have readers here (so the
+//! producer elsewhere does not cancel them as abandoned), relays cancel requests made on
+//! other nodes, and ends with `error` and `end` the answers whose producer died (its lease
+//! lapsed), so their readers anywhere stop waiting within seconds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -85,10 +92,17 @@ pub(crate) struct Started {
     pub(crate) token: String,
 }
 
-/// The answers running in this process.
+/// How often a node renews its leases and reports its readers.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How long another node's report of readers keeps an answer from being abandoned.
+const READ_ELSEWHERE_FOR: Duration = Duration::from_secs(5);
+
+/// The answers running in this process, and the readers it serves.
 #[derive(Debug, Default)]
 pub(crate) struct Answers {
     running: Mutex<HashMap<String, Arc<Running>>>,
+    /// Readers connected here, per answer (whichever node produces it).
+    reading: Mutex<HashMap<String, usize>>,
 }
 
 /// A running answer's controls.
@@ -100,6 +114,8 @@ pub(crate) struct Running {
     /// Set when the pump gave up on the store: its readers here should reconnect.
     abandoned: AtomicBool,
     abandoned_notify: Notify,
+    /// When another node last reported readers of this answer.
+    read_elsewhere: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Running {
@@ -117,20 +133,31 @@ impl Running {
 
 /// Counts a reader of an answer for as long as it is connected.
 #[derive(Debug)]
-pub(crate) struct Reader(Option<Arc<Running>>);
+pub(crate) struct Reader {
+    answers: Arc<Answers>,
+    id: String,
+    running: Option<Arc<Running>>,
+}
 
 impl Reader {
     /// The answer's controls, if it runs in this process.
     pub(crate) fn running(&self) -> Option<&Arc<Running>> {
-        self.0.as_ref()
+        self.running.as_ref()
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        if let Some(running) = &self.0 {
+        if let Some(running) = &self.running {
             running.readers.fetch_sub(1, Ordering::SeqCst);
             running.readers_changed.notify_one();
+        }
+        let mut reading = self.answers.reading.lock().unwrap();
+        if let Some(count) = reading.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                reading.remove(&self.id);
+            }
         }
     }
 }
@@ -153,15 +180,26 @@ impl Answers {
             kind: kind.as_str().to_owned(),
             created_ms: now_ms(),
         };
-        hub.store().put_stream(record).await.map_err(store_unavailable)?;
+        let store = hub.store();
+        store.put_stream(record).await.map_err(store_unavailable)?;
+        if let Some(control) = store.control() {
+            // Claimed now, so that nodes where its readers land see it live at once.
+            control.heartbeat(std::slice::from_ref(&id), &[]).await.map_err(store_unavailable)?;
+        }
         let running = Arc::new(Running::default());
         self.running.lock().unwrap().insert(id.clone(), Arc::clone(&running));
         let pump = Pump { hub: hub.clone(), id: id.clone(), next: 0 };
         let (answers, answer) = (Arc::clone(self), id.clone());
+        let store = Arc::clone(store);
         tokio::spawn(async move {
             metrics::gauge!("sluice_generations_active").increment(1.0);
             pump.run(deltas, &running, grace).await;
             answers.running.lock().unwrap().remove(&answer);
+            if let Some(control) = store.control()
+                && let Err(error) = control.release(&answer).await
+            {
+                tracing::debug!(%error, answer, "the lease could not be released; it will lapse");
+            }
             metrics::gauge!("sluice_generations_active").decrement(1.0);
         });
         Ok(Started { id, token })
@@ -189,24 +227,37 @@ impl Answers {
         Ok(record)
     }
 
-    /// Counts a reader of answer `id` (for the grace period) while the guard lives.
-    pub(crate) fn reader(&self, id: &str) -> Reader {
+    /// Counts a reader of answer `id` (for the grace period, here and, through the store's
+    /// heartbeat, on the node that produces it) while the guard lives.
+    pub(crate) fn reader(self: &Arc<Self>, id: &str) -> Reader {
         let running = self.running.lock().unwrap().get(id).cloned();
         if let Some(running) = &running {
             running.readers.fetch_add(1, Ordering::SeqCst);
             running.readers_changed.notify_one();
         }
-        Reader(running)
+        *self.reading.lock().unwrap().entry(id.to_owned()).or_default() += 1;
+        Reader { answers: Arc::clone(self), id: id.to_owned(), running }
     }
 
-    /// Asks a running answer to stop; false if it is not running here.
-    pub(crate) fn cancel(&self, id: &str) -> bool {
+    /// Stops answer `id` if it runs here; false if it does not.
+    fn cancel_here(&self, id: &str) -> bool {
         match self.running.lock().unwrap().get(id) {
             Some(running) => {
                 running.cancel.notify_one();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Stops answer `id`, here or on the node that produces it; false when nothing does.
+    pub(crate) async fn cancel(&self, hub: &Hub, id: &str) -> Result<bool, ApiError> {
+        if self.cancel_here(id) {
+            return Ok(true);
+        }
+        match hub.store().control() {
+            Some(control) => control.request_cancel(id).await.map_err(store_unavailable),
+            None => Ok(false),
         }
     }
 
@@ -221,17 +272,91 @@ impl Answers {
         if store.find(&end_id(id)).await.map_err(store_unavailable)?.is_some() {
             return Ok(());
         }
-        tracing::warn!(answer = id, "an answer has no producer left: ending it with an error");
-        let error = json!({"message": "the answer was interrupted: its server stopped",
-            "type": "server_error", "code": "interrupted"});
-        for (event_id, event_type, data) in [
-            (format!("{id}.lost"), "error", error),
-            (end_id(id), "end", json!({"finish_reason": "error"})),
-        ] {
-            match hub.publish(event(id, event_id, event_type, &data)).await {
-                Ok(_) | Err(PublishError::Store(StoreError::Conflict(_))) => {}
-                Err(PublishError::Store(e)) => return Err(store_unavailable(e)),
-                Err(e) => return Err(ApiError::internal(e)),
+        if let Some(control) = store.control()
+            && control.is_live(id).await.map_err(store_unavailable)?
+        {
+            return Ok(());
+        }
+        end_orphan(hub, id).await
+    }
+}
+
+/// Ends answer `id`, whose producer is gone, with `error` then `end` (once: their ids are
+/// fixed, so whichever node writes them first wins).
+async fn end_orphan(hub: &Hub, id: &str) -> Result<(), ApiError> {
+    tracing::warn!(answer = id, "an answer has no producer left: ending it with an error");
+    let error = json!({"message": "the answer was interrupted: its server stopped",
+        "type": "server_error", "code": "interrupted"});
+    for (event_id, event_type, data) in [
+        (format!("{id}.lost"), "error", error),
+        (end_id(id), "end", json!({"finish_reason": "error"})),
+    ] {
+        match hub.publish(event(id, event_id, event_type, &data)).await {
+            Ok(_) | Err(PublishError::Store(StoreError::Conflict(_))) => {}
+            Err(PublishError::Store(e)) => return Err(store_unavailable(e)),
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Runs for as long as `answers` lives, when the hub's store is shared by several nodes: see
+/// the [module docs](self). Does nothing for a store only this process uses.
+pub(crate) fn coordinate(answers: &Arc<Answers>, hub: &Hub) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let store = Arc::clone(hub.store());
+    let Some(control) = store.control() else { return };
+    let mut requests = control.cancel_requests();
+    let weak = Arc::downgrade(answers);
+    runtime.spawn(async move {
+        while let Some(id) = requests.next().await {
+            let Some(answers) = weak.upgrade() else { return };
+            answers.cancel_here(&id);
+        }
+    });
+    let (weak, hub) = (Arc::downgrade(answers), hub.clone());
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for round in 0u64.. {
+            tick.tick().await;
+            let Some(answers) = weak.upgrade() else { return };
+            if let Err(error) = answers.beat(&hub, round % 2 == 0).await {
+                tracing::warn!(%error, "the answers' heartbeat failed");
+            }
+        }
+    });
+}
+
+impl Answers {
+    /// One heartbeat: renew leases, report readers, take cancel requests and news of readers
+    /// elsewhere; with `reap`, also end the answers whose producer died.
+    async fn beat(&self, hub: &Hub, reap: bool) -> Result<(), StoreError> {
+        let Some(control) = hub.store().control() else { return Ok(()) };
+        let owned: Vec<String> = self.running.lock().unwrap().keys().cloned().collect();
+        let read: Vec<String> = self.reading.lock().unwrap().keys().cloned().collect();
+        let heartbeat = control.heartbeat(&owned, &read).await?;
+        for id in &heartbeat.cancelled {
+            self.cancel_here(id);
+        }
+        let now = tokio::time::Instant::now();
+        for id in &heartbeat.read_elsewhere {
+            if let Some(running) = self.running.lock().unwrap().get(id) {
+                *running.read_elsewhere.lock().unwrap() = Some(now);
+            }
+        }
+        if reap {
+            for id in control.lapsed().await? {
+                if self.running.lock().unwrap().contains_key(&id) {
+                    continue;
+                }
+                if hub.store().find(&end_id(&id)).await?.is_none()
+                    && let Err(error) = end_orphan(hub, &id).await
+                {
+                    tracing::warn!(answer = id, %error, "a lapsed answer could not be ended");
+                    continue;
+                }
+                control.release(&id).await?;
             }
         }
         Ok(())
@@ -325,8 +450,15 @@ impl Pump {
                     Ok(())
                 }
                 () = abandoned => {
-                    tracing::info!(answer = self.id, "no reader for the grace period: cancelling");
-                    break Stop::Finished("cancelled");
+                    let read_elsewhere = *running.read_elsewhere.lock().unwrap();
+                    if read_elsewhere.is_some_and(|at| at.elapsed() < READ_ELSEWHERE_FOR) {
+                        // Its readers are on another node: not abandoned.
+                        idle_since = Some(tokio::time::Instant::now());
+                        Ok(())
+                    } else {
+                        tracing::info!(answer = self.id, "no reader for the grace period: cancelling");
+                        break Stop::Finished("cancelled");
+                    }
                 }
             };
             if let Err(error) = stored {

@@ -290,7 +290,7 @@ pub(crate) async fn cancel(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     state.answers().authorize(state.hub(), &id, Kind::Generation, Some(&query.token)).await?;
-    if state.answers().cancel(&id) {
+    if state.answers().cancel(state.hub(), &id).await? {
         let body = Cancelling { id, status: "cancelling".to_owned() };
         Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
     } else {

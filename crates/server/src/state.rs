@@ -41,13 +41,15 @@ impl AppState {
             config.requests_per_minute,
             config.max_subscriptions_per_client,
         );
+        let answers = Arc::default();
+        crate::answers::coordinate(&answers, &hub);
         AppState(Arc::new(Shared {
             hub,
             config,
             active: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             admission,
-            answers: Arc::default(),
+            answers,
         }))
     }
 

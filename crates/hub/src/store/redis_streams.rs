@@ -188,6 +188,13 @@ impl RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// The URL without its password, for logs.
+    pub fn redacted_url(&self) -> String {
+        redacted(&self.url)
+    }
+}
+
 /// The keys of one hub.
 #[derive(Debug, Clone)]
 struct Keys {

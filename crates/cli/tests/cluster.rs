@@ -1,0 +1,307 @@
+//! Several `sluice serve` nodes on one real Redis: what one node publishes, another delivers;
+//! a cursor from one resumes on another; an answer started on one is followed and cancelled
+//! from another, and ended by the survivors if its node dies; and a chaos run that kills nodes
+//! and Redis while subscribers on every node must end with every update once, in order.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Server, publish, publisher_token};
+use futures_util::StreamExt;
+use sluice_client::{EventSource, Item, MessageEvent};
+use sluice_hub::testing::RedisServer;
+
+/// The longest any single wait may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `n` nodes on `redis`, each in a directory of its own (they keep nothing there).
+fn nodes(redis: &RedisServer, n: usize, extra: &[&str]) -> (Vec<Server>, Vec<tempfile::TempDir>) {
+    let store = redis.url();
+    let mut args = vec!["--store", store.as_str(), "--provider", "scripted"];
+    args.extend_from_slice(extra);
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers = dirs.iter().map(|dir| Server::start(dir.path(), &args)).collect();
+    (servers, dirs)
+}
+
+/// The events of `url` until `enough` holds (no reconnecting).
+async fn events_until(
+    url: &str,
+    last_event_id: Option<&str>,
+    enough: impl Fn(&[MessageEvent]) -> bool,
+) -> Vec<MessageEvent> {
+    let mut builder = EventSource::get(url).reconnect(false);
+    if let Some(id) = last_event_id {
+        builder = builder.last_event_id(id);
+    }
+    let mut source = builder.build().unwrap();
+    let mut seen = Vec::new();
+    let read = async {
+        while !enough(&seen) {
+            match source.next().await {
+                Some(Ok(Item::Message(event))) => seen.push(event),
+                Some(Ok(_)) => {}
+                Some(Err(error)) => panic!("{url}: {error}"),
+                None => break,
+            }
+        }
+    };
+    if tokio::time::timeout(PATIENCE, read).await.is_err() {
+        panic!("{url}: waited {PATIENCE:?}, got {seen:?}");
+    }
+    seen
+}
+
+fn data(events: &[MessageEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.data.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_node_publishes_another_delivers_and_resumes() {
+    let redis = RedisServer::start();
+    let (servers, _dirs) = nodes(&redis, 2, &[]);
+    let (a, b) = (&servers[0], &servers[1]);
+    let token = publisher_token();
+    let client = reqwest::Client::new();
+    let url_b = format!("{}?topic=/books/{{id}}", b.hub());
+    let mut source = EventSource::get(&url_b).build().unwrap();
+    assert!(matches!(source.next().await, Some(Ok(Item::Open))));
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(
+            publish(&client, &a.hub(), &token, &format!("/books/{n}"), &format!("{n}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut live = Vec::new();
+    while live.len() < 4 {
+        if let Some(Ok(Item::Message(event))) = source.next().await {
+            live.push(event);
+        }
+    }
+    assert_eq!(data(&live), ["0", "1", "2", "3"], "published on A, delivered by B");
+    // A cursor A gave resumes on B, and one B gave resumes on A.
+    let resumed = events_until(&url_b, Some(&ids[1]), |seen| seen.len() >= 2).await;
+    assert_eq!(data(&resumed), ["2", "3"]);
+    let url_a = format!("{}?topic=/books/{{id}}", a.hub());
+    let resumed = events_until(&url_a, Some(&live[2].last_event_id), |seen| !seen.is_empty()).await;
+    assert_eq!(data(&resumed), ["3"]);
+}
+
+/// Starts an answer on `server`: its JSON (`id`, `events_url`, `cancel_url`).
+async fn start_answer(server: &Server) -> serde_json::Value {
+    let request =
+        serde_json::json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/generations", server.url()))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+fn kinds(events: &[MessageEvent]) -> Vec<&str> {
+    events.iter().map(|e| &*e.event_type).collect()
+}
+
+/// An answer started on A is read on B (the same events_url path, the token checked against
+/// Redis) and cancelled from B: A's upstream stops and the answer ends as cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_started_on_one_node_is_followed_and_cancelled_from_another() {
+    let redis = RedisServer::start();
+    let store = redis.url();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A slow answer: two tokens a second, so that it is still running when cancelled.
+    let args = ["--store", store.as_str(), "--provider", "scripted"];
+    let slow = [("SLUICE_SCRIPTED_TOKENS_PER_SECOND", "2")];
+    let a = Server::start_with_env(dirs[0].path(), &args, &slow);
+    let b = Server::start_with_env(dirs[1].path(), &args, &slow);
+    let created = start_answer(&a).await;
+    let on_b = |path: &str| format!("{}{}", b.url(), path);
+    let events_url = on_b(created["events_url"].as_str().unwrap());
+    let first = events_until(&events_url, None, |seen| !seen.is_empty()).await;
+    assert_eq!(kinds(&first), ["delta"], "B follows A's answer");
+    let wrong = events_url.replace("token=", "token=0");
+    assert_eq!(reqwest::get(&wrong).await.unwrap().status(), 403, "B checks the token");
+
+    let before = a.metric("sluice_upstream_cancelled_total").await;
+    let cancel = reqwest::Client::new()
+        .post(on_b(created["cancel_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202, "B finds A's live answer");
+    let rest = events_until(&events_url, Some(&first[0].last_event_id), |seen| {
+        seen.last().is_some_and(|e| e.event_type == "end")
+    })
+    .await;
+    assert_eq!(rest.last().unwrap().data, r#"{"finish_reason":"cancelled"}"#);
+    assert!(a.metric("sluice_upstream_cancelled_total").await > before, "A stopped its upstream");
+    let again = reqwest::Client::new()
+        .post(on_b(created["cancel_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "nothing runs any more");
+}
+
+/// The node producing an answer dies: a reader on another node gets `error` then `end`
+/// (the survivors see its lease lapse), never a stream that waits forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_producing_node_dies_its_answer_ends_with_an_error_on_the_others() {
+    let redis = RedisServer::start();
+    let store = redis.url();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let args = ["--store", store.as_str(), "--provider", "scripted"];
+    let slow = [("SLUICE_SCRIPTED_TOKENS_PER_SECOND", "2")];
+    let mut a = Server::start_with_env(dirs[0].path(), &args, &slow);
+    let b = Server::start_with_env(dirs[1].path(), &args, &slow);
+    let created = start_answer(&a).await;
+    let events_url = format!("{}{}", b.url(), created["events_url"].as_str().unwrap());
+    let mut source = EventSource::get(&events_url).reconnect(false).build().unwrap();
+    let mut seen = Vec::new();
+    while seen.is_empty() {
+        if let Some(Ok(Item::Message(event))) = source.next().await {
+            seen.push(event);
+        }
+    }
+    a.kill();
+    let ended = async {
+        while seen.last().is_none_or(|e| e.event_type != "end") {
+            match source.next().await {
+                Some(Ok(Item::Message(event))) => seen.push(event),
+                Some(Ok(_)) => {}
+                other => panic!("the reader's stream broke: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, ended).await.expect("the answer ends on B");
+    let kinds = kinds(&seen);
+    assert_eq!(kinds[kinds.len() - 2..], ["error", "end"], "{seen:?}");
+    assert_eq!(seen.last().unwrap().data, r#"{"finish_reason":"error"}"#);
+}
+
+/// Chaos: subscribers on every node, a publisher spread over the nodes recording what was
+/// acknowledged, while nodes are killed (-9) and restarted and Redis is killed and restarted.
+/// At the end every subscriber has the whole history, each update once, in the store's order,
+/// and every acknowledged update is in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kills_nodes_and_redis_and_loses_nothing() {
+    const NODES: usize = 3;
+    const SUBSCRIBERS_PER_NODE: usize = 2;
+    let mut redis = RedisServer::start();
+    let (servers, _dirs) = nodes(&redis, NODES, &["--retry", "100"]);
+    let servers: Vec<_> = servers.into_iter().map(|s| Arc::new(Mutex::new(s))).collect();
+    let hubs: Vec<String> = servers.iter().map(|s| s.lock().unwrap().hub()).collect();
+    let token = publisher_token();
+
+    // Subscribers: from the start of history, reconnecting on their own, on every node.
+    let received: Vec<Arc<Mutex<Vec<String>>>> =
+        (0..NODES * SUBSCRIBERS_PER_NODE).map(|_| Arc::default()).collect();
+    let mut readers = Vec::new();
+    for (n, sink) in received.iter().enumerate() {
+        let url = format!("{}?topic=/chaos", hubs[n % NODES]);
+        let mut source = EventSource::get(&url)
+            .last_event_id("earliest")
+            .retry(Duration::from_millis(100))
+            .max_backoff(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let sink = Arc::clone(sink);
+        readers.push(tokio::spawn(async move {
+            while let Some(item) = source.next().await {
+                match item {
+                    Ok(Item::Message(event)) => sink.lock().unwrap().push(event.last_event_id),
+                    Ok(_) => {}
+                    Err(error) => panic!("a subscriber stopped for good: {error}"),
+                }
+            }
+        }));
+    }
+
+    // The publisher: round robin over the nodes, recording what each acknowledged.
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publisher = {
+        let (hubs, token, acknowledged, running) =
+            (hubs.clone(), token.clone(), Arc::clone(&acknowledged), Arc::clone(&running));
+        tokio::spawn(async move {
+            let client =
+                reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            let mut n = 0usize;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let hub = &hubs[n % hubs.len()];
+                if let Ok(id) = publish(&client, hub, &token, "/chaos", &format!("{n}")).await {
+                    acknowledged.lock().unwrap().push(id);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                n += 1;
+            }
+        })
+    };
+
+    // The chaos: a node killed and restarted every second or so, Redis every fourth round.
+    for round in 0..16 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let victim = &servers[round % NODES];
+        tokio::task::block_in_place(|| {
+            let mut victim = victim.lock().unwrap();
+            victim.kill();
+            if round % 4 == 3 {
+                redis.kill();
+                std::thread::sleep(Duration::from_millis(300));
+                redis.restart();
+            }
+            victim.restart();
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 50, "only {} acknowledged", acknowledged.len());
+
+    // The whole history, in the store's order, from one node; then everyone must have it.
+    let marker = loop {
+        if let Ok(id) = publish(&reqwest::Client::new(), &hubs[0], &token, "/chaos", "end").await {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let history: Vec<String> =
+        events_until(&format!("{}?topic=/chaos", hubs[0]), Some("earliest"), |seen| {
+            seen.last().is_some_and(|e| e.last_event_id == marker)
+        })
+        .await
+        .into_iter()
+        .map(|e| e.last_event_id)
+        .collect();
+    let kept: HashSet<&String> = history.iter().collect();
+    assert_eq!(kept.len(), history.len(), "the history holds each update once");
+    for id in &acknowledged {
+        assert!(kept.contains(id), "acknowledged {id} is not in the history");
+    }
+    let caught_up = async {
+        loop {
+            let done = received.iter().all(|r| r.lock().unwrap().last() == Some(&marker));
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, caught_up).await.expect("every subscriber catches up");
+    for (n, sink) in received.iter().enumerate() {
+        assert_eq!(*sink.lock().unwrap(), history, "subscriber {n}: every update once, in order");
+    }
+    for reader in readers {
+        reader.abort();
+    }
+}
