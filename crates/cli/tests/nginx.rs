@@ -65,7 +65,7 @@ impl Nginx {
             .into_iter()
             .find(|p| Command::new(p).arg("-v").stderr(Stdio::null()).status().is_ok())
             .expect("nginx runs (scripts/setup.sh installs it)");
-        let child = Command::new(nginx)
+        let mut child = Command::new(nginx)
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
@@ -80,6 +80,8 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("nginx did not start on {port}");
     }
 
