@@ -72,8 +72,10 @@ bench: setup
 ## Coverage-guided fuzzing of every parser of untrusted input (FUZZ_SECONDS per target, default
 ## 60): the SSE decoder, topic selectors, the publish form, token extraction, chat requests,
 ## GGUF headers. Not part of `make test`; the committed corpora are replayed by ordinary tests.
-fuzz: setup
+fuzz: setup test-build
 	bash scripts/fuzz.sh
+	SLUICE_BIN=$(SLUICE_TEST_BIN) SLUICE_API_FUZZ_EXAMPLES=$(or $(API_FUZZ_EXAMPLES),500) \
+		.venv/bin/python -m pytest -q tests/python/test_api_schema.py
 
 ## A soak, not part of `make test`: SOAK_SECONDS (default 600) of churning subscribers,
 ## publishing, chat streams and cancelled answers against a release `sluice serve`, its RSS and
