@@ -129,6 +129,15 @@ struct HubArgs {
     /// The pid of the server at --url, for its CPU and RSS.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// Another node of the same hub (repeatable): subscribers are spread over --url and these.
+    #[arg(long = "also-url", value_name = "URL", requires = "url")]
+    also_urls: Vec<String>,
+    /// The pid of another node (repeatable): counted in the server's CPU and RSS.
+    #[arg(long = "also-pid", value_name = "PID")]
+    also_pids: Vec<u32>,
+    /// One more process whose CPU to report per step (the nodes' Redis).
+    #[arg(long, value_name = "PID")]
+    watch_pid: Option<u32>,
     /// Concurrent publishing connections.
     #[arg(long, default_value_t = 4, value_name = "N")]
     publishers: usize,
@@ -288,9 +297,17 @@ async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
         }
         _ => bail!("give either --url or --spawn-server"),
     };
+    let other_nodes = args
+        .also_urls
+        .iter()
+        .map(|url| url.parse().with_context(|| format!("--also-url {url:?}")))
+        .collect::<anyhow::Result<_>>()?;
     let bench = HubBench {
         server,
         server_pid: args.server_pid,
+        other_nodes,
+        other_pids: args.also_pids.clone(),
+        watch_pid: args.watch_pid,
         subscribers: args.subscribers,
         topic: args.topic,
         rates: args.rate,

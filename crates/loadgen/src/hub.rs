@@ -69,6 +69,13 @@ pub struct HubBench {
     pub server: ServerTarget,
     /// The pid of a running server (with [`ServerTarget::Url`]), for its CPU and RSS.
     pub server_pid: Option<u32>,
+    /// Other nodes of the same hub (sharing its store): subscribers are spread over the
+    /// server and these, worker by worker; updates are published to the server.
+    pub other_nodes: Vec<Url>,
+    /// The other nodes' pids: their CPU and RSS count as the server's.
+    pub other_pids: Vec<u32>,
+    /// One more process to watch (the nodes' Redis, say): its CPU is reported per step.
+    pub watch_pid: Option<u32>,
     /// This binary, to re-execute as a worker.
     pub worker_program: PathBuf,
     /// The arguments that make it a worker (`bench hub-worker`).
@@ -115,6 +122,9 @@ impl HubBench {
                 Url::parse("http://127.0.0.1:8080/.well-known/mercure").expect("a valid URL"),
             ),
             server_pid: None,
+            other_nodes: Vec::new(),
+            other_pids: Vec::new(),
+            watch_pid: None,
             worker_program,
             worker_args,
             subscribers: 1_000,
@@ -155,6 +165,7 @@ impl HubBench {
         if let ServerTarget::Url(url) = &self.server {
             loopback_addr(url)?;
         }
+        self.other_nodes.iter().try_for_each(|url| loopback_addr(url).map(drop))?;
         Ok(())
     }
 
@@ -177,10 +188,13 @@ impl HubBench {
                 (url, pid)
             }
         };
-        let addr = loopback_addr(&url)?;
+        let nodes: Vec<Url> =
+            std::iter::once(url.clone()).chain(self.other_nodes.iter().cloned()).collect();
+        let server_pids: Vec<u32> =
+            server_pid.into_iter().chain(self.other_pids.iter().copied()).collect();
         let server_cpus = server_pid.and_then(procfs::allowed_cpus);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss_before = server_pid.and_then(ProcSample::read).map(|s| s.rss_kib);
+        let rss_before = servers_sample(&server_pids).map(|s| s.rss_kib);
 
         // The workers.
         let processes = match self.processes {
@@ -199,10 +213,12 @@ impl HubBench {
         for index in 0..processes {
             let share = self.subscribers / processes as u64
                 + u64::from((index as u64) < self.subscribers % processes as u64);
+            let node = &nodes[index % nodes.len()];
+            let addr = loopback_addr(node)?;
             let config = WorkerConfig {
                 addr,
                 host: addr.to_string(),
-                path_and_query: subscribe_path(&url, &self.topic),
+                path_and_query: subscribe_path(node, &self.topic),
                 token: self.subscribe_token.clone(),
                 subscribers: share,
                 connect_concurrency: self.connect_concurrency,
@@ -213,7 +229,13 @@ impl HubBench {
             };
             workers.push(self.spawn_worker(index, &config, Arc::clone(&aggregate)).await?);
         }
-        let mut monitor = Monitor::new(server_pid, &workers, Arc::clone(&aggregate), self.progress);
+        let mut monitor = Monitor::new(
+            server_pids.clone(),
+            self.watch_pid,
+            &workers,
+            Arc::clone(&aggregate),
+            self.progress,
+        );
 
         // Connect everyone.
         let deadline = connect_started + self.connect_deadline;
@@ -253,7 +275,7 @@ impl HubBench {
         };
         monitor.sleep(self.settle, "settle", None).await;
         let idle_totals = aggregate.lock().unwrap().totals();
-        let rss_idle = server_pid.and_then(ProcSample::read).map(|s| s.rss_kib);
+        let rss_idle = servers_sample(&server_pids).map(|s| s.rss_kib);
         let idle = IdleResult {
             subscribers: idle_totals.connected,
             server_rss_before_kib: rss_before,
@@ -324,6 +346,7 @@ impl HubBench {
             machine,
             loadavg_end: read_loadavg(),
             url: url.to_string(),
+            nodes: nodes.len(),
             open_file_limit: open_files,
             subscribers: self.subscribers,
             topic: self.topic.clone(),
@@ -391,9 +414,16 @@ impl Worker {
     }
 }
 
+/// The summed sample of the server processes (one node, or every node of a hub).
+fn servers_sample(pids: &[u32]) -> Option<ProcSample> {
+    let samples: Vec<ProcSample> = pids.iter().filter_map(|&pid| ProcSample::read(pid)).collect();
+    (samples.len() == pids.len()).then(|| procfs::sum(&samples)).flatten()
+}
+
 /// Samples the processes, prints progress.
 struct Monitor {
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
+    watch_pid: Option<u32>,
     loadgen_pids: Vec<u32>,
     aggregate: Arc<Mutex<Aggregate>>,
     print: bool,
@@ -406,13 +436,15 @@ struct Monitor {
 struct Snapshot {
     at: Instant,
     server: Option<ProcSample>,
+    watched: Option<ProcSample>,
     loadgen: Option<ProcSample>,
     totals: WorkerReport,
 }
 
 impl Monitor {
     fn new(
-        server_pid: Option<u32>,
+        server_pids: Vec<u32>,
+        watch_pid: Option<u32>,
         workers: &[Worker],
         aggregate: Arc<Mutex<Aggregate>>,
         print: bool,
@@ -420,7 +452,8 @@ impl Monitor {
         let mut loadgen_pids = vec![std::process::id()];
         loadgen_pids.extend(workers.iter().filter_map(|w| w.child.id()));
         Monitor {
-            server_pid,
+            server_pids,
+            watch_pid,
             loadgen_pids,
             aggregate,
             print,
@@ -434,7 +467,8 @@ impl Monitor {
             self.loadgen_pids.iter().filter_map(|&pid| ProcSample::read(pid)).collect();
         Snapshot {
             at: Instant::now(),
-            server: self.server_pid.and_then(ProcSample::read),
+            server: servers_sample(&self.server_pids),
+            watched: self.watch_pid.and_then(ProcSample::read),
             loadgen: procfs::sum(&loadgen),
             totals: self.aggregate.lock().unwrap().totals(),
         }
@@ -603,6 +637,8 @@ pub struct StepResult {
     pub server_cpu_percent: Option<f64>,
     /// Load generator CPU (coordinator + workers) over the step, % of one core.
     pub loadgen_cpu_percent: Option<f64>,
+    /// The watched process's CPU (the nodes' Redis) over the step, % of one core.
+    pub watched_cpu_percent: Option<f64>,
     /// Server RSS at the end of the step, KiB.
     pub server_rss_kib: Option<u64>,
     /// The server's write system calls per second over the step (`/proc/<pid>/io`).
@@ -637,6 +673,7 @@ impl StepResult {
             max_ms: 0.0,
             server_cpu_percent: cpu(&after.server, &before.server),
             loadgen_cpu_percent: cpu(&after.loadgen, &before.loadgen),
+            watched_cpu_percent: cpu(&after.watched, &before.watched),
             server_rss_kib: after.server.map(|s| s.rss_kib),
             server_writes_per_second: match (after.server, before.server) {
                 (Some(a), Some(b)) => a
@@ -678,6 +715,8 @@ pub struct HubResults {
     pub loadavg_end: String,
     /// The hub URL.
     pub url: String,
+    /// Nodes the subscribers were spread over (1 for a single server).
+    pub nodes: usize,
     /// The load generator's open-file limit.
     pub open_file_limit: u64,
     /// Subscribers asked for.
@@ -712,9 +751,10 @@ pub fn summary(results: &HubResults) -> String {
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
     let mib = |kib: Option<u64>| opt(kib.map(|k| k as f64 / 1024.0), 1);
     out.push_str(&format!(
-        "{} subscribers on one topic, {}-byte messages, {} worker process(es); server CPUs {}, \
-         load generator CPUs {}; {} CPUs ({}), load average at start {}\n\n",
+        "{} subscribers on one topic over {} node(s), {}-byte messages, {} worker process(es); \
+         server CPUs {}, load generator CPUs {}; {} CPUs ({}), load average at start {}\n\n",
         results.subscribers,
+        results.nodes,
         results.message_size,
         results.processes,
         results.server_cpus.as_deref().unwrap_or("?"),
@@ -744,8 +784,9 @@ pub fn summary(results: &HubResults) -> String {
     ));
     out.push_str(
         "| publish/s | published | deliveries/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms \
-         | server CPU | loadgen CPU | server writes/s | events/write | server RSS MiB | errors |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | server CPU | loadgen CPU | watched CPU | server writes/s | events/write | server RSS MiB \
+         | errors |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for s in &results.steps {
         let delivered = if s.expected > 0 {
@@ -754,7 +795,7 @@ pub fn summary(results: &HubResults) -> String {
             "-".to_owned()
         };
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {}% | {}% | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {}% | {}% | {}% | {} | {} | {} | {} |\n",
             s.rate,
             s.published,
             s.deliveries_per_second,
@@ -765,6 +806,7 @@ pub fn summary(results: &HubResults) -> String {
             s.max_ms,
             opt(s.server_cpu_percent, 0),
             opt(s.loadgen_cpu_percent, 0),
+            opt(s.watched_cpu_percent, 0),
             opt(s.server_writes_per_second, 0),
             opt(
                 s.server_writes_per_second
