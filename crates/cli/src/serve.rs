@@ -19,7 +19,7 @@ use sluice_hub::{
     Fanout, Hub, HubConfig, Limits, MemoryStore, RedisConfig, RedisStore, SqliteConfig,
     SqliteStore, Store,
 };
-use sluice_server::{AppState, Config, Timeouts, Verifier};
+use sluice_server::{AppState, CertificateSource, Config, Timeouts, Tls, Verifier};
 
 use crate::providers::{ModelSettings, ProviderConfig, ScriptedConfig, UpstreamTimeouts};
 
@@ -165,6 +165,16 @@ pub(crate) struct Args {
     /// Most variables in one URI template selector [default: 16].
     #[arg(long, env = "SLUICE_MAX_TEMPLATE_VARIABLES", value_name = "N")]
     max_template_variables: Option<usize>,
+    /// A PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN). Re-read on SIGHUP.
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate made at start for localhost and 127.0.0.1 (written to
+    /// sluice-data/tls/self-signed.pem, so that clients can be told to trust it).
+    #[arg(long, env = "SLUICE_TLS_SELF_SIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", conflicts_with = "tls_cert")]
+    tls_self_signed: Option<bool>,
     /// Upstream providers (`[[providers]]` tables; only in the settings file).
     #[arg(skip)]
     providers: Vec<ProviderConfig>,
@@ -237,6 +247,48 @@ fn survive_file_size_limit() {
         Ok(stream) => drop(stream),
         Err(error) => tracing::warn!(%error, "cannot take SIGXFSZ"),
     }
+}
+
+/// The TLS the settings ask for, if any; a SIGHUP re-reads its certificate files.
+fn tls(args: &Args) -> anyhow::Result<Option<Arc<Tls>>> {
+    let source = match (&args.tls_cert, &args.tls_key, args.tls_self_signed.unwrap_or(false)) {
+        (Some(cert), Some(key), _) => {
+            CertificateSource::Files { cert: cert.clone(), key: key.clone() }
+        }
+        (None, None, true) => CertificateSource::SelfSigned {
+            cert_out: PathBuf::from("sluice-data/tls/self-signed.pem"),
+        },
+        (None, None, false) => return Ok(None),
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let tls = Arc::new(Tls::new(source)?);
+    if let CertificateSource::SelfSigned { cert_out } = tls.source() {
+        eprintln!(
+            "sluice: HTTPS with a self-signed certificate for localhost and 127.0.0.1, written to {0}.\n\
+             \x20 trust it for one command: curl --cacert {0} https://{1}/healthz\n\
+             \x20 in a browser: import {0} as a trusted authority (Chromium: Settings, Privacy and\n\
+             \x20 security, Security, Manage certificates), or accept the warning once per site",
+            cert_out.display(),
+            args.listen.map_or_else(|| "127.0.0.1:8080".to_owned(), |a| a.to_string()),
+        );
+    }
+    let reloading = Arc::clone(&tls);
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reloading.reload() {
+                Ok(()) => tracing::info!("SIGHUP: the TLS certificate was re-read"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: the TLS certificate was not re-read; the old one stays")
+                }
+            }
+        }
+    });
+    Ok(Some(tls))
 }
 
 /// Seconds as a duration, or the default.
@@ -326,6 +378,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             idle_connection: seconds(args.idle_timeout, timeouts.idle_connection),
             write: seconds(args.write_timeout, timeouts.write),
         },
+        tls: tls(&args)?,
     };
     let hub_defaults = HubConfig::default();
     let limits = hub_defaults.limits;

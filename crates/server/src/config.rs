@@ -8,6 +8,7 @@ use sluice_llm::Router;
 
 use crate::auth::Verifier;
 use crate::conn::Timeouts;
+use crate::tls::Tls;
 
 /// Everything the HTTP layer needs to know.
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ pub struct Config {
     pub generation_grace: Duration,
     /// How long a client may make the server wait (see [`Timeouts`]).
     pub timeouts: Timeouts,
+    /// TLS, and with it HTTP/2 by ALPN (without it: HTTP/1.1, and HTTP/2 with prior
+    /// knowledge, as a proxy in front may speak).
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             requests_per_minute: None,
             generation_grace: Duration::from_secs(30),
             timeouts: Timeouts::default(),
+            tls: None,
         }
     }
 }

@@ -163,9 +163,27 @@ enum Waiting {
     InHead,
 }
 
+/// A connection's byte stream: TCP, or TLS over TCP.
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Makes closing reset the connection: the kernel drops what it still had to send.
+    fn reset_on_close(&self);
+}
+
+impl Socket for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        let _ = self.get_ref().0.set_zero_linger();
+    }
+}
+
 /// A socket with the bounds of the [module docs](self).
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     control: Arc<Control>,
     timeouts: Timeouts,
     waiting: Waiting,
@@ -178,8 +196,8 @@ struct Conn {
     _slot: Slot,
 }
 
-impl Conn {
-    fn new(stream: TcpStream, control: Arc<Control>, timeouts: Timeouts, slot: Slot) -> Self {
+impl<S: Socket> Conn<S> {
+    fn new(stream: S, control: Arc<Control>, timeouts: Timeouts, slot: Slot) -> Self {
         Conn {
             stream,
             control,
@@ -197,7 +215,7 @@ impl Conn {
             return None;
         }
         // Reset rather than close: the peer will not read what is queued, so do not keep it.
-        let _ = self.stream.set_zero_linger();
+        self.stream.reset_on_close();
         Some(io::Error::new(io::ErrorKind::ConnectionAborted, "hung up by the server"))
     }
 
@@ -248,7 +266,7 @@ impl Conn {
     }
 }
 
-impl AsyncRead for Conn {
+impl<S: Socket> AsyncRead for Conn<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -272,7 +290,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl<S: Socket> AsyncWrite for Conn<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -362,10 +380,47 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// How a [`serve_router`] call is set up.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ServeConfig {
     pub(crate) max_connections: usize,
     pub(crate) timeouts: Timeouts,
+    /// TLS (and so HTTP/2 by ALPN); without it, HTTP/1.1 and HTTP/2 with prior knowledge.
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+}
+
+/// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.
+async fn serve_connection<S: Socket>(
+    stream: S,
+    addr: SocketAddr,
+    slot: Slot,
+    app: Router,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    timeouts: Timeouts,
+) {
+    let control = Arc::new(Control::default());
+    let io = TokioIo::new(Conn::new(stream, Arc::clone(&control), timeouts, slot));
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
+        // Over HTTP/2 one connection carries many streams: never hang them all up for one.
+        if request.version() < axum::http::Version::HTTP_2 {
+            request.extensions_mut().insert(ConnHandle(Arc::clone(&control)));
+        }
+        let in_flight = InFlight::start(&control);
+        let response = app.clone().oneshot(request);
+        async move {
+            let response: Response<Body> = response.await?;
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| Tracked { body, _in_flight: in_flight }),
+            )
+        }
+    });
+    let connection =
+        watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, runs
@@ -411,30 +466,19 @@ pub(crate) async fn serve_router(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let control = Arc::new(Control::default());
-        let io = TokioIo::new(Conn::new(stream, Arc::clone(&control), config.timeouts, slot));
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let mut request = request.map(Body::new);
-            request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
-            // Over HTTP/2 one connection carries many streams: never hang them all up for one.
-            if request.version() < axum::http::Version::HTTP_2 {
-                request.extensions_mut().insert(ConnHandle(Arc::clone(&control)));
-            }
-            let in_flight = InFlight::start(&control);
-            let response = app.clone().oneshot(request);
-            async move {
-                let response: Response<Body> = response.await?;
-                Ok::<_, std::convert::Infallible>(
-                    response.map(|body| Tracked { body, _in_flight: in_flight }),
-                )
-            }
-        });
-        let connection =
-            graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+        let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+        let (timeouts, tls) = (config.timeouts, config.tls.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
+            let Some(tls) = tls else {
+                return serve_connection(stream, addr, slot, app, builder, watcher, timeouts).await;
+            };
+            // The handshake is part of the request head's wait.
+            match tokio::time::timeout(timeouts.request_head, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, addr, slot, app, builder, watcher, timeouts).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "a TLS handshake failed"),
+                Err(_) => count_timeout("request_head"),
             }
         });
     }

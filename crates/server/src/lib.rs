@@ -43,6 +43,7 @@ mod state;
 mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 mod ui;
 mod wire;
 
@@ -63,6 +64,7 @@ pub use error::ApiError;
 pub use mercure::HUB_PATH;
 pub use state::AppState;
 pub use telemetry::prometheus;
+pub use tls::{CertificateSource, Tls, TlsError};
 
 /// The longest request target (path and query) answered; past it, 414. (The `http` crate
 /// cannot hold a target of 64 KiB or more: hyper answers those itself, with an empty 414.)
@@ -175,6 +177,7 @@ pub async fn serve(
     let config = conn::ServeConfig {
         max_connections: state.config().max_connections,
         timeouts: state.config().timeouts,
+        tls: state.config().tls.clone(),
     };
     let stopping = state.clone();
     let on_shutdown = async move {

@@ -1,0 +1,191 @@
+//! HTTPS and HTTP/2: TLS from certificate files (re-read in place), HTTP/2 by ALPN and with
+//! prior knowledge, event streams over HTTP/2 (unbuffered, kept alive), and an HTTP/2 stream
+//! reset cancelling the upstream like a closed connection does.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{StatusCode, Version};
+use sluice_hub::HubConfig;
+use sluice_llm::{Attempts, Router, Script, Scripted};
+use sluice_server::{CertificateSource, Config, Grant, Tls, Verifier, mint_hs256};
+
+const SECRET: &[u8] = b"transport secret";
+
+/// A certificate for 127.0.0.1 written to `dir` as `{name}.pem` and `{name}.key`.
+fn certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key, made.cert.pem())
+}
+
+fn client_trusting(pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap()
+}
+
+fn scripted(tokens_per_second: f64) -> (Arc<Scripted>, Router) {
+    let scripted =
+        Arc::new(Scripted::new("scripted", Script { tokens_per_second, ..Script::default() }));
+    let mut router = Router::new();
+    router.add(scripted.clone(), vec!["scripted".into()], Attempts::default());
+    (scripted, router)
+}
+
+fn config(router: Router, tls: Option<Arc<Tls>>) -> Config {
+    Config {
+        publisher: Some(Verifier::hs256(SECRET)),
+        anonymous: true,
+        keep_alive: Duration::from_millis(300),
+        models: Arc::new(router),
+        tls,
+        ..Config::default()
+    }
+}
+
+/// Reads a response body until `needle` has arrived (bounded).
+async fn read_until(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    needle: &str,
+) -> String {
+    let mut seen = String::new();
+    let read = async {
+        while !seen.contains(needle) {
+            let chunk = body.next().await.expect("the stream ended").unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("it arrives");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_speaks_http2_by_alpn_and_streams_events_unbuffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = certificate(dir.path(), "a");
+    let tls = Arc::new(Tls::new(CertificateSource::Files { cert, key }).unwrap());
+    let (_scripted, router) = scripted(0.0);
+    let server = common::serve(config(router, Some(tls)), HubConfig::default()).await;
+    let base = server.url.replace("http://", "https://");
+    let client = client_trusting(&pem);
+
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.version(), Version::HTTP_2, "h2 is chosen by ALPN");
+    let old = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    assert_eq!(
+        old.get(format!("{base}/healthz")).send().await.unwrap().version(),
+        Version::HTTP_11
+    );
+
+    // An event stream over HTTP/2: each update arrives before the next is published, and
+    // keep-alive comments flow while nothing happens.
+    let subscription =
+        client.get(format!("{base}/.well-known/mercure?topic=/h2")).send().await.unwrap();
+    assert_eq!(subscription.version(), Version::HTTP_2);
+    let mut body = subscription.bytes_stream();
+    read_until(&mut body, ":").await;
+    let token = mint_hs256(SECRET, &Grant { publish: vec!["*".into()], ..Grant::default() });
+    for n in 0..3 {
+        let published = client
+            .post(format!("{base}/.well-known/mercure"))
+            .bearer_auth(&token)
+            .form(&[("topic", "/h2"), ("data", &format!("update {n}"))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), StatusCode::OK);
+        read_until(&mut body, &format!("data: update {n}\n\n")).await;
+    }
+    let idle = read_until(&mut body, ":\n").await;
+    assert!(idle.starts_with(":"), "a keep-alive comment while idle: {idle:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_on_the_cleartext_port() {
+    let (_scripted, router) = scripted(0.0);
+    let server = common::serve(config(router, None), HubConfig::default()).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = client.get(format!("{}/healthz", server.url)).send().await.unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// A client that stops reading an answer over HTTP/2 resets its stream (RST_STREAM), not the
+/// connection: the upstream is cancelled at once, and the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_reset_cancels_the_upstream() {
+    let (scripted, router) = scripted(5.0);
+    let server = common::serve(config(router, None), HubConfig::default()).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let body = serde_json::json!({"model": "scripted", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let response = client
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    let mut chunks = response.bytes_stream();
+    read_until(&mut chunks, "data: ").await;
+    drop(chunks);
+    let cancelled = async {
+        while scripted.stats().cancelled() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), cancelled)
+        .await
+        .expect("the upstream is cancelled");
+    let next = client.get(format!("{}/healthz", server.url)).send().await.unwrap();
+    assert_eq!(next.status(), StatusCode::OK, "the connection serves on");
+}
+
+/// New certificate files take effect without a restart once the server re-reads them (what
+/// `sluice serve` does on SIGHUP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_presented_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, old_pem) = certificate(dir.path(), "live");
+    let tls = Arc::new(
+        Tls::new(CertificateSource::Files { cert: cert.clone(), key: key.clone() }).unwrap(),
+    );
+    let (_scripted, router) = scripted(0.0);
+    let server = common::serve(config(router, Some(Arc::clone(&tls))), HubConfig::default()).await;
+    let base = server.url.replace("http://", "https://");
+    assert!(client_trusting(&old_pem).get(format!("{base}/healthz")).send().await.is_ok());
+
+    let (new_cert, new_key, new_pem) = certificate(dir.path(), "renewed");
+    std::fs::rename(new_cert, &cert).unwrap();
+    std::fs::rename(new_key, &key).unwrap();
+    assert!(
+        client_trusting(&new_pem).get(format!("{base}/healthz")).send().await.is_err(),
+        "not before the reload"
+    );
+    tls.reload().unwrap();
+    let renewed = client_trusting(&new_pem).get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(renewed.status(), StatusCode::OK);
+    assert!(client_trusting(&old_pem).get(format!("{base}/healthz")).send().await.is_err());
+
+    std::fs::write(&key, "not a key").unwrap();
+    assert!(tls.reload().is_err(), "a broken file is refused…");
+    let still = client_trusting(&new_pem).get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(still.status(), StatusCode::OK, "…and the certificate in use stays");
+}
