@@ -283,7 +283,7 @@ fn tls(args: &Args) -> anyhow::Result<Option<Arc<Tls>>> {
             match reloading.reload() {
                 Ok(()) => tracing::info!("SIGHUP: the TLS certificate was re-read"),
                 Err(error) => {
-                    tracing::error!(%error, "SIGHUP: the TLS certificate was not re-read; the old one stays")
+                    tracing::error!(%error, "SIGHUP: the TLS certificate was not re-read; the old one stays");
                 }
             }
         }
