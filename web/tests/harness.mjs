@@ -38,6 +38,18 @@ export function freePort() {
   });
 }
 
+/** Whether something accepts connections on `port`. */
+function listening(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
 /** Polls `check` until it returns something truthy, which is returned. */
 export async function waitFor(check, { timeout = 20_000, interval = 25, what = 'condition' } = {}) {
   const deadline = Date.now() + timeout;
@@ -53,7 +65,7 @@ export async function waitFor(check, { timeout = 20_000, interval = 25, what = '
  * Starts `sluice serve --store memory --provider scripted` with the scripted model's knobs
  * (`text`, `tokensPerSecond`, `ttftMs`, `failAfter`) and extra flags; resolves when it answers.
  */
-export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, failAfter, args = [], port } = {}) {
+export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, failAfter, args = [], port, tls = false } = {}) {
   port ??= await freePort();
   const env = { ...process.env };
   for (const key of Object.keys(env)) if (key.startsWith('SLUICE_')) delete env[key];
@@ -64,8 +76,8 @@ export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, fa
   env.RUST_LOG = 'warn';
   const child = spawn(
     SLUICE_BIN,
-    ['serve', '--listen', `127.0.0.1:${port}`, '--store', 'memory', '--provider', 'scripted', '--jwt-secret', SECRET, '--anonymous', ...args],
-    { env, stdio: ['ignore', 'ignore', 'pipe'] },
+    ['serve', '--listen', `127.0.0.1:${port}`, '--store', 'memory', '--provider', 'scripted', '--jwt-secret', SECRET, '--anonymous', ...(tls ? ['--tls-self-signed'] : []), ...args],
+    { env, stdio: ['ignore', 'ignore', 'pipe'], cwd: tls ? await mkdtemp(path.join(os.tmpdir(), 'sluice-tls-')) : undefined },
   );
   children.add(child);
   let log = '';
@@ -73,10 +85,11 @@ export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, fa
     log += d;
   });
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  const origin = `http://127.0.0.1:${port}`;
+  const origin = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   await waitFor(
     async () => {
       if (child.exitCode !== null) throw new Error(`sluice serve exited: ${log}`);
+      if (tls) return listening(port);
       try {
         return (await fetch(`${origin}/healthz`)).ok;
       } catch {
@@ -114,11 +127,12 @@ export async function sluice(...args) {
 }
 
 /** Headless Debian chromium with a fresh profile; `close()` removes the profile. */
-export async function launchBrowser() {
+export async function launchBrowser({ ignoreHTTPSErrors = false } = {}) {
   const profile = await mkdtemp(path.join(os.tmpdir(), 'sluice-web-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
+    ignoreHTTPSErrors,
     viewport: { width: 1280, height: 800 },
     args: [
       '--no-sandbox',

@@ -2,6 +2,7 @@ import { type FormEvent, useEffect, useRef, useState } from 'react';
 
 import type { SseEvent } from '../lib/sse';
 import { useTheme } from '../shared/theme';
+import { limitedToSixStreams } from '../shared/transport';
 import { HubSubscription, type SubscriptionState } from './subscription';
 
 const HUB = '/.well-known/mercure';
@@ -177,6 +178,14 @@ export function Console() {
           {theme.dark ? '☀' : '☾'}
         </button>
       </header>
+
+      {limitedToSixStreams() && (
+        <p className="banner warn" role="status" data-testid="http1-notice">
+          This page came over HTTP/1.1: a browser keeps at most six connections per site, all tabs together, so a seventh
+          live stream waits for one to close. Serve Sluice over HTTPS (<code>--tls-cert</code>, <code>--tls-self-signed</code>)
+          for HTTP/2, where every stream shares one connection.
+        </p>
+      )}
 
       <div className="panels">
         <section className="panel" aria-labelledby="sub-title">
