@@ -67,6 +67,19 @@ pub(crate) struct Args {
         hide_env_values = true
     )]
     subscriber_jwt_secret: Option<String>,
+    /// Issuers whose draft-08 access tokens are trusted (their exact `iss`) [default: sluice,
+    /// the issuer `sluice token --access` writes].
+    #[arg(long, env = "SLUICE_JWT_ISSUER", value_name = "ISSUER", value_delimiter = ',')]
+    jwt_issuer: Vec<String>,
+    /// The audience draft-08 access tokens must name [default: the hub's URL, --hub-url or
+    /// as each request names it].
+    #[arg(long, env = "SLUICE_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// The hub's public URL, e.g. https://hub.example/.well-known/mercure: the base of
+    /// relative URL patterns and topics, and the default audience [default: the URL each
+    /// request was sent to].
+    #[arg(long, env = "SLUICE_HUB_URL", value_name = "URL")]
+    hub_url: Option<url::Url>,
     /// PEM file of an RSA public key: tokens are RS256 and verified with it.
     #[arg(long, env = "SLUICE_JWT_PUBLIC_KEY", value_name = "FILE")]
     jwt_public_key: Option<PathBuf>,
@@ -317,14 +330,25 @@ fn connection_limit(asked: Option<usize>) -> usize {
     }
 }
 
-fn verifiers(args: &Args) -> anyhow::Result<(Option<Verifier>, Option<Verifier>)> {
+fn verifiers(args: &Args, limits: Limits) -> anyhow::Result<(Option<Verifier>, Option<Verifier>)> {
+    let audience =
+        args.jwt_audience.clone().or_else(|| args.hub_url.as_ref().map(|u| u.to_string()));
+    let policy = |verifier: Verifier| {
+        verifier
+            .trusting(args.jwt_issuer.clone())
+            .for_audience(audience.clone())
+            .with_limits(limits)
+    };
     if let Some(path) = &args.jwt_public_key {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let verifier = Verifier::rs256_pem(&pem)?;
+        let verifier = policy(Verifier::rs256_pem(&pem)?);
         return Ok((Some(verifier.clone()), Some(verifier)));
     }
     let key = |specific: &Option<String>| {
-        specific.as_ref().or(args.jwt_secret.as_ref()).map(|s| Verifier::hs256(s.as_bytes()))
+        specific
+            .as_ref()
+            .or(args.jwt_secret.as_ref())
+            .map(|s| policy(Verifier::hs256(s.as_bytes())))
     };
     Ok((key(&args.publisher_jwt_secret), key(&args.subscriber_jwt_secret)))
 }
@@ -335,12 +359,29 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     survive_file_size_limit();
     let file = read_file(args.config.as_deref())?;
     let args = args.merge(file)?;
-    let (publisher, subscriber) = verifiers(&args)?;
+    let hub_defaults = HubConfig::default();
+    let limits = hub_defaults.limits;
+    let hub_config = HubConfig {
+        queue_capacity: args.queue_capacity.unwrap_or(hub_defaults.queue_capacity),
+        limits: Limits {
+            max_topic_length: args.max_topic_length.unwrap_or(limits.max_topic_length),
+            max_topics_per_update: args
+                .max_topics_per_update
+                .unwrap_or(limits.max_topics_per_update),
+            max_template_length: args.max_template_length.unwrap_or(limits.max_template_length),
+            max_template_variables: args
+                .max_template_variables
+                .unwrap_or(limits.max_template_variables),
+        },
+        ..hub_defaults
+    };
+    let (publisher, subscriber) = verifiers(&args, hub_config.limits)?;
     let defaults = Config::default();
     let timeouts = Timeouts::default();
     let upstream = UpstreamTimeouts::default();
     let config = Config {
         anonymous: args.anonymous.unwrap_or(subscriber.is_none()),
+        hub_url: args.hub_url.clone(),
         publisher,
         subscriber,
         cors_origins: args.cors_origins.clone(),
@@ -379,22 +420,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             write: seconds(args.write_timeout, timeouts.write),
         },
         tls: tls(&args)?,
-    };
-    let hub_defaults = HubConfig::default();
-    let limits = hub_defaults.limits;
-    let hub_config = HubConfig {
-        queue_capacity: args.queue_capacity.unwrap_or(hub_defaults.queue_capacity),
-        limits: Limits {
-            max_topic_length: args.max_topic_length.unwrap_or(limits.max_topic_length),
-            max_topics_per_update: args
-                .max_topics_per_update
-                .unwrap_or(limits.max_topics_per_update),
-            max_template_length: args.max_template_length.unwrap_or(limits.max_template_length),
-            max_template_variables: args
-                .max_template_variables
-                .unwrap_or(limits.max_template_variables),
-        },
-        ..hub_defaults
     };
 
     let fanout = Fanout::new();

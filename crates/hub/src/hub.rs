@@ -45,7 +45,7 @@ pub struct Limits {
     pub max_topic_length: usize,
     /// The most topics one update may have (the canonical one and its alternates).
     pub max_topics_per_update: usize,
-    /// The longest URI template selector, in characters.
+    /// The longest URI template or URL pattern selector, in characters.
     pub max_template_length: usize,
     /// The most variables in one URI template selector.
     pub max_template_variables: usize,
@@ -83,7 +83,7 @@ pub enum LimitError {
         max: usize,
     },
     /// A template longer than `max_template_length`.
-    #[error("a URI template selector is {len} characters long; at most {max} are allowed")]
+    #[error("a URI template or URL pattern is {len} characters long; at most {max} are allowed")]
     TemplateTooLong {
         /// Its length.
         len: usize,

@@ -48,6 +48,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod update;
+mod url_pattern;
 
 pub use hub::{
     Cursor, Deliveries, Delivery, Fanout, Hub, HubConfig, LimitError, Limits, PublishError,

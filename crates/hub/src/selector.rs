@@ -1,4 +1,6 @@
-//! Mercure topic selectors: `*`, exact topics and RFC 6570 URI templates.
+//! Mercure topic selectors: `*`, exact topics and RFC 6570 URI templates (draft-07's
+//! `topic=`), and draft-08's matchers: exact (`match=`) and URL patterns
+//! (`match_urlpattern=`, see [`Selector::url_pattern`]).
 //!
 //! ```
 //! use sluice_hub::selector::Selector;
@@ -110,11 +112,17 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
+use std::sync::Arc;
 
-/// A compiled topic selector: `*`, an exact topic, or an RFC 6570 URI template.
+use url::Url;
+
+use crate::url_pattern::UrlPatternMatcher;
+
+/// A compiled topic selector: `*`, an exact topic, an RFC 6570 URI template, or a URL
+/// pattern.
 ///
-/// Two selectors are equal when their source texts are equal. See the [module
-/// documentation](self) for the matching rules.
+/// Two selectors are equal when they are of the same kind with the same source text (and, for
+/// URL patterns, the same base). See the [module documentation](self) for the matching rules.
 #[derive(Clone)]
 pub struct Selector {
     source: Box<str>,
@@ -126,6 +134,19 @@ enum Kind {
     Any,
     Exact,
     Template(Template),
+    UrlPattern(Arc<UrlPatternMatcher>),
+}
+
+impl Kind {
+    /// Tells the kinds apart for equality and hashing.
+    fn tag(&self) -> (u8, Option<&str>) {
+        match self {
+            Kind::Any => (0, None),
+            Kind::Exact => (1, None),
+            Kind::Template(_) => (2, None),
+            Kind::UrlPattern(matcher) => (3, Some(matcher.base().as_str())),
+        }
+    }
 }
 
 /// Why a selector is not a valid URI template. Offsets are byte offsets into the selector.
@@ -181,6 +202,12 @@ pub enum SelectorError {
         /// Where it is.
         offset: usize,
     },
+    /// Not a valid URL pattern.
+    #[error("invalid URL pattern: {reason}")]
+    InvalidUrlPattern {
+        /// What the URL Pattern parser found wrong.
+        reason: String,
+    },
 }
 
 impl Selector {
@@ -199,8 +226,46 @@ impl Selector {
         Ok(Selector { source: text.into(), kind })
     }
 
-    /// Whether `topic` is selected: always for `*`; when equal to the selector's text; and,
-    /// for a template, when the template could expand to `topic`.
+    /// A draft-08 exact matcher (`match=`, `match_exact=`, or a token's topic without
+    /// `match_type`): `*` is the wildcard, any other text a topic compared byte for byte,
+    /// braces included (draft-08 has no URI templates).
+    pub fn exact_match(text: &str) -> Selector {
+        let kind = if text == "*" { Kind::Any } else { Kind::Exact };
+        Selector { source: text.into(), kind }
+    }
+
+    /// A draft-08 URL pattern matcher (`match_urlpattern=`): `*` is the wildcard, any other
+    /// text a WHATWG URL pattern. A relative pattern, and a relative topic when matching,
+    /// resolve against `base`, the hub's URL.
+    ///
+    /// ```
+    /// use sluice_hub::selector::Selector;
+    ///
+    /// let hub = "https://hub.example/.well-known/mercure".parse()?;
+    /// let books = Selector::url_pattern("https://example.com/books/:id", &hub)?;
+    /// assert!(books.matches("https://example.com/books/1"));
+    /// assert!(books.matches("https://EXAMPLE.com/books/1?page=2"));
+    /// assert!(!books.matches("https://example.com/books/1/reviews"));
+    /// assert!(!books.matches("https://example.com/Books/1"));
+    ///
+    /// let events = Selector::url_pattern("/.well-known/mercure/subscriptions/*", &hub)?;
+    /// assert!(events.matches("/.well-known/mercure/subscriptions/exact/a/b"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn url_pattern(text: &str, base: &Url) -> Result<Selector, SelectorError> {
+        let kind = if text == "*" {
+            Kind::Any
+        } else {
+            let matcher = UrlPatternMatcher::compile(text, base)
+                .map_err(|reason| SelectorError::InvalidUrlPattern { reason })?;
+            Kind::UrlPattern(Arc::new(matcher))
+        };
+        Ok(Selector { source: text.into(), kind })
+    }
+
+    /// Whether `topic` is selected: always for `*`; when equal to the selector's text; for a
+    /// template, when the template could expand to `topic`; for a URL pattern, when the
+    /// pattern matches the topic as a URL.
     pub fn matches(&self, topic: &str) -> bool {
         match &self.kind {
             Kind::Any => true,
@@ -208,6 +273,7 @@ impl Selector {
             Kind::Template(template) => {
                 topic == &*self.source || template.matches(topic, &mut Work::default())
             }
+            Kind::UrlPattern(matcher) => matcher.matches(topic),
         }
     }
 
@@ -236,7 +302,7 @@ impl Selector {
     pub fn exact(&self) -> Option<&str> {
         match self.kind {
             Kind::Exact => Some(&self.source),
-            Kind::Any | Kind::Template(_) => None,
+            Kind::Any | Kind::Template(_) | Kind::UrlPattern(_) => None,
         }
     }
 
@@ -245,7 +311,7 @@ impl Selector {
     pub fn variables(&self) -> usize {
         match &self.kind {
             Kind::Template(template) => template.variables,
-            Kind::Any | Kind::Exact => 0,
+            Kind::Any | Kind::Exact | Kind::UrlPattern(_) => 0,
         }
     }
 
@@ -269,7 +335,7 @@ impl fmt::Display for Selector {
 
 impl PartialEq for Selector {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
+        self.source == other.source && self.kind.tag() == other.kind.tag()
     }
 }
 
@@ -278,6 +344,7 @@ impl Eq for Selector {}
 impl Hash for Selector {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.source.hash(state);
+        self.kind.tag().hash(state);
     }
 }
 

@@ -182,7 +182,8 @@ async fn closing_refuses_appends(store: &dyn Store) {
 /// the selector, the rest the topic (both read as UTF-8, lossily). Panics if an invariant
 /// breaks: parsing never panics; a selector matches its own text; `*` matches everything, an
 /// exact selector only its own text; and a template's match does at most (topic length + 1)
-/// × automaton edges moves, so no topic can make matching super-linear.
+/// × automaton edges moves, so no topic can make matching super-linear. The selector is also
+/// compiled as a URL pattern and matched against the topic, which must not panic either.
 pub fn check_selector(input: &[u8]) {
     let text = String::from_utf8_lossy(input);
     let (selector, topic) = text.split_once('\n').unwrap_or((&text, ""));
@@ -196,6 +197,11 @@ pub fn check_selector(input: &[u8]) {
         assert_eq!(matched, topic == selector, "an exact selector matches only itself");
     } else {
         assert!(steps <= bound, "{selector:?} against {topic:?}: {steps} moves > {bound}");
+    }
+    // The same text as a draft-08 URL pattern: compiling and matching never panic.
+    let base = url::Url::parse("https://hub.example/.well-known/mercure").expect("a valid URL");
+    if let Ok(pattern) = Selector::url_pattern(selector, &base) {
+        let _ = pattern.matches(topic);
     }
 }
 

@@ -1,19 +1,29 @@
-//! Mercure authorization: JWTs (HS256 or RS256) carrying `mercure.publish` and
-//! `mercure.subscribe` topic selectors, found in the `Authorization: Bearer` header, else the
-//! `authorization` query parameter, else the `mercureAuthorization` cookie.
+//! Mercure authorization, in both protocol versions the hub speaks:
 //!
-//! Tokens need not expire (Mercure tokens often do not), but an `exp` that has passed or an
-//! `nbf` still to come is refused, and a subscriber's connection is closed when its token
-//! expires. A refused token gets a message that says what was wrong in our own words, never
-//! the JWT library's (which would tell an attacker what the parser expected), and the token
-//! itself is never logged or echoed.
+//! - **draft-07**: a JWT with a `mercure` claim holding `publish` and `subscribe` lists of
+//!   topic selectors (and a `payload`), found in the `Authorization: Bearer` header, else the
+//!   `authorization` query parameter, else the `mercureAuthorization` cookie. It need not
+//!   expire (such tokens often do not), but an `exp` that has passed or an `nbf` still to
+//!   come is refused.
+//! - **draft-08**: an OAuth 2.0 access token (RFC 9068, header `typ: at+jwt`) whose `iss` is
+//!   a trusted issuer, whose `aud` names this hub, and which must expire; its grants are RFC
+//!   9396 `authorization_details` (see [`crate::grants`]). Found in the `Authorization`
+//!   header, else the `__Secure-mercure_access_token` cookie; never in the URL.
+//!
+//! Which kind a token is comes from its own header, so one hub verifies both with one key. A
+//! subscriber's connection is closed when its token expires. A refused token gets a message
+//! that says what was wrong in our own words, never the JWT library's (which would tell an
+//! attacker what the parser expected), and the token itself is never logged or echoed.
 
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use sluice_hub::Selector;
+use serde_json::Value;
+use sluice_hub::{Limits, Selector};
+use url::Url;
 
 use crate::error::ApiError;
+use crate::grants::{self, Grants};
 
 /// Where a request's token came from. A cookie is sent by the browser on its own, so a
 /// publication authorized by one must also come from an allowed origin.
@@ -21,31 +31,84 @@ use crate::error::ApiError;
 pub(crate) enum TokenSource {
     /// `Authorization: Bearer …`.
     Header,
-    /// `?authorization=…`.
+    /// `?authorization=…` (draft-07 only).
     Query,
-    /// The `mercureAuthorization` cookie.
+    /// The `mercureAuthorization` (draft-07) or `__Secure-mercure_access_token` (draft-08)
+    /// cookie.
     Cookie,
 }
 
-/// The name of the cookie Mercure clients use for the token.
+/// The cookie draft-07 clients use for the token.
 pub(crate) const COOKIE_NAME: &str = "mercureAuthorization";
+/// The cookie draft-08 clients use for the access token.
+pub(crate) const ACCESS_COOKIE_NAME: &str = "__Secure-mercure_access_token";
 
-/// Finds the request's token, in the protocol's order of precedence.
+/// Which protocol version a request speaks, which decides where its token may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// Mercure draft-07 (`topic=`, the `mercure` claim).
+    Draft07,
+    /// Mercure draft-08 (`match=`, access tokens).
+    Draft08,
+}
+
+/// Finds the request's token, in its protocol's order of precedence: the `Authorization`
+/// header, then (draft-07) the `authorization` query parameter, then the cookie(s). A
+/// draft-07 request (which cannot tell from its parameters, as a publication) also takes the
+/// draft-08 cookie.
+///
+/// Errors (400 `invalid_request`) when the token's presentation is malformed: several
+/// `Authorization` headers, or a `Bearer` one that does not hold exactly one token.
 pub(crate) fn find_token(
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Option<(String, TokenSource)> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    if let Some(token) = bearer {
-        return Some((token.trim().to_owned(), TokenSource::Header));
+    protocol: Protocol,
+) -> Result<Option<(String, TokenSource)>, ApiError> {
+    let mut authorizations = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(value) = authorizations.next() {
+        if authorizations.next().is_some() {
+            return Err(ApiError::invalid_request("several Authorization headers were sent"));
+        }
+        if let Some(token) = bearer(value.as_bytes())? {
+            return Ok(Some((token, TokenSource::Header)));
+        }
     }
-    if let Some(token) = query_token {
-        return Some((token.to_owned(), TokenSource::Query));
+    if protocol == Protocol::Draft07
+        && let Some(token) = query_token
+    {
+        return Ok(Some((token.to_owned(), TokenSource::Query)));
     }
-    cookie(headers, COOKIE_NAME).map(|value| (value, TokenSource::Cookie))
+    let from_cookie = match protocol {
+        Protocol::Draft07 => {
+            cookie(headers, COOKIE_NAME).or_else(|| cookie(headers, ACCESS_COOKIE_NAME))
+        }
+        Protocol::Draft08 => cookie(headers, ACCESS_COOKIE_NAME),
+    };
+    Ok(from_cookie.map(|value| (value, TokenSource::Cookie)))
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case, RFC 6750's
+/// token68 characters); `None` for another scheme, which is not ours to judge.
+fn bearer(value: &[u8]) -> Result<Option<String>, ApiError> {
+    let text = String::from_utf8_lossy(value);
+    let Some((scheme, rest)) = text.split_once(' ') else {
+        return if text.eq_ignore_ascii_case("bearer") {
+            Err(ApiError::invalid_request("the Authorization header has no token"))
+        } else {
+            Ok(None)
+        };
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_matches(' ');
+    let token68 = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+    if token.is_empty() || !token.chars().all(token68) {
+        return Err(ApiError::invalid_request(
+            "the Authorization header must be `Bearer` and one token",
+        ));
+    }
+    Ok(Some(token.to_owned()))
 }
 
 /// The value of the cookie `name`, from any `Cookie` header of the request.
@@ -60,21 +123,54 @@ pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|c| c.value().to_owned())
 }
 
+/// Which kind of token was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenKind {
+    /// A draft-07 JWT with a `mercure` claim.
+    #[default]
+    Draft07,
+    /// A draft-08 access token (`typ: at+jwt`).
+    Access,
+}
+
 /// What a verified token allows.
 #[derive(Debug, Clone, Default)]
 pub struct Claims {
+    /// Which kind of token it is.
+    pub kind: TokenKind,
     /// When the token expires, in seconds since the Unix epoch.
     pub exp: Option<u64>,
     /// Topics the bearer may publish to.
     pub publish: Vec<Selector>,
     /// Topics whose private updates the bearer may receive.
     pub subscribe: Vec<Selector>,
-    /// The `mercure.payload` claim, shown in subscription events.
-    pub payload: Option<serde_json::Value>,
+    /// Payloads for subscription events, each with the matchers it applies to: the first
+    /// whose matchers match a subscription's own matcher is that subscription's payload.
+    pub payloads: Vec<(Vec<Selector>, Value)>,
+}
+
+impl Claims {
+    /// Whether the token grants publishing to `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|s| s.matches(topic))
+    }
+
+    /// Whether the token grants receiving private updates of `topic`.
+    pub fn may_subscribe(&self, topic: &str) -> bool {
+        self.subscribe.iter().any(|s| s.matches(topic))
+    }
+
+    /// The payload subscription events show for a subscription to `matcher`.
+    pub fn payload_for(&self, matcher: &str) -> Option<Value> {
+        self.payloads
+            .iter()
+            .find(|(selectors, _)| selectors.iter().any(|s| s.matches(matcher)))
+            .map(|(_, payload)| payload.clone())
+    }
 }
 
 #[derive(Deserialize)]
-struct RawClaims {
+struct Draft07Claims {
     exp: Option<u64>,
     mercure: Option<RawMercure>,
 }
@@ -85,19 +181,37 @@ struct RawMercure {
     publish: Vec<String>,
     #[serde(default)]
     subscribe: Vec<String>,
-    payload: Option<serde_json::Value>,
+    payload: Option<Value>,
 }
 
-/// Checks tokens against one key.
+#[derive(Deserialize)]
+struct AccessClaims {
+    exp: u64,
+    #[serde(default)]
+    authorization_details: Vec<Value>,
+}
+
+/// The issuer an access token must name when no `--jwt-issuer` is configured: the one
+/// `sluice token --access` writes.
+pub const DEFAULT_ISSUER: &str = "sluice";
+
+/// Checks tokens against one key, with the issuers and audience access tokens must name.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
-    validation: Validation,
+    algorithm: Algorithm,
+    issuers: Vec<String>,
+    audience: Option<String>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("algorithms", &self.validation.algorithms).finish()
+        f.debug_struct("Verifier")
+            .field("algorithm", &self.algorithm)
+            .field("issuers", &self.issuers)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,41 +233,122 @@ impl Verifier {
     }
 
     fn with(key: DecodingKey, algorithm: Algorithm) -> Self {
-        let mut validation = Validation::new(algorithm);
+        Verifier {
+            key,
+            algorithm,
+            issuers: vec![DEFAULT_ISSUER.to_owned()],
+            audience: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Trusts access tokens from these issuers only (exact `iss` values).
+    pub fn trusting(mut self, issuers: Vec<String>) -> Self {
+        if !issuers.is_empty() {
+            self.issuers = issuers;
+        }
+        self
+    }
+
+    /// Requires access tokens' `aud` to hold `audience`, instead of the hub's URL as the
+    /// request names it.
+    pub fn for_audience(mut self, audience: Option<String>) -> Self {
+        self.audience = audience;
+        self
+    }
+
+    /// The audience access tokens must name, when configured.
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
+
+    /// Refuses access tokens whose URL patterns are past these limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The claims of a valid token, in force now. `hub` is the hub's URL: the audience an
+    /// access token must name (unless one is configured), and the base its relative URL
+    /// patterns resolve against. Every refusal is 401 `invalid_token`.
+    pub fn verify(&self, token: &str, hub: &Url) -> Result<Claims, ApiError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| self.refuse(e.kind()))?;
+        if header.typ.as_deref().is_some_and(is_access_token_type) {
+            self.verify_access(token, hub)
+        } else {
+            self.verify_draft07(token)
+        }
+    }
+
+    fn validation(&self) -> Validation {
+        let mut validation = Validation::new(self.algorithm);
         validation.required_spec_claims.clear();
         validation.validate_aud = false;
         validation.validate_nbf = true;
         validation.leeway = 0;
-        Verifier { key, validation }
+        validation
     }
 
-    /// The claims of a valid token, in force now.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let data =
-            jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation).map_err(|e| {
-                metrics::counter!("sluice_auth_failures_total").increment(1);
-                let why = refusal(e.kind(), &self.validation.algorithms);
-                tracing::info!(why, "a token was refused");
-                ApiError::unauthorized(format!("invalid token: {why}"))
-            })?;
+    fn verify_draft07(&self, token: &str) -> Result<Claims, ApiError> {
+        let data = jsonwebtoken::decode::<Draft07Claims>(token, &self.key, &self.validation())
+            .map_err(|e| self.refuse(e.kind()))?;
         let mercure = data.claims.mercure.unwrap_or_default();
         let parse = |list: Vec<String>| {
             list.iter()
                 .map(|s| Selector::parse(s))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ApiError::unauthorized(format!("invalid selector in token: {e}")))
+                .map_err(|e| ApiError::invalid_token(format!("invalid selector in token: {e}")))
         };
         Ok(Claims {
+            kind: TokenKind::Draft07,
             exp: data.claims.exp,
             publish: parse(mercure.publish)?,
             subscribe: parse(mercure.subscribe)?,
-            payload: mercure.payload,
+            payloads: mercure
+                .payload
+                .map(|payload| vec![(vec![Selector::exact_match("*")], payload)])
+                .unwrap_or_default(),
         })
+    }
+
+    fn verify_access(&self, token: &str, hub: &Url) -> Result<Claims, ApiError> {
+        let mut validation = self.validation();
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_issuer(&self.issuers);
+        validation.validate_aud = true;
+        let audience = self.audience.clone().unwrap_or_else(|| hub.to_string());
+        validation.set_audience(&[audience]);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.key, &validation)
+            .map_err(|e| self.refuse(e.kind()))?;
+        let Grants { publish, subscribe, payloads } =
+            grants::parse(&data.claims.authorization_details, hub, &self.limits)
+                .map_err(|why| ApiError::invalid_token(format!("invalid token: {why}")))?;
+        Ok(Claims {
+            kind: TokenKind::Access,
+            exp: Some(data.claims.exp),
+            publish,
+            subscribe,
+            payloads,
+        })
+    }
+
+    fn refuse(&self, kind: &jsonwebtoken::errors::ErrorKind) -> ApiError {
+        metrics::counter!("sluice_auth_failures_total").increment(1);
+        let why = refusal(kind, self.algorithm);
+        tracing::info!(why, "a token was refused");
+        ApiError::invalid_token(format!("invalid token: {why}"))
     }
 }
 
+/// Whether a JWT's `typ` says it is an RFC 9068 access token: `at+jwt`, with or without
+/// `application/`, in any case.
+fn is_access_token_type(typ: &str) -> bool {
+    let lower = typ.to_ascii_lowercase();
+    lower.strip_prefix("application/").unwrap_or(&lower) == "at+jwt"
+}
+
 /// Why a token was refused, in words that reveal nothing of the parser.
-fn refusal(kind: &jsonwebtoken::errors::ErrorKind, accepted: &[Algorithm]) -> String {
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind, accepted: Algorithm) -> String {
     use jsonwebtoken::errors::ErrorKind;
     match kind {
         ErrorKind::ExpiredSignature => "it has expired".to_owned(),
@@ -162,17 +357,16 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind, accepted: &[Algorithm]) -> St
         ErrorKind::InvalidAlgorithm
         | ErrorKind::InvalidAlgorithmName
         | ErrorKind::MissingAlgorithm => {
-            let names: Vec<String> = accepted.iter().map(|a| format!("{a:?}")).collect();
-            format!("its algorithm is not accepted (accepted: {})", names.join(", "))
+            format!("its algorithm is not accepted (accepted: {accepted:?})")
         }
-        ErrorKind::InvalidIssuer => "its issuer is not accepted".to_owned(),
+        ErrorKind::InvalidIssuer => "its issuer is not trusted".to_owned(),
         ErrorKind::InvalidAudience => "its audience is not this hub".to_owned(),
         ErrorKind::MissingRequiredClaim(claim) => format!("it lacks the {claim} claim"),
         _ => "it is not a well-formed JWT".to_owned(),
     }
 }
 
-/// What a minted token grants.
+/// What a minted draft-07 token grants.
 #[derive(Debug, Clone, Default)]
 pub struct Grant {
     /// Selectors the bearer may publish to.
@@ -182,10 +376,10 @@ pub struct Grant {
     /// Expiry, in seconds since the Unix epoch.
     pub exp: Option<u64>,
     /// The `mercure.payload` claim.
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<Value>,
 }
 
-/// Mints an HS256 Mercure token (for `sluice token`, tests and tools).
+/// Mints an HS256 draft-07 Mercure token (for `sluice token`, tests and tools).
 pub fn mint_hs256(secret: &[u8], grant: &Grant) -> String {
     let mut mercure = serde_json::Map::new();
     mercure.insert("publish".into(), grant.publish.clone().into());
@@ -198,26 +392,35 @@ pub fn mint_hs256(secret: &[u8], grant: &Grant) -> String {
     if let Some(exp) = grant.exp {
         claims.insert("exp".into(), exp.into());
     }
+    sign(secret, &jsonwebtoken::Header::new(Algorithm::HS256), &claims.into())
+}
+
+/// Signs `claims` with HS256 under `header`.
+pub(crate) fn sign(secret: &[u8], header: &jsonwebtoken::Header, claims: &Value) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(secret);
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
-        .expect("HS256 signing of a JSON object cannot fail")
+    jsonwebtoken::encode(header, claims, &key).expect("HS256 signing of a JSON object cannot fail")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn hub() -> Url {
+        "http://127.0.0.1:8080/.well-known/mercure".parse().unwrap()
+    }
+
     #[test]
     fn a_minted_token_verifies_and_a_forged_one_does_not() {
         let grant =
             Grant { publish: vec!["/a".into()], subscribe: vec!["*".into()], ..Grant::default() };
         let token = mint_hs256(b"secret", &grant);
-        let claims = Verifier::hs256(b"secret").verify(&token).unwrap();
+        let claims = Verifier::hs256(b"secret").verify(&token, &hub()).unwrap();
+        assert_eq!(claims.kind, TokenKind::Draft07);
         assert_eq!(claims.publish[0].as_str(), "/a");
         assert!(claims.subscribe[0].is_any());
-        assert!(Verifier::hs256(b"other").verify(&token).is_err());
+        assert!(Verifier::hs256(b"other").verify(&token, &hub()).is_err());
         let expired = mint_hs256(b"secret", &Grant { exp: Some(1), ..grant });
-        let refused = Verifier::hs256(b"secret").verify(&expired).unwrap_err();
+        let refused = Verifier::hs256(b"secret").verify(&expired, &hub()).unwrap_err();
         assert!(refused.message().contains("expired"), "{}", refused.message());
     }
 
@@ -230,7 +433,7 @@ mod tests {
         };
         // alg: none, unsigned.
         let none = sign(r#"{"alg":"none","typ":"JWT"}"#, r#"{"mercure":{"publish":["*"]}}"#);
-        let message = verifier.verify(&none).unwrap_err().message().to_owned();
+        let message = verifier.verify(&none, &hub()).unwrap_err().message().to_owned();
         assert_eq!(message, "invalid token: it is not a well-formed JWT");
         assert!(!message.contains("variant"), "no library internals: {message}");
         // nbf in the future.
@@ -238,7 +441,7 @@ mod tests {
         claims.insert("nbf".into(), (u64::MAX / 2).into());
         let key = jsonwebtoken::EncodingKey::from_secret(b"secret");
         let early = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
-        assert!(verifier.verify(&early).unwrap_err().message().contains("not valid yet"));
+        assert!(verifier.verify(&early, &hub()).unwrap_err().message().contains("not valid yet"));
         // Signed with another algorithm.
         let hs384 = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(Algorithm::HS384),
@@ -246,7 +449,7 @@ mod tests {
             &key,
         )
         .unwrap();
-        assert!(verifier.verify(&hs384).unwrap_err().message().contains("algorithm"));
+        assert!(verifier.verify(&hs384, &hub()).unwrap_err().message().contains("algorithm"));
     }
 
     /// Unpadded base64url, enough to forge test tokens by hand.
@@ -271,17 +474,35 @@ mod tests {
 
     #[test]
     fn the_header_wins_over_the_query_and_the_cookie() {
+        let draft07 = Protocol::Draft07;
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, "a=b; mercureAuthorization=from-cookie".parse().unwrap());
-        assert_eq!(find_token(&headers, None), Some(("from-cookie".into(), TokenSource::Cookie)));
+        let found = |headers: &HeaderMap, query, protocol| {
+            find_token(headers, query, protocol).unwrap().map(|(token, _)| token)
+        };
+        assert_eq!(found(&headers, None, draft07).as_deref(), Some("from-cookie"));
+        assert_eq!(found(&headers, Some("from-query"), draft07).as_deref(), Some("from-query"));
+        // Draft-08 takes neither the query parameter nor the draft-07 cookie.
+        assert_eq!(found(&headers, Some("from-query"), Protocol::Draft08), None);
+        headers.insert(header::AUTHORIZATION, "bearer from-header".parse().unwrap());
         assert_eq!(
-            find_token(&headers, Some("from-query")),
-            Some(("from-query".into(), TokenSource::Query))
-        );
-        headers.insert(header::AUTHORIZATION, "Bearer from-header".parse().unwrap());
-        assert_eq!(
-            find_token(&headers, Some("from-query")),
+            find_token(&headers, Some("from-query"), draft07).unwrap(),
             Some(("from-header".into(), TokenSource::Header))
         );
+    }
+
+    #[test]
+    fn a_malformed_bearer_presentation_is_an_invalid_request() {
+        for value in ["Bearer", "Bearer a b", "Bearer tok\"en"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            let error = find_token(&headers, None, Protocol::Draft08).unwrap_err();
+            assert_eq!(error.status(), 400, "{value}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
+        headers.insert(header::COOKIE, format!("{ACCESS_COOKIE_NAME}=c").parse().unwrap());
+        let found = find_token(&headers, None, Protocol::Draft08).unwrap();
+        assert_eq!(found, Some(("c".into(), TokenSource::Cookie)), "another scheme is not ours");
     }
 }

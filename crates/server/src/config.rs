@@ -17,6 +17,9 @@ pub struct Config {
     pub publisher: Option<Verifier>,
     /// Verifies subscribers' tokens; without one, only public updates can be received.
     pub subscriber: Option<Verifier>,
+    /// The hub's public URL (`https://hub.example/.well-known/mercure`); when unset, the URL
+    /// each request was sent to. Relative URL patterns and topics resolve against it.
+    pub hub_url: Option<url::Url>,
     /// Whether a subscriber without a token may receive public updates.
     pub anonymous: bool,
     /// Origins allowed to subscribe from a browser with credentials (`*`: any, no credentials).
@@ -59,6 +62,7 @@ impl Default for Config {
         Config {
             publisher: None,
             subscriber: None,
+            hub_url: None,
             anonymous: true,
             cors_origins: Vec::new(),
             publish_origins: Vec::new(),

@@ -16,6 +16,8 @@ pub struct ApiError {
     message: String,
     param: Option<&'static str>,
     retry_after: Option<u64>,
+    /// The `WWW-Authenticate` challenge (RFC 6750), for errors about the bearer token.
+    challenge: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -59,7 +61,14 @@ pub(crate) struct ErrorDetail {
 impl ApiError {
     /// An error with this status, machine-readable code and human-readable message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), param: None, retry_after: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+            challenge: None,
+        }
     }
 
     /// 400: the request is malformed.
@@ -79,9 +88,32 @@ impl ApiError {
         self
     }
 
-    /// 401: no usable credentials.
+    fn challenging(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    /// 401: credentials are needed and none were sent (a bare `Bearer` challenge).
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message).challenging("Bearer")
+    }
+
+    /// 401: the token sent is not valid (expired, forged, not for this hub, malformed grants).
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+            .challenging(r#"Bearer error="invalid_token""#)
+    }
+
+    /// 403: a valid token that does not grant this.
+    pub fn insufficient_scope(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "insufficient_scope", message)
+            .challenging(r#"Bearer error="insufficient_scope""#)
+    }
+
+    /// 400: the token's presentation is malformed (RFC 6750's `invalid_request`).
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+            .challenging(r#"Bearer error="invalid_request""#)
     }
 
     /// 404: nothing here by that name.
@@ -156,6 +188,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

@@ -22,7 +22,7 @@
 //! - handlers: `mercure` (the hub's routes), `openai` (the gateway), `generations` (the
 //!   answers API), `ops`, `openapi`, `ui`;
 //! - shared pieces: `admission` (keys, budgets, per-client counts), `answers` (answers as
-//!   hub streams), `wire` (OpenAI's wire format), `auth` (JWTs), `body`, `form`, `sse`,
+//!   hub streams), `wire` (OpenAI's wire format), `auth` (JWTs), `grants` (draft-08 authorization details), `body`, `form`, `sse`,
 //!   `error`, `telemetry`, `conn` (connections and their timeouts), `state`, `config`.
 
 mod admission;
@@ -34,6 +34,7 @@ mod conn;
 mod error;
 mod form;
 mod generations;
+mod grants;
 mod mercure;
 mod openai;
 mod openapi;
@@ -57,10 +58,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use auth::{Claims, Grant, KeyError, Verifier, mint_hs256};
+pub use auth::{Claims, DEFAULT_ISSUER, Grant, KeyError, TokenKind, Verifier, mint_hs256};
 pub use config::{Config, default_max_connections, max_connections_for_files};
 pub use conn::{ClientAddr, Timeouts};
 pub use error::ApiError;
+pub use grants::{AccessGrant, MatchType, TopicMatcher, mint_access_hs256};
 pub use mercure::HUB_PATH;
 pub use state::AppState;
 pub use telemetry::prometheus;
@@ -156,7 +158,11 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::CACHE_CONTROL,
             HeaderName::from_static("last-event-id"),
         ])
-        .expose_headers([HeaderName::from_static("last-event-id")]);
+        .expose_headers([
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("mercure-last-event-id"),
+            header::LINK,
+        ]);
     if origins.iter().any(|o| o == "*") {
         return Some(layer.allow_origin(AllowOrigin::any()));
     }

@@ -12,13 +12,15 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Sluice", description = "Server-Sent Events hub (Mercure draft-07) and AI streaming gateway."),
+    info(title = "Sluice", description = "Server-Sent Events hub (Mercure draft-07 and draft-08) and AI streaming gateway."),
     paths(
         crate::mercure::subscribe,
         crate::mercure::publish,
         crate::mercure::list_all,
         crate::mercure::list_topic,
+        crate::mercure::list_matcher,
         crate::mercure::show_one,
+        crate::mercure::protected_resource,
         crate::openai::chat_completions,
         crate::openai::models,
         crate::generations::create,
@@ -54,6 +56,18 @@ impl Modify for SecuritySchemes {
                         "A Mercure JWT with `mercure.publish` / `mercure.subscribe` claims; also \
                          accepted in the `authorization` query parameter or the \
                          `mercureAuthorization` cookie",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "mercure_access_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A draft-08 OAuth access token (RFC 9068, `typ: at+jwt`) whose                          `authorization_details` grant `publish` / `subscribe` on topic                          matchers; also accepted in the `__Secure-mercure_access_token` cookie,                          never in the URL",
                     ))
                     .build(),
             ),

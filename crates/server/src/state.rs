@@ -28,9 +28,23 @@ struct Shared {
 /// A connected subscriber, as the subscription API shows it.
 #[derive(Debug, Clone)]
 pub(crate) struct ActiveSubscription {
+    /// Its id, assigned by the hub (`urn:uuid:…`), one per connection.
     pub(crate) subscriber: String,
-    pub(crate) topics: Vec<String>,
-    pub(crate) payload: Option<serde_json::Value>,
+    /// The protocol version it subscribed in: the shape of its subscription events.
+    pub(crate) protocol: crate::auth::Protocol,
+    /// What it subscribed to, in order.
+    pub(crate) matchers: Vec<ActiveMatcher>,
+}
+
+/// One matcher of a connected subscriber.
+#[derive(Debug, Clone)]
+pub(crate) struct ActiveMatcher {
+    /// Its draft-08 type; `None` for a draft-07 topic selector.
+    pub(crate) match_type: Option<crate::grants::MatchType>,
+    /// Its text, as sent.
+    pub(crate) text: String,
+    /// The payload its token grants it (`null`: none), shown in its subscription events.
+    pub(crate) payload: serde_json::Value,
 }
 
 impl AppState {

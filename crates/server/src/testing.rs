@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
-use crate::auth::{Verifier, find_token};
+use crate::auth::{Protocol, Verifier, find_token};
 use crate::wire::CompletionRequest;
 
 /// A form body: parsing never panics; what parses re-encodes to a body that parses to the same
@@ -28,8 +28,9 @@ fn encode(text: &str) -> String {
 }
 
 /// A request's `Authorization` header, `authorization` query parameter and `Cookie` header,
-/// from the three parts of `input` split at its first two newlines: finding the token never
-/// panics, and a token nobody signed is refused with a message that does not repeat it.
+/// from the three parts of `input` split at its first two newlines: finding the token (as
+/// draft-07 and as draft-08 look for it) never panics, and a token nobody signed is refused
+/// with a message that does not repeat it.
 pub fn check_token(input: &[u8]) {
     let text = String::from_utf8_lossy(input);
     let mut parts = text.splitn(3, '\n');
@@ -42,11 +43,14 @@ pub fn check_token(input: &[u8]) {
     if let Ok(value) = HeaderValue::from_str(cookie) {
         headers.insert(header::COOKIE, value);
     }
-    let Some((token, _)) = find_token(&headers, query) else { return };
-    let refused = Verifier::hs256(b"a key the fuzzer does not know").verify(&token);
-    let error = refused.expect_err("a token nobody signed is refused");
-    if token.len() >= 16 {
-        assert!(!error.message().contains(&token), "the refusal repeats the token");
+    let hub = url::Url::parse("https://hub.example/.well-known/mercure").expect("a valid URL");
+    for protocol in [Protocol::Draft07, Protocol::Draft08] {
+        let Ok(Some((token, _))) = find_token(&headers, query, protocol) else { continue };
+        let refused = Verifier::hs256(b"a key the fuzzer does not know").verify(&token, &hub);
+        let error = refused.expect_err("a token nobody signed is refused");
+        if token.len() >= 16 {
+            assert!(!error.message().contains(&token), "the refusal repeats the token");
+        }
     }
 }
 

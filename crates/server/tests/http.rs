@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use sluice_client::{EventSource, Item, MessageEvent};
+use sluice_client::EventSource;
 use sluice_hub::HubConfig;
 use sluice_server::{Config, Grant, Verifier, mint_hs256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SECRET: &[u8] = b"test secret";
 
 mod common;
+
+use common::events::{error_json, messages, opened};
 
 struct Server(common::Running);
 
@@ -78,35 +80,6 @@ fn source(server: &Server, query: &str, bearer: Option<&str>) -> EventSource {
         builder = builder.header("Authorization", format!("Bearer {bearer}"));
     }
     builder.build().unwrap()
-}
-
-/// Waits until the source is open (its subscription is registered before the response).
-async fn opened(source: &mut EventSource) {
-    match source.next().await {
-        Some(Ok(Item::Open)) => {}
-        other => panic!("expected the stream to open, got {other:?}"),
-    }
-}
-
-async fn messages(source: &mut EventSource, n: usize) -> Vec<MessageEvent> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        match source.next().await {
-            Some(Ok(Item::Message(event))) => out.push(event),
-            Some(Ok(_)) => {}
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-    out
-}
-
-async fn error_json(response: reqwest::Response) -> (StatusCode, serde_json::Value) {
-    let status = response.status();
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-    assert_eq!(content_type, "application/json", "{status}");
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-    (status, body)
 }
 
 #[tokio::test]
@@ -294,7 +267,7 @@ async fn malformed_and_oversized_requests_get_clear_errors() {
         (vec![("data", "no topic")], StatusCode::BAD_REQUEST, "missing_topic"),
         (vec![("topic", "/t"), ("retry", "soon")], StatusCode::BAD_REQUEST, "invalid_retry"),
         (vec![("topic", "/t"), ("id", "#hash")], StatusCode::BAD_REQUEST, "invalid_id"),
-        (vec![("topic", "/t"), ("type", "a\nb")], StatusCode::BAD_REQUEST, "invalid_update"),
+        (vec![("topic", "/t"), ("type", "a\nb")], StatusCode::BAD_REQUEST, "invalid_type"),
         (vec![("topic", "/t"), ("data", &big)], StatusCode::PAYLOAD_TOO_LARGE, "event_too_large"),
         (vec![("topic", "/t"), ("data", &huge)], StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
     ];

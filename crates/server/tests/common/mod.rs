@@ -1,6 +1,8 @@
 //! What the in-process HTTP tests share: a server on a loopback port, as an application runs
 //! it, stopped when the test drops its handle.
 
+pub(crate) mod events;
+
 use std::sync::Arc;
 
 use sluice_hub::{Fanout, Hub, HubConfig, MemoryStore};
