@@ -1,7 +1,8 @@
-// The hub seen by a real browser: Debian's Chromium, driven by playwright-core, runs a page
-// from another origin (CORS) whose `EventSource` subscribes to the hub. The hub is restarted
-// under it on the same port and durable store; the browser reconnects on its own with
-// Last-Event-ID and must end with every update exactly once, in order.
+// The hub seen by a real browser: Debian's Chromium, driven by playwright-core, runs pages
+// from another origin (CORS) whose `EventSource` subscribes to the hub, one page per protocol
+// version (draft-07 `topic=`, draft-08 `match=`). The hub is restarted under them on the same
+// port and durable store; each browser page reconnects on its own with Last-Event-ID and must
+// end with every update exactly once, in order.
 
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
@@ -29,7 +30,8 @@ const ARTIFACTS = path.resolve(here, process.env.ARTIFACTS_DIR ?? '../../artifac
 const SECRET = 'browser-test-secret';
 const WAIT = { timeout: 30_000, polling: 50 };
 
-// The test page: opens one EventSource on the hub given in its query string and records
+// The test page: opens one EventSource on the hub given in its query string (subscribing with
+// the parameter `param`: topic, match or match_urlpattern) and records
 // every message (data and lastEventId), every open and every error in `window`, and shows
 // them in a table.
 const PAGE = `<!doctype html>
@@ -60,7 +62,7 @@ const PAGE = `<!doctype html>
 <script>
   const params = new URLSearchParams(location.search);
   const url = new URL(params.get('hub'));
-  url.searchParams.append('topic', params.get('topic'));
+  url.searchParams.append(params.get('param') ?? 'topic', params.get('topic'));
   const withCredentials = params.get('credentials') === '1';
   window.received = [];
   window.opens = 0;
@@ -165,8 +167,8 @@ describe('a real browser (Chromium) subscribed across origins', () => {
     await store?.remove();
   });
 
-  const pageUrl = (topic, { credentials = false } = {}) => {
-    const query = new URLSearchParams({ hub: hub.hubUrl, topic });
+  const pageUrl = (topic, { credentials = false, param = 'topic' } = {}) => {
+    const query = new URLSearchParams({ hub: hub.hubUrl, topic, param });
     if (credentials) query.set('credentials', '1');
     return `${pages.origin}/?${query}`;
   };
@@ -217,11 +219,27 @@ describe('a real browser (Chromium) subscribed across origins', () => {
     await without.close();
   });
 
-  test('receives updates, survives a hub restart via Last-Event-ID, ends with each update once in order', async () => {
+  test('one page per protocol version: both receive, survive a hub restart via Last-Event-ID, end with each update once in order', async () => {
     const topic = 'https://example.com/browser/room';
-    const page = await context.newPage();
-    await page.goto(pageUrl(topic));
-    await page.waitForFunction(() => window.opens === 1, null, WAIT);
+    // The draft-07 page subscribes with topic=, the draft-08 one with match=; each version's
+    // response names the resumed cursor in its own header.
+    const versions = [
+      { name: 'draft-07', param: 'topic', cursorHeader: 'last-event-id' },
+      { name: 'draft-08', param: 'match', cursorHeader: 'mercure-last-event-id' },
+    ];
+    for (const version of versions) {
+      version.page = await context.newPage();
+      await version.page.goto(pageUrl(topic, { param: version.param }));
+      await version.page.waitForFunction(() => window.opens === 1, null, WAIT);
+    }
+    const forEachPage = (what, n) =>
+      Promise.all(
+        versions.map(({ name, page }) =>
+          page.waitForFunction((count) => window.received.length >= count, n, WAIT).catch(async (err) => {
+            throw new Error(`${name} page, ${what}: ${err.message}\n${await explain(page)}`);
+          }),
+        ),
+      );
 
     const expected = [];
     const publish = async (how, data) => {
@@ -231,12 +249,12 @@ describe('a real browser (Chromium) subscribed across origins', () => {
     await publish(publishWithCurl, 'hello from curl');
     await publish(publishWithCli, 'two lines\nfrom sluice publish');
     await publish(publishWithFetch, 'third, from fetch');
-    await page.waitForFunction(() => window.received.length >= 3, null, WAIT).catch(async (err) => {
-      throw new Error(`${err.message}\n${await explain(page)}`);
-    });
-    assert.deepEqual((await pageState(page)).received, expected);
+    await forEachPage('before the restart', 3);
+    for (const { name, page } of versions) {
+      assert.deepEqual((await pageState(page)).received, expected, name);
+    }
 
-    // Every request the page makes to the hub from now on goes through this route. While
+    // Every request the pages make to the hub from now on goes through this route. While
     // `hold` is set requests wait in `held`; otherwise they go on to the network.
     // - Held while the hub stops: a reconnection accepted during the hub's shutdown would keep
     //   it from exiting (a hub bug, tested on its own in shutdown.test.mjs).
@@ -256,26 +274,30 @@ describe('a real browser (Chromium) subscribed across origins', () => {
       hold = false;
       for (const route of held.splice(0)) await pass(route);
     };
-    await page.route(isHub, async (route) => {
+    await context.route(isHub, async (route) => {
       if (hold) held.push(route);
       else await pass(route);
     });
-    // What the hub answers to each (re)connection. (Chromium adds Last-Event-ID below what
-    // the route sees, so the request is judged by the hub's answer: with a cursor, the hub
-    // names it in a Last-Event-ID response header.)
-    const answers = [];
-    page.on('response', async (response) => {
-      if (isHub(new URL(response.url()))) {
-        answers.push({ status: response.status(), lastEventId: await response.headerValue('last-event-id') });
-      }
-    });
+    // What the hub answers to each page's (re)connection. (Chromium adds Last-Event-ID below
+    // what the route sees, so the request is judged by the hub's answer: with a cursor, the
+    // hub names it in its version's response header.)
+    for (const version of versions) {
+      version.answers = [];
+      version.page.on('response', async (response) => {
+        if (isHub(new URL(response.url()))) {
+          const cursor = await response.headerValue(version.cursorHeader);
+          version.answers.push({ status: response.status(), cursor });
+        }
+      });
+    }
 
     const { port } = hub;
     const exit = await hub.stop();
     assert.deepEqual(exit, { code: 0, signal: null }, `a clean exit on SIGTERM:\n${hub.log()}`);
     await release();
-    // The stream ended; the browser tries again (and fails, nothing listens) at least twice.
-    await waitFor(() => passed.length >= 2, {
+    // The streams ended; the browser tries again (and fails, nothing listens): at least twice
+    // for each page.
+    await waitFor(() => passed.length >= 4, {
       what: 'the browser to retry while the hub is down',
       describe: () => JSON.stringify(passed),
     });
@@ -293,35 +315,33 @@ describe('a real browser (Chromium) subscribed across origins', () => {
     await publish(publishWithCli, 'published while the browser was away\n(sluice publish)');
     await publish(publishWithFetch, 'published while the browser was away (fetch)');
 
-    await waitFor(() => held.length >= 1, { what: 'the browser to reconnect' });
+    await waitFor(() => held.length >= 2, { what: 'both pages to reconnect' });
     await release();
-    await page.unroute(isHub);
+    await context.unroute(isHub);
 
-    await page.waitForFunction(() => window.received.length >= 6, null, WAIT).catch(async (err) => {
-      throw new Error(`${err.message}\n${await explain(page)}`);
-    });
+    await forEachPage('after the replay', 6);
     // Live again after the replay.
     await publish(publishWithCurl, 'live after the restart (curl)');
     await publish(publishWithCli, 'live after the restart (sluice publish)');
     await publish(publishWithFetch, 'live after the restart (fetch)');
-    await page.waitForFunction(() => window.received.length >= 9, null, WAIT).catch(async (err) => {
-      throw new Error(`${err.message}\n${await explain(page)}`);
-    });
+    await forEachPage('live after the restart', 9);
 
-    const state = await pageState(page);
-    assert.deepEqual(state.received, expected, 'every update exactly once, in order');
     assert.equal(new Set(expected.map((e) => e.lastEventId)).size, 9);
-    assert.equal(state.readyState, 1, 'OPEN');
-    assert.equal(state.opens, 2, 'opened once, reopened once');
+    for (const { name, page, answers } of versions) {
+      const state = await pageState(page);
+      assert.deepEqual(state.received, expected, `${name}: every update exactly once, in order`);
+      assert.equal(state.readyState, 1, `${name}: OPEN`);
+      assert.equal(state.opens, 2, `${name}: opened once, reopened once`);
+      assert.deepEqual(
+        answers,
+        [{ status: 200, cursor: expected[2].lastEventId }],
+        `${name}: the reconnection carried Last-Event-ID and the hub resumed after it`,
+      );
+    }
     assert.deepEqual(passed.slice(0, 2), ['GET', 'GET'], 'retried while the hub was down');
-    assert.deepEqual(
-      answers,
-      [{ status: 200, lastEventId: expected[2].lastEventId }],
-      'the reconnection carried Last-Event-ID: the hub resumed after it',
-    );
 
     await mkdir(ARTIFACTS, { recursive: true });
-    await page.screenshot({ path: path.join(ARTIFACTS, 'hub-browser.png'), fullPage: true });
-    await page.close();
+    await versions[1].page.screenshot({ path: path.join(ARTIFACTS, 'hub-browser.png'), fullPage: true });
+    for (const { page } of versions) await page.close();
   });
 });

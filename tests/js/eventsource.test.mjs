@@ -4,8 +4,8 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { EventSource } from 'eventsource';
 
+import { Gate, subscribe } from './client.mjs';
 import {
   mintToken,
   publishWithCli,
@@ -20,72 +20,6 @@ const SECRET = 'eventsource-test-secret';
 const TEMPLATE = 'https://example.com/books/{id}';
 const book = (n) => `https://example.com/books/${n}`;
 const TYPE = 'book-updated';
-
-/**
- * Opens an EventSource and records every dispatched event (`message` and `types`) in one
- * ordered list, and the response headers of each connection it makes.
- */
-function subscribe(url, { headers = {}, types = [], gate } = {}) {
-  const received = [];
-  const responses = [];
-  const errors = [];
-  const es = new EventSource(url, {
-    fetch: async (input, init) => {
-      if (gate) await gate.pass();
-      const res = await fetch(input, { ...init, headers: { ...init.headers, ...headers } });
-      responses.push({
-        status: res.status,
-        sentLastEventId: new Headers(init.headers).get('last-event-id'),
-        lastEventId: res.headers.get('last-event-id'),
-      });
-      return res;
-    },
-  });
-  const record = (event) =>
-    received.push({ type: event.type, data: event.data, lastEventId: event.lastEventId });
-  es.addEventListener('message', record);
-  for (const type of types) es.addEventListener(type, record);
-  let opens = 0;
-  es.addEventListener('open', () => opens++);
-  es.addEventListener('error', (event) => errors.push(`${event.code ?? ''} ${event.message ?? ''}`));
-  const describeState = () =>
-    JSON.stringify({ readyState: es.readyState, opens, errors, responses, received }, null, 1);
-  return {
-    es,
-    received,
-    responses,
-    errors,
-    opens: () => opens,
-    describe: describeState,
-    async opened(n = 1) {
-      await waitFor(() => opens >= n, { what: `connection #${n} to open`, describe: describeState });
-    },
-    async count(n) {
-      await waitFor(() => received.length >= n, { what: `${n} events`, describe: describeState });
-    },
-    close: () => es.close(),
-  };
-}
-
-/** Holds the client's (re)connections while closed: `pass()` waits until `open()`. */
-class Gate {
-  #waiters = [];
-  #closed = false;
-  waiting = 0;
-  close() {
-    this.#closed = true;
-  }
-  open() {
-    this.#closed = false;
-    for (const resolve of this.#waiters.splice(0)) resolve();
-  }
-  async pass() {
-    if (!this.#closed) return;
-    this.waiting++;
-    await new Promise((resolve) => this.#waiters.push(resolve));
-    this.waiting--;
-  }
-}
 
 describe('eventsource v5 against sluice', () => {
   let hub;

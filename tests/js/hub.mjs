@@ -207,6 +207,25 @@ export function mintToken({ secret, publish = [], subscribe = [] }) {
   return sluice(args);
 }
 
+/** A draft-08 access token (`typ: at+jwt`) from `sluice token --access`, for the hub at
+ * `audience` (its URL): exact topics in `publish`/`subscribe`, URL patterns in
+ * `publishPatterns`/`subscribePatterns`. */
+export function mintAccessToken({
+  secret,
+  audience,
+  publish = [],
+  subscribe = [],
+  publishPatterns = [],
+  subscribePatterns = [],
+}) {
+  const args = ['token', '--access', '--secret', secret, '--audience', audience];
+  for (const s of publish) args.push('--publish', s);
+  for (const s of subscribe) args.push('--subscribe', s);
+  for (const s of publishPatterns) args.push('--publish-pattern', s);
+  for (const s of subscribePatterns) args.push('--subscribe-pattern', s);
+  return sluice(args);
+}
+
 /** Publishes with `sluice publish`; resolves with the id the hub assigned. */
 export function publishWithCli(hubUrl, token, { topic, data, id, type, isPrivate }) {
   const args = ['publish', '--hub', hubUrl, '--token', token, '--data', data];
