@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-build test-js test-python test-web web setup build lint bench fuzz soak clean
+.PHONY: run test test-build test-js test-python test-web web setup build lint bench fuzz soak conformance clean
 
 ## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
 ## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
@@ -84,6 +84,12 @@ soak: build
 	mkdir -p bench/results
 	$(SLUICE) bench soak --duration $(or $(SOAK_SECONDS),600) --json bench/results/soak.json
 	python3 bench/plot_soak.py
+
+## The Mercure project's own conformance suite (draft-08), run unchanged against Sluice in
+## Debian's chromium. It lives in dunglas/mercure, not here: MERCURE_CONFORMANCE_DIR must point
+## at a checkout of its conformance-tests/ folder (see tests/conformance/run.sh).
+conformance: test-build
+	SLUICE_BIN=$(SLUICE_TEST_BIN) bash tests/conformance/run.sh
 
 clean:
 	$(CARGO) clean
