@@ -1,5 +1,6 @@
-// The hub console in a real browser: it subscribes, shows an update published with
-// `sluice publish`, publishes one itself, and shows its connection state.
+// The hub console in a real browser: it subscribes (in either protocol version), shows an
+// update published with `sluice publish`, publishes one itself, and shows its connection
+// state.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -69,6 +70,35 @@ test('the console shows updates published with sluice publish, and publishes its
   await screenshot(page, 'console-desktop-dark.png');
   await page.setViewportSize({ width: 390, height: 844 });
   await screenshot(page, 'console-phone-dark.png');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('the console speaks draft-08: a URL pattern and an access token receive a private update', async () => {
+  const hubUrl = `${hub.origin}/.well-known/mercure`;
+  const access = (...grants) => sluice('token', '--access', '--secret', SECRET, '--audience', hubUrl, ...grants);
+  const subscriber = await access('--subscribe-pattern', 'https://example.com/console/:id');
+  const publisher = await access('--publish', '*');
+
+  const page = await browser.context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`${hub.origin}/console`);
+  await page.locator('[data-testid=sub-matching]').selectOption('draft-08-urlpattern');
+  await page.locator('[data-testid=sub-topics]').fill('https://example.com/console/:id');
+  await page.locator('[data-testid=sub-token]').fill(subscriber);
+  await page.locator('[data-testid=subscribe]').click();
+  await page.waitForSelector('[data-testid=connection-state][data-state=open]');
+
+  const publish = (topic, data) =>
+    sluice('publish', '--hub', hubUrl, '--topic', topic, '--data', data, '--private', '--token', publisher);
+  await publish('https://example.com/console/1/comments', 'not matched: :id does not cross a slash');
+  const id = await publish('https://example.com/console/1', 'private, for the pattern');
+  const row = page.locator('[data-testid=event]', { has: page.locator(`[data-testid=event-id]:text-is("${id}")`) });
+  await row.waitFor();
+  assert.equal(await row.locator('[data-testid=event-data]').innerText(), 'private, for the pattern');
+  assert.equal(await page.locator('[data-testid=event]').count(), 1, 'only the matching update');
+  await screenshot(page, 'console-draft08.png');
   assert.deepEqual(errors, []);
   await page.close();
 });

@@ -3,7 +3,7 @@ import { type FormEvent, useEffect, useRef, useState } from 'react';
 import type { SseEvent } from '../lib/sse';
 import { useTheme } from '../shared/theme';
 import { limitedToSixStreams } from '../shared/transport';
-import { HubSubscription, type SubscriptionState } from './subscription';
+import { HubSubscription, type Matching, type SubscriptionState } from './subscription';
 
 const HUB = '/.well-known/mercure';
 const MAX_EVENTS = 500;
@@ -23,17 +23,27 @@ interface LogLine {
 
 interface Saved {
   topics: string;
+  matching: Matching;
   pubTopics: string;
   type: string;
 }
 
+const DEFAULTS: Saved = { topics: '*', matching: 'draft-07', pubTopics: 'https://example.com/books/1', type: '' };
+
 function load(): Saved {
   try {
-    return { topics: '*', pubTopics: 'https://example.com/books/1', type: '', ...JSON.parse(localStorage.getItem(STORE) ?? '{}') };
+    return { ...DEFAULTS, ...JSON.parse(localStorage.getItem(STORE) ?? '{}') };
   } catch {
-    return { topics: '*', pubTopics: 'https://example.com/books/1', type: '' };
+    return DEFAULTS;
   }
 }
+
+/** What each way of matching expects on a line, for the field's label. */
+const MATCHER_HELP: Record<Matching, string> = {
+  'draft-07': 'Topic selectors (one per line: a topic, a URI template such as /books/{id}, or *)',
+  'draft-08-exact': 'Topics (one per line, compared exactly; * for all)',
+  'draft-08-urlpattern': 'URL patterns (one per line, such as https://example.com/books/:id; * for all)',
+};
 
 /** Tokens stay in this tab only (sessionStorage), never in localStorage. */
 function sessionValue(key: string): string {
@@ -76,6 +86,7 @@ export function Console() {
   const theme = useTheme();
   const saved = useRef(load()).current;
   const [topics, setTopics] = useState(saved.topics);
+  const [matching, setMatching] = useState<Matching>(saved.matching);
   const [subToken, setSubToken] = useState(() => sessionValue('sluice.console.subToken'));
   const [lastEventId, setLastEventId] = useState('');
   const [state, setState] = useState<SubscriptionState | 'idle'>('idle');
@@ -97,11 +108,11 @@ export function Console() {
 
   useEffect(() => {
     try {
-      localStorage.setItem(STORE, JSON.stringify({ topics, pubTopics, type: pubType } satisfies Saved));
+      localStorage.setItem(STORE, JSON.stringify({ topics, matching, pubTopics, type: pubType } satisfies Saved));
     } catch {
       // storage unavailable: the form is not remembered
     }
-  }, [topics, pubTopics, pubType]);
+  }, [topics, matching, pubTopics, pubType]);
   useEffect(() => setSessionValue('sluice.console.subToken', subToken), [subToken]);
   useEffect(() => setSessionValue('sluice.console.pubToken', pubToken), [pubToken]);
   useEffect(() => () => subscription.current?.close(), []);
@@ -113,7 +124,7 @@ export function Console() {
     if (selectors.length === 0) return;
     setOpens(0);
     setLog([]);
-    subscription.current = new HubSubscription(HUB, selectors, subToken.trim(), lastEventId.trim(), {
+    subscription.current = new HubSubscription(HUB, selectors, matching, subToken.trim(), lastEventId.trim(), {
       onEvent: (event) => {
         const received = { ...event, key: ++counter.current, at: new Date() };
         setEvents((list) => [received, ...list].slice(0, MAX_EVENTS));
@@ -192,11 +203,22 @@ export function Console() {
           <h2 id="sub-title">Subscribe</h2>
           <form onSubmit={subscribe} className="stack">
             <label className="field">
-              <span>Topic selectors (one per line: a topic, a URI template, or *)</span>
+              <span>Protocol</span>
+              <select value={matching} onChange={(e) => setMatching(e.target.value as Matching)} data-testid="sub-matching">
+                <option value="draft-07">Mercure draft-07: topic=</option>
+                <option value="draft-08-exact">Mercure draft-08: match= (exact)</option>
+                <option value="draft-08-urlpattern">Mercure draft-08: match_urlpattern=</option>
+              </select>
+            </label>
+            <label className="field">
+              <span>{MATCHER_HELP[matching]}</span>
               <textarea rows={3} value={topics} onChange={(e) => setTopics(e.target.value)} data-testid="sub-topics" />
             </label>
             <label className="field">
-              <span>Subscriber token (JWT, optional: needed for private updates)</span>
+              <span>
+                Subscriber token (optional: needed for private updates;{' '}
+                {matching === 'draft-07' ? 'a JWT with a mercure claim' : 'an access token, sluice token --access'})
+              </span>
               <input value={subToken} onChange={(e) => setSubToken(e.target.value)} className="mono" spellCheck={false} autoComplete="off" data-testid="sub-token" />
             </label>
             <label className="field">
@@ -259,7 +281,7 @@ export function Console() {
               </label>
             </div>
             <label className="field">
-              <span>Publisher token (JWT)</span>
+              <span>Publisher token (a draft-07 JWT or a draft-08 access token)</span>
               <input value={pubToken} onChange={(e) => setPubToken(e.target.value)} className="mono" spellCheck={false} autoComplete="off" data-testid="pub-token" />
             </label>
             <div className="row">

@@ -14,7 +14,17 @@ export interface SubscriptionCallbacks {
   onState: (state: SubscriptionState, detail: string) => void;
 }
 
-/** Subscribes to `topics` on the hub at `hubUrl` until {@link close}. */
+/** Which protocol version a subscription speaks, and so how its matchers are sent. */
+export type Matching = 'draft-07' | 'draft-08-exact' | 'draft-08-urlpattern';
+
+/** The query parameter that carries each matcher. */
+const PARAMETER: Record<Matching, string> = {
+  'draft-07': 'topic',
+  'draft-08-exact': 'match',
+  'draft-08-urlpattern': 'match_urlpattern',
+};
+
+/** Subscribes to `matchers` on the hub at `hubUrl` until {@link close}. */
 export class HubSubscription {
   private readonly abort = new AbortController();
   private readonly parser: SseParser;
@@ -23,7 +33,8 @@ export class HubSubscription {
 
   constructor(
     private readonly hubUrl: string,
-    private readonly topics: string[],
+    private readonly matchers: string[],
+    private readonly matching: Matching,
     private readonly token: string,
     lastEventId: string,
     private readonly callbacks: SubscriptionCallbacks,
@@ -44,7 +55,7 @@ export class HubSubscription {
 
   private url(): string {
     const url = new URL(this.hubUrl, location.href);
-    for (const topic of this.topics) url.searchParams.append('topic', topic);
+    for (const matcher of this.matchers) url.searchParams.append(PARAMETER[this.matching], matcher);
     return url.toString();
   }
 
@@ -76,7 +87,9 @@ export class HubSubscription {
             return;
           }
         } else {
-          this.callbacks.onState('open', response.headers.get('last-event-id') ? `resumed after ${response.headers.get('last-event-id')}` : '');
+          // Each version names the resumed cursor in its own header.
+          const resumed = response.headers.get('mercure-last-event-id') ?? response.headers.get('last-event-id');
+          this.callbacks.onState('open', resumed ? `resumed after ${resumed}` : '');
           this.parser.reset();
           const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
           for (;;) {
