@@ -102,14 +102,38 @@ fn print(out: &mut impl Write, event: &MessageEvent, json: bool) -> io::Result<(
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")?;
     } else {
-        // Printed as the canonical wire form, which is unambiguous for multi-line data.
+        // Printed as the canonical wire form, which is unambiguous for multi-line data. A
+        // decoded event type may hold a NUL (the WHATWG decoder keeps it), which that form
+        // cannot carry: such an event is reported instead of printed.
         let mut wire = BytesMut::new();
-        sluice_sse::Event::new(event.data.as_str())
+        match sluice_sse::Event::new(event.data.as_str())
             .with_event(event.event_type.as_ref())
             .and_then(|e| e.with_id(event.last_event_id.as_str()))
-            .expect("a decoded type or id never holds a line break or NUL")
-            .encode(&mut wire);
+        {
+            Ok(encodable) => encodable.encode(&mut wire),
+            Err(why) => {
+                tracing::warn!(id = %event.last_event_id, %why, "an event not printable as SSE (use --json)");
+                return Ok(());
+            }
+        }
         out.write_all(&wire)?;
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_type_holding_nul_is_reported_not_printed() {
+        // Found by the decoder's fuzz target: `event: a\0b` decodes, but cannot be written back.
+        let event =
+            MessageEvent { event_type: "a\0b".into(), data: "x".into(), last_event_id: "1".into() };
+        let mut out = Vec::new();
+        print(&mut out, &event, false).unwrap();
+        assert!(out.is_empty());
+        print(&mut out, &event, true).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains(r#""event":"a\u0000b""#));
+    }
 }

@@ -44,11 +44,14 @@ pub fn check_token(input: &[u8]) {
         headers.insert(header::COOKIE, value);
     }
     let hub = url::Url::parse("https://hub.example/.well-known/mercure").expect("a valid URL");
+    let verifier = Verifier::hs256(b"a key the fuzzer does not know");
+    // What any malformed token is told: a token that is part of this text (the fuzzer finds
+    // "not a well-formed JWT") is not repeated from the input.
+    let fixed = verifier.verify("%", &hub).expect_err("nonsense is refused").message().to_owned();
     for protocol in [Protocol::Draft07, Protocol::Draft08] {
         let Ok(Some((token, _))) = find_token(&headers, query, protocol) else { continue };
-        let refused = Verifier::hs256(b"a key the fuzzer does not know").verify(&token, &hub);
-        let error = refused.expect_err("a token nobody signed is refused");
-        if token.len() >= 16 {
+        let error = verifier.verify(&token, &hub).expect_err("a token nobody signed is refused");
+        if token.len() >= 16 && !fixed.contains(&token) {
             assert!(!error.message().contains(&token), "the refusal repeats the token");
         }
     }

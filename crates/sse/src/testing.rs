@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use crate::{DecodeError, Decoder, Event, MessageEvent};
+use crate::{DecodeError, Decoder, EncodeError, Event, MessageEvent};
 
 /// Everything a decoder produced from one input: the events, then its final state.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,17 +76,26 @@ pub fn check_decoder(input: &[u8]) {
         }
     }
 
+    // Re-encoded, the events decode the same. A decoder takes a NUL in an event type (the
+    // WHATWG algorithm keeps it), but the encoder refuses to write one: such events are left
+    // out, and the refusal checked.
     let mut wire = BytesMut::new();
+    let mut encodable = Vec::new();
     for event in &whole.events {
-        Event::new(event.data.as_str())
-            .with_event(event.event_type.as_ref())
+        let typed = Event::new(event.data.as_str()).with_event(event.event_type.as_ref());
+        if event.event_type.contains('\0') {
+            assert_eq!(typed.err(), Some(EncodeError::Nul { field: "event" }));
+            continue;
+        }
+        typed
             .expect("a decoded event type has no line break")
             .with_id(event.last_event_id.as_str())
             .expect("a decoded id has no line break or NUL")
             .encode(&mut wire);
+        encodable.push(event.clone());
     }
     let again = decode_chunks([&wire[..]]);
-    assert_eq!(whole.events, again.events, "re-encoded events decode differently");
+    assert_eq!(encodable, again.events, "re-encoded events decode differently");
 }
 
 /// Runs `check` on every file of the fuzz corpus `fuzz/corpus/{target}` (at the repository's
