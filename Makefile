@@ -44,6 +44,17 @@ test-web: web test-build
 	cd web && npm test
 	cd web && SLUICE_BIN=$(SLUICE_TEST_BIN) npm run test:browser
 
+## The Next.js example (examples/nextjs-chat): its test runs `next build`, then `next start`
+## against a real `sluice serve` and drives it in Debian's chromium (playwright-core); the
+## screenshot goes to artifacts/nextjs-chat.png. Not part of `make test`. Its npm packages
+## (Next.js and its compiler, some 380 MB) are installed here rather than by setup, since
+## nothing else needs them.
+EXAMPLE := examples/nextjs-chat
+test-example: test-build $(EXAMPLE)/node_modules/.package-lock.json
+	cd $(EXAMPLE) && NEXT_TELEMETRY_DISABLED=1 SLUICE_BIN=$(SLUICE_TEST_BIN) npm test
+$(EXAMPLE)/node_modules/.package-lock.json: $(EXAMPLE)/package-lock.json
+	cd $(EXAMPLE) && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+
 ## The web UI (web/, Vite + TypeScript + React) built into web/dist, which the binary embeds.
 ## Rebuilt only when its sources change (web/dist/.built is the stamp).
 WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/console.html \
