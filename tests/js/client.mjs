@@ -72,3 +72,17 @@ export class Gate {
   }
 }
 
+
+/** The subscriptions a test suite opens, closed together at its end. */
+export function tracker() {
+  const open = [];
+  return {
+    track(sub) {
+      open.push(sub);
+      return sub;
+    },
+    closeAll() {
+      for (const sub of open.splice(0)) sub.close();
+    },
+  };
+}

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { subscribe } from './client.mjs';
+import { subscribe, tracker } from './client.mjs';
 import { mintAccessToken, mintToken, publishWithCurl, startHub } from './hub.mjs';
 
 const SECRET = 'draft-08-test-secret';
@@ -18,11 +18,7 @@ const strip = ({ type, data, lastEventId }) => ({ type, data, lastEventId });
 describe('draft-08 and draft-07 clients (eventsource v5) on one hub', () => {
   let hub;
   let publisher;
-  const open = [];
-  const track = (sub) => {
-    open.push(sub);
-    return sub;
-  };
+  const { track, closeAll } = tracker();
 
   before(async () => {
     hub = await startHub({ secret: SECRET, store: 'memory', anonymous: true });
@@ -30,7 +26,7 @@ describe('draft-08 and draft-07 clients (eventsource v5) on one hub', () => {
   });
 
   after(async () => {
-    for (const sub of open) sub.close();
+    closeAll();
     if (hub) await hub.stop();
   });
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { Gate, subscribe } from './client.mjs';
+import { Gate, subscribe, tracker } from './client.mjs';
 import {
   mintToken,
   publishWithCli,
@@ -25,11 +25,7 @@ describe('eventsource v5 against sluice', () => {
   let hub;
   let publisher;
   let subscriberToken;
-  const open = [];
-  const track = (sub) => {
-    open.push(sub);
-    return sub;
-  };
+  const { track, closeAll } = tracker();
 
   before(async () => {
     hub = await startHub({ secret: SECRET, store: 'memory', anonymous: true });
@@ -38,7 +34,7 @@ describe('eventsource v5 against sluice', () => {
   });
 
   after(async () => {
-    for (const sub of open) sub.close();
+    closeAll();
     if (hub) await hub.stop();
   });
 
