@@ -15,7 +15,7 @@ run: setup build
 ## The local model runs on one candle thread in tests: two threads spin-wait on each other and
 ## collapse when the machine is busy with anything else (see BENCHMARKS.md).
 test test-js test-python test-web: export CANDLE_NUM_THREADS := 1
-test: setup web lint test-js test-python test-web
+test: setup web lint test-js test-python test-web test-example
 	$(CARGO) test --workspace --locked
 
 ## One build for every test and the test binary of `sluice`: `cargo test --workspace` unifies
