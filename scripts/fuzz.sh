@@ -32,16 +32,32 @@ python3 seeds.py >/dev/null
 RUSTC_BOOTSTRAP=1 cargo fuzz build -s none
 
 summary=()
+failed=()
 for target in "${targets[@]}"; do
     mkdir -p "corpus/$target"
     log="$(mktemp)"
     echo "fuzz: $target for ${seconds}s" >&2
+    # A crash must not end the loop (set -e with pipefail would): record it and fuzz the rest.
+    status=0
     RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -s none -- \
         -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
-        2>&1 | tee "$log" | grep --line-buffered -E '#[0-9]+.*(pulse|NEW|DONE)' | tail -n 3 >&2
+        2>&1 | tee "$log" | { grep --line-buffered -E '#[0-9]+.*(pulse|NEW|DONE)' || true; } \
+        | tail -n 3 >&2 || status=$?
     execs="$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo '?')"
     corpus="$(find "corpus/$target" -type f | wc -l)"
-    summary+=("$target: $execs executions in ${seconds}s, corpus of $corpus inputs")
+    line="$target: $execs executions in ${seconds}s, corpus of $corpus inputs"
+    if ((status != 0)); then
+        failed+=("$target")
+        line="$target: $execs executions, corpus of $corpus inputs"
+        # The panic's location and message (the line after it), or libFuzzer's own error.
+        line+=", then CRASHED (exit $status): $(grep -m 1 -A 1 -E 'panicked at|==[0-9]+== ERROR' "$log" | tr '\n' ' ')"
+        line+="input in $(grep -oE 'Test unit written to [^ ]+' "$log" | head -n 1 | cut -d' ' -f5)"
+    fi
+    summary+=("$line")
     rm -f "$log"
 done
 printf '%s\n' "${summary[@]}"
+if ((${#failed[@]} > 0)); then
+    echo "fuzz: crashed: ${failed[*]}" >&2
+    exit 1
+fi
