@@ -59,3 +59,5 @@ def test_every_response_matches_the_document(sluice_servers):
     report = result.stdout[-20_000:] + result.stderr[-5_000:]
     assert result.returncode == 0, f"schemathesis found failures:\n{report}\n\nserver log:\n{server.log()}"
     assert "passed" in result.stdout, report
+    # The run's summary (operations, cases, checks), for RELIABILITY.md: pytest -s shows it.
+    print(result.stdout[-1500:])
