@@ -143,7 +143,11 @@ fn settings_come_from_the_file_and_flags_win() {
     let mut from_file = serve_with(file_port, dir.path(), &[]);
     let two_topics = format!("http://127.0.0.1:{file_port}/.well-known/mercure?topic=/a&topic=/b");
     let output = sluice(&["listen", "--no-reconnect", &two_topics]);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("at most 1 topics"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("2 topic selectors") && stderr.contains("at most 1 are allowed"),
+        "{stderr}"
+    );
     from_file.kill().unwrap();
     from_file.wait().unwrap();
 

@@ -171,7 +171,11 @@ pub(crate) async fn subscribe(
     if query.matchers.len() > config.max_topics_per_subscription {
         return Err(ApiError::bad_request(
             "too_many_topics",
-            format!("at most {} matchers per subscription", config.max_topics_per_subscription),
+            format!(
+                "a subscription has {} topic selectors (topic, match, match_urlpattern); at most {} are allowed",
+                query.matchers.len(),
+                config.max_topics_per_subscription
+            ),
         ));
     }
     let hub = hub_url(config, &headers, &uri);
