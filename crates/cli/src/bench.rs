@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use sluice_loadgen::hub::{HubBench, Pinning, ServerTarget, summary};
+use sluice_loadgen::hub::{HubBench, Pinning, ServerTarget, StormPlan, summary};
+use sluice_loadgen::protocol::HubProtocol;
 use sluice_server::{Grant, HUB_PATH, mint_hs256};
 
 /// Measure a hub under load.
@@ -94,19 +95,44 @@ struct HubArgs {
     #[arg(
         long,
         value_name = "URL",
-        conflicts_with = "spawn_server",
-        required_unless_present = "spawn_server"
+        conflicts_with_all = ["spawn_server", "spawn_command"],
+        required_unless_present_any = ["spawn_server", "spawn_command"]
     )]
     url: Option<String>,
     /// Start `sluice serve --store memory` on a free loopback port, pinned to --server-cpus.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "spawn_command")]
     spawn_server: bool,
+    /// Start a peer hub with `sh -c CMD`, pinned to --server-cpus, in a process group of its
+    /// own (all its processes count as the server); it must listen on 127.0.0.1 at the port
+    /// in $SLUICE_BENCH_PORT, and should `exec` the server (bench/peers/nchan.sh does).
+    #[arg(long, value_name = "CMD")]
+    spawn_command: Option<String>,
+    /// The hub's path on a --spawn-command server.
+    #[arg(long, default_value = "/", value_name = "PATH", requires = "spawn_command")]
+    spawn_path: String,
+    /// How the hub is spoken to: `mercure` (Sluice) or `nchan` (`POST /pub/<channel>`, an
+    /// EventSource subscriber at `GET /sub/<channel>`).
+    #[arg(long, default_value = "mercure", value_name = "P")]
+    protocol: HubProtocol,
+    /// Spread the subscribers over this many topics (subscriber i on topic i mod N) and
+    /// publish to each in turn; 1: everyone on one topic.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    topics: u64,
+    /// Before the publish steps, a connect storm: every subscriber leaves, M updates per
+    /// topic are published, and all reconnect at once with Last-Event-ID.
+    #[arg(long, value_name = "M")]
+    storm: Option<u32>,
+    /// Skip the remaining rates once a step's p99 exceeds this (or it delivered under 99%,
+    /// or over 1% of its publishes failed or were late).
+    #[arg(long, value_name = "MS")]
+    stop_at_p99: Option<u64>,
     /// Subscribers in all.
     #[arg(long, default_value_t = 1_000, value_name = "N")]
     subscribers: u64,
-    /// The topic to subscribe and publish to.
-    #[arg(long, default_value = "https://example.com/bench", value_name = "T")]
-    topic: String,
+    /// The topic to subscribe and publish to [default: https://example.com/bench; with
+    /// nchan: bench].
+    #[arg(long, value_name = "T")]
+    topic: Option<String>,
     /// Publish rates in updates/s, one step each (0: idle).
     #[arg(long, value_delimiter = ',', default_value = "0", value_name = "R[,R2,...]")]
     rate: Vec<f64>,
@@ -274,11 +300,14 @@ async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
             mint_hs256(secret.as_bytes(), &grant)
         })
     });
-    let server = match (&args.url, args.spawn_server) {
-        (Some(url), false) => {
+    let server = match (&args.url, args.spawn_server, &args.spawn_command) {
+        (None, false, Some(command)) => {
+            ServerTarget::Command { command: command.clone(), path: args.spawn_path.clone() }
+        }
+        (Some(url), false, None) => {
             ServerTarget::Url(url.parse().with_context(|| format!("--url {url:?}"))?)
         }
-        (None, true) => {
+        (None, true, None) => {
             // The scripted provider only: the hub is measured, not the local model (which
             // would add its load time and 100 MB to the RSS baseline).
             let mut server_args: Vec<String> =
@@ -295,8 +324,12 @@ async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
                 path: HUB_PATH.into(),
             }
         }
-        _ => bail!("give either --url or --spawn-server"),
+        _ => bail!("give one of --url, --spawn-server and --spawn-command"),
     };
+    let topic = args.topic.clone().unwrap_or_else(|| match args.protocol {
+        HubProtocol::Mercure => "https://example.com/bench".to_owned(),
+        HubProtocol::Nchan => "bench".to_owned(),
+    });
     let other_nodes = args
         .also_urls
         .iter()
@@ -304,12 +337,18 @@ async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<_>>()?;
     let bench = HubBench {
         server,
+        protocol: args.protocol,
+        topics: args.topics.max(1),
+        storm: args
+            .storm
+            .map(|missed| StormPlan { missed: missed.max(1), deadline: Duration::from_secs(60) }),
+        stop_when_p99_over: args.stop_at_p99.map(Duration::from_millis),
         server_pid: args.server_pid,
         other_nodes,
         other_pids: args.also_pids.clone(),
         watch_pid: args.watch_pid,
         subscribers: args.subscribers,
-        topic: args.topic,
+        topic,
         rates: args.rate,
         step_duration: Duration::from_secs(args.duration.max(1)),
         message_size: args.message_size,

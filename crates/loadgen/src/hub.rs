@@ -8,8 +8,16 @@
 //! 3. For each publish rate, publishes for a step's duration, every update stamped with its
 //!    send time and step number, and measures deliveries, publish→receive latency (HDR),
 //!    the server's and the load generator's CPU, and errors.
-//! 4. Stops the workers (and the server it started), waits for stragglers, and returns the
+//! 4. Optionally, a connect storm (before the publish steps): one update reaches everyone,
+//!    every subscriber drops its stream, more updates are published, then all reconnect at
+//!    once with the last event id they saw; measured: how long until all are connected again
+//!    and until all have the updates they missed.
+//! 5. Stops the workers (and the server it started), waits for stragglers, and returns the
 //!    results; [`summary`] renders them as Markdown tables.
+//!
+//! The hub may be a Mercure hub (Sluice) or Nchan ([`HubProtocol`]); subscribers may share
+//! one topic (fan-out) or be spread over many (one subscriber per topic, updates published to
+//! each topic in turn).
 //!
 //! Everything is bounded: connecting has a deadline, steps have a duration, workers exit by
 //! themselves after the planned run plus a margin, and children are killed if the
@@ -29,6 +37,7 @@ use tokio::process::{Child, ChildStdin};
 use crate::Error;
 use crate::process;
 use crate::procfs::{self, ProcSample};
+use crate::protocol::HubProtocol;
 use crate::publisher::{self, PublishPlan, PublishStats};
 use crate::stats::{Aggregate, WorkerReport};
 use crate::worker::WorkerConfig;
@@ -51,7 +60,30 @@ pub enum ServerTarget {
         /// The hub's path on it.
         path: String,
     },
+    /// Start a peer: `sh -c command` in a process group of its own, told its port by
+    /// [`process::PORT_VAR`]; the hub is at `path` on it. Every process of the group counts
+    /// as the server (nginx's master and worker).
+    Command {
+        /// The shell command (it should `exec` the server).
+        command: String,
+        /// The hub's path on it (`/` for Nchan).
+        path: String,
+    },
 }
+
+/// A connect storm's settings.
+#[derive(Debug, Clone)]
+pub struct StormPlan {
+    /// Updates published while the subscribers are away (each must be replayed to all).
+    pub missed: u32,
+    /// How long reconnecting and replaying may take.
+    pub deadline: Duration,
+}
+
+/// The step number stamped on the update that gives every subscriber a last event id.
+const STORM_PRIMER_STEP: u32 = 1_000_000;
+/// The step number stamped on the updates published while the subscribers are away.
+const STORM_MISSED_STEP: u32 = 1_000_001;
 
 /// CPU pinning with `taskset`.
 #[derive(Debug, Clone)]
@@ -67,6 +99,8 @@ pub struct Pinning {
 pub struct HubBench {
     /// The server.
     pub server: ServerTarget,
+    /// How to subscribe and publish.
+    pub protocol: HubProtocol,
     /// The pid of a running server (with [`ServerTarget::Url`]), for its CPU and RSS.
     pub server_pid: Option<u32>,
     /// Other nodes of the same hub (sharing its store): subscribers are spread over the
@@ -82,8 +116,18 @@ pub struct HubBench {
     pub worker_args: Vec<String>,
     /// Subscribers in all.
     pub subscribers: u64,
-    /// The topic everyone subscribes and publishes to.
+    /// The topic everyone subscribes and publishes to (with more than one topic: the base of
+    /// their names).
     pub topic: String,
+    /// Topics: 1 for fan-out; with N > 1, subscriber i takes topic i mod N and update k goes
+    /// to topic k mod N.
+    pub topics: u64,
+    /// A connect storm before the publish steps.
+    pub storm: Option<StormPlan>,
+    /// Skip the remaining rates once a step saturates the hub: its p99 is over this, fewer
+    /// than 99% of its updates were delivered, or more than 1% of its publishes failed or
+    /// could not be sent in time.
+    pub stop_when_p99_over: Option<Duration>,
     /// Publish rates, one step each (updates/s; 0 = idle).
     pub rates: Vec<f64>,
     /// The duration of each step.
@@ -121,6 +165,7 @@ impl HubBench {
             server: ServerTarget::Url(
                 Url::parse("http://127.0.0.1:8080/.well-known/mercure").expect("a valid URL"),
             ),
+            protocol: HubProtocol::Mercure,
             server_pid: None,
             other_nodes: Vec::new(),
             other_pids: Vec::new(),
@@ -129,6 +174,9 @@ impl HubBench {
             worker_args,
             subscribers: 1_000,
             topic: "https://example.com/bench".into(),
+            topics: 1,
+            storm: None,
+            stop_when_p99_over: None,
             rates: vec![0.0],
             step_duration: Duration::from_secs(10),
             message_size: 100,
@@ -159,11 +207,15 @@ impl HubBench {
         if self.rates.is_empty() || self.rates.iter().any(|r| !r.is_finite() || *r < 0.0) {
             return Err(Error::Config("rates must be zero or more updates per second".into()));
         }
-        if self.rates.iter().any(|&r| r > 0.0) && self.publish_token.is_none() {
+        let publishes = self.rates.iter().any(|&r| r > 0.0) || self.storm.is_some();
+        if publishes && self.protocol.needs_token() && self.publish_token.is_none() {
             return Err(Error::Config("publishing needs a token (--token or --jwt-secret)".into()));
         }
         if let ServerTarget::Url(url) = &self.server {
             loopback_addr(url)?;
+        }
+        if self.topics > 1 && !self.other_nodes.is_empty() {
+            return Err(Error::Config("many topics over several nodes is not supported".into()));
         }
         self.other_nodes.iter().try_for_each(|url| loopback_addr(url).map(drop))?;
         Ok(())
@@ -178,22 +230,36 @@ impl HubBench {
 
         // The server.
         let mut server_child = None;
+        let mut server_group = None;
+        let cpus = self.pinning.as_ref().map(|p| p.server_cpus.as_str());
         let (url, server_pid) = match &self.server {
             ServerTarget::Url(url) => (url.clone(), self.server_pid),
             ServerTarget::Spawn { program, args, path } => {
-                let cpus = self.pinning.as_ref().map(|p| p.server_cpus.as_str());
                 let (child, url) = process::spawn_server(program, args, cpus, path).await?;
                 let pid = child.id();
                 server_child = Some(child);
                 (url, pid)
             }
+            ServerTarget::Command { command, path } => {
+                let group =
+                    process::spawn_command(command, cpus, &[], None, None, Duration::from_secs(30))
+                        .await?;
+                let url = Url::parse(&format!("http://{}{path}", group.addr))
+                    .map_err(|e| Error::Config(format!("bad path {path:?}: {e}")))?;
+                let pid = group.pgid;
+                server_group = Some(group);
+                (url, Some(pid))
+            }
         };
         let nodes: Vec<Url> =
             std::iter::once(url.clone()).chain(self.other_nodes.iter().cloned()).collect();
-        let server_pids: Vec<u32> =
-            server_pid.into_iter().chain(self.other_pids.iter().copied()).collect();
-        let server_cpus = server_pid.and_then(procfs::allowed_cpus);
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let group_pids = server_group.as_ref().map(process::Group::pids);
+        let server_pids: Vec<u32> = match &group_pids {
+            Some(pids) => pids.clone(),
+            None => server_pid.into_iter().chain(self.other_pids.iter().copied()).collect(),
+        };
+        let server_cpus = server_pid.and_then(procfs::allowed_cpus);
         let rss_before = servers_sample(&server_pids).map(|s| s.rss_kib);
 
         // The workers.
@@ -204,21 +270,31 @@ impl HubBench {
         let planned = self.settle
             + self.drain_max * self.rates.len() as u32
             + self.connect_deadline
-            + self.step_duration * self.rates.len() as u32;
+            + self.step_duration * self.rates.len() as u32
+            + self.storm.as_ref().map_or(Duration::ZERO, |s| s.deadline + Duration::from_secs(60));
         let overflows_before = procfs::tcp_ext_counter("ListenOverflows");
         let started_ns = crate::now_nanos();
         let connect_started = Instant::now();
         let mut workers = Vec::with_capacity(processes);
         let aggregate = Arc::new(Mutex::new(Aggregate::new(processes)));
+        let mut first_topic = 0;
         for index in 0..processes {
             let share = self.subscribers / processes as u64
                 + u64::from((index as u64) < self.subscribers % processes as u64);
             let node = &nodes[index % nodes.len()];
             let addr = loopback_addr(node)?;
+            let path_and_query = match self.topics {
+                0 | 1 => self.protocol.subscribe_path(node, &self.topic, None),
+                _ => self.protocol.subscribe_prefix(node, &self.topic),
+            };
             let config = WorkerConfig {
                 addr,
                 host: addr.to_string(),
-                path_and_query: subscribe_path(node, &self.topic),
+                path_and_query,
+                topics: self.topics,
+                first_topic,
+                storm_concurrency: 0,
+                resume: true,
                 token: self.subscribe_token.clone(),
                 subscribers: share,
                 connect_concurrency: self.connect_concurrency,
@@ -228,6 +304,7 @@ impl HubBench {
                 max_seconds: planned.as_secs() + 60,
             };
             workers.push(self.spawn_worker(index, &config, Arc::clone(&aggregate)).await?);
+            first_topic += share;
         }
         let mut monitor = Monitor::new(
             server_pids.clone(),
@@ -288,16 +365,26 @@ impl HubBench {
             },
         };
 
-        // The publish steps.
         let client = publisher::client(self.publish_connections)?;
+        let storm = match &self.storm {
+            Some(plan) => {
+                Some(self.storm(plan, &client, &url, &mut workers, &aggregate, &mut monitor).await?)
+            }
+            None => None,
+        };
+
+        // The publish steps.
         let mut steps = Vec::with_capacity(self.rates.len());
+        let mut saturated_at = None;
         for (index, &rate) in self.rates.iter().enumerate() {
             let step = index as u32;
             let before = monitor.snapshot();
             let published = if rate > 0.0 {
                 let plan = PublishPlan {
                     url: url.clone(),
+                    protocol: self.protocol,
                     topic: self.topic.clone(),
+                    topics: self.topics,
                     token: self.publish_token.clone().unwrap_or_default(),
                     rate,
                     duration: self.step_duration,
@@ -320,6 +407,34 @@ impl HubBench {
             steps.push(StepResult::measured(rate, &published, &before, &after));
             // Let a backlog drain so the next step starts from an idle server.
             monitor.quiesce(self.drain, self.drain_max).await;
+            if let Some(limit) = self.stop_when_p99_over
+                && rate > 0.0
+            {
+                let subscribers = aggregate.lock().unwrap().totals().connected;
+                let per_update = subscribers / self.topics.max(1);
+                let (delivered, p99) = aggregate
+                    .lock()
+                    .unwrap()
+                    .step(step)
+                    .map_or((0, 0), |(count, latency)| (*count, latency.quantile_micros(0.99)));
+                let planned = (rate * self.step_duration.as_secs_f64()).round().max(1.0);
+                let failed = (published.errors + published.behind) as f64;
+                let expected = published.ok * per_update;
+                if p99 as f64 > limit.as_micros() as f64
+                    || (delivered as f64) < 0.99 * expected as f64
+                    || failed > 0.01 * planned
+                {
+                    if self.progress {
+                        eprintln!(
+                            "saturated at {rate}/s (p99 {:.0} ms, {delivered} of {expected} \
+                             delivered, {failed} publishes failed or late): higher rates skipped",
+                            p99 as f64 / 1e3
+                        );
+                    }
+                    saturated_at = Some(rate);
+                    break;
+                }
+            }
         }
 
         // Stop the workers; collect their last reports.
@@ -334,22 +449,28 @@ impl HubBench {
             let _ = tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await;
         }
         let aggregate = aggregate.lock().unwrap().clone();
+        let per_update = connect.connected / self.topics.max(1);
         for (index, step) in steps.iter_mut().enumerate() {
-            step.finish(aggregate.step(index as u32), connect.connected, self.step_duration);
+            step.finish(aggregate.step(index as u32), per_update, self.step_duration);
         }
         if let Some(mut server) = server_child.take() {
             let _ = server.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), server.wait()).await;
+        }
+        if let Some(group) = server_group.take() {
+            group.stop(Duration::from_secs(5)).await;
         }
         let totals = aggregate.totals();
         Ok(HubResults {
             machine,
             loadavg_end: read_loadavg(),
             url: url.to_string(),
+            protocol: self.protocol.name().to_owned(),
             nodes: nodes.len(),
             open_file_limit: open_files,
             subscribers: self.subscribers,
             topic: self.topic.clone(),
+            topics: self.topics.max(1),
             message_size: self.message_size,
             step_seconds: self.step_duration.as_secs_f64(),
             processes,
@@ -357,9 +478,116 @@ impl HubBench {
             loadgen_cpus: procfs::allowed_cpus(std::process::id()),
             connect,
             idle,
+            storm,
             steps,
+            saturated_at,
             disconnects: totals.disconnects,
             first_error: totals.first_error,
+        })
+    }
+
+    /// The connect storm: see the module's documentation.
+    async fn storm(
+        &self,
+        plan: &StormPlan,
+        client: &reqwest::Client,
+        url: &Url,
+        workers: &mut [Worker],
+        aggregate: &Arc<Mutex<Aggregate>>,
+        monitor: &mut Monitor,
+    ) -> Result<StormResult, Error> {
+        let subscribers = aggregate.lock().unwrap().totals().connected;
+        let topics = self.topics.max(1);
+        let publish = |step: u32, updates: u64| PublishPlan {
+            url: url.clone(),
+            protocol: self.protocol,
+            topic: self.topic.clone(),
+            topics: self.topics,
+            token: self.publish_token.clone().unwrap_or_default(),
+            rate: 100.0,
+            duration: Duration::from_secs_f64(updates as f64 / 100.0),
+            message_size: self.message_size,
+            step,
+            connections: self.publish_connections,
+        };
+        let count = |step: u32| aggregate.lock().unwrap().step(step).map_or(0, |(n, _)| *n);
+        // Everyone gets one update, so everyone has a last event id.
+        let primer = publisher::publish(client, &publish(STORM_PRIMER_STEP, topics)).await;
+        let primed = monitor
+            .wait_until("prime", Instant::now() + Duration::from_secs(30), || {
+                count(STORM_PRIMER_STEP) >= subscribers
+            })
+            .await;
+        if !primed {
+            return Err(Error::Worker(format!(
+                "storm: {} of {subscribers} subscribers got the first update ({} published, {} \
+                 failed: {:?})",
+                count(STORM_PRIMER_STEP),
+                primer.ok,
+                primer.errors + primer.behind,
+                primer.first_error
+            )));
+        }
+
+        // Everyone leaves; updates are published meanwhile.
+        for worker in workers.iter_mut() {
+            worker.send("disconnect").await;
+        }
+        let connected = || aggregate.lock().unwrap().totals().connected;
+        let left = monitor
+            .wait_until("leave", Instant::now() + Duration::from_secs(30), || connected() == 0)
+            .await;
+        if !left {
+            return Err(Error::Worker(format!("storm: {} streams still open", connected())));
+        }
+        let missed = u64::from(plan.missed) * topics;
+        let published = publisher::publish(client, &publish(STORM_MISSED_STEP, missed)).await;
+
+        // Everyone comes back at once.
+        let before = aggregate.lock().unwrap().totals();
+        let overflows_before = procfs::tcp_ext_counter("ListenOverflows");
+        let started_ns = crate::now_nanos();
+        let started = Instant::now();
+        let line = format!("reconnect {started_ns}");
+        for worker in workers.iter_mut() {
+            worker.send(&line).await;
+        }
+        let deadline = started + plan.deadline;
+        let all_back = monitor.wait_until("storm", deadline, || connected() >= subscribers).await;
+        let reconnect_seconds = match aggregate.lock().unwrap().totals().last_connected_ns {
+            ns if ns > started_ns => (ns - started_ns) as f64 / 1e9,
+            _ => started.elapsed().as_secs_f64(),
+        };
+        let expected = published.ok * (subscribers / topics);
+        let replayed_all =
+            monitor.wait_until("replay", deadline, || count(STORM_MISSED_STEP) >= expected).await;
+        let replay_seconds = started.elapsed().as_secs_f64();
+        let after = aggregate.lock().unwrap().totals();
+        let (replayed, latency) = aggregate
+            .lock()
+            .unwrap()
+            .step(STORM_MISSED_STEP)
+            .map(|(n, l)| (*n, l.clone()))
+            .unwrap_or_default();
+        let ms = |q: f64| latency.quantile_micros(q) as f64 / 1e3;
+        Ok(StormResult {
+            subscribers,
+            reconnected: after.reconnected,
+            all_reconnected: all_back,
+            reconnect_seconds,
+            reconnects_per_second: after.reconnected as f64 / reconnect_seconds.max(1e-9),
+            missed_published: published.ok,
+            replay_expected: expected,
+            replayed,
+            replay_seconds: replayed_all.then_some(replay_seconds),
+            replay_p50_ms: ms(0.5),
+            replay_p99_ms: ms(0.99),
+            replay_max_ms: latency.max_micros() as f64 / 1e3,
+            connect_errors: after.connect_errors.saturating_sub(before.connect_errors),
+            gave_up: after.gave_up.saturating_sub(before.gave_up),
+            listen_overflows: procfs::tcp_ext_counter("ListenOverflows")
+                .zip(overflows_before)
+                .map(|(after, before)| after.saturating_sub(before)),
         })
     }
 
@@ -407,8 +635,14 @@ struct Worker {
 
 impl Worker {
     async fn stop(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"stop\n").await;
+        self.send("stop").await;
+        self.stdin = None;
+    }
+
+    /// Writes a command line to the worker's stdin.
+    async fn send(&mut self, command: &str) {
+        if let Some(stdin) = &mut self.stdin {
+            let _ = stdin.write_all(format!("{command}\n").as_bytes()).await;
             let _ = stdin.flush().await;
         }
     }
@@ -481,6 +715,20 @@ impl Monitor {
             tokio::time::sleep(left.min(Duration::from_millis(250))).await;
             self.tick(phase, step);
         }
+    }
+
+    /// Waits until `done` or `deadline`, printing progress; returns `done()`.
+    async fn wait_until(
+        &mut self,
+        phase: &str,
+        deadline: Instant,
+        done: impl Fn() -> bool,
+    ) -> bool {
+        while !done() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.tick(phase, None);
+        }
+        done()
     }
 
     /// Waits until no event has arrived for `quiet`, or `max` has passed.
@@ -606,6 +854,42 @@ pub struct IdleResult {
     pub bytes_per_subscriber: Option<f64>,
 }
 
+/// How a connect storm went.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormResult {
+    /// Subscribers connected before the storm (all of them left, then came back).
+    pub subscribers: u64,
+    /// Subscribers connected again.
+    pub reconnected: u64,
+    /// Whether all were connected again before the deadline.
+    pub all_reconnected: bool,
+    /// From the reconnect order to the last subscriber connected again, seconds.
+    pub reconnect_seconds: f64,
+    /// Reconnections per second over that time.
+    pub reconnects_per_second: f64,
+    /// Updates published while the subscribers were away.
+    pub missed_published: u64,
+    /// Replays expected: those updates × the subscribers of their topics.
+    pub replay_expected: u64,
+    /// Replayed updates received (with `Last-Event-ID`).
+    pub replayed: u64,
+    /// From the reconnect order until every replay had arrived, seconds (none: not all did
+    /// before the deadline).
+    pub replay_seconds: Option<f64>,
+    /// Reconnect order → replayed update received, median, ms.
+    pub replay_p50_ms: f64,
+    /// 99th percentile, ms.
+    pub replay_p99_ms: f64,
+    /// Largest, ms.
+    pub replay_max_ms: f64,
+    /// Failed connection attempts during the storm.
+    pub connect_errors: u64,
+    /// Subscribers that gave up.
+    pub gave_up: u64,
+    /// Connections the kernel dropped for a full accept queue during the storm.
+    pub listen_overflows: Option<u64>,
+}
+
 /// One publish rate's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepResult {
@@ -617,7 +901,7 @@ pub struct StepResult {
     pub publish_errors: u64,
     /// Publishes skipped because every publisher connection was busy.
     pub publish_behind: u64,
-    /// Deliveries expected: published × subscribers connected.
+    /// Deliveries expected: published × the subscribers of a topic.
     pub expected: u64,
     /// Deliveries of this step's updates (counted until the end of the run).
     pub delivered: u64,
@@ -715,14 +999,18 @@ pub struct HubResults {
     pub loadavg_end: String,
     /// The hub URL.
     pub url: String,
+    /// `mercure` or `nchan`.
+    pub protocol: String,
     /// Nodes the subscribers were spread over (1 for a single server).
     pub nodes: usize,
     /// The load generator's open-file limit.
     pub open_file_limit: u64,
     /// Subscribers asked for.
     pub subscribers: u64,
-    /// The topic.
+    /// The topic (the base of their names with several).
     pub topic: String,
+    /// Topics the subscribers are spread over.
+    pub topics: u64,
     /// Bytes of data per update.
     pub message_size: usize,
     /// Seconds per step.
@@ -737,8 +1025,12 @@ pub struct HubResults {
     pub connect: ConnectResult,
     /// Idle memory.
     pub idle: IdleResult,
-    /// One per rate.
+    /// The connect storm, if one was run.
+    pub storm: Option<StormResult>,
+    /// One per rate run.
     pub steps: Vec<StepResult>,
+    /// The rate that saturated the hub, after which the higher ones were skipped.
+    pub saturated_at: Option<f64>,
     /// Streams that ended before the run did.
     pub disconnects: u64,
     /// The first subscriber error, as an example.
@@ -750,9 +1042,16 @@ pub fn summary(results: &HubResults) -> String {
     let mut out = String::new();
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
     let mib = |kib: Option<u64>| opt(kib.map(|k| k as f64 / 1024.0), 1);
+    let topics = match results.topics {
+        1 => "one topic".to_owned(),
+        n => format!("{n} topics"),
+    };
     out.push_str(&format!(
-        "{} subscribers on one topic over {} node(s), {}-byte messages, {} worker process(es); \
-         server CPUs {}, load generator CPUs {}; {} CPUs ({}), load average at start {}\n\n",
+        "{} ({}): {} subscribers on {topics} over {} node(s), {}-byte messages, {} worker \
+         process(es); server CPUs {}, load generator CPUs {}; {} CPUs ({}), load average at \
+         start {}\n\n",
+        results.url,
+        results.protocol,
         results.subscribers,
         results.nodes,
         results.message_size,
@@ -782,6 +1081,26 @@ pub fn summary(results: &HubResults) -> String {
         i.subscribers,
         opt(i.bytes_per_subscriber, 0),
     ));
+    if let Some(s) = &results.storm {
+        out.push_str(&format!(
+            "storm: {} of {} reconnected at once in {:.2} s ({:.0}/s), {} failed attempts, {} \
+             gave up, {} accept-queue overflows; {} of {} missed updates replayed{} (reconnect \
+             order → replayed update p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)\n\n",
+            s.reconnected,
+            s.subscribers,
+            s.reconnect_seconds,
+            s.reconnects_per_second,
+            s.connect_errors,
+            s.gave_up,
+            s.listen_overflows.map_or("?".to_owned(), |n| n.to_string()),
+            s.replayed,
+            s.replay_expected,
+            s.replay_seconds.map_or(String::new(), |t| format!(", all within {t:.2} s")),
+            s.replay_p50_ms,
+            s.replay_p99_ms,
+            s.replay_max_ms,
+        ));
+    }
     out.push_str(
         "| publish/s | published | deliveries/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms \
          | server CPU | loadgen CPU | watched CPU | server writes/s | events/write | server RSS MiB \
@@ -818,22 +1137,15 @@ pub fn summary(results: &HubResults) -> String {
             s.publish_errors + s.publish_behind + s.disconnects,
         ));
     }
+    if let Some(rate) = results.saturated_at {
+        out.push_str(&format!("\nsaturated at {rate} updates/s: higher rates skipped"));
+    }
     out.push_str(&format!("\nstreams ended early: {}", results.disconnects));
     if let Some(error) = &results.first_error {
         out.push_str(&format!(" (first: {error})"));
     }
     out.push('\n');
     out
-}
-
-/// The subscription's path and query: the hub's path with `topic=` added.
-fn subscribe_path(url: &Url, topic: &str) -> String {
-    let mut url = url.clone();
-    url.query_pairs_mut().append_pair("topic", topic);
-    match url.query() {
-        Some(query) => format!("{}?{query}", url.path()),
-        None => url.path().to_owned(),
-    }
 }
 
 /// The socket address of a loopback `http` URL; anything else is refused.
@@ -872,14 +1184,5 @@ mod tests {
         assert!(loopback_addr(&url("http://10.0.0.1/x")).is_err());
         assert!(loopback_addr(&url("http://example.com/x")).is_err());
         assert!(loopback_addr(&url("https://127.0.0.1/x")).is_err());
-    }
-
-    #[test]
-    fn subscribe_path_encodes_the_topic() {
-        let url = Url::parse("http://127.0.0.1:8080/.well-known/mercure").unwrap();
-        assert_eq!(
-            subscribe_path(&url, "https://example.com/a b"),
-            "/.well-known/mercure?topic=https%3A%2F%2Fexample.com%2Fa+b"
-        );
     }
 }

@@ -25,7 +25,8 @@
 //! - [`stats`]: latency histograms (HDR) and the reports workers send, mergeable exactly.
 //! - [`procfs`]: CPU time and RSS of a process from `/proc`.
 //! - [`process`]: starting the measured servers, pinned to CPUs.
-//! - [`publisher`]: form POSTs at a set rate, each stamped with its send time.
+//! - [`protocol`]: how a Mercure hub and Nchan are subscribed and published to.
+//! - [`publisher`]: publishes at a set rate, each update stamped with its send time.
 //! - [`worker`]: a process holding thousands of lean subscribers on one thread.
 //! - [`gateway`]: `sluice bench gateway`: streamed answers through a gateway against straight
 //!   from its upstream.
@@ -44,6 +45,7 @@ pub mod gateway;
 pub mod hub;
 pub mod process;
 pub mod procfs;
+pub mod protocol;
 pub mod publisher;
 pub mod soak;
 pub mod stats;

@@ -102,6 +102,32 @@ fn parse_tcp_ext(text: &str, name: &str) -> Option<u64> {
     values.split_whitespace().nth(index)?.parse().ok()
 }
 
+/// The processes whose process group is `pgid` (field 5 of `/proc/<pid>/stat`).
+pub fn group_pids(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parse_pgrp(&stat))
+                == Some(pgid)
+        })
+        .collect()
+}
+
+fn parse_pgrp(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the name: state (3), ppid (4), pgrp (5).
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Peak resident set size (`VmHWM`) of process `pid`, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_field(&status, "VmHWM:")
+}
+
 /// The CPUs a process may run on (`Cpus_allowed_list` of `/proc/<pid>/status`).
 pub fn allowed_cpus(pid: u32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -118,6 +144,7 @@ mod tests {
         let stat = "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 9 0 \
                     5000 100000 2000 18446744073709551615";
         assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert_eq!(parse_pgrp(stat), Some(1234));
         assert_eq!(
             parse_field("Name:\tx\nVmRSS:\t  10240 kB\nThreads: 3\n", "VmRSS:"),
             Some(10240)
@@ -137,5 +164,6 @@ mod tests {
     fn reads_its_own_process() {
         let sample = ProcSample::read(std::process::id()).unwrap();
         assert!(sample.rss_kib > 0);
+        assert!(peak_rss_kib(std::process::id()).unwrap() >= sample.rss_kib);
     }
 }

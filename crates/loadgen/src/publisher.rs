@@ -1,4 +1,5 @@
-//! Publishers: Mercure form POSTs at a set rate, over a few keep-alive connections.
+//! Publishers: updates at a set rate, over a few keep-alive connections, to a Mercure hub
+//! (form POSTs) or to Nchan (the data as the body), one topic or many in turn.
 //!
 //! A pacer hands out one job per tick; `connections` senders take them, stamp the data with
 //! the time of sending and POST it. When every sender is busy and the hand-off queue is
@@ -11,6 +12,7 @@ use std::time::Duration;
 use reqwest::Url;
 use tokio::sync::{Mutex, mpsc};
 
+use crate::protocol::HubProtocol;
 use crate::subscriber::{now_nanos, stamped_data};
 
 /// One step of publishing.
@@ -18,9 +20,13 @@ use crate::subscriber::{now_nanos, stamped_data};
 pub struct PublishPlan {
     /// The hub URL.
     pub url: Url,
-    /// The topic to publish to.
+    /// How to publish.
+    pub protocol: HubProtocol,
+    /// The topic to publish to (with more than one topic: the base of their names).
     pub topic: String,
-    /// The publisher JWT.
+    /// Topics: with more than one, update k goes to topic number k mod `topics`.
+    pub topics: u64,
+    /// The publisher JWT (Mercure).
     pub token: String,
     /// Updates per second.
     pub rate: f64,
@@ -37,7 +43,7 @@ pub struct PublishPlan {
 /// What a step of publishing did.
 #[derive(Debug, Clone, Default)]
 pub struct PublishStats {
-    /// Updates the hub accepted (200).
+    /// Updates the hub accepted (2xx).
     pub ok: u64,
     /// Updates refused or failed.
     pub errors: u64,
@@ -64,7 +70,7 @@ pub async fn publish(client: &reqwest::Client, plan: &PublishPlan) -> PublishSta
         return PublishStats::default();
     }
     let connections = plan.connections.max(1);
-    let (jobs, receiver) = mpsc::channel::<()>(connections);
+    let (jobs, receiver) = mpsc::channel::<u64>(connections);
     let receiver = Arc::new(Mutex::new(receiver));
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -75,19 +81,20 @@ pub async fn publish(client: &reqwest::Client, plan: &PublishPlan) -> PublishSta
         senders.push(tokio::spawn(async move {
             loop {
                 let job = receiver.lock().await.recv().await;
-                if job.is_none() {
-                    break;
-                }
+                let Some(index) = job else { break };
+                let topic = plan
+                    .protocol
+                    .topic(&plan.topic, (plan.topics > 1).then_some(index % plan.topics.max(1)));
                 let data = stamped_data(now_nanos(), plan.step, plan.message_size);
-                let result = client
-                    .post(plan.url.clone())
-                    .bearer_auth(&plan.token)
-                    .form(&[("topic", plan.topic.as_str()), ("data", data.as_str())])
+                let result = plan
+                    .protocol
+                    .publish(&client, &plan.url, &topic, &plan.token, data)
                     .send()
                     .await;
                 let error = match result {
+                    // Mercure answers 200 with the id; Nchan 201 (subscribers) or 202 (none).
                     Ok(response) if response.status().is_success() => {
-                        // Read the body (the id) so the connection is reused.
+                        // Read the body so the connection is reused.
                         match response.bytes().await {
                             Ok(_) => None,
                             Err(e) => Some(e.to_string()),
@@ -110,9 +117,9 @@ pub async fn publish(client: &reqwest::Client, plan: &PublishPlan) -> PublishSta
 
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for _ in 0..total {
+    for index in 0..total {
         ticks.tick().await;
-        if jobs.try_send(()).is_err() {
+        if jobs.try_send(index).is_err() {
             stats.lock().await.behind += 1;
         }
     }

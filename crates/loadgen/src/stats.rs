@@ -109,8 +109,11 @@ pub struct WorkerReport {
     pub connect_errors: u64,
     /// Subscribers that gave up connecting after their last retry.
     pub gave_up: u64,
-    /// Streams that ended or failed after they were open.
+    /// Streams that ended or failed after they were open (not those closed on request).
     pub disconnects: u64,
+    /// Subscribers connected again after a `reconnect` (a connect storm).
+    #[serde(default)]
+    pub reconnected: u64,
     /// Events received since the start (all steps, plus events without a timestamp).
     pub received: u64,
     /// Events that carried no load-generator timestamp.
@@ -167,6 +170,7 @@ impl Aggregate {
             total.connect_errors += w.connect_errors;
             total.gave_up += w.gave_up;
             total.disconnects += w.disconnects;
+            total.reconnected += w.reconnected;
             total.received += w.received;
             total.untimed += w.untimed;
             total.last_connected_ns = total.last_connected_ns.max(w.last_connected_ns);

@@ -1,12 +1,17 @@
 //! A lean event-stream subscriber: a raw HTTP/1.1 GET over a tokio `TcpStream`, its body
-//! de-chunked and decoded in place, each event's publish→receive latency recorded.
+//! de-chunked (when chunked) and decoded in place, each event's publish→receive latency
+//! recorded.
 //!
 //! Thousands of these run in one worker process on one thread, so a subscriber owns no read
 //! buffer: it waits until its socket is readable, then reads into the worker's one shared
 //! buffer and decodes what it got before yielding again. Its own state is a
 //! [`Dechunker`](crate::chunked::Dechunker), an SSE [`Decoder`] and the socket.
+//!
+//! The coordinator may ask every subscriber to drop its connection and, later, to reconnect
+//! all at once (a connect storm): each then sends the last event id it saw as
+//! `Last-Event-ID`, so the hub replays what it missed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sluice_sse::Decoder;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::chunked::{Dechunker, Progress};
 use crate::stats::{Latency, StepDelta, WorkerReport};
@@ -51,16 +57,35 @@ pub fn parse_stamp(data: &str) -> Option<(u64, u32)> {
 pub(crate) struct Shared {
     pub(crate) stats: RefCell<Stats>,
     buffer: RefCell<Vec<u8>>,
+    /// Reconnect attempts in flight at once during a storm.
+    storm: tokio::sync::Semaphore,
 }
 
 impl Shared {
-    pub(crate) fn new(subscribers: u64) -> Self {
+    /// `storm_concurrency`: reconnects in flight at once after a `reconnect` (0: all).
+    pub(crate) fn new(subscribers: u64, storm_concurrency: usize) -> Self {
         let stats = Stats {
             report: WorkerReport { pending: subscribers, ..WorkerReport::default() },
             steps: BTreeMap::new(),
+            floor_nanos: Cell::new(0),
         };
-        Shared { stats: RefCell::new(stats), buffer: RefCell::new(vec![0; 64 * 1024]) }
+        let storm = match storm_concurrency {
+            0 => tokio::sync::Semaphore::MAX_PERMITS,
+            n => n,
+        };
+        Shared {
+            stats: RefCell::new(stats),
+            buffer: RefCell::new(vec![0; 64 * 1024]),
+            storm: tokio::sync::Semaphore::new(storm),
+        }
     }
+}
+
+/// What the coordinator has asked of every subscriber of a worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Control {
+    /// Between a `disconnect` and the next `reconnect`: streams are to be closed.
+    pub(crate) disconnected: bool,
 }
 
 /// A worker's running counters.
@@ -69,6 +94,10 @@ pub(crate) struct Stats {
     /// The counters (its `steps` stays empty: deltas live in `steps` below).
     pub(crate) report: WorkerReport,
     steps: BTreeMap<u32, (u64, Latency)>,
+    /// Latency is counted from the send time or from this (ns since the epoch), whichever is
+    /// later: set to the moment of a `reconnect`, so what a replay delivers is timed from the
+    /// reconnect instead of from when it was published, while the subscriber was away.
+    floor_nanos: Cell<u64>,
 }
 
 impl Stats {
@@ -78,13 +107,19 @@ impl Stats {
         }
     }
 
+    /// Times latencies from `nanos` at the earliest (see `floor_nanos`).
+    pub(crate) fn set_floor(&self, nanos: u64) {
+        self.floor_nanos.set(nanos);
+    }
+
     fn event(&mut self, data: &str, now_nanos: u64) {
         self.report.received += 1;
         match parse_stamp(data) {
             Some((sent, step)) => {
                 let (count, latency) = self.steps.entry(step).or_default();
                 *count += 1;
-                latency.record_micros(now_nanos.saturating_sub(sent) / 1_000);
+                let from = sent.max(self.floor_nanos.get());
+                latency.record_micros(now_nanos.saturating_sub(from) / 1_000);
             }
             None => self.report.untimed += 1,
         }
@@ -109,8 +144,12 @@ impl Stats {
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
-    /// The request, head and all.
-    pub(crate) request: Vec<u8>,
+    /// The path and query (a subscriber's topic number is appended to it).
+    path_and_query: String,
+    /// The header lines after the request line, without the blank line that ends them.
+    headers: String,
+    /// Whether a reconnect sends the last event id seen.
+    resume: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) attempts: u32,
 }
@@ -124,15 +163,41 @@ impl Target {
         connect_timeout: Duration,
         attempts: u32,
     ) -> Self {
-        let mut request = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
-             Cache-Control: no-cache\r\n"
-        );
+        let mut headers =
+            format!("Host: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n");
         if let Some(token) = token {
-            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+            headers.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        Target {
+            addr,
+            path_and_query: path_and_query.to_owned(),
+            headers,
+            resume: true,
+            connect_timeout,
+            attempts: attempts.max(1),
+        }
+    }
+
+    /// Whether a reconnect sends `Last-Event-ID` (on by default).
+    pub(crate) fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// The request of the subscriber to topic number `topic` (none: the path as given), with
+    /// `Last-Event-ID: last_id` when resuming and `last_id` is not empty.
+    fn request(&self, topic: Option<u64>, last_id: &str) -> Vec<u8> {
+        let mut request = format!("GET {}", self.path_and_query);
+        if let Some(topic) = topic {
+            request.push_str(&topic.to_string());
+        }
+        request.push_str(" HTTP/1.1\r\n");
+        request.push_str(&self.headers);
+        if self.resume && !last_id.is_empty() {
+            request.push_str(&format!("Last-Event-ID: {last_id}\r\n"));
         }
         request.push_str("\r\n");
-        Target { addr, request: request.into_bytes(), connect_timeout, attempts: attempts.max(1) }
+        request.into_bytes()
     }
 }
 
@@ -155,63 +220,104 @@ fn failure(message: impl Into<String>) -> Failure {
 }
 
 /// One subscriber: connects (taking a permit of `connects` for the attempt, retrying with
-/// backoff), then reads its stream until it ends or the worker stops.
+/// backoff), then reads its stream until it ends or the worker stops. When `control` asks,
+/// it closes its stream, waits, and reconnects (taking a permit of the storm semaphore, with
+/// `Last-Event-ID`).
 pub(crate) async fn run(
     target: std::rc::Rc<Target>,
+    topic: Option<u64>,
     shared: std::rc::Rc<Shared>,
     connects: std::rc::Rc<tokio::sync::Semaphore>,
+    mut control: watch::Receiver<Control>,
 ) {
-    let mut attempt = 0;
-    let (stream, leftover, chunked) = loop {
-        attempt += 1;
-        let permit = connects.acquire().await;
-        let result =
-            match tokio::time::timeout(target.connect_timeout, open(&target, &shared)).await {
+    let mut last_id = String::new();
+    let mut reconnecting = false;
+    loop {
+        let mut attempt = 0;
+        let (stream, leftover, chunked) = loop {
+            attempt += 1;
+            let permit =
+                if reconnecting { shared.storm.acquire().await } else { connects.acquire().await };
+            let request = target.request(topic, &last_id);
+            let result = match tokio::time::timeout(
+                target.connect_timeout,
+                open(&target, &request, &shared),
+            )
+            .await
+            {
                 Ok(result) => result,
                 Err(_) => Err(failure("timed out connecting")),
             };
-        drop(permit);
-        match result {
-            Ok(opened) => break opened,
-            Err(error) => {
-                {
-                    let mut stats = shared.stats.borrow_mut();
-                    stats.report.connect_errors += 1;
-                    stats.error(format!("connect: {}", error.message));
-                    if attempt >= target.attempts {
-                        stats.report.pending -= 1;
-                        stats.report.gave_up += 1;
-                        return;
+            drop(permit);
+            match result {
+                Ok(opened) => break opened,
+                Err(error) => {
+                    {
+                        let mut stats = shared.stats.borrow_mut();
+                        stats.report.connect_errors += 1;
+                        stats.error(format!("connect: {}", error.message));
+                        if attempt >= target.attempts {
+                            stats.report.pending -= 1;
+                            stats.report.gave_up += 1;
+                            return;
+                        }
                     }
+                    let wait = error.retry_after.map_or(
+                        Duration::from_millis(100 * u64::from(attempt)),
+                        Duration::from_secs,
+                    );
+                    tokio::time::sleep(wait).await;
                 }
-                let wait = error
-                    .retry_after
-                    .map_or(Duration::from_millis(100 * u64::from(attempt)), Duration::from_secs);
-                tokio::time::sleep(wait).await;
+            }
+        };
+        {
+            let mut stats = shared.stats.borrow_mut();
+            stats.report.pending -= 1;
+            stats.report.connected += 1;
+            stats.report.last_connected_ns = now_nanos();
+            if reconnecting {
+                stats.report.reconnected += 1;
             }
         }
-    };
-    {
-        let mut stats = shared.stats.borrow_mut();
-        stats.report.pending -= 1;
-        stats.report.connected += 1;
-        stats.report.last_connected_ns = now_nanos();
+        let mut body = Body { dechunker: chunked.then(Dechunker::new), decoder: Decoder::new() };
+        let ended = tokio::select! {
+            result = read_stream(&stream, &shared, &leftover, &mut body) => Some(result),
+            Ok(_) = control.wait_for(|c| c.disconnected) => None,
+        };
+        last_id = body.decoder.last_event_id().to_owned();
+        drop(stream);
+        if let Some(result) = ended {
+            let mut stats = shared.stats.borrow_mut();
+            stats.report.connected -= 1;
+            stats.report.disconnects += 1;
+            stats.error(match result {
+                Ok(()) => "stream: ended by the server".to_owned(),
+                Err(error) => format!("stream: {}", error.message),
+            });
+            return;
+        }
+        // Asked to disconnect: wait for the reconnect.
+        {
+            let mut stats = shared.stats.borrow_mut();
+            stats.report.connected -= 1;
+            stats.report.pending += 1;
+        }
+        if control.wait_for(|c| !c.disconnected).await.is_err() {
+            return;
+        }
+        reconnecting = true;
     }
-    let result = read_stream(&stream, &shared, &leftover, chunked).await;
-    let mut stats = shared.stats.borrow_mut();
-    stats.report.connected -= 1;
-    stats.report.disconnects += 1;
-    stats.error(match result {
-        Ok(()) => "stream: ended by the server".to_owned(),
-        Err(error) => format!("stream: {}", error.message),
-    });
 }
 
 /// Connects, sends the request, reads the head. Returns the stream, the body bytes read
 /// with the head, and whether the body is chunked.
-async fn open(target: &Target, shared: &Shared) -> Result<(TcpStream, Vec<u8>, bool), Failure> {
+async fn open(
+    target: &Target,
+    request: &[u8],
+    shared: &Shared,
+) -> Result<(TcpStream, Vec<u8>, bool), Failure> {
     let mut stream = TcpStream::connect(target.addr).await?;
-    stream.write_all(&target.request).await?;
+    stream.write_all(request).await?;
     let mut head = Vec::with_capacity(1024);
     loop {
         stream.readable().await?;
@@ -267,9 +373,8 @@ async fn read_stream(
     stream: &TcpStream,
     shared: &Shared,
     leftover: &[u8],
-    chunked: bool,
+    body: &mut Body,
 ) -> Result<(), Failure> {
-    let mut body = Body { dechunker: chunked.then(Dechunker::new), decoder: Decoder::new() };
     if body.consume(leftover, now_nanos(), &mut shared.stats.borrow_mut())? == Progress::Done {
         return Ok(());
     }
@@ -343,7 +448,7 @@ mod tests {
 
     #[test]
     fn a_chunked_event_stream_records_latency_per_step() {
-        let mut stats = Shared::new(1).stats.into_inner();
+        let mut stats = Shared::new(1, 0).stats.into_inner();
         let mut body = Body { dechunker: Some(Dechunker::new()), decoder: Decoder::new() };
         let event = format!("data: {}\n\n", stamped_data(1_000_000, 2, 40));
         let wire = format!("2\r\n:\n\r\n{:x}\r\n{event}\r\n", event.len());
@@ -360,6 +465,47 @@ mod tests {
         assert!((1_999..=2_001).contains(&report.steps[0].buckets[0].0));
         // Deltas are cleared once reported.
         assert!(stats.take_report().steps.is_empty());
+    }
+
+    #[test]
+    fn a_raw_nchan_stream_keeps_its_last_id_and_honours_the_floor() {
+        let shared = Shared::new(1, 0);
+        let mut stats = shared.stats.borrow_mut();
+        let mut body = Body { dechunker: None, decoder: Decoder::new() };
+        let wire = format!(
+            ": hi\n\nid: 1795955849:0\ndata: {}\n\nid: 1795955849:1\ndata: {}\n\n",
+            stamped_data(1_000_000, 0, 40),
+            stamped_data(1_000_000, 1, 40)
+        );
+        // The first event whole, then the floor, then the second.
+        let second = wire.find("id: 1795955849:1").unwrap();
+        body.consume(&wire.as_bytes()[..second], 3_000_000, &mut stats).unwrap();
+        // From here on, latencies count from 2.5 ms at the earliest.
+        stats.set_floor(2_500_000);
+        body.consume(&wire.as_bytes()[second..], 3_000_000, &mut stats).unwrap();
+        assert_eq!(body.decoder.last_event_id(), "1795955849:1");
+        let report = stats.take_report();
+        assert_eq!(report.received, 2);
+        assert_eq!(report.untimed, 0);
+        let micros = |step: u32| {
+            report.steps.iter().find(|d| d.step == step).map(|d| d.buckets[0].0).unwrap()
+        };
+        assert!((1_999..=2_001).contains(&micros(0)));
+        assert!((499..=501).contains(&micros(1)));
+    }
+
+    #[test]
+    fn requests_name_the_topic_and_resume() {
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let target = Target::new(addr, "h", "/sub/bench-", None, Duration::from_secs(1), 1);
+        let first = String::from_utf8(target.request(Some(7), "")).unwrap();
+        assert!(first.starts_with("GET /sub/bench-7 HTTP/1.1\r\nHost: h\r\n"), "{first}");
+        assert!(!first.contains("Last-Event-ID"));
+        assert!(first.ends_with("\r\n\r\n"));
+        let again = String::from_utf8(target.request(Some(7), "5:1")).unwrap();
+        assert!(again.contains("\r\nLast-Event-ID: 5:1\r\n"), "{again}");
+        let target = target.resume(false);
+        assert!(!String::from_utf8(target.request(None, "5:1")).unwrap().contains("Last-Event"));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! and talks to it over pipes, so the protocol lives here, on both ends:
 //!
 //! - stdin: one JSON line, a [`WorkerConfig`]; then `stop` (or end of input, which is what a
-//!   coordinator that died leaves) asks the worker to send its last report and exit.
+//!   coordinator that died leaves) asks the worker to send its last report and exit;
+//!   `disconnect` closes every stream (the subscribers wait); `reconnect <ns>` opens them
+//!   all again at once, each with the last event id it saw, latencies now counted from
+//!   `<ns>` (ns since the Unix epoch) at the earliest.
 //! - stdout: one JSON [`WorkerReport`](crate::stats::WorkerReport) line every
 //!   `report_interval_ms`, and a last one with `"last": true`.
 //!
@@ -19,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::Error;
-use crate::subscriber::{self, Shared, Target};
+use crate::subscriber::{self, Control, Shared, Target};
 
 /// What a worker is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,8 +31,22 @@ pub struct WorkerConfig {
     pub addr: SocketAddr,
     /// The `Host` header.
     pub host: String,
-    /// The subscription's path and query (`/.well-known/mercure?topic=…`).
+    /// The subscription's path and query (`/.well-known/mercure?topic=…`). With more than
+    /// one topic, each subscriber's topic number is appended to it.
     pub path_and_query: String,
+    /// Topics: with more than one, subscriber i of this worker takes topic number
+    /// (`first_topic` + i) mod `topics`.
+    #[serde(default)]
+    pub topics: u64,
+    /// See `topics`.
+    #[serde(default)]
+    pub first_topic: u64,
+    /// Reconnects in flight at once after `reconnect` (0: all of them).
+    #[serde(default)]
+    pub storm_concurrency: usize,
+    /// Whether a reconnect sends `Last-Event-ID`.
+    #[serde(default = "yes")]
+    pub resume: bool,
     /// A subscriber JWT, sent as `Authorization: Bearer`.
     pub token: Option<String>,
     /// How many subscribers to open.
@@ -46,6 +63,29 @@ pub struct WorkerConfig {
     pub max_seconds: u64,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// A line the coordinator writes to a worker's stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Stop,
+    Disconnect,
+    /// Reconnect, timing latencies from this moment (ns since the epoch) at the earliest.
+    Reconnect(u64),
+}
+
+fn parse_command(line: &str) -> Option<Command> {
+    let mut words = line.split_whitespace();
+    match words.next()? {
+        "stop" => Some(Command::Stop),
+        "disconnect" => Some(Command::Disconnect),
+        "reconnect" => Some(Command::Reconnect(words.next().and_then(|n| n.parse().ok())?)),
+        _ => None,
+    }
+}
+
 /// Runs a worker: reads its [`WorkerConfig`] from stdin, reports on stdout until stopped.
 ///
 /// Blocks the calling thread; it runs its own single-threaded runtime on a thread of its own,
@@ -59,6 +99,7 @@ pub fn run() -> Result<(), Error> {
     crate::raise_open_file_limit();
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
     // Blocking stdin reads on a thread of their own: `stop` or end of input stops the worker.
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -66,8 +107,13 @@ pub fn run() -> Result<(), Error> {
             line.clear();
             match std::io::stdin().lock().read_line(&mut line) {
                 Ok(0) | Err(_) => break,
-                Ok(_) if line.trim() == "stop" => break,
-                Ok(_) => {}
+                Ok(_) => match parse_command(&line) {
+                    Some(Command::Stop) => break,
+                    Some(command) => {
+                        let _ = commands_tx.send(command);
+                    }
+                    None => {}
+                },
             }
         }
         let _ = stop_tx.send(true);
@@ -76,28 +122,39 @@ pub fn run() -> Result<(), Error> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, work(config, stop_rx))
+        local.block_on(&runtime, work(config, stop_rx, commands_rx))
     })
     .join()
     .map_err(|_| Error::Worker("the worker thread panicked".into()))?
 }
 
-async fn work(config: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
-    let target = Rc::new(Target::new(
-        config.addr,
-        &config.host,
-        &config.path_and_query,
-        config.token.as_deref(),
-        Duration::from_millis(config.connect_timeout_ms),
-        config.connect_attempts,
-    ));
-    let shared = Rc::new(Shared::new(config.subscribers));
+async fn work(
+    config: WorkerConfig,
+    mut stop: watch::Receiver<bool>,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+) -> Result<(), Error> {
+    let target = Rc::new(
+        Target::new(
+            config.addr,
+            &config.host,
+            &config.path_and_query,
+            config.token.as_deref(),
+            Duration::from_millis(config.connect_timeout_ms),
+            config.connect_attempts,
+        )
+        .resume(config.resume),
+    );
+    let shared = Rc::new(Shared::new(config.subscribers, config.storm_concurrency));
     let connects = Rc::new(tokio::sync::Semaphore::new(config.connect_concurrency.max(1)));
-    for _ in 0..config.subscribers {
+    let (control, control_rx) = watch::channel(Control::default());
+    for index in 0..config.subscribers {
+        let topic = (config.topics > 1).then(|| (config.first_topic + index) % config.topics);
         tokio::task::spawn_local(subscriber::run(
             Rc::clone(&target),
+            topic,
             Rc::clone(&shared),
             Rc::clone(&connects),
+            control_rx.clone(),
         ));
     }
 
@@ -111,6 +168,19 @@ async fn work(config: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(
             _ = ticks.tick() => false,
             _ = stop.wait_for(|stop| *stop) => true,
             () = &mut deadline => true,
+            Some(command) = commands.recv() => {
+                match command {
+                    Command::Disconnect => {
+                        control.send_replace(Control { disconnected: true });
+                    }
+                    Command::Reconnect(floor) => {
+                        shared.stats.borrow().set_floor(floor);
+                        control.send_replace(Control { disconnected: false });
+                    }
+                    Command::Stop => {}
+                }
+                continue;
+            }
         };
         let mut report = shared.stats.borrow_mut().take_report();
         report.last = last;
@@ -121,5 +191,29 @@ async fn work(config: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(
             // Returning drops the LocalSet's tasks, which closes every connection.
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(parse_command("stop\n"), Some(Command::Stop));
+        assert_eq!(parse_command("disconnect\n"), Some(Command::Disconnect));
+        assert_eq!(parse_command("reconnect 123\n"), Some(Command::Reconnect(123)));
+        assert_eq!(parse_command("reconnect\n"), None);
+        assert_eq!(parse_command("\n"), None);
+    }
+
+    #[test]
+    fn old_configs_still_read() {
+        let line = r#"{"addr":"127.0.0.1:1","host":"h","path_and_query":"/","token":null,
+            "subscribers":1,"connect_concurrency":1,"connect_timeout_ms":1,"connect_attempts":1,
+            "report_interval_ms":10,"max_seconds":1}"#;
+        let config: WorkerConfig = serde_json::from_str(line).unwrap();
+        assert!(config.resume);
+        assert_eq!(config.topics, 0);
     }
 }
