@@ -19,13 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -n "${PRIORITY:-}" ] && [ -z "${HUB_SH_SESSION:-}" ]; then
-    HUB_SH_SESSION=1 exec setsid --wait "$0" "$@"
-fi
-if [ -n "${PRIORITY:-}" ]; then
-    echo "$PRIORITY" > /proc/self/autogroup
-    echo "scheduling group: $(cat /proc/self/autogroup)" >&2
-fi
+. bench/priority.sh "$@"
 
 OUT=${OUT:-target/bench-hub}
 SVG=${SVG:-bench/hub.svg}

@@ -14,12 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -n "${PRIORITY:-}" ] && [ -z "${SCALEOUT_SESSION:-}" ]; then
-    SCALEOUT_SESSION=1 exec setsid --wait "$0" "$@"
-fi
-if [ -n "${PRIORITY:-}" ]; then
-    echo "$PRIORITY" > /proc/self/autogroup
-fi
+. bench/priority.sh "$@"
 
 OUT=${OUT:-target/bench-scaleout}
 SLUICE=${SLUICE:-target/release/sluice}

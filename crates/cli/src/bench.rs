@@ -84,6 +84,23 @@ struct GatewayArgs {
     /// Do not pin anything.
     #[arg(long)]
     no_pin: bool,
+    /// A peer gateway measured the same way, started with `sh -c CMD` pinned like Sluice's: it
+    /// must listen on 127.0.0.1 at $SLUICE_BENCH_PORT and relay to the OpenAI base URL in
+    /// $SLUICE_BENCH_UPSTREAM (bench/peers/litellm.sh does).
+    #[arg(long, value_name = "CMD")]
+    peer_command: Option<String>,
+    /// The peer's name in the results.
+    #[arg(long, default_value = "peer", value_name = "NAME", requires = "peer_command")]
+    peer_name: String,
+    /// A path of the peer that answers under 500 once it is ready.
+    #[arg(long, value_name = "PATH", requires = "peer_command")]
+    peer_ready_path: Option<String>,
+    /// A bearer token the peer's clients must send.
+    #[arg(long, value_name = "TOKEN", requires = "peer_command", hide_env_values = true)]
+    peer_token: Option<String>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -262,10 +279,21 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         cancels: args.cancels.max(1),
         pinning,
         work_dir: work_dir.clone(),
+        peer: args.peer_command.as_ref().map(|command| sluice_loadgen::gateway::PeerGateway {
+            name: args.peer_name.clone(),
+            command: command.clone(),
+            ready_path: args.peer_ready_path.clone(),
+            bearer: args.peer_token.clone(),
+        }),
+        progress: !args.quiet,
     };
     eprintln!(
-        "bench gateway: {} streams × {} answers of {} tokens at {} tokens/s, straight then through the gateway…",
-        bench.streams, bench.rounds, bench.tokens, bench.tokens_per_second
+        "bench gateway: {} streams × {} answers of {} tokens at {} tokens/s, straight, through Sluice{}…",
+        bench.streams,
+        bench.rounds,
+        bench.tokens,
+        bench.tokens_per_second,
+        bench.peer.as_ref().map(|p| format!(" and through {}", p.name)).unwrap_or_default()
     );
     let results = bench.run().await;
     let _ = std::fs::remove_dir_all(&work_dir);

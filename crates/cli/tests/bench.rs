@@ -5,22 +5,18 @@ use std::process::Command;
 
 #[test]
 fn bench_hub_delivers_every_update_to_every_subscriber() {
-    let json = std::env::temp_dir().join(format!("sluice-bench-test-{}.json", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["bench", "hub", "--spawn-server", "--no-pin", "--quiet"])
-        .args(["--subscribers", "40", "--processes", "2", "--rate", "20", "--duration", "1"])
-        .args(["--settle", "0", "--message-size", "64", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("| publish/s |"), "{stdout}");
-
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
+    let results = bench_hub(&[
+        "--subscribers",
+        "40",
+        "--processes",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--message-size",
+        "64",
+    ]);
     assert_eq!(results["processes"], 2);
     assert_eq!(results["connect"]["connected"], 40);
     assert_eq!(results["connect"]["gave_up"], 0);
@@ -31,4 +27,103 @@ fn bench_hub_delivers_every_update_to_every_subscriber() {
     assert!(step["p99_ms"].as_f64().unwrap() > 0.0, "{step}");
     assert!(results["idle"]["server_rss_idle_kib"].as_u64().unwrap() > 0);
     assert_eq!(results["disconnects"], 0);
+}
+
+/// Runs `sluice bench ARGS --json FILE` and returns what it wrote.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(json.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap()
+}
+
+/// `sluice bench hub` against a server it starts, unpinned, without progress or settling.
+fn bench_hub(args: &[&str]) -> serde_json::Value {
+    let common = ["hub", "--spawn-server", "--no-pin", "--quiet", "--settle", "0"];
+    bench_json(&[&common[..], args].concat())
+}
+
+#[test]
+fn bench_hub_storm_replays_what_everyone_missed_and_topics_get_their_own_updates() {
+    let results = bench_hub(&[
+        "--subscribers",
+        "30",
+        "--topics",
+        "30",
+        "--storm",
+        "2",
+        "--rate",
+        "30",
+        "--duration",
+        "1",
+    ]);
+    let storm = &results["storm"];
+    assert_eq!(storm["all_reconnected"], true, "{storm}");
+    assert_eq!(storm["reconnected"], 30, "{storm}");
+    // 2 updates on each of the 30 topics while everyone was away, each to its one subscriber.
+    assert_eq!(storm["missed_published"], 60, "{storm}");
+    assert_eq!(storm["replayed"], 60, "{storm}");
+    let step = &results["steps"][0];
+    // One subscriber per topic: every update is delivered once.
+    assert_eq!(step["expected"], step["published"], "{step}");
+    assert_eq!(step["delivered"], step["expected"], "{step}");
+    assert_eq!(results["topics"], 30);
+}
+
+#[test]
+fn bench_gateway_measures_a_peer_gateway_the_same_way() {
+    // The peer here is a second Sluice gateway, started by the shell command as LiteLLM is in
+    // bench/peers.sh: told its port and its upstream in the environment.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("peer.toml");
+    let peer = format!(
+        "printf '[[providers]]\\nname = \"up\"\\nkind = \"openai\"\\nbase_url = \"%s\"\\n\
+         models = [\"scripted\"]\\n' \"$SLUICE_BENCH_UPSTREAM\" > '{settings}' && \
+         exec '{sluice}' serve --store memory --listen \"127.0.0.1:$SLUICE_BENCH_PORT\" \
+         --config '{settings}'",
+        settings = settings.display(),
+        sluice = env!("CARGO_BIN_EXE_sluice")
+    );
+    let results = bench_json(&[
+        "gateway",
+        "--no-pin",
+        "--quiet",
+        "--streams",
+        "2",
+        "--rounds",
+        "2",
+        "--tokens",
+        "5",
+        "--tokens-per-second",
+        "500",
+        "--ttft-ms",
+        "0",
+        "--cancels",
+        "1",
+        "--peer-command",
+        &peer,
+        "--peer-name",
+        "other",
+        "--peer-ready-path",
+        "/readyz",
+    ]);
+    assert_eq!(results["direct"]["answers"], 4, "{results}");
+    let gateways = results["gateways"].as_array().unwrap();
+    let names: Vec<_> = gateways.iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sluice", "other"]);
+    for gateway in gateways {
+        assert_eq!(gateway["path"]["answers"], 4, "{gateway}");
+        assert_eq!(gateway["path"]["errors"], 0, "{gateway}");
+        assert!(gateway["path"]["ttft"]["count"].as_u64().unwrap() == 4, "{gateway}");
+        assert!(gateway["rss_idle_kib"].as_u64().unwrap() > 0, "{gateway}");
+        // Both are Sluice, which cancels the upstream when its client goes.
+        assert_eq!(gateway["cancel"]["count"], 1, "{gateway}");
+    }
 }

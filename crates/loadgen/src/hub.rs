@@ -260,7 +260,7 @@ impl HubBench {
             None => server_pid.into_iter().chain(self.other_pids.iter().copied()).collect(),
         };
         let server_cpus = server_pid.and_then(procfs::allowed_cpus);
-        let rss_before = servers_sample(&server_pids).map(|s| s.rss_kib);
+        let rss_before = procfs::sample_all(&server_pids).map(|s| s.rss_kib);
 
         // The workers.
         let processes = match self.processes {
@@ -352,7 +352,7 @@ impl HubBench {
         };
         monitor.sleep(self.settle, "settle", None).await;
         let idle_totals = aggregate.lock().unwrap().totals();
-        let rss_idle = servers_sample(&server_pids).map(|s| s.rss_kib);
+        let rss_idle = procfs::sample_all(&server_pids).map(|s| s.rss_kib);
         let idle = IdleResult {
             subscribers: idle_totals.connected,
             server_rss_before_kib: rss_before,
@@ -649,11 +649,6 @@ impl Worker {
 }
 
 /// The summed sample of the server processes (one node, or every node of a hub).
-fn servers_sample(pids: &[u32]) -> Option<ProcSample> {
-    let samples: Vec<ProcSample> = pids.iter().filter_map(|&pid| ProcSample::read(pid)).collect();
-    (samples.len() == pids.len()).then(|| procfs::sum(&samples)).flatten()
-}
-
 /// Samples the processes, prints progress.
 struct Monitor {
     server_pids: Vec<u32>,
@@ -701,7 +696,7 @@ impl Monitor {
             self.loadgen_pids.iter().filter_map(|&pid| ProcSample::read(pid)).collect();
         Snapshot {
             at: Instant::now(),
-            server: servers_sample(&self.server_pids),
+            server: procfs::sample_all(&self.server_pids),
             watched: self.watch_pid.and_then(ProcSample::read),
             loadgen: procfs::sum(&loadgen),
             totals: self.aggregate.lock().unwrap().totals(),

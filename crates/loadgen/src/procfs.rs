@@ -69,6 +69,12 @@ pub fn sum(samples: &[ProcSample]) -> Option<ProcSample> {
     })
 }
 
+/// The sum of the samples of every process in `pids`; none if any of them cannot be read.
+pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    let samples: Vec<ProcSample> = pids.iter().filter_map(|&pid| ProcSample::read(pid)).collect();
+    (samples.len() == pids.len()).then(|| sum(&samples)).flatten()
+}
+
 /// `utime + stime` from a `/proc/<pid>/stat` line. The command name (field 2) may hold spaces
 /// and parentheses, so fields are counted from the last `)`.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {

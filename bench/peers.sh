@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Sluice side by side with the peers users would pick, in one run on this machine, with the same
+# load generator (BENCHMARKS.md, "Side by side with the peers"):
+#   hub      Sluice (--store memory) and Nchan 1.3.6 (one nginx worker), each pinned to CPU 0
+#            with the load generator on CPU 1: 10,000 subscribers on one topic (a connect storm
+#            with Last-Event-ID, then rising publish rates until p99 passes 1 s), 10,000 topics
+#            of one subscriber each, and idle memory at 1,000 / 5,000 / 18,000 subscribers;
+#   gateway  straight to a scripted upstream (time to first token 0), through Sluice and
+#            through the LiteLLM proxy, at 1, 100 and 1,000 concurrent streams;
+#   model    the built-in model and llama.cpp's llama-server on the same GGUF file, same chat,
+#            greedy, 1 and 2 threads.
+# The peers are installed first by bench/peers/install.sh (apt, a venv, a llama.cpp build:
+# about 10 minutes the first time, seconds after). Results: $OUT/*.json and *.md, then
+# bench/plot_peers.py draws bench/peers.svg and prints the tables of ratios.
+#
+#   bench/peers.sh                    # everything, about 20 minutes (make bench-peers)
+#   ONLY=hub bench/peers.sh           # one part: hub, gateway or model
+#   PRIORITY=-15 bench/peers.sh       # on a busy machine (see bench/hub.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+. bench/priority.sh "$@"
+
+OUT=${OUT:-bench/results/peers}
+SLUICE=${SLUICE:-target/release/sluice}
+ONLY=${ONLY:-hub gateway model}
+STEP=${STEP:-10}
+RATES=${RATES:-1,10,30,50,100,200,400}
+TOPIC_RATES=${TOPIC_RATES:-100,1000,3000}
+IDLE=${IDLE:-1000 5000 18000}
+STREAMS=${STREAMS:-1 100 1000}
+NCHAN=(--spawn-command "exec bench/peers/nchan.sh" --protocol nchan)
+SLUICE_HUB=(--spawn-server)
+
+command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release --locked -p sluice
+fi
+scripts/fetch-model.sh
+bench/peers/install.sh nchan litellm llama
+mkdir -p "$OUT"
+started=$SECONDS
+phase() { echo "=== [$(( (SECONDS - started) / 60 ))m$(( (SECONDS - started) % 60 ))s] $*" >&2; }
+echo "load average before: $(cat /proc/loadavg)" | tee "$OUT/loadavg.txt" >&2
+
+hub() {  # hub NAME ARGS...: one `sluice bench hub` run, results in $OUT/hub-NAME.{json,md}
+    local name=$1; shift
+    phase "hub: $name"
+    "$SLUICE" bench hub "$@" --json "$OUT/hub-$name.json" | tee "$OUT/hub-$name.md"
+}
+
+if [[ " $ONLY " == *" hub "* ]]; then
+    for peer in sluice nchan; do
+        if [ $peer = sluice ]; then target=("${SLUICE_HUB[@]}"); else target=("${NCHAN[@]}"); fi
+        hub "fanout-$peer" "${target[@]}" --subscribers 10000 --storm 10 --rate "$RATES" \
+            --duration "$STEP" --stop-at-p99 1000
+        hub "topics-$peer" "${target[@]}" --subscribers 10000 --topics 10000 \
+            --rate "$TOPIC_RATES" --duration "$STEP" --stop-at-p99 1000
+        for n in $IDLE; do
+            hub "idle-$n-$peer" "${target[@]}" --subscribers "$n" --rate 0 --duration 2 --settle 3
+        done
+    done
+fi
+
+if [[ " $ONLY " == *" gateway "* ]]; then
+    for k in $STREAMS; do
+        # Enough answers for a stable p99 of the time to first token (>= 300 per path) and of
+        # the gaps (>= 15,000), with every stream open at once.
+        case $k in
+            1) rounds=300; tokens=50; tps=1000 ;;
+            100) rounds=5; tokens=50; tps=100 ;;
+            *) rounds=1; tokens=50; tps=50 ;;
+        esac
+        phase "gateway: $k streams × $rounds answers"
+        "$SLUICE" bench gateway --streams "$k" --rounds "$rounds" --tokens "$tokens" \
+            --tokens-per-second "$tps" --ttft-ms 0 --cancels 20 \
+            --peer-command "exec bench/peers/litellm.sh" --peer-name litellm \
+            --peer-ready-path /health/liveliness --peer-token sk-sluice-bench-local \
+            --json "$OUT/gateway-$k.json" | tee "$OUT/gateway-$k.md"
+    done
+fi
+
+if [[ " $ONLY " == *" model "* ]]; then
+    phase "model: sluice and llama.cpp"
+    python3 bench/peers/model.py --sluice "$SLUICE" --threads 1,2 --runs 5 \
+        --json "$OUT/model.json" | tee "$OUT/model.md"
+fi
+
+phase "done"
+echo "load average after: $(cat /proc/loadavg)" | tee -a "$OUT/loadavg.txt" >&2
+python3 bench/plot_peers.py --dir "$OUT" --svg bench/peers.svg | tee "$OUT/summary.md"
