@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-build test-js test-python test-web web setup build lint bench fuzz soak conformance clean
+.PHONY: run test test-build test-js test-python test-web web setup build lint bench bench-peers fuzz soak conformance clean
 
 ## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
 ## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
@@ -79,6 +79,13 @@ lint:
 ## Criterion benchmarks, side by side with the peer crates (see BENCHMARKS.md).
 bench: setup
 	$(CARGO) bench --locked -p sluice-sse --bench decode
+
+## Sluice side by side with the peers users would pick, in one run: the hub against Nchan, the
+## gateway against LiteLLM, the local model against llama.cpp (bench/peers.sh installs them
+## first; about 20 minutes, results in bench/results/peers/, plotted in bench/peers.svg).
+## PRIORITY=-15 on a busy machine (see BENCHMARKS.md).
+bench-peers: setup build
+	NO_BUILD=1 SLUICE=$(SLUICE) bench/peers.sh
 
 ## Coverage-guided fuzzing of every parser of untrusted input (FUZZ_SECONDS per target, default
 ## 60): the SSE decoder, topic selectors, the publish form, token extraction, chat requests,

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Sluice side by side with the peers users would pick, in one run on this machine, with the same
 # load generator (BENCHMARKS.md, "Side by side with the peers"):
-#   hub      Sluice (--store memory) and Nchan 1.3.6 (one nginx worker), each pinned to CPU 0
-#            with the load generator on CPU 1: 10,000 subscribers on one topic (a connect storm
-#            with Last-Event-ID, then rising publish rates until p99 passes 1 s), 10,000 topics
-#            of one subscriber each, and idle memory at 1,000 / 5,000 / 18,000 subscribers;
+#   hub      Sluice (--store memory), Nchan 1.3.6 (one nginx worker) and the floor hub (`sluice
+#            bench floor-hub`: one write per delivery and nothing else, for what the kernel and
+#            the load generator cost alone), each pinned to CPU 0 with the load generator on
+#            CPU 1: 10,000 subscribers on one topic (a connect storm with Last-Event-ID, then
+#            rising publish rates until p99 passes 1 s), 10,000 topics of one subscriber each,
+#            and idle memory at 1,000 / 5,000 / 18,000 subscribers;
 #   gateway  straight to a scripted upstream (time to first token 0), through Sluice and
 #            through the LiteLLM proxy, at 1, 100 and 1,000 concurrent streams;
 #   model    the built-in model and llama.cpp's llama-server on the same GGUF file, same chat,
@@ -29,8 +31,6 @@ RATES=${RATES:-1,10,30,50,100,200,400}
 TOPIC_RATES=${TOPIC_RATES:-100,1000,3000}
 IDLE=${IDLE:-1000 5000 18000}
 STREAMS=${STREAMS:-1 100 1000}
-NCHAN=(--spawn-command "exec bench/peers/nchan.sh" --protocol nchan)
-SLUICE_HUB=(--spawn-server)
 
 command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
 if [ -z "${NO_BUILD:-}" ]; then
@@ -50,9 +50,16 @@ hub() {  # hub NAME ARGS...: one `sluice bench hub` run, results in $OUT/hub-NAM
 }
 
 if [[ " $ONLY " == *" hub "* ]]; then
-    for peer in sluice nchan; do
-        if [ $peer = sluice ]; then target=("${SLUICE_HUB[@]}"); else target=("${NCHAN[@]}"); fi
-        hub "fanout-$peer" "${target[@]}" --subscribers 10000 --storm 10 --rate "$RATES" \
+    for peer in sluice nchan floor; do
+        case $peer in
+            sluice) target=(--spawn-server); storm=(--storm 10) ;;
+            nchan) target=(--spawn-command "exec bench/peers/nchan.sh" --protocol nchan)
+                   storm=(--storm 10) ;;
+            # The floor hub keeps no history, so it has no storm to replay.
+            floor) target=(--spawn-command "exec $SLUICE bench floor-hub --listen 127.0.0.1:\$SLUICE_BENCH_PORT"
+                           --protocol nchan); storm=() ;;
+        esac
+        hub "fanout-$peer" "${target[@]}" --subscribers 10000 "${storm[@]}" --rate "$RATES" \
             --duration "$STEP" --stop-at-p99 1000
         hub "topics-$peer" "${target[@]}" --subscribers 10000 --topics 10000 \
             --rate "$TOPIC_RATES" --duration "$STEP" --stop-at-p99 1000

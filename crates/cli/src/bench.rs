@@ -30,6 +30,9 @@ enum BenchCommand {
     /// gateway: the time to first token and inter-chunk latency the gateway adds, its memory
     /// per open stream, and how fast a disconnect cancels the upstream.
     Gateway(GatewayArgs),
+    /// The floor hub: Nchan's wire form, one non-blocking write per subscriber and nothing
+    /// else, for the kernel's and the load generator's own cost beside Sluice's (bench/peers.sh).
+    FloorHub(FloorHubArgs),
     /// A long churning load (subscribers coming and going, publishing, chat streams, answers
     /// cancelled) against a spawned server, its RSS and open files sampled throughout: what
     /// `make soak` runs.
@@ -56,6 +59,18 @@ struct SoakArgs {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct FloorHubArgs {
+    /// Where to listen.
+    #[arg(
+        long,
+        env = "SLUICE_BENCH_LISTEN",
+        default_value = "127.0.0.1:8090",
+        value_name = "ADDR"
+    )]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,6 +233,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Gateway(args) => gateway(args).await,
+        BenchCommand::FloorHub(args) => {
+            // One thread, as Nchan's one worker: its own current-thread runtime.
+            tokio::task::spawn_blocking(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(sluice_loadgen::floor::serve(args.listen))
+            })
+            .await??;
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Soak(args) => soak(args).await,
     }
 }

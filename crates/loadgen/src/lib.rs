@@ -25,6 +25,7 @@
 //! - [`stats`]: latency histograms (HDR) and the reports workers send, mergeable exactly.
 //! - [`procfs`]: CPU time and RSS of a process from `/proc`.
 //! - [`process`]: starting the measured servers, pinned to CPUs.
+//! - [`floor`]: the least a hub can do per delivery, measured like a peer for the floor.
 //! - [`protocol`]: how a Mercure hub and Nchan are subscribed and published to.
 //! - [`publisher`]: publishes at a set rate, each update stamped with its send time.
 //! - [`worker`]: a process holding thousands of lean subscribers on one thread.
@@ -41,6 +42,7 @@
 //! what is measured.
 
 pub mod chunked;
+pub mod floor;
 pub mod gateway;
 pub mod hub;
 pub mod process;
