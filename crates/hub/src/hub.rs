@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use tokio::sync::mpsc;
 
+use crate::recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_UPDATES, Recent};
 use crate::registry::{Cutoff, Filter, Hangup, Intake, Registry, Subscriber};
 use crate::selector::Selector;
 use crate::store::{CommitListener, Store, StoreError};
@@ -296,14 +297,20 @@ pub struct Fanout(Arc<Intake>);
 
 impl Default for Fanout {
     fn default() -> Self {
-        Fanout(Intake::start())
+        Fanout::with_recent(DEFAULT_RECENT_UPDATES, DEFAULT_RECENT_BYTES)
     }
 }
 
 impl Fanout {
-    /// A fan-out with no subscribers yet.
+    /// A fan-out with no subscribers yet, keeping the default window of recent updates.
     pub fn new() -> Self {
         Fanout::default()
+    }
+
+    /// A fan-out that keeps at most `updates` recent updates and `bytes` bytes of their frames
+    /// in memory for replay (0: replays always read the store).
+    pub fn with_recent(updates: usize, bytes: usize) -> Self {
+        Fanout(Intake::start(Recent::new(updates, bytes)))
     }
 
     /// This fan-out as the listener to give the store.
@@ -567,7 +574,21 @@ impl Feed {
             if replay.after >= replay.until {
                 return Ok(None);
             }
-            let page = self.hub.store.read_after(replay.after, self.hub.config.replay_page).await?;
+            let limit = self.hub.config.replay_page;
+            // From `seq` 0 means from the earliest the store keeps, which only the store
+            // knows. After a kept update, everything later is kept too (the oldest go first),
+            // so the window of recent updates is the store's history from there on.
+            let recent = (replay.after > 0)
+                .then(|| {
+                    self.hub.registry.recent.read(replay.after, replay.until, &self.filter, limit)
+                })
+                .flatten();
+            if let Some(page) = recent {
+                replay.after = page.read_to;
+                replay.page.extend(page.updates);
+                continue;
+            }
+            let page = self.hub.store.read_after(replay.after, limit).await?;
             let Some(last) = page.last() else { return Ok(None) };
             replay.after = last.seq();
             let until = replay.until;

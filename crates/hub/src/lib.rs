@@ -42,6 +42,7 @@
 //! keep publishing.
 
 mod hub;
+mod recent;
 mod registry;
 pub mod selector;
 pub mod store;

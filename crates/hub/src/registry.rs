@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
+use crate::recent::Recent;
 use crate::selector::Selector;
 use crate::store::CommitListener;
 use crate::update::Update;
@@ -74,6 +75,12 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
+    /// Its topics, when every selector is an exact topic (then an update it receives has one
+    /// of them, so an index by topic finds all it receives).
+    pub(crate) fn exact_topics(&self) -> Option<Vec<&str>> {
+        self.selectors.iter().map(Selector::exact).collect()
+    }
+
     /// Whether `update` goes to this subscriber: one of its topics matches a selector, and, if
     /// it is private, one of its topics matches an allowed selector.
     pub(crate) fn can_receive(&self, update: &Update) -> bool {
@@ -147,10 +154,12 @@ fn selects(selector: &Selector, topic: &str) -> bool {
     !topic.starts_with(RESERVED_TOPIC_PREFIX) && selector.matches(topic)
 }
 
-/// The subscribers, indexed for fan-out.
-#[derive(Debug, Default)]
+/// The subscribers, indexed for fan-out, and the recent updates, for replay.
+#[derive(Debug)]
 pub(crate) struct Registry {
     state: Mutex<State>,
+    /// Fed before `committed` moves, so it holds everything up to it unless evicted.
+    pub(crate) recent: Recent,
     /// The `seq` of the last update the store committed (and handed to the dispatcher, which
     /// may not have fanned it out yet); before any, the last the store held when it opened.
     committed: AtomicU64,
@@ -213,6 +222,10 @@ impl State {
 }
 
 impl Registry {
+    fn new(recent: Recent) -> Self {
+        Registry { state: Mutex::default(), recent, committed: AtomicU64::new(0) }
+    }
+
     /// Adds a subscriber and returns the `seq` after which its live feed starts: everything up
     /// to and including it is committed, so it comes from the store's history, and the live
     /// feed skips it (the dispatcher may still hand it over). `None` once shut down: a
@@ -316,8 +329,8 @@ pub(crate) struct Intake {
 impl Intake {
     /// A registry and its intake, with the dispatcher thread started. The thread ends once
     /// the intake (held by the store and the hub) is dropped.
-    pub(crate) fn start() -> Arc<Intake> {
-        let registry = Arc::new(Registry::default());
+    pub(crate) fn start(recent: Recent) -> Arc<Intake> {
+        let registry = Arc::new(Registry::new(recent));
         let (batches, receiver) = sync_channel(DISPATCH_BACKLOG);
         let dispatcher = Arc::clone(&registry);
         std::thread::Builder::new()
@@ -335,10 +348,12 @@ impl Intake {
 
 impl CommitListener for Intake {
     fn starts_after(&self, seq: u64) {
+        self.registry.recent.starts_after(seq);
         self.registry.committed.fetch_max(seq, Ordering::SeqCst);
     }
 
     fn committed(&self, updates: &[Arc<Update>]) {
+        self.registry.recent.push(updates);
         if let Some(last) = updates.last() {
             self.registry.committed.fetch_max(last.seq(), Ordering::SeqCst);
         }

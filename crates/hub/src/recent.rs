@@ -1,0 +1,198 @@
+//! The recent history in memory: the last committed updates, indexed by topic, so that a
+//! subscriber resuming from a recent `Last-Event-ID` (the common case: a dropped connection, a
+//! redeploy) is replayed without reading the store, and without looking at the updates it would
+//! not receive.
+//!
+//! Why: replaying from the store costs every resuming subscriber a pass over *all* history after
+//! its cursor. When 10,000 subscribers reconnect at once, that history holds the subscription
+//! events of all the others (one when each left, one when each came back), so the storm cost
+//! 10,000 × 20,000 updates read, cloned and matched: 14 s to reconnect everyone, against 1.3 s
+//! without subscription events (BENCHMARKS.md, "Side by side with the peers"). Here a subscriber
+//! whose selectors are all exact topics reads only the updates on those topics; any other is
+//! matched against the recent updates in place, a bounded slice at a time.
+//!
+//! The window holds every committed update with `seq` in `(floor, last]`, in order: it is fed by
+//! the store's [`CommitListener`](crate::CommitListener) calls, in commit order, before the
+//! registry's `committed` mark moves, so a subscriber's replay bound never passes what is here
+//! unless it was evicted (then the store serves it, as before).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::registry::Filter;
+use crate::update::Update;
+
+/// Updates kept at most, by default.
+pub(crate) const DEFAULT_RECENT_UPDATES: usize = 65_536;
+/// Bytes of encoded frames kept at most, by default.
+pub(crate) const DEFAULT_RECENT_BYTES: usize = 64 * 1024 * 1024;
+/// Updates examined per call when a filter has to be matched against each one: bounds the
+/// time the window's lock is held.
+const SCAN_SLICE: usize = 4096;
+
+/// The window of recent updates (see the module's documentation).
+#[derive(Debug)]
+pub(crate) struct Recent {
+    max_updates: usize,
+    max_bytes: usize,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    /// Every committed update with `seq` above this is in `updates`.
+    floor: u64,
+    updates: VecDeque<Arc<Update>>,
+    /// The same updates by topic, each list in `seq` order.
+    by_topic: HashMap<String, VecDeque<Arc<Update>>>,
+    bytes: usize,
+}
+
+/// A page read from the window: the updates the filter receives, and the `seq` up to which
+/// the window was read (the next read starts after it).
+pub(crate) struct Page {
+    pub(crate) updates: Vec<Arc<Update>>,
+    pub(crate) read_to: u64,
+}
+
+impl Recent {
+    /// A window of at most `max_updates` updates and `max_bytes` bytes of frames (0: none kept).
+    pub(crate) fn new(max_updates: usize, max_bytes: usize) -> Self {
+        Recent { max_updates, max_bytes, window: Mutex::default() }
+    }
+
+    /// Everything up to `seq` was committed before this process started: not here.
+    pub(crate) fn starts_after(&self, seq: u64) {
+        let mut window = self.window.lock().unwrap();
+        if seq > window.last() {
+            *window = Window { floor: seq, ..Window::default() };
+        }
+    }
+
+    /// Adds committed updates, in commit order; evicts the oldest past the bounds.
+    pub(crate) fn push(&self, updates: &[Arc<Update>]) {
+        let mut window = self.window.lock().unwrap();
+        for update in updates {
+            if update.seq() <= window.last() {
+                continue;
+            }
+            window.bytes += update.frame().len();
+            for topic in update.topics() {
+                window.by_topic.entry(topic.clone()).or_default().push_back(Arc::clone(update));
+            }
+            window.updates.push_back(Arc::clone(update));
+            while window.updates.len() > self.max_updates || window.bytes > self.max_bytes {
+                window.evict_oldest();
+            }
+        }
+    }
+
+    /// Up to `limit` updates with `seq` in `(after, until]` that `filter` receives, in order;
+    /// `None` when the window does not hold all of `(after, until]` up to its last update
+    /// (evicted, or never seen): then the store must be read.
+    pub(crate) fn read(
+        &self,
+        after: u64,
+        until: u64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Option<Page> {
+        let window = self.window.lock().unwrap();
+        let to = until.min(window.last());
+        if after < window.floor || to <= after {
+            return None;
+        }
+        let page = match filter.exact_topics() {
+            Some(topics) => window.read_indexed(&topics, after, to, filter, limit),
+            None => window.scan(after, to, filter, limit),
+        };
+        Some(page)
+    }
+}
+
+impl Window {
+    /// The `seq` of the last update here, or the floor when there is none.
+    fn last(&self) -> u64 {
+        self.updates.back().map_or(self.floor, |u| u.seq())
+    }
+
+    fn evict_oldest(&mut self) {
+        let Some(oldest) = self.updates.pop_front() else { return };
+        self.floor = oldest.seq();
+        self.bytes -= oldest.frame().len();
+        for topic in oldest.topics() {
+            if let Some(list) = self.by_topic.get_mut(topic) {
+                list.pop_front();
+                if list.is_empty() {
+                    self.by_topic.remove(topic);
+                }
+            }
+        }
+    }
+
+    /// Through the topic index: only updates on the filter's topics are looked at, at most
+    /// `limit` of each topic's.
+    fn read_indexed(
+        &self,
+        topics: &[&str],
+        after: u64,
+        to: u64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Page {
+        let mut found: Vec<Arc<Update>> = Vec::new();
+        // Everything on the filter's topics up to `read_to` has been looked at.
+        let mut read_to = to;
+        for topic in topics {
+            let Some(list) = self.by_topic.get(*topic) else { continue };
+            let start = list.partition_point(|u| u.seq() <= after);
+            let mut last_looked_at = after;
+            for (looked_at, update) in list.range(start..).enumerate() {
+                if update.seq() > to {
+                    break;
+                }
+                if looked_at == limit {
+                    read_to = read_to.min(last_looked_at);
+                    break;
+                }
+                last_looked_at = update.seq();
+                if filter.can_receive(update) {
+                    found.push(Arc::clone(update));
+                }
+            }
+        }
+        found.retain(|u| u.seq() <= read_to);
+        if topics.len() > 1 {
+            // An update on several of the topics was found once per topic.
+            found.sort_unstable_by_key(|u| u.seq());
+            found.dedup_by_key(|u| u.seq());
+        }
+        if found.len() > limit {
+            found.truncate(limit);
+            read_to = found.last().map_or(read_to, |u| u.seq());
+        }
+        Page { updates: found, read_to }
+    }
+
+    /// Every update in `(after, to]`, matched in place, [`SCAN_SLICE`] at a time.
+    fn scan(&self, after: u64, to: u64, filter: &Filter, limit: usize) -> Page {
+        let start = self.updates.partition_point(|u| u.seq() <= after);
+        let mut updates = Vec::new();
+        let mut read_to = to;
+        let mut last_looked_at = after;
+        for (looked_at, update) in self.updates.range(start..).enumerate() {
+            if update.seq() > to {
+                break;
+            }
+            if looked_at == SCAN_SLICE || updates.len() == limit {
+                read_to = last_looked_at;
+                break;
+            }
+            last_looked_at = update.seq();
+            if filter.can_receive(update) {
+                updates.push(Arc::clone(update));
+            }
+        }
+        Page { updates, read_to }
+    }
+}
