@@ -8,7 +8,7 @@ DIR/model.json (bench/peers/model.py); prints the Markdown tables of BENCHMARKS.
 side with the peers" (every figure of Sluice beside the peer's and their ratio, then each of
 issue 9's targets, met or not) and writes an SVG of four panels: fan-out p99 and deliveries/s
 against the publish rate, idle memory per subscriber, and the time to first token each gateway
-adds.
+adds, and the local model's decode speed beside llama.cpp's.
 """
 
 import argparse
@@ -22,7 +22,8 @@ import sys
 from plot_hub import BLUE, GREY, ORANGE, PANEL_H, PANEL_W, RED, Panel
 
 HUBS = ("sluice", "nchan")
-LABELS = {"sluice": "Sluice", "nchan": "Nchan", "floor": "floor", "litellm": "LiteLLM"}
+LABELS = {"sluice": "Sluice", "nchan": "Nchan", "floor": "floor", "litellm": "LiteLLM",
+          "llama.cpp": "llama.cpp"}
 
 
 def load(path):
@@ -255,7 +256,7 @@ def targets(fanout, idle, gateways, model):
     return "\n".join(out)
 
 
-def svg(fanout, idle, gateways, path):
+def svg(fanout, idle, gateways, model, path):
     panels = []
     if fanout:
         for i, (title, key, log_y, label) in enumerate([
@@ -303,6 +304,17 @@ def svg(fanout, idle, gateways, path):
             # Sluice's label at its first point: its later points sit on the axis.
             p.line(xs, values, colour, LABELS.get(name, name), below=name == "sluice",
                    label_at=0 if name == "sluice" else -1)
+        panels.append(p)
+    if model:
+        threads = sorted(int(t) for t in model["threads"])
+        pairs = [model["threads"][str(t)] for t in threads]
+        ys = [pair[name]["decode_tokens_per_s"] for pair in pairs for name in pair]
+        p = Panel(PANEL_W * len(panels), "Local model: decode speed", "threads", "tokens/s",
+                  [0] + threads, ys)
+        p.frame()
+        for name, colour in (("sluice", BLUE), ("llama.cpp", ORANGE)):
+            p.line(threads, [pair[name]["decode_tokens_per_s"] for pair in pairs], colour,
+                   LABELS.get(name, name), below=name == "sluice")
         panels.append(p)
     if not panels:
         return
@@ -356,7 +368,7 @@ def main():
         sections += ["### Local model: Sluice and llama.cpp, same GGUF, greedy", model_table(model)]
     sections += ["### The targets", targets(fanout, idle, gateways, model)]
     print("\n\n".join(sections))
-    svg(fanout, idle, gateways, args.svg)
+    svg(fanout, idle, gateways, model, args.svg)
 
 
 if __name__ == "__main__":
