@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_hub::{
-    Fanout, Hub, HubConfig, Limits, MemoryStore, RedisConfig, RedisStore, SqliteConfig,
-    SqliteStore, Store,
+    DEFAULT_RECENT_UPDATES, Fanout, Hub, HubConfig, Limits, MemoryStore, RedisConfig, RedisStore,
+    SqliteConfig, SqliteStore, Store,
 };
 use sluice_server::{AppState, CertificateSource, Config, Timeouts, Tls, Verifier};
 
@@ -117,6 +117,11 @@ pub(crate) struct Args {
     /// Updates queued per subscriber before it is cut off as too slow [default: 1024].
     #[arg(long, env = "SLUICE_QUEUE_CAPACITY", value_name = "N")]
     queue_capacity: Option<usize>,
+    /// MiB of the latest updates kept in memory (at most 65,536 updates), so that a subscriber
+    /// resuming from a recent Last-Event-ID is replayed without reading the store [default:
+    /// 64; 0: replays always read the store].
+    #[arg(long, env = "SLUICE_REPLAY_WINDOW_MIB", value_name = "MIB")]
+    replay_window_mib: Option<usize>,
     /// Do not publish subscription events.
     #[arg(long, env = "SLUICE_NO_SUBSCRIPTION_EVENTS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     no_subscription_events: Option<bool>,
@@ -422,7 +427,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tls: tls(&args)?,
     };
 
-    let fanout = Fanout::new();
+    let fanout = match args.replay_window_mib {
+        None => Fanout::new(),
+        Some(0) => Fanout::with_recent(0, 0),
+        Some(mib) => Fanout::with_recent(DEFAULT_RECENT_UPDATES, mib.saturating_mul(1024 * 1024)),
+    };
     let store_setting = args.store.as_deref().unwrap_or("sqlite:./sluice-data/sluice.db");
     let store: Arc<dyn Store> = match parse_store(store_setting)? {
         StoreKind::Memory => Arc::new(MemoryStore::new(

@@ -184,3 +184,47 @@ fn sluice_chat_prints_the_answer_as_it_streams_and_its_speed() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("tokens/s") && stderr.contains("first after"), "{stderr}");
 }
+
+/// The value of a counter on the server's `/metrics` page.
+async fn counter(port: u16, name: &str) -> u64 {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_reads_the_window_of_recent_updates_unless_it_is_off() {
+    for (window, from, other) in [
+        (None, "sluice_replay_pages_from_memory_total", "sluice_replay_pages_from_store_total"),
+        (
+            Some("0"),
+            "sluice_replay_pages_from_store_total",
+            "sluice_replay_pages_from_memory_total",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut args = vec!["--store", "sqlite:history.db"];
+        args.extend(window.iter().flat_map(|mib| ["--replay-window-mib", *mib]));
+        let mut server = serve(port, dir.path(), &args);
+        let token = publisher_token();
+        let first = publish(port, &token, "one").unwrap();
+        publish(port, &token, "two").unwrap();
+        publish(port, &token, "three").unwrap();
+
+        let url = format!("http://127.0.0.1:{port}/.well-known/mercure?topic=/log");
+        let mut source = EventSource::get(&url).last_event_id(&first).build().unwrap();
+        let mut replayed = Vec::new();
+        while replayed.len() < 2 {
+            if let Item::Message(event) = source.next().await.unwrap().unwrap() {
+                replayed.push(event.data);
+            }
+        }
+        assert_eq!(replayed, ["two", "three"], "{window:?}");
+        assert!(counter(port, from).await >= 1, "{from} with --replay-window-mib {window:?}");
+        assert_eq!(counter(port, other).await, 0, "{other} with --replay-window-mib {window:?}");
+        server.kill().unwrap();
+        server.wait().unwrap();
+    }
+}

@@ -584,10 +584,12 @@ impl Feed {
                 })
                 .flatten();
             if let Some(page) = recent {
+                metrics::counter!("sluice_replay_pages_from_memory_total").increment(1);
                 replay.after = page.read_to;
                 replay.page.extend(page.updates);
                 continue;
             }
+            metrics::counter!("sluice_replay_pages_from_store_total").increment(1);
             let page = self.hub.store.read_after(replay.after, limit).await?;
             let Some(last) = page.last() else { return Ok(None) };
             replay.after = last.seq();

@@ -55,6 +55,7 @@ pub use hub::{
     Cursor, Deliveries, Delivery, Fanout, Hub, HubConfig, LimitError, Limits, PublishError,
     RESET_EVENT_TYPE, SubscribeError, SubscribeRequest, Subscription,
 };
+pub use recent::DEFAULT_RECENT_UPDATES;
 pub use registry::{Hangup, RESERVED_TOPIC_PREFIX};
 pub use selector::{Selector, SelectorError};
 pub use store::{

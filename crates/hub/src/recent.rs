@@ -23,7 +23,7 @@ use crate::registry::Filter;
 use crate::update::Update;
 
 /// Updates kept at most, by default.
-pub(crate) const DEFAULT_RECENT_UPDATES: usize = 65_536;
+pub const DEFAULT_RECENT_UPDATES: usize = 65_536;
 /// Bytes of encoded frames kept at most, by default.
 pub(crate) const DEFAULT_RECENT_BYTES: usize = 64 * 1024 * 1024;
 /// Updates examined per call when a filter has to be matched against each one: bounds the

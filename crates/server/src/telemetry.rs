@@ -23,6 +23,14 @@ const COUNTERS: &[(&str, &str)] = &[
     ("sluice_slow_consumer_disconnects_total", "Subscribers cut off for reading too slowly."),
     ("sluice_replay_failures_total", "Subscriptions ended because history could not be read."),
     (
+        "sluice_replay_pages_from_memory_total",
+        "Pages of a resuming subscriber's replay read from the window of recent updates.",
+    ),
+    (
+        "sluice_replay_pages_from_store_total",
+        "Pages of a resuming subscriber's replay read from the store (older than the window).",
+    ),
+    (
         "sluice_upstream_cancelled_total",
         "Upstream requests stopped because the reader left or asked.",
     ),
