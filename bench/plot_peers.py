@@ -39,6 +39,11 @@ def ratio(a, b):
     return f"{a / b:.2f}×" if a is not None and b else "–"
 
 
+def share(step):
+    """The share of a step's expected deliveries that were made, or a dash for a skipped step."""
+    return f"{step['delivered'] / max(step['expected'], 1):.1%}" if step else "–"
+
+
 def sustained(run, limit_ms=1000.0):
     """The highest deliveries/s of a step with p99 under the limit and every update delivered."""
     ok = [s for s in run["steps"]
@@ -58,9 +63,6 @@ def fanout_tables(runs):
 
         def cell(step, key, f="{:,.0f}"):
             return f.format(step[key]) if step else "skipped (saturated)"
-
-        def share(step):
-            return f"{step['delivered'] / max(step['expected'], 1):.1%}" if step else "–"
 
         out.append(f"| {rate:g} | {cell(s, 'deliveries_per_second')} · "
                    f"{cell(n, 'deliveries_per_second')} | {cell(s, 'p99_ms', '{:,.1f}')} | "
@@ -101,9 +103,6 @@ def topics_table(runs):
 
         def lat(step):
             return f"{step['p50_ms']:.1f} · {step['p99_ms']:.1f}" if step else "skipped"
-
-        def share(step):
-            return f"{step['delivered'] / max(step['expected'], 1):.1%}" if step else "–"
 
         out.append(f"| {rate:g} | {lat(s)} | {lat(n)} | "
                    f"{ratio(s and s['p99_ms'], n and n['p99_ms'])} | {lat(f)} | "

@@ -12,6 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
+import { CHROMIUM, CHROMIUM_ARGS } from './chromium.mjs';
+
 import {
   HUB_PATH,
   freePort,
@@ -25,7 +27,6 @@ import {
 } from './hub.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const ARTIFACTS = path.resolve(here, process.env.ARTIFACTS_DIR ?? '../../artifacts');
 const SECRET = 'browser-test-secret';
 const WAIT = { timeout: 30_000, polling: 50 };
@@ -144,15 +145,7 @@ describe('a real browser (Chromium) subscribed across origins', () => {
     context = await chromium.launchPersistentContext(profile.dir, {
       executablePath: CHROMIUM,
       headless: true,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-        '--disable-quic',
-      ],
+      args: CHROMIUM_ARGS,
       viewport: { width: 1100, height: 620 },
     });
     context.on('console', (msg) => pageLog.push(`console.${msg.type()}: ${msg.text()}`));

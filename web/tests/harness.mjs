@@ -11,6 +11,9 @@ import { promisify } from 'node:util';
 
 import { chromium } from 'playwright-core';
 
+import { CHROMIUM, CHROMIUM_ARGS } from '../../tests/js/chromium.mjs';
+import { freePort } from '../../tests/js/hub.mjs';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const run = promisify(execFile);
 
@@ -24,19 +27,6 @@ const children = new Set();
 process.on('exit', () => {
   for (const child of children) child.kill('SIGKILL');
 });
-
-/** A port that was free a moment ago. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Whether something accepts connections on `port`. */
 function listening(port) {
@@ -130,19 +120,11 @@ export async function sluice(...args) {
 export async function launchBrowser({ ignoreHTTPSErrors = false } = {}) {
   const profile = await mkdtemp(path.join(os.tmpdir(), 'sluice-web-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    executablePath: CHROMIUM,
     headless: true,
     ignoreHTTPSErrors,
     viewport: { width: 1280, height: 800 },
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--no-first-run',
-      '--disable-component-update',
-      '--disable-sync',
-      '--disable-quic',
-    ],
+    args: CHROMIUM_ARGS,
   });
   return {
     context,

@@ -477,6 +477,8 @@ struct Replay {
     /// The last `seq` fanned out when the subscriber registered: live delivery starts after.
     until: u64,
     reset: bool,
+    /// Read and not sent yet: only updates this subscriber receives (both the window of recent
+    /// updates and the store's pages are filtered before they land here).
     page: VecDeque<Arc<Update>>,
 }
 
@@ -566,10 +568,8 @@ impl Feed {
     async fn next_replayed(&mut self) -> Result<Option<Arc<Update>>, StoreError> {
         let Some(replay) = self.replay.as_mut() else { return Ok(None) };
         loop {
-            while let Some(update) = replay.page.pop_front() {
-                if self.filter.can_receive(&update) {
-                    return Ok(Some(update));
-                }
+            if let Some(update) = replay.page.pop_front() {
+                return Ok(Some(update));
             }
             if replay.after >= replay.until {
                 return Ok(None);
@@ -593,8 +593,9 @@ impl Feed {
             let page = self.hub.store.read_after(replay.after, limit).await?;
             let Some(last) = page.last() else { return Ok(None) };
             replay.after = last.seq();
-            let until = replay.until;
-            replay.page.extend(page.into_iter().take_while(|u| u.seq() <= until));
+            let (until, filter) = (replay.until, &self.filter);
+            let received = page.into_iter().take_while(|u| u.seq() <= until);
+            replay.page.extend(received.filter(|u| filter.can_receive(u)));
         }
     }
 }

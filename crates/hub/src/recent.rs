@@ -78,7 +78,13 @@ impl Recent {
             }
             window.bytes += update.frame().len();
             for topic in update.topics() {
-                window.by_topic.entry(topic.clone()).or_default().push_back(Arc::clone(update));
+                // A topic already indexed is not copied again (`entry` would need it owned).
+                match window.by_topic.get_mut(topic) {
+                    Some(list) => list.push_back(Arc::clone(update)),
+                    None => {
+                        window.by_topic.insert(topic.clone(), VecDeque::from([Arc::clone(update)]));
+                    }
+                }
             }
             window.updates.push_back(Arc::clone(update));
             while window.updates.len() > self.max_updates || window.bytes > self.max_bytes {

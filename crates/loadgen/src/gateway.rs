@@ -412,8 +412,8 @@ impl GatewayBench {
     ) -> Result<GatewayRun, Error> {
         // One answer first, so that lazily made state (connection pools, a first request's
         // imports) is not counted as memory per stream.
-        let mut warm = GatewayBench { streams: 1, rounds: 1, progress: false, ..self.clone() };
-        warm.peer = None;
+        let warm =
+            GatewayBench { streams: 1, rounds: 1, progress: false, peer: None, ..self.clone() };
         run_path(endpoint, name, &warm).await;
         let idle = sample(pids)?;
         // Sample the memory while every stream is open: a quarter into the first answers.

@@ -6,18 +6,20 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 
 import { chromium } from 'playwright-core';
 
+// The repository's own test helpers (Node built-ins only).
+import { CHROMIUM, CHROMIUM_ARGS } from '../../../tests/js/chromium.mjs';
+import { freePort } from '../../../tests/js/hub.mjs';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const APP = path.resolve(here, '..');
 const REPO = path.resolve(APP, '../..');
 const SLUICE_BIN = path.resolve(process.env.SLUICE_BIN ?? path.join(REPO, 'target/debug/sluice'));
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const ARTIFACTS = path.resolve(process.env.ARTIFACTS_DIR ?? path.join(REPO, 'artifacts'));
 const NEXT = path.join(APP, 'node_modules/next/dist/bin/next');
 
@@ -44,19 +46,6 @@ process.on('exit', () => {
     }
   }
 });
-
-/** A port that was free a moment ago. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Polls `check` until it returns something truthy, which is returned. */
 async function waitFor(check, { timeout = LONG, interval = 50, what = 'condition', describe } = {}) {
@@ -207,15 +196,7 @@ describe('Next.js chat on Sluice', () => {
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-        '--disable-quic',
-      ],
+      args: CHROMIUM_ARGS,
     });
   });
 
