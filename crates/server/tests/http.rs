@@ -466,6 +466,64 @@ async fn a_stalled_subscriber_does_not_delay_the_others() {
     server.stop().await;
 }
 
+/// Reads from `socket` until `needle` has arrived; everything read so far.
+async fn read_until_found(socket: &mut tokio::net::TcpStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = socket.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "closed before {needle:?}: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8(seen).unwrap()
+}
+
+/// A connection that opens with a subscription is served straight on its socket: the stream
+/// is delimited by the close (no chunk framing), errors carry their length, and the server
+/// closes after either. A subscription later on a kept-alive connection is hyper's, chunked.
+#[tokio::test]
+async fn a_first_request_subscription_is_written_straight_to_the_socket() {
+    let server = start(secure()).await;
+    let addr = server.0.url.trim_start_matches("http://").to_owned();
+    let subscribe = b"GET /.well-known/mercure?topic=/raw HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut direct = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    direct.write_all(subscribe).await.unwrap();
+    let head = read_until_found(&mut direct, "\r\n\r\n").await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(head.contains("\r\ncontent-type: text/event-stream\r\n"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+
+    let mut kept_alive = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    read_until_found(&mut kept_alive, "HTTP/1.1 200").await;
+    kept_alive.write_all(subscribe).await.unwrap();
+    let head = read_until_found(&mut kept_alive, "text/event-stream").await.to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+
+    publish_ok(&server, &[("topic", "/raw"), ("data", "straight"), ("id", "raw-1")]).await;
+    let body = read_until_found(&mut direct, "data: straight\n\n").await;
+    assert!(body.contains("id: raw-1\ndata: straight\n\n"), "unframed: {body:?}");
+    let body = read_until_found(&mut kept_alive, "data: straight\n\n").await;
+    assert!(body.contains("\r\nid: raw-1\ndata: straight\n\n\r\n"), "one chunk: {body:?}");
+
+    let mut refused = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    refused
+        .write_all(b"GET /.well-known/mercure?nothing=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    refused.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())), "{head}");
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"]["code"], "missing_topic", "{body}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn stopping_the_server_ends_event_streams() {
     let server = start(secure()).await;

@@ -15,6 +15,9 @@
 //!   a slow subscriber off, even while a write to it is stuck; the socket is reset, so the
 //!   kernel frees its send queue instead of holding it for the peer.
 //!
+//! A plain HTTP/1.1 connection that opens with a subscription is served past hyper, straight
+//! on its socket ([`direct`]), under the same bounds.
+//!
 //! Every bound that is hit is counted in `sluice_timeouts_total{wait=…}`. Past the connection
 //! limit, the server still accepts, answers 503 with `Retry-After` and closes, so clients
 //! learn to come back instead of hanging in the kernel's backlog.
@@ -45,6 +48,8 @@ use tower::ServiceExt;
 
 use crate::error::ApiError;
 use crate::telemetry::count_timeout;
+
+mod direct;
 
 /// How long to wait before accepting again after the OS refused (out of files, say).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -470,12 +475,23 @@ pub(crate) async fn serve_router(
         let (timeouts, tls) = (config.timeouts, config.tls.clone());
         tokio::spawn(async move {
             let Some(tls) = tls else {
-                return serve_connection(stream, addr, slot, app, builder, watcher, timeouts).await;
+                let Some((stream, slot)) =
+                    direct::serve_subscription(stream, addr, slot, &app, timeouts).await
+                else {
+                    return;
+                };
+                // Boxed: hyper's connection state would otherwise size every connection's
+                // task, the directly served ones too.
+                let connection =
+                    serve_connection(stream, addr, slot, app, builder, watcher, timeouts);
+                return Box::pin(connection).await;
             };
             // The handshake is part of the request head's wait.
             match tokio::time::timeout(timeouts.request_head, tls.acceptor().accept(stream)).await {
                 Ok(Ok(stream)) => {
-                    serve_connection(stream, addr, slot, app, builder, watcher, timeouts).await;
+                    let connection =
+                        serve_connection(stream, addr, slot, app, builder, watcher, timeouts);
+                    Box::pin(connection).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%error, "a TLS handshake failed"),
                 Err(_) => count_timeout("request_head"),

@@ -1,0 +1,395 @@
+//! Subscriptions served straight on their socket, past hyper.
+//!
+//! An idle subscriber is the hub's commonest client, and under hyper each one kept a 16 KiB
+//! read buffer, an 8 KiB write buffer and a connection task of several KiB for a request that
+//! will never send another byte (BENCHMARKS.md, "where an idle subscriber's memory goes"). So
+//! when a plain HTTP/1.1 connection opens with `GET /.well-known/mercure`, the server reads that
+//! one request head itself, runs it through the same router (limits, CORS, auth, access log,
+//! the subscribe handler) and writes the answer on the socket directly:
+//!
+//! - an event stream goes out as it is, delimited by the connection's close (no chunk
+//!   framing), every frame that is ready at a wake-up in one vectored write;
+//! - any other answer (an error) goes out with its length;
+//! - either way the connection closes after it (`Connection: close`), so nothing but this one
+//!   request is ever parsed here. Every other first request, and everything over TLS or
+//!   HTTP/2, is hyper's.
+//!
+//! The bounds of the [parent module](super) hold here too: the request head is due within
+//! [`Timeouts::request_head`] of accept, a write that makes no progress fails after
+//! [`Timeouts::write`], and [`ConnHandle::hang_up`] resets the connection at once. What the
+//! client sends after its head is read and dropped; its end of the connection closing ends
+//! the stream.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep, sleep, timeout_at};
+use tower::ServiceExt;
+
+use super::{ClientAddr, ConnHandle, Control, Slot, Timeouts};
+use crate::error::ApiError;
+use crate::mercure::HUB_PATH;
+use crate::telemetry::count_timeout;
+
+/// The most bytes of request head read here; past them, 431. Above the router's own limits
+/// (60 KiB of target, 64 KiB of headers), so those answer first with their own words.
+const MAX_HEAD_BYTES: usize = 128 * 1024;
+/// The most header fields parsed; past them, 431 (the router answers above 100).
+const MAX_HEAD_FIELDS: usize = 128;
+/// The most frames gathered into one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// Whether a connection's first bytes are a subscription this module serves: `GET` of the
+/// hub's path exactly, with a query or none.
+fn is_subscription(first: &[u8]) -> bool {
+    let rest = first.strip_prefix(b"GET ").and_then(|r| r.strip_prefix(HUB_PATH.as_bytes()));
+    matches!(rest, Some([b'?' | b' ', ..]))
+}
+
+/// Serves the connection here if it opens with a subscription; otherwise hands the untouched
+/// socket (nothing has been read from it) and its slot back for hyper.
+pub(super) async fn serve_subscription(
+    stream: TcpStream,
+    addr: SocketAddr,
+    slot: Slot,
+    app: &Router,
+    timeouts: Timeouts,
+) -> Option<(TcpStream, Slot)> {
+    let head_due = Instant::now() + timeouts.request_head;
+    let mut first = [0u8; HUB_PATH.len() + 5];
+    let peeked = match timeout_at(head_due, stream.peek(&mut first)).await {
+        Ok(Ok(peeked)) => peeked,
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            count_timeout("request_head");
+            return None;
+        }
+    };
+    if !is_subscription(&first[..peeked]) {
+        return Some((stream, slot));
+    }
+    serve(stream, addr, slot, app, timeouts, head_due).await;
+    None
+}
+
+/// Reads the head, answers it through `app`, writes the answer, closes.
+async fn serve(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    _slot: Slot,
+    app: &Router,
+    timeouts: Timeouts,
+    head_due: Instant,
+) {
+    let control = Arc::new(Control::default());
+    let response = match timeout_at(head_due, read_request(&mut stream)).await {
+        Err(_) => {
+            count_timeout("request_head");
+            return;
+        }
+        Ok(Err(Refusal::Closed)) => return,
+        Ok(Err(Refusal::Answer(error))) => error.into_response(),
+        Ok(Ok(mut request)) => {
+            request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
+            request.extensions_mut().insert(ConnHandle(Arc::clone(&control)));
+            match app.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    };
+    let (queue, body) = match encode_response(response).await {
+        Ok(encoded) => encoded,
+        Err(error) => {
+            tracing::debug!(%error, "a response body failed before it was sent");
+            return;
+        }
+    };
+    match write_stream(&mut stream, queue, body, &control, timeouts).await {
+        Ok(()) => {}
+        Err(error) => tracing::debug!(%error, "an event stream ended with an error"),
+    }
+    if control.killed.load(Ordering::Acquire) {
+        // Reset rather than close: the peer will not read what is queued, so do not keep it.
+        let _ = stream.set_zero_linger();
+    }
+}
+
+/// Why no request came out of a head.
+enum Refusal {
+    /// The client closed, or the socket failed: nothing to answer.
+    Closed,
+    /// A head this server refuses, with the answer that says why.
+    Answer(ApiError),
+}
+
+/// Reads one request head (and nothing after it) into a bodiless request.
+async fn read_request(stream: &mut TcpStream) -> Result<Request<Body>, Refusal> {
+    let mut head = Vec::with_capacity(2048);
+    loop {
+        if head.len() == head.capacity() {
+            if head.len() >= MAX_HEAD_BYTES {
+                return Err(Refusal::Answer(head_too_large()));
+            }
+            head.reserve(head.len());
+        }
+        match stream.read_buf(&mut head).await {
+            Ok(0) | Err(_) => return Err(Refusal::Closed),
+            Ok(_) => {}
+        }
+        if let Some(request) = parse_head(&head)? {
+            return Ok(request);
+        }
+    }
+}
+
+fn head_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+        format!("at most {MAX_HEAD_BYTES} bytes of request head are accepted"),
+    )
+}
+
+/// The request in `head`, or `None` while the head is incomplete.
+fn parse_head(head: &[u8]) -> Result<Option<Request<Body>>, Refusal> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEAD_FIELDS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let malformed =
+        |what: String| Refusal::Answer(ApiError::bad_request("malformed_request", what));
+    match parsed.parse(head) {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::Answer(head_too_large())),
+        Err(error) => return Err(malformed(format!("the request head is malformed: {error}"))),
+    }
+    let target = parsed.path.unwrap_or_default();
+    let uri: Uri = target.parse().map_err(|_| {
+        Refusal::Answer(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target ({} bytes) cannot be read", target.len()),
+        ))
+    })?;
+    let mut request =
+        Request::builder().method(Method::GET).uri(uri).version(if parsed.version == Some(0) {
+            axum::http::Version::HTTP_10
+        } else {
+            axum::http::Version::HTTP_11
+        });
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| malformed(format!("{:?} is not a header name", field.name)))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| malformed(format!("the {name} header's value is not valid")))?;
+        let has_body =
+            (name == header::CONTENT_LENGTH && value != "0") || name == header::TRANSFER_ENCODING;
+        if has_body {
+            return Err(malformed("a subscription request carries no body".to_owned()));
+        }
+        request = request.header(name, value);
+    }
+    request.body(Body::empty()).map(Some).map_err(|e| malformed(e.to_string()))
+}
+
+/// The response's head (and, for anything but an event stream, its whole body) as bytes to
+/// write, with the body still to stream (empty unless it is an event stream).
+async fn encode_response(response: Response<Body>) -> Result<(VecDeque<Bytes>, Body), axum::Error> {
+    let (parts, body) = response.into_parts();
+    let streaming = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    let mut head = BytesMut::with_capacity(256);
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    head.put_slice(format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_str()).as_bytes());
+    for (name, value) in &parts.headers {
+        if matches!(
+            *name,
+            header::CONNECTION | header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::DATE
+        ) {
+            continue;
+        }
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    head.put_slice(b"date: ");
+    head.put_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    head.put_slice(b"\r\nconnection: close\r\n");
+    if streaming {
+        head.put_slice(b"\r\n");
+        return Ok((VecDeque::from([head.freeze()]), body));
+    }
+    let body = body.collect().await?.to_bytes();
+    head.put_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    Ok((VecDeque::from([head.freeze(), body]), Body::empty()))
+}
+
+/// Writes `queue`, then `body`'s frames as they come, until the body ends, the client closes,
+/// a write stalls past [`Timeouts::write`] or the connection is hung up.
+async fn write_stream(
+    stream: &mut TcpStream,
+    mut queue: VecDeque<Bytes>,
+    mut body: Body,
+    control: &Control,
+    timeouts: Timeouts,
+) -> io::Result<()> {
+    let mut ended = body.is_end_stream();
+    let mut stall: Option<Pin<Box<Sleep>>> = None;
+    poll_fn(|cx| {
+        loop {
+            if control.killed.load(Ordering::Acquire) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "hung up by the server",
+                )));
+            }
+            control.write_waker.register(cx.waker());
+            if let Poll::Ready(gone) = poll_client_gone(stream, cx) {
+                return Poll::Ready(gone);
+            }
+            while !ended && queue.len() < MAX_SLICES {
+                match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            queue.push_back(data);
+                        }
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        return Poll::Ready(Err(io::Error::other(error)));
+                    }
+                    Poll::Ready(None) => ended = true,
+                    Poll::Pending => break,
+                }
+            }
+            if queue.is_empty() {
+                return if ended { Poll::Ready(Ok(())) } else { Poll::Pending };
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = queue.len().min(MAX_SLICES);
+            for (slice, frame) in slices.iter_mut().zip(&queue) {
+                *slice = IoSlice::new(frame);
+            }
+            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(written)) => {
+                    stall = None;
+                    consume(&mut queue, written);
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {
+                    let stall = stall.get_or_insert_with(|| Box::pin(sleep(timeouts.write)));
+                    if stall.as_mut().poll(cx).is_ready() {
+                        count_timeout("write");
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client stopped reading",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Ready with `Ok` once the client has closed its end; what it sends is read and dropped.
+fn poll_client_gone(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    let mut discard = [0u8; 512];
+    loop {
+        if let Err(error) = std::task::ready!(stream.poll_read_ready(cx)) {
+            return Poll::Ready(Err(error));
+        }
+        match stream.try_read(&mut discard) {
+            Ok(0) => return Poll::Ready(Ok(())),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Poll::Ready(Err(error)),
+        }
+    }
+}
+
+/// Drops the first `written` bytes of `queue`.
+fn consume(queue: &mut VecDeque<Bytes>, mut written: usize) {
+    while written > 0 {
+        let Some(front) = queue.front_mut() else { return };
+        if written < front.len() {
+            front.advance(written);
+            return;
+        }
+        written -= front.len();
+        queue.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_get_of_the_hub_path_itself_is_a_subscription() {
+        assert!(is_subscription(b"GET /.well-known/mercure?topic=a HTTP/1.1"));
+        assert!(is_subscription(b"GET /.well-known/mercure HTTP/1.1"));
+        assert!(!is_subscription(b"GET /.well-known/mercure/subscriptions HTTP/1.1"));
+        assert!(!is_subscription(b"POST /.well-known/mercure HTTP/1.1"));
+        assert!(!is_subscription(b"GET /.well-known/mercurex HTTP/1.1"));
+        assert!(!is_subscription(b"PRI * HTTP/2.0\r\n"));
+        assert!(!is_subscription(b"GET /.well-known/merc"), "a partial first segment is hyper's");
+    }
+
+    #[test]
+    fn consume_drops_whole_frames_then_advances_into_the_next() {
+        let mut queue: VecDeque<Bytes> =
+            [&b"abc"[..], b"de", b"fgh"].into_iter().map(Bytes::from_static).collect();
+        consume(&mut queue, 4);
+        assert_eq!(queue, [Bytes::from_static(b"e"), Bytes::from_static(b"fgh")]);
+        consume(&mut queue, 4);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_complete_and_a_body_is_refused() {
+        assert!(matches!(
+            parse_head(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost: x"),
+            Ok(None)
+        ));
+        let request =
+            parse_head(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nLast-Event-ID: 7\r\n\r\n")
+                .ok()
+                .flatten()
+                .unwrap();
+        assert_eq!(request.uri().query(), Some("topic=a"));
+        assert_eq!(request.headers()["last-event-id"], "7");
+        let with_body =
+            b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        assert!(matches!(parse_head(with_body), Err(Refusal::Answer(e)) if e.status() == 400));
+        assert!(matches!(
+            parse_head(b"GET /x HTTP/1.1\r\nbad header\r\n\r\n"),
+            Err(Refusal::Answer(_))
+        ));
+    }
+}
