@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -63,48 +63,48 @@ fn is_subscription(first: &[u8]) -> bool {
     matches!(rest, Some([b'?' | b' ', ..]))
 }
 
-/// Serves the connection here if it opens with a subscription; otherwise hands the untouched
-/// socket (nothing has been read from it) and its slot back for hyper.
-pub(super) async fn serve_subscription(
-    stream: TcpStream,
+/// How a plain connection opened.
+pub(super) enum Opening {
+    /// Not with a subscription: the untouched socket (nothing has been read from it) and its
+    /// slot, for hyper.
+    Hyper(TcpStream, Slot),
+    /// With a subscription, answered: what is left to write.
+    Direct(Answer),
+    /// Closed, timed out or failed before there was anything to answer.
+    Done,
+}
+
+/// Reads a subscription's head if the connection opens with one, and answers it through
+/// `app`. Only the returned [`Answer`] lives on for as long as the stream does: the caller
+/// boxes this future so that the router's state and the head's buffer are freed once it is
+/// done.
+pub(super) async fn open(
+    mut stream: TcpStream,
     addr: SocketAddr,
     slot: Slot,
     app: &Router,
     timeouts: Timeouts,
-) -> Option<(TcpStream, Slot)> {
+) -> Opening {
     let head_due = Instant::now() + timeouts.request_head;
     let mut first = [0u8; HUB_PATH.len() + 5];
     let peeked = match timeout_at(head_due, stream.peek(&mut first)).await {
         Ok(Ok(peeked)) => peeked,
-        Ok(Err(_)) => return None,
+        Ok(Err(_)) => return Opening::Done,
         Err(_) => {
             count_timeout("request_head");
-            return None;
+            return Opening::Done;
         }
     };
     if !is_subscription(&first[..peeked]) {
-        return Some((stream, slot));
+        return Opening::Hyper(stream, slot);
     }
-    serve(stream, addr, slot, app, timeouts, head_due).await;
-    None
-}
-
-/// Reads the head, answers it through `app`, writes the answer, closes.
-async fn serve(
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    _slot: Slot,
-    app: &Router,
-    timeouts: Timeouts,
-    head_due: Instant,
-) {
     let control = Arc::new(Control::default());
     let response = match timeout_at(head_due, read_request(&mut stream)).await {
         Err(_) => {
             count_timeout("request_head");
-            return;
+            return Opening::Done;
         }
-        Ok(Err(Refusal::Closed)) => return,
+        Ok(Err(Refusal::Closed)) => return Opening::Done,
         Ok(Err(Refusal::Answer(error))) => error.into_response(),
         Ok(Ok(mut request)) => {
             request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
@@ -115,20 +115,19 @@ async fn serve(
             }
         }
     };
-    let (queue, body) = match encode_response(response).await {
-        Ok(encoded) => encoded,
+    match encode_response(response).await {
+        Ok((queue, body)) => Opening::Direct(Answer {
+            stream,
+            queue,
+            body,
+            control,
+            write_timeout: timeouts.write,
+            _slot: slot,
+        }),
         Err(error) => {
             tracing::debug!(%error, "a response body failed before it was sent");
-            return;
+            Opening::Done
         }
-    };
-    match write_stream(&mut stream, queue, body, &control, timeouts).await {
-        Ok(()) => {}
-        Err(error) => tracing::debug!(%error, "an event stream ended with an error"),
-    }
-    if control.killed.load(Ordering::Acquire) {
-        // Reset rather than close: the peer will not read what is queued, so do not keep it.
-        let _ = stream.set_zero_linger();
     }
 }
 
@@ -244,77 +243,98 @@ async fn encode_response(response: Response<Body>) -> Result<(VecDeque<Bytes>, B
     Ok((VecDeque::from([head.freeze(), body]), Body::empty()))
 }
 
-/// Writes `queue`, then `body`'s frames as they come, until the body ends, the client closes,
-/// a write stalls past [`Timeouts::write`] or the connection is hung up.
-async fn write_stream(
-    stream: &mut TcpStream,
-    mut queue: VecDeque<Bytes>,
-    mut body: Body,
-    control: &Control,
-    timeouts: Timeouts,
-) -> io::Result<()> {
-    let mut ended = body.is_end_stream();
-    let mut stall: Option<Pin<Box<Sleep>>> = None;
-    poll_fn(|cx| {
-        loop {
-            if control.killed.load(Ordering::Acquire) {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "hung up by the server",
-                )));
-            }
-            control.write_waker.register(cx.waker());
-            if let Poll::Ready(gone) = poll_client_gone(stream, cx) {
-                return Poll::Ready(gone);
-            }
-            while !ended && queue.len() < MAX_SLICES {
-                match Pin::new(&mut body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Ok(data) = frame.into_data()
-                            && !data.is_empty()
-                        {
-                            queue.push_back(data);
-                        }
-                    }
-                    Poll::Ready(Some(Err(error))) => {
-                        return Poll::Ready(Err(io::Error::other(error)));
-                    }
-                    Poll::Ready(None) => ended = true,
-                    Poll::Pending => break,
-                }
-            }
-            if queue.is_empty() {
-                return if ended { Poll::Ready(Ok(())) } else { Poll::Pending };
-            }
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let count = queue.len().min(MAX_SLICES);
-            for (slice, frame) in slices.iter_mut().zip(&queue) {
-                *slice = IoSlice::new(frame);
-            }
-            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(written)) => {
-                    stall = None;
-                    consume(&mut queue, written);
-                }
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => {
-                    let stall = stall.get_or_insert_with(|| Box::pin(sleep(timeouts.write)));
-                    if stall.as_mut().poll(cx).is_ready() {
-                        count_timeout("write");
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client stopped reading",
-                        )));
-                    }
-                    return Poll::Pending;
-                }
-            }
+/// A subscription's answer being written: all an idle subscriber's connection holds.
+pub(super) struct Answer {
+    stream: TcpStream,
+    /// Bytes to write before more of `body`.
+    queue: VecDeque<Bytes>,
+    /// The event stream (empty once an error's body is in `queue`).
+    body: Body,
+    control: Arc<Control>,
+    write_timeout: Duration,
+    _slot: Slot,
+}
+
+impl Answer {
+    /// Writes the answer until it ends, the client closes, a write stalls past the write
+    /// timeout or the connection is hung up; then closes the connection.
+    pub(super) async fn write(&mut self) {
+        if let Err(error) = self.write_stream().await {
+            tracing::debug!(%error, "an event stream ended with an error");
         }
-    })
-    .await
+        if self.control.killed.load(Ordering::Acquire) {
+            // Reset rather than close: the peer will not read what is queued, so do not keep it.
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+
+    /// Writes `queue`, then `body`'s frames as they come, until the body ends, the client
+    /// closes, a write stalls past the write timeout or the connection is hung up.
+    async fn write_stream(&mut self) -> io::Result<()> {
+        let Answer { stream, queue, body, control, write_timeout, .. } = self;
+        let mut ended = body.is_end_stream();
+        let mut stall: Option<Pin<Box<Sleep>>> = None;
+        poll_fn(|cx| {
+            loop {
+                if control.killed.load(Ordering::Acquire) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "hung up by the server",
+                    )));
+                }
+                control.write_waker.register(cx.waker());
+                if let Poll::Ready(gone) = poll_client_gone(stream, cx) {
+                    return Poll::Ready(gone);
+                }
+                while !ended && queue.len() < MAX_SLICES {
+                    match Pin::new(&mut *body).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if let Ok(data) = frame.into_data()
+                                && !data.is_empty()
+                            {
+                                queue.push_back(data);
+                            }
+                        }
+                        Poll::Ready(Some(Err(error))) => {
+                            return Poll::Ready(Err(io::Error::other(error)));
+                        }
+                        Poll::Ready(None) => ended = true,
+                        Poll::Pending => break,
+                    }
+                }
+                if queue.is_empty() {
+                    return if ended { Poll::Ready(Ok(())) } else { Poll::Pending };
+                }
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let count = queue.len().min(MAX_SLICES);
+                for (slice, frame) in slices.iter_mut().zip(queue.iter()) {
+                    *slice = IoSlice::new(frame);
+                }
+                match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(written)) => {
+                        stall = None;
+                        consume(queue, written);
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => {
+                        let stall = stall.get_or_insert_with(|| Box::pin(sleep(*write_timeout)));
+                        if stall.as_mut().poll(cx).is_ready() {
+                            count_timeout("write");
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the client stopped reading",
+                            )));
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+        })
+        .await
+    }
 }
 
 /// Ready with `Ok` once the client has closed its end; what it sends is read and dropped.

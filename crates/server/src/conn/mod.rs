@@ -393,16 +393,46 @@ pub(crate) struct ServeConfig {
     pub(crate) tls: Option<Arc<crate::tls::Tls>>,
 }
 
-/// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.
-async fn serve_connection<S: Socket>(
-    stream: S,
+/// An accepted connection, with what serving it needs.
+struct Accepted {
     addr: SocketAddr,
     slot: Slot,
     app: Router,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     timeouts: Timeouts,
-) {
+}
+
+/// Serves a plain connection: a first request that subscribes [directly](direct), anything
+/// else with hyper.
+async fn serve_plain(stream: TcpStream, accepted: Accepted) {
+    let Accepted { addr, slot, app, builder, watcher, timeouts } = accepted;
+    // Both boxed: the opening's state (the router's, a head's) and hyper's would otherwise
+    // size the task of every connection, for as long as a direct stream lasts.
+    match Box::pin(direct::open(stream, addr, slot, &app, timeouts)).await {
+        direct::Opening::Direct(mut answer) => answer.write().await,
+        direct::Opening::Hyper(stream, slot) => {
+            let accepted = Accepted { addr, slot, app, builder, watcher, timeouts };
+            Box::pin(serve_connection(stream, accepted)).await;
+        }
+        direct::Opening::Done => {}
+    }
+}
+
+/// Serves a TLS connection with hyper, once its handshake (part of the request head's wait)
+/// is done.
+async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accepted) {
+    match tokio::time::timeout(accepted.timeouts.request_head, tls.acceptor().accept(stream)).await
+    {
+        Ok(Ok(stream)) => serve_connection(stream, accepted).await,
+        Ok(Err(error)) => tracing::debug!(%error, "a TLS handshake failed"),
+        Err(_) => count_timeout("request_head"),
+    }
+}
+
+/// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.
+async fn serve_connection<S: Socket>(stream: S, accepted: Accepted) {
+    let Accepted { addr, slot, app, builder, watcher, timeouts } = accepted;
     let control = Arc::new(Control::default());
     let io = TokioIo::new(Conn::new(stream, Arc::clone(&control), timeouts, slot));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -442,6 +472,7 @@ pub(crate) async fn serve_router(
     // The head bounds live in `Conn`, which also knows about kept-alive connections.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     let admission =
         Admission { open: Arc::new(AtomicUsize::new(0)), limit: config.max_connections };
     let graceful = GracefulShutdown::new();
@@ -471,32 +502,18 @@ pub(crate) async fn serve_router(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
-        let (timeouts, tls) = (config.timeouts, config.tls.clone());
-        tokio::spawn(async move {
-            let Some(tls) = tls else {
-                let Some((stream, slot)) =
-                    direct::serve_subscription(stream, addr, slot, &app, timeouts).await
-                else {
-                    return;
-                };
-                // Boxed: hyper's connection state would otherwise size every connection's
-                // task, the directly served ones too.
-                let connection =
-                    serve_connection(stream, addr, slot, app, builder, watcher, timeouts);
-                return Box::pin(connection).await;
-            };
-            // The handshake is part of the request head's wait.
-            match tokio::time::timeout(timeouts.request_head, tls.acceptor().accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let connection =
-                        serve_connection(stream, addr, slot, app, builder, watcher, timeouts);
-                    Box::pin(connection).await;
-                }
-                Ok(Err(error)) => tracing::debug!(%error, "a TLS handshake failed"),
-                Err(_) => count_timeout("request_head"),
-            }
-        });
+        let accepted = Accepted {
+            addr,
+            slot,
+            app: app.clone(),
+            builder: Arc::clone(&builder),
+            watcher: graceful.watcher(),
+            timeouts: config.timeouts,
+        };
+        match &config.tls {
+            None => tokio::spawn(serve_plain(stream, accepted)),
+            Some(tls) => tokio::spawn(serve_tls(stream, Arc::clone(tls), accepted)),
+        };
     }
     on_shutdown.await;
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
