@@ -509,6 +509,29 @@ async fn a_first_request_subscription_is_written_straight_to_the_socket() {
     let body = read_until_found(&mut kept_alive, "data: straight\n\n").await;
     assert!(body.contains("\r\nid: raw-1\ndata: straight\n\n\r\n"), "one chunk: {body:?}");
 
+    // The client closing its end ends the subscription: nothing is left behind for it.
+    let listed = || async {
+        let listing: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/subscriptions", server.hub_url()))
+            .bearer_auth(token(&[], &["/.well-known/mercure/subscriptions{/topic}{/subscriber}"]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let subscriptions = listing["subscriptions"].as_array().unwrap().clone();
+        subscriptions.iter().filter(|s| s["topic"] == "/raw").count()
+    };
+    assert_eq!(listed().await, 2);
+    drop(direct);
+    let closed = async {
+        while listed().await > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), closed).await.expect("the closed one leaves");
+
     let mut refused = tokio::net::TcpStream::connect(&addr).await.unwrap();
     refused
         .write_all(b"GET /.well-known/mercure?nothing=1 HTTP/1.1\r\nHost: x\r\n\r\n")
