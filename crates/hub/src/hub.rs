@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use tokio::sync::mpsc;
 
+use crate::direct::{DirectWrite, SocketWriter};
 use crate::recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_UPDATES, Recent};
 use crate::registry::{Cutoff, Filter, Hangup, Intake, Registry, Subscriber};
 use crate::selector::Selector;
@@ -192,6 +193,10 @@ pub struct SubscribeRequest {
     /// Run when the hub cuts the subscriber off (too slow, or shutting down), so that its
     /// connection can be closed at once rather than when its stream is next polled.
     pub hangup: Option<Hangup>,
+    /// The subscriber's socket, if the fan-out may write live updates to it itself when the
+    /// subscriber has nothing in flight ([`DirectWrite`]); the connection's writer then takes
+    /// [`Subscription::direct`]. Not for a subscription with `until_event_type`.
+    pub direct: Option<Arc<dyn SocketWriter>>,
 }
 
 impl SubscribeRequest {
@@ -203,6 +208,7 @@ impl SubscribeRequest {
             cursor,
             until_event_type: None,
             hangup: None,
+            direct: None,
         }
     }
 }
@@ -241,7 +247,11 @@ pub struct Subscription {
     /// Whether the cursor was unknown, so a [`RESET_EVENT_TYPE`] event comes first.
     pub reset: bool,
     /// The frames: replay, then live; ends when the subscriber is cut off or the hub stops.
+    /// With [`SubscribeRequest::direct`], live updates may also go straight to the socket.
     pub frames: BoxStream<'static, Bytes>,
+    /// With [`SubscribeRequest::direct`]: the writer's side of the hand-over, which whoever
+    /// writes `frames` to the socket must follow (see [`DirectWrite`]).
+    pub direct: Option<Arc<DirectWrite>>,
 }
 
 /// A live subscription as [`Delivery`] values, for callers that transform updates.
@@ -393,9 +403,9 @@ impl Hub {
         &self,
         request: SubscribeRequest,
     ) -> Result<Subscription, SubscribeError> {
-        let (reset, deliveries) = self.start(request).await?;
+        let (reset, deliveries, direct) = self.start(request).await?;
         let frames = deliveries.stream.map(|d| d.frame()).boxed();
-        Ok(Subscription { resumed_after: deliveries.resumed_after, reset, frames })
+        Ok(Subscription { resumed_after: deliveries.resumed_after, reset, frames, direct })
     }
 
     /// Subscribes, like [`Hub::subscribe`], delivering values rather than frames.
@@ -406,7 +416,10 @@ impl Hub {
         Ok(self.start(request).await?.1)
     }
 
-    async fn start(&self, request: SubscribeRequest) -> Result<(bool, Deliveries), SubscribeError> {
+    async fn start(
+        &self,
+        request: SubscribeRequest,
+    ) -> Result<(bool, Deliveries, Option<Arc<DirectWrite>>), SubscribeError> {
         let limits = &self.inner.config.limits;
         request.selectors.iter().try_for_each(|selector| limits.check_selector(selector))?;
         let (replay_after, resumed_after, reset) = match &request.cursor {
@@ -423,7 +436,7 @@ impl Hub {
                     tracing::warn!(%error, "a cursor could not be looked up: ending the stream");
                     metrics::counter!("sluice_replay_failures_total").increment(1);
                     let failed = stream::once(async { Delivery::ReplayFailed }).boxed();
-                    return Ok((false, Deliveries { resumed_after: None, stream: failed }));
+                    return Ok((false, Deliveries { resumed_after: None, stream: failed }, None));
                 }
             },
         };
@@ -434,14 +447,22 @@ impl Hub {
         let cutoff = Arc::new(OnceLock::new());
         let (sender, receiver) = mpsc::channel(self.inner.config.queue_capacity.max(1));
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        let direct = match (request.direct, &request.until_event_type) {
+            (Some(socket), None) => Some(Arc::new(DirectWrite::new(socket))),
+            _ => None,
+        };
         let subscriber = Arc::new(Subscriber::new(
             key,
             Arc::clone(&filter),
             sender,
             Arc::clone(&cutoff),
             request.hangup,
+            direct.clone(),
         ));
         let live_after = self.inner.registry.register(&subscriber).ok_or(StoreError::Closed)?;
+        if let Some(direct) = &direct {
+            direct.set_live_after(live_after);
+        }
         let feed = Feed {
             hub: Arc::clone(&self.inner),
             subscriber: Arc::downgrade(&subscriber),
@@ -456,9 +477,10 @@ impl Hub {
                 reset,
                 page: VecDeque::new(),
             }),
+            direct: direct.clone(),
             done: false,
         };
-        Ok((reset, Deliveries { resumed_after, stream: feed.into_stream() }))
+        Ok((reset, Deliveries { resumed_after, stream: feed.into_stream() }, direct))
     }
 
     /// Ends every subscription (clients reconnect elsewhere) and closes the store, which
@@ -494,11 +516,17 @@ struct Feed {
     live_after: u64,
     until: Option<String>,
     replay: Option<Replay>,
+    /// The fan-out's hand-over to the socket, if any: told when the feed waits with nothing
+    /// queued.
+    direct: Option<Arc<DirectWrite>>,
     done: bool,
 }
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        if let Some(direct) = &self.direct {
+            direct.close();
+        }
         if let Some(subscriber) = self.subscriber.upgrade() {
             self.hub.registry.unregister(&subscriber);
         }
@@ -547,6 +575,10 @@ impl Feed {
             }
         }
         loop {
+            if let Some(direct) = &self.direct {
+                // Nothing queued and the replay over: the fan-out may write to the socket.
+                direct.feed_waiting(|| self.receiver.is_empty());
+            }
             match self.receiver.recv().await {
                 // Committed before it registered: sent by the replay already.
                 Some(update) if update.seq() <= self.live_after => {}

@@ -18,6 +18,7 @@
 //!         cursor: Cursor::Earliest,
 //!         until_event_type: None,
 //!         hangup: None,
+//!         direct: None,
 //!     })
 //!     .await?;
 //! hub.publish(Draft::new("https://example.com/books/2", "back in stock")).await?;
@@ -41,6 +42,7 @@
 //! the last update fanned out before it registered: no gap, no duplicate, while publishers
 //! keep publishing.
 
+mod direct;
 mod hub;
 mod recent;
 mod registry;
@@ -51,6 +53,7 @@ pub mod testing;
 mod update;
 mod url_pattern;
 
+pub use direct::{DirectWrite, SocketWriter};
 pub use hub::{
     Cursor, Deliveries, Delivery, Fanout, Hub, HubConfig, LimitError, Limits, PublishError,
     RESET_EVENT_TYPE, SubscribeError, SubscribeRequest, Subscription,

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
+use crate::direct::DirectWrite;
 use crate::recent::Recent;
 use crate::selector::Selector;
 use crate::store::CommitListener;
@@ -103,6 +104,8 @@ pub(crate) struct Subscriber {
     last_queued: AtomicU64,
     pub(crate) cutoff: Arc<OnceLock<Cutoff>>,
     hangup: Option<Hangup>,
+    /// Its socket, when the fan-out may write to it itself.
+    direct: Option<Arc<DirectWrite>>,
     /// Whether it still counts in `sluice_subscribers_connected`.
     counted: AtomicBool,
 }
@@ -114,6 +117,7 @@ impl Subscriber {
         sender: mpsc::Sender<Arc<Update>>,
         cutoff: Arc<OnceLock<Cutoff>>,
         hangup: Option<Hangup>,
+        direct: Option<Arc<DirectWrite>>,
     ) -> Self {
         Subscriber {
             key,
@@ -122,7 +126,18 @@ impl Subscriber {
             last_queued: AtomicU64::new(0),
             cutoff,
             hangup,
+            direct,
             counted: AtomicBool::new(false),
+        }
+    }
+
+    /// Hands `update` over: written to its socket now, or queued. False if it could not be
+    /// queued (full: too slow; closed: going away).
+    fn deliver(&self, update: &Arc<Update>) -> bool {
+        let queue = || self.sender.try_send(Arc::clone(update)).is_ok();
+        match &self.direct {
+            Some(direct) => direct.deliver(update, queue),
+            None => queue(),
         }
     }
 
@@ -137,6 +152,9 @@ impl Subscriber {
     /// writes are stuck); at shutdown the stream ends cleanly, so clients reconnect elsewhere.
     fn cut(&self, why: Cutoff) {
         let _ = self.cutoff.set(why);
+        if let Some(direct) = &self.direct {
+            direct.close();
+        }
         self.leave();
         if why == Cutoff::Slow
             && let Some(hangup) = &self.hangup
@@ -213,7 +231,7 @@ impl State {
                 continue;
             }
             subscriber.last_queued.store(seq, Ordering::Relaxed);
-            if subscriber.sender.try_send(Arc::clone(update)).is_err() {
+            if !subscriber.deliver(update) {
                 // Full: too slow. Closed: its connection is going away. Either way, out.
                 cut.push(Arc::clone(subscriber));
             }

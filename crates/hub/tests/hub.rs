@@ -29,6 +29,7 @@ fn request(selectors: &[&str], allowed: &[&str], cursor: Cursor) -> SubscribeReq
         cursor,
         until_event_type: None,
         hangup: None,
+        direct: None,
     }
 }
 

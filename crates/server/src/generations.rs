@@ -152,6 +152,7 @@ async fn follow(
         cursor: after.map_or(Cursor::Earliest, Cursor::After),
         until_event_type: Some("end".to_owned()),
         hangup: None,
+        direct: None,
     };
     let reader = state.answers().reader(id);
     let deliveries =

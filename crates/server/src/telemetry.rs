@@ -20,6 +20,10 @@ pub(crate) const WAITS: &[&str] = &[
 const COUNTERS: &[(&str, &str)] = &[
     ("sluice_updates_published_total", "Updates committed and fanned out."),
     ("sluice_updates_delivered_total", "Updates written to subscribers."),
+    (
+        "sluice_updates_written_directly_total",
+        "Of those, updates the fan-out wrote to an idle subscriber's socket itself.",
+    ),
     ("sluice_slow_consumer_disconnects_total", "Subscribers cut off for reading too slowly."),
     ("sluice_replay_failures_total", "Subscriptions ended because history could not be read."),
     (

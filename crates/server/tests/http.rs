@@ -547,6 +547,64 @@ async fn a_first_request_subscription_is_written_straight_to_the_socket() {
     server.stop().await;
 }
 
+/// The counter `name`'s value in the server's `/metrics`.
+async fn metric(server: &Server, name: &str) -> f64 {
+    let metrics =
+        reqwest::get(format!("{}/metrics", server.0.url)).await.unwrap().text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default();
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+/// Live updates go straight to an idle subscriber's socket from the fan-out, and through its
+/// queue when it is busy; a reader with a small receive buffer that pauses now and then makes
+/// the two alternate and frames split across writes, and still gets every update once, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_and_queued_deliveries_keep_the_order() {
+    let server = start(secure()).await;
+    let addr: std::net::SocketAddr = server.0.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader = socket.connect(addr).await.unwrap();
+    reader
+        .write_all(b"GET /.well-known/mercure?topic=/order HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until_found(&mut reader, "\r\n\r\n").await;
+    let written_before = metric(&server, "sluice_updates_written_directly_total").await;
+
+    const UPDATES: usize = 200;
+    let reading = tokio::spawn(async move {
+        let (mut ids, mut seen) = (Vec::new(), String::new());
+        let mut sip = [0u8; 4096];
+        while ids.len() < UPDATES {
+            let n = reader.read(&mut sip).await.unwrap();
+            assert!(n > 0, "closed after {} updates", ids.len());
+            seen.push_str(std::str::from_utf8(&sip[..n]).unwrap());
+            while let Some(end) = seen.find("\n\n") {
+                let event: String = seen.drain(..end + 2).collect();
+                ids.extend(event.lines().filter_map(|l| l.strip_prefix("id: ").map(String::from)));
+            }
+            // Now and then a pause long enough for the socket's buffers to fill up.
+            if ids.len() % 25 == 24 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        ids
+    });
+    let expected: Vec<String> = (0..UPDATES).map(|i| format!("o-{i}")).collect();
+    for (i, id) in expected.iter().enumerate() {
+        // Sizes from a few bytes to 20 KB: some fit the socket's buffers, some do not.
+        let data = "d".repeat(i * 7919 % 20_000);
+        publish_ok(&server, &[("topic", "/order"), ("id", id), ("data", &data)]).await;
+    }
+    let ids = tokio::time::timeout(Duration::from_secs(60), reading).await.unwrap().unwrap();
+    assert_eq!(ids, expected);
+    let written = metric(&server, "sluice_updates_written_directly_total").await - written_before;
+    assert!(written > 0.0, "no update went straight to the socket");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn stopping_the_server_ends_event_streams() {
     let server = start(secure()).await;

@@ -38,12 +38,14 @@ use axum::response::IntoResponse;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep, timeout_at};
 use tower::ServiceExt;
 
 use super::{ClientAddr, ConnHandle, Control, Slot, Timeouts};
+use sluice_hub::{DirectWrite, SocketWriter};
+
 use crate::error::ApiError;
 use crate::mercure::HUB_PATH;
 use crate::telemetry::count_timeout;
@@ -99,7 +101,10 @@ pub(super) async fn open(
         return Opening::Hyper(stream, slot);
     }
     let control = Arc::new(Control::default());
-    let response = match timeout_at(head_due, read_request(&mut stream)).await {
+    let request = timeout_at(head_due, read_request(&mut stream)).await;
+    // Shared from here on with the hub's fan-out, which may write live updates to it.
+    let stream = Arc::new(stream);
+    let response = match request {
         Err(_) => {
             count_timeout("request_head");
             return Opening::Done;
@@ -107,19 +112,24 @@ pub(super) async fn open(
         Ok(Err(Refusal::Closed)) => return Opening::Done,
         Ok(Err(Refusal::Answer(error))) => error.into_response(),
         Ok(Ok(mut request)) => {
+            let socket =
+                DirectSocket { stream: Arc::clone(&stream), control: Arc::clone(&control) };
             request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
             request.extensions_mut().insert(ConnHandle(Arc::clone(&control)));
+            request.extensions_mut().insert(SubscriberSocket(Arc::new(socket)));
             match app.clone().oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             }
         }
     };
+    let direct = response.extensions().get::<DirectHandle>().map(|handle| Arc::clone(&handle.0));
     match encode_response(response).await {
         Ok((queue, body)) => Opening::Direct(Answer {
             stream,
             queue,
             body,
+            direct,
             control,
             write_timeout: timeouts.write,
             _slot: slot,
@@ -245,11 +255,13 @@ async fn encode_response(response: Response<Body>) -> Result<(VecDeque<Bytes>, B
 
 /// A subscription's answer being written: all an idle subscriber's connection holds.
 pub(super) struct Answer {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     /// Bytes to write before more of `body`.
     queue: VecDeque<Bytes>,
     /// The event stream (empty once an error's body is in `queue`).
     body: Body,
+    /// The hub's hand-over, when its fan-out may write live updates to the socket too.
+    direct: Option<Arc<DirectWrite>>,
     control: Arc<Control>,
     write_timeout: Duration,
     _slot: Slot,
@@ -259,7 +271,11 @@ impl Answer {
     /// Writes the answer until it ends, the client closes, a write stalls past the write
     /// timeout or the connection is hung up; then closes the connection.
     pub(super) async fn write(&mut self) {
-        if let Err(error) = self.write_stream().await {
+        let outcome = self.write_stream().await;
+        if let Some(direct) = &self.direct {
+            direct.close();
+        }
+        if let Err(error) = outcome {
             tracing::debug!(%error, "an event stream ended with an error");
         }
         if self.control.killed.load(Ordering::Acquire) {
@@ -271,7 +287,7 @@ impl Answer {
     /// Writes `queue`, then `body`'s frames as they come, until the body ends, the client
     /// closes, a write stalls past the write timeout or the connection is hung up.
     async fn write_stream(&mut self) -> io::Result<()> {
-        let Answer { stream, queue, body, control, write_timeout, .. } = self;
+        let Answer { stream, queue, body, direct, control, write_timeout, .. } = self;
         let mut ended = body.is_end_stream();
         let mut stall: Option<Pin<Box<Sleep>>> = None;
         poll_fn(|cx| {
@@ -285,6 +301,10 @@ impl Answer {
                 control.write_waker.register(cx.waker());
                 if let Poll::Ready(gone) = poll_client_gone(stream, cx) {
                     return Poll::Ready(gone);
+                }
+                // Writing now: the fan-out stops writing, and what it began goes out first.
+                if let Some(rest) = direct.as_ref().and_then(|direct| direct.writer_busy()) {
+                    queue.push_front(rest);
                 }
                 while !ended && queue.len() < MAX_SLICES {
                     match Pin::new(&mut *body).poll_frame(cx) {
@@ -303,14 +323,20 @@ impl Answer {
                     }
                 }
                 if queue.is_empty() {
-                    return if ended { Poll::Ready(Ok(())) } else { Poll::Pending };
+                    if ended {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if let Some(direct) = direct {
+                        direct.writer_idle();
+                    }
+                    return Poll::Pending;
                 }
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let count = queue.len().min(MAX_SLICES);
                 for (slice, frame) in slices.iter_mut().zip(queue.iter()) {
                     *slice = IoSlice::new(frame);
                 }
-                match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
+                match poll_write_vectored(stream, cx, &slices[..count]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
@@ -336,6 +362,53 @@ impl Answer {
         .await
     }
 }
+
+/// Writes what the socket takes of `slices` (through a shared reference: the fan-out may hold
+/// the socket too).
+fn poll_write_vectored(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    slices: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    loop {
+        if let Err(error) = std::task::ready!(stream.poll_write_ready(cx)) {
+            return Poll::Ready(Err(error));
+        }
+        match stream.try_write_vectored(slices) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            outcome => return Poll::Ready(outcome),
+        }
+    }
+}
+
+/// The socket of a directly served subscriber, as the hub's fan-out writes to it.
+#[derive(Debug)]
+struct DirectSocket {
+    stream: Arc<TcpStream>,
+    control: Arc<Control>,
+}
+
+impl SocketWriter for DirectSocket {
+    fn try_write(&self, frame: &[u8]) -> io::Result<usize> {
+        match self.stream.try_write(frame) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            outcome => outcome,
+        }
+    }
+
+    fn wake(&self) {
+        self.control.write_waker.wake();
+    }
+}
+
+/// A request extension: the socket the subscribe handler may give the hub's fan-out.
+#[derive(Debug, Clone)]
+pub(crate) struct SubscriberSocket(pub(crate) Arc<dyn SocketWriter>);
+
+/// A response extension: the hub's hand-over for a subscription given a [`SubscriberSocket`],
+/// which the writer of its stream follows.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectHandle(pub(crate) Arc<DirectWrite>);
 
 /// Ready with `Ok` once the client has closed its end; what it sends is read and dropped.
 fn poll_client_gone(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -51,6 +51,8 @@ use crate::telemetry::count_timeout;
 
 mod direct;
 
+pub(crate) use direct::{DirectHandle, SubscriberSocket};
+
 /// How long to wait before accepting again after the OS refused (out of files, say).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long, after the shutdown signal, open connections get to finish before the server

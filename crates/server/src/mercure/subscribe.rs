@@ -23,7 +23,7 @@ use url::Url;
 
 use super::{check_text, hub_url, subscribe_error, subscriptions};
 use crate::auth::{Claims, Protocol, TokenKind, find_token};
-use crate::conn::{ClientAddr, ConnHandle};
+use crate::conn::{ClientAddr, ConnHandle, DirectHandle, SubscriberSocket};
 use crate::error::{ApiError, ErrorBody};
 use crate::grants::MatchType;
 use crate::sse::{event_stream, opening};
@@ -162,6 +162,7 @@ pub(crate) async fn subscribe(
     State(state): State<AppState>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     connection: Option<Extension<ConnHandle>>,
+    socket: Option<Extension<SubscriberSocket>>,
     headers: HeaderMap,
     uri: Uri,
     RawQuery(raw): RawQuery,
@@ -201,6 +202,7 @@ pub(crate) async fn subscribe(
         cursor,
         until_event_type: None,
         hangup,
+        direct: socket.map(|Extension(socket)| socket.0),
     };
     let subscription = state.hub().subscribe(request).await.map_err(subscribe_error)?;
 
@@ -232,6 +234,9 @@ pub(crate) async fn subscribe(
         Protocol::Draft07 => "last-event-id",
         Protocol::Draft08 => "mercure-last-event-id",
     };
+    if let Some(direct) = subscription.direct {
+        response.extensions_mut().insert(DirectHandle(direct));
+    }
     if let Some(resumed) = subscription.resumed_after
         && let Ok(value) = HeaderValue::from_str(&resumed)
     {
