@@ -5,7 +5,9 @@
 //! 100,000 deliveries/s was Sluice's, most of it that hand-over). So when a subscriber has
 //! nothing in flight, neither in its queue nor in its connection's writer, the fan-out writes
 //! the update's frame to its socket itself, without blocking; only what does not go out at
-//! once is left for the subscriber's task.
+//! once is left for the subscriber's task. It does so only while it keeps up (one update
+//! waiting, no more): behind, it queues, and each task writes its backlog in one `writev`,
+//! which the fan-out's one system call per delivery could not match.
 //!
 //! Order and exactly-once delivery hold because one lock per subscriber decides who writes:
 //!
@@ -120,6 +122,13 @@ impl DirectWrite {
 
     pub(crate) fn set_live_after(&self, seq: u64) {
         self.lock().live_after = seq;
+    }
+
+    /// The fan-out's side when it does not write: runs `queue` with the feed marked busy.
+    pub(crate) fn queue(&self, queue: impl FnOnce() -> bool) -> bool {
+        let mut state = self.lock();
+        state.feed_idle = false;
+        queue()
     }
 
     /// The feed's side, when it is about to wait for its queue: idle if `queue_is_empty`.

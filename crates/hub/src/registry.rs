@@ -18,8 +18,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -131,12 +132,13 @@ impl Subscriber {
         }
     }
 
-    /// Hands `update` over: written to its socket now, or queued. False if it could not be
-    /// queued (full: too slow; closed: going away).
-    fn deliver(&self, update: &Arc<Update>) -> bool {
+    /// Hands `update` over: written to its socket now if `write_now` allows it, or queued.
+    /// False if it could not be queued (full: too slow; closed: going away).
+    fn deliver(&self, update: &Arc<Update>, write_now: bool) -> bool {
         let queue = || self.sender.try_send(Arc::clone(update)).is_ok();
         match &self.direct {
-            Some(direct) => direct.deliver(update, queue),
+            Some(direct) if write_now => direct.deliver(update, queue),
+            Some(direct) => direct.queue(queue),
             None => queue(),
         }
     }
@@ -215,8 +217,9 @@ impl State {
         }
     }
 
-    /// Queues `update` for every subscriber allowed to see it; returns those found too slow.
-    fn fan_out(&mut self, update: &Arc<Update>, cut: &mut Vec<Arc<Subscriber>>) {
+    /// Queues `update` for every subscriber allowed to see it (or, with `write_now`, writes it
+    /// to the idle ones' sockets); returns those found too slow.
+    fn fan_out(&mut self, update: &Arc<Update>, write_now: bool, cut: &mut Vec<Arc<Subscriber>>) {
         self.last_id = Some(update.id().to_owned());
         let seq = update.seq();
         // Found through the exact index, a public update is wanted by construction: its
@@ -231,7 +234,7 @@ impl State {
                 continue;
             }
             subscriber.last_queued.store(seq, Ordering::Relaxed);
-            if !subscriber.deliver(update) {
+            if !subscriber.deliver(update, write_now) {
                 // Full: too slow. Closed: its connection is going away. Either way, out.
                 cut.push(Arc::clone(subscriber));
             }
@@ -314,7 +317,19 @@ impl Registry {
     /// Fans out the batches the dispatcher takes from `batches`, until every [`Intake`] is gone.
     fn dispatch(&self, batches: &Receiver<Vec<Arc<Update>>>) {
         let mut cut = Vec::new();
-        while let Ok(first) = batches.recv() {
+        // How long the last round took, and the last that wrote to sockets itself.
+        let (mut last_round, mut last_direct_round) = (Duration::ZERO, Duration::ZERO);
+        loop {
+            let waiting_since = Instant::now();
+            // `None`: the next batch was there already, so this thread is behind.
+            let (first, waited) = match batches.try_recv() {
+                Ok(batch) => (batch, None),
+                Err(TryRecvError::Empty) => match batches.recv() {
+                    Ok(batch) => (batch, Some(waiting_since.elapsed())),
+                    Err(_) => return,
+                },
+                Err(TryRecvError::Disconnected) => return,
+            };
             // Looked up per batch, not once at start: the thread may start before the
             // process installs its metrics recorder.
             let published = metrics::counter!("sluice_updates_published_total");
@@ -322,15 +337,27 @@ impl Registry {
             // Whatever else is waiting goes out under the same lock.
             let mut waiting = vec![first];
             waiting.extend(batches.try_iter().take(DISPATCH_BACKLOG));
+            // Writing to sockets from this one thread costs a system call per delivery: worth
+            // it while updates come further apart than such a round takes (this thread had to
+            // wait for this one, and it came alone). Otherwise the updates are queued, and
+            // each subscriber's task writes its backlog in one `writev`.
+            let spare = waited.is_some_and(|waited| waited + last_round >= last_direct_round);
+            let write_now = spare && waiting.len() == 1 && waiting[0].len() == 1;
+            let round = Instant::now();
             let mut state = self.state.lock().unwrap();
             for update in waiting.iter().flatten() {
-                state.fan_out(update, &mut cut);
+                state.fan_out(update, write_now, &mut cut);
                 published.increment(1);
             }
             for subscriber in cut.drain(..) {
                 state.remove(&subscriber);
                 subscriber.cut(Cutoff::Slow);
                 slow.increment(1);
+            }
+            drop(state);
+            last_round = round.elapsed();
+            if write_now {
+                last_direct_round = last_round;
             }
         }
     }
