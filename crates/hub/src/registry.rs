@@ -358,6 +358,10 @@ impl Registry {
             last_round = round.elapsed();
             if write_now {
                 last_direct_round = last_round;
+            } else if waited.is_some() {
+                // One slow round must not rule writing out for good at a rate that allows
+                // it: the estimate shrinks each time this thread waited but did not write.
+                last_direct_round = last_direct_round * 9 / 10;
             }
         }
     }
