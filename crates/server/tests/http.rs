@@ -73,6 +73,19 @@ async fn publish_ok(server: &Server, fields: &[(&str, &str)]) -> String {
     response.text().await.unwrap()
 }
 
+/// The subscriptions API's list of every active subscription, read with `token`.
+async fn subscriptions(server: &Server, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{}/subscriptions", server.hub_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// An EventSource on the hub; `query` is appended to the hub URL.
 fn source(server: &Server, query: &str, bearer: Option<&str>) -> EventSource {
     let mut builder = EventSource::get(&format!("{}?{query}", server.hub_url())).reconnect(false);
@@ -407,15 +420,7 @@ async fn subscription_events_and_the_subscription_api() {
     assert_eq!(joined["active"], true);
     let who = joined["subscriber"].as_str().unwrap().to_owned();
 
-    let listing: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/subscriptions", server.hub_url()))
-        .bearer_auth(&watcher_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = subscriptions(&server, &watcher_token).await;
     assert_eq!(listing["type"], "Subscriptions");
     let listed: Vec<&str> = listing["subscriptions"]
         .as_array()
@@ -510,18 +515,11 @@ async fn a_first_request_subscription_is_written_straight_to_the_socket() {
     assert!(body.contains("\r\nid: raw-1\ndata: straight\n\n\r\n"), "one chunk: {body:?}");
 
     // The client closing its end ends the subscription: nothing is left behind for it.
+    let watcher = token(&[], &["/.well-known/mercure/subscriptions{/topic}{/subscriber}"]);
     let listed = || async {
-        let listing: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/subscriptions", server.hub_url()))
-            .bearer_auth(token(&[], &["/.well-known/mercure/subscriptions{/topic}{/subscriber}"]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let subscriptions = listing["subscriptions"].as_array().unwrap().clone();
-        subscriptions.iter().filter(|s| s["topic"] == "/raw").count()
+        let listing = subscriptions(&server, &watcher).await;
+        let all = listing["subscriptions"].as_array().unwrap().clone();
+        all.iter().filter(|s| s["topic"] == "/raw").count()
     };
     assert_eq!(listed().await, 2);
     drop(direct);
