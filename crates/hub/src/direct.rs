@@ -27,6 +27,7 @@
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -63,6 +64,8 @@ struct State {
     /// Live updates up to this `seq` belong to the replay (set once the subscriber has
     /// registered, before the feed can be idle).
     live_after: u64,
+    /// When the fan-out last wrote here: the stream's keep-alive counts it as traffic.
+    last_write: Option<Instant>,
 }
 
 impl fmt::Debug for DirectWrite {
@@ -86,10 +89,15 @@ impl DirectWrite {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The fan-out's side: writes `update` now if the subscriber is idle, else runs `queue`
-    /// (which queues it for the feed) with the feed marked busy. True if the update was
-    /// taken, written or queued.
-    pub(crate) fn deliver(&self, update: &Update, queue: impl FnOnce() -> bool) -> bool {
+    /// The fan-out's side: writes `update` now (its round began `at`) if the subscriber is
+    /// idle, else runs `queue` (which queues it for the feed) with the feed marked busy. True
+    /// if the update was taken, written or queued.
+    pub(crate) fn deliver(
+        &self,
+        update: &Update,
+        at: Instant,
+        queue: impl FnOnce() -> bool,
+    ) -> bool {
         let mut state = self.lock();
         let idle = state.feed_idle && state.writer_idle && !state.closed;
         if !idle || update.seq() <= state.live_after {
@@ -99,6 +107,7 @@ impl DirectWrite {
         let frame = update.frame();
         match self.socket.try_write(frame) {
             Ok(written) => {
+                state.last_write = Some(at);
                 self.delivered.increment(1);
                 self.written_directly.increment(1);
                 self.bytes_out.increment(written as u64);
@@ -152,6 +161,12 @@ impl DirectWrite {
         self.lock().writer_idle = true;
     }
 
+    /// When the fan-out last wrote to the socket: traffic the stream itself does not see,
+    /// which its keep-alive comments need not repeat.
+    pub fn last_written(&self) -> Option<Instant> {
+        self.lock().last_write
+    }
+
     /// No more writes here: the stream is ending, or the subscriber was cut off.
     pub fn close(&self) {
         let mut state = self.lock();
@@ -192,6 +207,12 @@ mod tests {
         Update::new(seq, 0, Draft::new("/t", format!("update {seq}"))).unwrap()
     }
 
+    impl DirectWrite {
+        fn deliver_now(&self, update: &Update, queue: impl FnOnce() -> bool) -> bool {
+            self.deliver(update, Instant::now(), queue)
+        }
+    }
+
     fn idle(room: usize) -> (Arc<Socket>, DirectWrite) {
         let socket = Arc::new(Socket { room: AtomicUsize::new(room), ..Socket::default() });
         let direct = DirectWrite::new(Arc::clone(&socket) as Arc<dyn SocketWriter>);
@@ -205,27 +226,27 @@ mod tests {
     fn an_idle_subscriber_is_written_to_and_a_busy_one_queued() {
         let (socket, direct) = idle(usize::MAX);
         let mut queued = Vec::new();
-        assert!(direct.deliver(&update(2), || unreachable!("written, not queued")));
+        assert!(direct.deliver_now(&update(2), || unreachable!("written, not queued")));
         assert_eq!(&socket.taken.lock().unwrap()[..], &update(2).frame()[..]);
         // Committed before the subscriber registered: the replay's, never written here.
-        assert!(direct.deliver(&update(1), || {
+        assert!(direct.deliver_now(&update(1), || {
             queued.push(1);
             true
         }));
         // The feed marked busy by that, nothing is written until it waits again.
-        assert!(direct.deliver(&update(3), || {
+        assert!(direct.deliver_now(&update(3), || {
             queued.push(3);
             true
         }));
         assert_eq!(queued, [1, 3]);
         direct.feed_waiting(|| false);
-        assert!(direct.deliver(&update(4), || {
+        assert!(direct.deliver_now(&update(4), || {
             queued.push(4);
             true
         }));
         direct.feed_waiting(|| true);
         assert!(direct.writer_busy().is_none());
-        assert!(direct.deliver(&update(5), || {
+        assert!(direct.deliver_now(&update(5), || {
             queued.push(5);
             true
         }));
@@ -234,14 +255,27 @@ mod tests {
     }
 
     #[test]
+    fn a_direct_write_is_remembered_as_the_sockets_last_traffic() {
+        let (_socket, direct) = idle(usize::MAX);
+        assert_eq!(direct.last_written(), None);
+        let at = Instant::now();
+        assert!(direct.deliver(&update(2), at, || unreachable!("written, not queued")));
+        assert_eq!(direct.last_written(), Some(at));
+        // Queued, not written (the feed busy): the stream's own writer will count it.
+        assert!(direct.queue(|| true));
+        assert!(direct.deliver(&update(3), at + std::time::Duration::from_secs(1), || true));
+        assert_eq!(direct.last_written(), Some(at));
+    }
+
+    #[test]
     fn what_the_socket_does_not_take_is_the_writers_to_send_first() {
         let (socket, direct) = idle(10);
         let frame = update(2).frame().clone();
-        assert!(direct.deliver(&update(2), || unreachable!("taken in part")));
+        assert!(direct.deliver_now(&update(2), || unreachable!("taken in part")));
         assert_eq!(socket.wakes.load(Ordering::Relaxed), 1, "the writer is woken");
         // The writer is now busy: the next update waits in the queue, behind the leftover.
         let mut queued = false;
-        assert!(direct.deliver(&update(3), || {
+        assert!(direct.deliver_now(&update(3), || {
             queued = true;
             true
         }));
@@ -255,7 +289,7 @@ mod tests {
         let (socket, direct) = idle(usize::MAX);
         direct.close();
         let mut queued = 0;
-        assert!(direct.deliver(&update(2), || {
+        assert!(direct.deliver_now(&update(2), || {
             queued += 1;
             true
         }));

@@ -132,14 +132,15 @@ impl Subscriber {
         }
     }
 
-    /// Hands `update` over: written to its socket now if `write_now` allows it, or queued.
-    /// False if it could not be queued (full: too slow; closed: going away).
-    fn deliver(&self, update: &Arc<Update>, write_now: bool) -> bool {
+    /// Hands `update` over: written to its socket now if `write_now` (the round's start)
+    /// allows it, or queued. False if it could not be queued (full: too slow; closed: going
+    /// away).
+    fn deliver(&self, update: &Arc<Update>, write_now: Option<Instant>) -> bool {
         let queue = || self.sender.try_send(Arc::clone(update)).is_ok();
-        match &self.direct {
-            Some(direct) if write_now => direct.deliver(update, queue),
-            Some(direct) => direct.queue(queue),
-            None => queue(),
+        match (&self.direct, write_now) {
+            (Some(direct), Some(at)) => direct.deliver(update, at, queue),
+            (Some(direct), None) => direct.queue(queue),
+            (None, _) => queue(),
         }
     }
 
@@ -219,7 +220,12 @@ impl State {
 
     /// Queues `update` for every subscriber allowed to see it (or, with `write_now`, writes it
     /// to the idle ones' sockets); returns those found too slow.
-    fn fan_out(&mut self, update: &Arc<Update>, write_now: bool, cut: &mut Vec<Arc<Subscriber>>) {
+    fn fan_out(
+        &mut self,
+        update: &Arc<Update>,
+        write_now: Option<Instant>,
+        cut: &mut Vec<Arc<Subscriber>>,
+    ) {
         self.last_id = Some(update.id().to_owned());
         let seq = update.seq();
         // Found through the exact index, a public update is wanted by construction: its
@@ -342,8 +348,8 @@ impl Registry {
             // wait for this one, and it came alone). Otherwise the updates are queued, and
             // each subscriber's task writes its backlog in one `writev`.
             let spare = waited.is_some_and(|waited| waited + last_round >= last_direct_round);
-            let write_now = spare && waiting.len() == 1 && waiting[0].len() == 1;
             let round = Instant::now();
+            let write_now = (spare && waiting.len() == 1 && waiting[0].len() == 1).then_some(round);
             let mut state = self.state.lock().unwrap();
             for update in waiting.iter().flatten() {
                 state.fan_out(update, write_now, &mut cut);
@@ -356,7 +362,7 @@ impl Registry {
             }
             drop(state);
             last_round = round.elapsed();
-            if write_now {
+            if write_now.is_some() {
                 last_direct_round = last_round;
             } else if waited.is_some() {
                 // One slow round must not rule writing out for good at a rate that allows

@@ -1,6 +1,7 @@
 //! Writing an event stream to a client: the headers every proxy needs to pass events through
 //! at once, keep-alive comments when nothing happens, and an end when the token expires.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -9,26 +10,43 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
+use sluice_hub::DirectWrite;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
+
+/// When a stream says it is still there: a comment after `every` without traffic. Traffic is
+/// the stream's own frames and, for a subscriber the hub's fan-out writes to directly
+/// (`written_by`), those writes too, which the stream does not see.
+#[derive(Debug, Clone)]
+pub(crate) struct KeepAlive {
+    pub(crate) every: Duration,
+    pub(crate) written_by: Option<Arc<DirectWrite>>,
+}
+
+impl From<Duration> for KeepAlive {
+    fn from(every: Duration) -> Self {
+        KeepAlive { every, written_by: None }
+    }
+}
 
 /// A response streaming `frames` as `text/event-stream`.
 ///
 /// `first`, if any, is written at once (a `retry:` or a comment), so the client and any proxy
-/// see the stream open before the first event. A comment follows whenever `keep_alive` passes without
-/// a frame. At `deadline` (a token's expiry) the stream ends. `on_end` runs when the stream is
-/// dropped, however it ends.
+/// see the stream open before the first event. A comment follows whenever `keep_alive` passes
+/// without traffic. At `deadline` (a token's expiry) the stream ends. `on_end` runs when the
+/// stream is dropped, however it ends.
 pub(crate) fn event_stream(
     first: Option<Bytes>,
     frames: BoxStream<'static, Bytes>,
-    keep_alive: Duration,
+    keep_alive: impl Into<KeepAlive>,
     deadline: Option<Instant>,
     on_end: impl Send + 'static,
 ) -> Response {
+    let keep_alive = keep_alive.into();
     let state = State {
         first,
         frames,
+        idle: Box::pin(sleep(keep_alive.every)),
         keep_alive,
-        idle: Box::pin(sleep(keep_alive)),
         deadline: deadline.map(|d| Box::pin(sleep_until(d))),
         _on_end: on_end,
     };
@@ -50,7 +68,7 @@ pub(crate) fn event_stream(
 struct State<G> {
     first: Option<Bytes>,
     frames: BoxStream<'static, Bytes>,
-    keep_alive: Duration,
+    keep_alive: KeepAlive,
     idle: std::pin::Pin<Box<Sleep>>,
     deadline: Option<std::pin::Pin<Box<Sleep>>>,
     _on_end: G,
@@ -67,16 +85,27 @@ impl<G> State<G> {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            frame = self.frames.next() => {
-                self.idle.as_mut().reset(Instant::now() + self.keep_alive);
-                frame
+        tokio::pin!(deadline);
+        let every = self.keep_alive.every;
+        loop {
+            tokio::select! {
+                frame = self.frames.next() => {
+                    self.idle.as_mut().reset(Instant::now() + every);
+                    return frame;
+                }
+                () = self.idle.as_mut() => {
+                    let written = self.keep_alive.written_by.as_ref().and_then(|d| d.last_written());
+                    let quiet_until = written.map(|at| Instant::from_std(at) + every);
+                    match quiet_until {
+                        Some(until) if until > Instant::now() => self.idle.as_mut().reset(until),
+                        _ => {
+                            self.idle.as_mut().reset(Instant::now() + every);
+                            return Some(Bytes::from_static(b":\n"));
+                        }
+                    }
+                }
+                () = &mut deadline => return None,
             }
-            () = self.idle.as_mut() => {
-                self.idle.as_mut().reset(Instant::now() + self.keep_alive);
-                Some(Bytes::from_static(b":\n"))
-            }
-            () = deadline => None,
         }
     }
 }

@@ -603,6 +603,45 @@ async fn direct_and_queued_deliveries_keep_the_order() {
     server.stop().await;
 }
 
+/// Updates the fan-out writes straight to the socket count as traffic: no keep-alive comment
+/// goes out while they flow, and one does once they stop.
+#[tokio::test]
+async fn direct_writes_hold_back_keep_alive_comments() {
+    let server = start(Config { keep_alive: Duration::from_millis(1500), ..secure() }).await;
+    let address = server.0.url.trim_start_matches("http://").to_owned();
+    let mut reader = tokio::net::TcpStream::connect(address).await.unwrap();
+    reader
+        .write_all(b"GET /.well-known/mercure?topic=/beat HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let opened = read_until_found(&mut reader, "\r\n\r\n").await;
+    let written_before = metric(&server, "sluice_updates_written_directly_total").await;
+    let (mut seen, mut sip) = (String::new(), [0u8; 4096]);
+    // Updates a tenth of a second apart for 3.5 s: more than two keep-alive periods in all,
+    // a fifteenth of one between two.
+    for i in 0..35 {
+        publish_ok(&server, &[("topic", "/beat"), ("id", &format!("b-{i}"))]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while !seen.contains("id: b-34\n") {
+        let n = reader.read(&mut sip).await.unwrap();
+        assert!(n > 0, "closed");
+        seen.push_str(std::str::from_utf8(&sip[..n]).unwrap());
+    }
+    let written = metric(&server, "sluice_updates_written_directly_total").await - written_before;
+    assert!(written > 0.0, "no update went straight to the socket");
+    let comments = |text: &str| text.lines().filter(|l| l.starts_with(':')).count();
+    // The stream's opening comment is the only one so far.
+    assert_eq!(comments(&opened) + comments(&seen), 1, "{opened}{seen}");
+    // Quiet now: the next comment comes.
+    while comments(&opened) + comments(&seen) == 1 {
+        let n = reader.read(&mut sip).await.unwrap();
+        assert!(n > 0, "closed");
+        seen.push_str(std::str::from_utf8(&sip[..n]).unwrap());
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn stopping_the_server_ends_event_streams() {
     let server = start(secure()).await;

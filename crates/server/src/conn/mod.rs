@@ -460,16 +460,14 @@ async fn serve_connection<S: Socket>(stream: S, accepted: Accepted) {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, runs
-/// `on_shutdown` (which ends the event streams), and gives open connections
-/// [`SHUTDOWN_GRACE`] to finish.
-pub(crate) async fn serve_router(
+/// Accepts connections on `listener` and spawns a task to serve each, until `shutdown`
+/// resolves; returns what tracks the connections still open.
+async fn accept_until(
     listener: TcpListener,
     app: Router,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_shutdown: impl Future<Output = ()> + Send,
-) -> io::Result<()> {
+) -> GracefulShutdown {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The head bounds live in `Conn`, which also knows about kept-alive connections.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
@@ -483,7 +481,7 @@ pub(crate) async fn serve_router(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
+            () = &mut shutdown => return graceful,
         };
         let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
@@ -517,6 +515,25 @@ pub(crate) async fn serve_router(
             Some(tls) => tokio::spawn(serve_tls(stream, Arc::clone(tls), accepted)),
         };
     }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, runs
+/// `on_shutdown` (which ends the event streams), and gives open connections
+/// [`SHUTDOWN_GRACE`] to finish.
+pub(crate) async fn serve_router(
+    listener: TcpListener,
+    app: Router,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    // The accept loop runs as a task of the runtime, not on the thread that awaits `serve`:
+    // a connection spawned from a worker starts on that worker's next turn, where one spawned
+    // from outside costs a wake-up of a worker thread (an eventfd write, a futex and, on a
+    // pinned server, a context switch) per connection.
+    let graceful = tokio::spawn(accept_until(listener, app, config, shutdown))
+        .await
+        .map_err(io::Error::other)?;
     on_shutdown.await;
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown: closing them");

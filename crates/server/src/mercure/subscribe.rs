@@ -26,7 +26,7 @@ use crate::auth::{Claims, Protocol, TokenKind, find_token};
 use crate::conn::{ClientAddr, ConnHandle, DirectHandle, SubscriberSocket};
 use crate::error::{ApiError, ErrorBody};
 use crate::grants::MatchType;
-use crate::sse::{event_stream, opening};
+use crate::sse::{KeepAlive, event_stream, opening};
 use crate::state::{ActiveMatcher, ActiveSubscription, AppState};
 
 /// A subscription request's query, with the version it speaks.
@@ -223,10 +223,12 @@ pub(crate) async fn subscribe(
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
     });
+    let keep_alive =
+        KeepAlive { every: config.keep_alive, written_by: subscription.direct.clone() };
     let mut response = event_stream(
         Some(opening(config.retry)),
         subscription.frames,
-        config.keep_alive,
+        keep_alive,
         deadline,
         (guard, slot),
     );
