@@ -7,8 +7,9 @@
 #            CPU 1: 10,000 subscribers on one topic (a connect storm with Last-Event-ID, then
 #            rising publish rates until p99 passes 1 s), 10,000 topics of one subscriber each,
 #            and idle memory at 1,000 / 5,000 / 18,000 subscribers;
-#   gateway  straight to a scripted upstream (time to first token 0), through Sluice and
-#            through the LiteLLM proxy, at 1, 100 and 1,000 concurrent streams;
+#   gateway  straight to a scripted upstream (time to first token 0), through Sluice, through
+#            the LiteLLM proxy and through nginx as a plain unbuffered relay (the floor of what
+#            one more HTTP hop adds), at 1, 100 and 1,000 concurrent streams;
 #   model    the built-in model and llama.cpp's llama-server on the same GGUF file, same chat,
 #            greedy, 1 and 2 threads.
 # The peers are installed first by bench/peers/install.sh (apt, a venv, a llama.cpp build:
@@ -72,18 +73,21 @@ fi
 if [[ " $ONLY " == *" gateway "* ]]; then
     for k in $STREAMS; do
         # Enough answers for a stable p99 of the time to first token (>= 300 per path) and of
-        # the gaps (>= 15,000), with every stream open at once.
+        # the gaps (>= 15,000). With many streams, their first answers start spread over one
+        # answer's time (--ramp-ms), so each opens while the others run, as users arrive, and
+        # every stream is open at once from then on.
         case $k in
-            1) rounds=300; tokens=50; tps=1000 ;;
-            100) rounds=5; tokens=50; tps=100 ;;
-            *) rounds=1; tokens=20; tps=10 ;;  # 10,000 chunks/s in all: the upstream and the
-                                                # load generator share one core
+            1) rounds=300; tokens=50; tps=1000; ramp=0 ;;
+            100) rounds=5; tokens=50; tps=100; ramp=500 ;;
+            *) rounds=2; tokens=20; tps=10; ramp=2000 ;;  # 10,000 chunks/s in all: the upstream
+                                                           # and the load generator share a core
         esac
         phase "gateway: $k streams × $rounds answers"
         "$SLUICE" bench gateway --streams "$k" --rounds "$rounds" --tokens "$tokens" \
-            --tokens-per-second "$tps" --ttft-ms 0 --cancels 20 \
+            --tokens-per-second "$tps" --ttft-ms 0 --cancels 20 --ramp-ms "$ramp" \
             --peer-command "exec bench/peers/litellm.sh" --peer-name litellm \
             --peer-ready-path /health/liveliness --peer-token sk-sluice-bench-local \
+            --relay-command "exec bench/peers/relay.sh" \
             --json "$OUT/gateway-$k.json" | tee "$OUT/gateway-$k.md"
     done
 fi

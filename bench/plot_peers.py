@@ -23,6 +23,7 @@ from plot_hub import BLUE, GREY, ORANGE, PANEL_H, PANEL_W, RED, Panel
 
 HUBS = ("sluice", "nchan")
 LABELS = {"sluice": "Sluice", "nchan": "Nchan", "floor": "floor", "litellm": "LiteLLM",
+          "relay": "nginx relay",
           "llama.cpp": "llama.cpp"}
 
 
@@ -126,33 +127,29 @@ def per_stream(run, streams):
 
 
 def gateway_table(gateways):
-    out = ["| streams | answers per path | added TTFT p50 · p99 ms (Sluice · LiteLLM) | "
-           "added gap p99 ms (Sluice · LiteLLM) | KiB per open stream (Sluice · LiteLLM) | "
-           "errors (Sluice · LiteLLM) | cancel p50 ms (Sluice · LiteLLM) |",
-           "| ---: | ---: | --- | --- | --- | --- | --- |"]
+    out = ["| streams | through | answers | added TTFT p50 · p99 ms | added gap p50 · p99 ms | "
+           "KiB per open stream | CPU % | errors | disconnect → upstream cancelled p50 ms |",
+           "| ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
     for k in sorted(gateways):
         g = gateways[k]
         d = g["direct"]
-        by = {r["name"]: r for r in g["gateways"]}
-        s, p = by.get("sluice"), by.get("litellm")
+        for r in g["gateways"]:
+            def added(what, q):
+                return f"{(r['path'][what][q] - d[what][q]) / 1e3:+.2f}"
 
-        def added(r, what, q):
-            return (r["path"][what][q] - d[what][q]) / 1e3 if r else None
-
-        def f(v, fmt="{:+.2f}"):
-            return fmt.format(v) if v is not None else "–"
-
-        def cancel(r):
-            return f"{r['cancel']['p50'] / 1e3:.2f}" if r and r.get("cancel") else "never"
-
-        out.append(
-            f"| {k:,} | {s['path']['answers'] + s['path']['errors']:,} | "
-            f"{f(added(s, 'ttft', 'p50'))} · {f(added(s, 'ttft', 'p99'))} / "
-            f"{f(added(p, 'ttft', 'p50'))} · {f(added(p, 'ttft', 'p99'))} | "
-            f"{f(added(s, 'gap', 'p99'))} · {f(added(p, 'gap', 'p99'))} | "
-            f"{f(per_stream(s, k), '{:.1f}')} · {f(per_stream(p, k), '{:.1f}')} | "
-            f"{s['path']['errors']} · {p['path']['errors'] if p else '–'} | "
-            f"{cancel(s)} · {cancel(p)} |")
+            cancel = f"{r['cancel']['p50'] / 1e3:.2f}" if r.get("cancel") else "never"
+            out.append(
+                f"| {k:,} | {LABELS.get(r['name'], r['name'])} | "
+                f"{r['path']['answers'] + r['path']['errors']:,} | "
+                f"{added('ttft', 'p50')} · {added('ttft', 'p99')} | "
+                f"{added('gap', 'p50')} · {added('gap', 'p99')} | "
+                f"{per_stream(r, k):.1f} | {r['cpu_percent']:.0f} | {r['path']['errors']} | "
+                f"{cancel} |")
+        out.append(f"| {k:,} | *straight to the upstream: TTFT p50 · p99 ms* | "
+                   f"{d['answers'] + d['errors']:,} | {d['ttft']['p50'] / 1e3:.2f} · "
+                   f"{d['ttft']['p99'] / 1e3:.2f} | {d['gap']['p50'] / 1e3:.2f} · "
+                   f"{d['gap']['p99'] / 1e3:.2f} | | | {d['errors']} | "
+                   f"{g['cancel_direct']['p50'] / 1e3:.2f} |")
     return "\n".join(out)
 
 
@@ -217,11 +214,17 @@ def targets(fanout, idle, gateways, model):
         g = gateways.get(k)
         if not g:
             continue
-        s = next(r for r in g["gateways"] if r["name"] == "sluice")
-        ttft = (s["path"]["ttft"]["p99"] - g["direct"]["ttft"]["p99"]) / 1e3
-        gap = (s["path"]["gap"]["p99"] - g["direct"]["gap"]["p99"]) / 1e3
+        by = {r["name"]: r for r in g["gateways"]}
+
+        def added(r, what):
+            return (r["path"][what]["p99"] - g["direct"][what]["p99"]) / 1e3
+
+        s, relay = by["sluice"], by.get("relay")
+        ttft, gap = added(s, "ttft"), added(s, "gap")
+        floor = (f"nginx relay: TTFT {added(relay, 'ttft'):+.2f} ms, gap "
+                 f"{added(relay, 'gap'):+.2f} ms" if relay else "–")
         rows.append((f"gateway added TTFT and gap p99 ≤ {limit} ms at {k:,} stream(s)",
-                     f"TTFT {ttft:+.2f} ms, gap {gap:+.2f} ms", "–",
+                     f"TTFT {ttft:+.2f} ms, gap {gap:+.2f} ms", floor,
                      ttft <= limit and gap <= limit))
     for k, g in sorted(gateways.items()):
         by = {r["name"]: r for r in g["gateways"]}
@@ -237,7 +240,9 @@ def targets(fanout, idle, gateways, model):
         k = max(gateways)
         s = next(r for r in gateways[k]["gateways"] if r["name"] == "sluice")
         per = per_stream(s, k)
-        rows.append((f"gateway ≤ 16 KiB per open stream ({k:,} streams)", f"{per:.1f} KiB", "–",
+        relay = next((r for r in gateways[k]["gateways"] if r["name"] == "relay"), None)
+        floor = f"nginx relay {per_stream(relay, k):.1f} KiB" if relay else "–"
+        rows.append((f"gateway ≤ 16 KiB per open stream ({k:,} streams)", f"{per:.1f} KiB", floor,
                      per <= 16))
         errors = sum(r["path"]["errors"] for g in gateways.values() for r in g["gateways"]
                      if r["name"] == "sluice")
@@ -250,7 +255,8 @@ def targets(fanout, idle, gateways, model):
                          s["decode_tokens_per_s"] >= l["decode_tokens_per_s"]))
             rows.append((f"local model first token ≤ llama.cpp's ({threads} thread(s))",
                          ratio(s["ttft_ms"], l["ttft_ms"]), "–", s["ttft_ms"] <= l["ttft_ms"]))
-    out = ["| target | Sluice | the floor hub | met |", "| --- | --- | --- | :---: |"]
+    out = ["| target | Sluice | floor (floor hub, nginx relay) | met |",
+           "| --- | --- | --- | :---: |"]
     out += [f"| {t} | {m} | {f} | {'yes' if ok else '**no**'} |" for t, m, f, ok in rows]
     return "\n".join(out)
 
@@ -299,10 +305,12 @@ def svg(fanout, idle, gateways, model, path):
         p = Panel(PANEL_W * len(panels), "Gateway: added TTFT p99", "log10 concurrent streams",
                   "ms", [0] + xs, ys, log_y=True)
         p.frame()
-        for (name, values), colour in zip(series.items(), (BLUE, ORANGE)):
+        colours = {"sluice": BLUE, "litellm": ORANGE, "relay": GREY}
+        for name, values in series.items():
             # Sluice's label at its first point: its later points sit on the axis.
-            p.line(xs, values, colour, LABELS.get(name, name), below=name == "sluice",
-                   label_at=0 if name == "sluice" else -1)
+            p.line(xs, values, colours.get(name, RED), LABELS.get(name, name),
+                   below=name == "sluice", label_at=0 if name == "sluice" else -1,
+                   dashed=name == "relay")
         panels.append(p)
     if model:
         threads = sorted(int(t) for t in model["threads"])

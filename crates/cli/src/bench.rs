@@ -113,6 +113,14 @@ struct GatewayArgs {
     /// A bearer token the peer's clients must send.
     #[arg(long, value_name = "TOKEN", requires = "peer_command", hide_env_values = true)]
     peer_token: Option<String>,
+    /// A plain relay measured the same way after the peer (named `relay`), started like it:
+    /// the floor of what any gateway adds (bench/peers/relay.sh runs nginx unbuffered).
+    #[arg(long, value_name = "CMD")]
+    relay_command: Option<String>,
+    /// Spread the streams' first answers evenly over this many milliseconds (they open while
+    /// the others run, as users arrive, instead of all in one connect burst).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    ramp_ms: u64,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
@@ -282,6 +290,23 @@ async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The peer gateways the arguments name: the peer, then the relay.
+fn gateway_peers(args: &GatewayArgs) -> Vec<sluice_loadgen::gateway::PeerGateway> {
+    let peer = args.peer_command.as_ref().map(|command| sluice_loadgen::gateway::PeerGateway {
+        name: args.peer_name.clone(),
+        command: command.clone(),
+        ready_path: args.peer_ready_path.clone(),
+        bearer: args.peer_token.clone(),
+    });
+    let relay = args.relay_command.as_ref().map(|command| sluice_loadgen::gateway::PeerGateway {
+        name: "relay".to_owned(),
+        command: command.clone(),
+        ready_path: None,
+        bearer: None,
+    });
+    peer.into_iter().chain(relay).collect()
+}
+
 async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let pinning = match (args.no_pin, args.cpus.as_slice()) {
         (true, _) => None,
@@ -303,12 +328,8 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         cancels: args.cancels.max(1),
         pinning,
         work_dir: work_dir.clone(),
-        peer: args.peer_command.as_ref().map(|command| sluice_loadgen::gateway::PeerGateway {
-            name: args.peer_name.clone(),
-            command: command.clone(),
-            ready_path: args.peer_ready_path.clone(),
-            bearer: args.peer_token.clone(),
-        }),
+        ramp: Duration::from_millis(args.ramp_ms),
+        peers: gateway_peers(&args),
         progress: !args.quiet,
     };
     eprintln!(
@@ -317,7 +338,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         bench.rounds,
         bench.tokens,
         bench.tokens_per_second,
-        bench.peer.as_ref().map(|p| format!(" and through {}", p.name)).unwrap_or_default()
+        bench.peers.iter().map(|p| format!(", through {}", p.name)).collect::<String>()
     );
     let results = bench.run().await;
     let _ = std::fs::remove_dir_all(&work_dir);

@@ -1,7 +1,8 @@
 //! The gateway benchmark: K concurrent streamed answers from a scripted upstream (a `sluice
 //! serve --provider scripted`), read straight from the upstream, through a Sluice gateway in
-//! front of it and, optionally, through a peer gateway (the LiteLLM proxy) in front of the
-//! same upstream, in one run, so what each gateway adds is the difference.
+//! front of it and through peer gateways in front of the same upstream (the LiteLLM proxy, and
+//! nginx as a plain relay: what one more HTTP hop costs when it does nothing with the bytes),
+//! in one run, so what each gateway adds is the difference.
 //!
 //! Measured per path: time to first token and the gaps between consecutive content chunks
 //! (HDR histograms); for each gateway: its RSS with every stream open against idle (memory per
@@ -46,8 +47,12 @@ pub struct GatewayBench {
     pub pinning: Option<[String; 3]>,
     /// A directory for the gateway's settings file.
     pub work_dir: PathBuf,
-    /// A peer gateway measured the same way.
-    pub peer: Option<PeerGateway>,
+    /// Spread the streams' first answers evenly over this long, so that every stream opens
+    /// while the others are running (as users arrive) rather than all in the same
+    /// millisecond, which measures a connect burst instead of the streams.
+    pub ramp: Duration,
+    /// Peer gateways measured the same way, one after the other.
+    pub peers: Vec<PeerGateway>,
     /// Print the answers completed every few seconds.
     pub progress: bool,
 }
@@ -141,7 +146,7 @@ pub struct GatewayResults {
     pub direct: PathResult,
     /// Client disconnect → upstream cancelled, straight to the upstream (microseconds).
     pub cancel_direct: Quantiles,
-    /// Through Sluice's gateway, then through the peer if there is one.
+    /// Through Sluice's gateway, then through each peer.
     pub gateways: Vec<GatewayRun>,
     /// Streams.
     pub streams: usize,
@@ -227,10 +232,12 @@ async fn run_path(endpoint: &Endpoint, name: &str, bench: &GatewayBench) -> Path
         })
     });
     let tasks: Vec<_> = (0..bench.streams)
-        .map(|_| {
+        .map(|i| {
             let (endpoint, body, rounds) = (endpoint.clone(), body(bench.tokens), bench.rounds);
             let done = Arc::clone(&done);
+            let start_at = started + bench.ramp.mul_f64(i as f64 / bench.streams as f64);
             tokio::spawn(async move {
+                tokio::time::sleep_until(start_at.into()).await;
                 let client = reqwest::Client::builder()
                     .timeout(ANSWER_TIMEOUT)
                     .build()
@@ -374,7 +381,7 @@ impl GatewayBench {
         let mut gateways = vec![self.measure("sluice", &sluice, &[gateway_pid], &metrics).await?];
         drop(gateway);
 
-        if let Some(peer) = &self.peer {
+        for peer in &self.peers {
             let upstream = format!("http://{}/v1", direct.url.authority());
             let group = process::spawn_command(
                 &peer.command,
@@ -412,16 +419,24 @@ impl GatewayBench {
     ) -> Result<GatewayRun, Error> {
         // One answer first, so that lazily made state (connection pools, a first request's
         // imports) is not counted as memory per stream.
-        let warm =
-            GatewayBench { streams: 1, rounds: 1, progress: false, peer: None, ..self.clone() };
+        let warm = GatewayBench {
+            streams: 1,
+            rounds: 1,
+            progress: false,
+            ramp: Duration::ZERO,
+            peers: Vec::new(),
+            ..self.clone()
+        };
         run_path(endpoint, name, &warm).await;
         let idle = sample(pids)?;
-        // Sample the memory while every stream is open: a quarter into the first answers.
+        // Sample the memory while every stream is open: a quarter into the answers that start
+        // last (with a ramp, the first streams are then in their next answer).
         let answer_time = self.time_to_first_token.as_secs_f64()
             + self.tokens as f64 / self.tokens_per_second.max(1.0);
+        let sample_at = self.ramp + Duration::from_secs_f64(answer_time / 4.0);
         let sampled: Vec<u32> = pids.to_vec();
         let sampler = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(answer_time / 4.0)).await;
+            tokio::time::sleep(sample_at).await;
             sample(&sampled).ok()
         });
         let path = run_path(endpoint, name, self).await;
