@@ -48,9 +48,28 @@ pub trait SocketWriter: Send + Sync + fmt::Debug {
 pub struct DirectWrite {
     socket: Arc<dyn SocketWriter>,
     state: Mutex<State>,
-    delivered: metrics::Counter,
-    written_directly: metrics::Counter,
-    bytes_out: metrics::Counter,
+}
+
+/// One round of the fan-out's direct writes: when it began, and what it wrote, counted into
+/// the metrics once at its end rather than at every delivery.
+#[derive(Debug)]
+pub(crate) struct Round {
+    at: Instant,
+    updates: u64,
+    bytes: u64,
+}
+
+impl Round {
+    pub(crate) fn new(at: Instant) -> Self {
+        Round { at, updates: 0, bytes: 0 }
+    }
+
+    /// Adds what the round wrote to the metrics.
+    pub(crate) fn count(self) {
+        metrics::counter!("sluice_updates_delivered_total").increment(self.updates);
+        metrics::counter!("sluice_updates_written_directly_total").increment(self.updates);
+        metrics::counter!("sluice_bytes_out_total").increment(self.bytes);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -76,26 +95,20 @@ impl fmt::Debug for DirectWrite {
 
 impl DirectWrite {
     pub(crate) fn new(socket: Arc<dyn SocketWriter>) -> Self {
-        DirectWrite {
-            socket,
-            state: Mutex::new(State::default()),
-            delivered: metrics::counter!("sluice_updates_delivered_total"),
-            written_directly: metrics::counter!("sluice_updates_written_directly_total"),
-            bytes_out: metrics::counter!("sluice_bytes_out_total"),
-        }
+        DirectWrite { socket, state: Mutex::new(State::default()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The fan-out's side: writes `update` now (its round began `at`) if the subscriber is
-    /// idle, else runs `queue` (which queues it for the feed) with the feed marked busy. True
-    /// if the update was taken, written or queued.
+    /// The fan-out's side: writes `update` now (in `round`) if the subscriber is idle, else
+    /// runs `queue` (which queues it for the feed) with the feed marked busy. True if the
+    /// update was taken, written or queued.
     pub(crate) fn deliver(
         &self,
         update: &Update,
-        at: Instant,
+        round: &mut Round,
         queue: impl FnOnce() -> bool,
     ) -> bool {
         let mut state = self.lock();
@@ -107,10 +120,9 @@ impl DirectWrite {
         let frame = update.frame();
         match self.socket.try_write(frame) {
             Ok(written) => {
-                state.last_write = Some(at);
-                self.delivered.increment(1);
-                self.written_directly.increment(1);
-                self.bytes_out.increment(written as u64);
+                state.last_write = Some(round.at);
+                round.updates += 1;
+                round.bytes += written as u64;
                 if written < frame.len() {
                     state.writer_idle = false;
                     state.leftover = Some(frame.slice(written..));
@@ -209,7 +221,7 @@ mod tests {
 
     impl DirectWrite {
         fn deliver_now(&self, update: &Update, queue: impl FnOnce() -> bool) -> bool {
-            self.deliver(update, Instant::now(), queue)
+            self.deliver(update, &mut Round::new(Instant::now()), queue)
         }
     }
 
@@ -259,12 +271,16 @@ mod tests {
         let (_socket, direct) = idle(usize::MAX);
         assert_eq!(direct.last_written(), None);
         let at = Instant::now();
-        assert!(direct.deliver(&update(2), at, || unreachable!("written, not queued")));
+        let mut round = Round::new(at);
+        assert!(direct.deliver(&update(2), &mut round, || unreachable!("written, not queued")));
         assert_eq!(direct.last_written(), Some(at));
+        assert_eq!((round.updates, round.bytes), (1, update(2).frame().len() as u64));
         // Queued, not written (the feed busy): the stream's own writer will count it.
         assert!(direct.queue(|| true));
-        assert!(direct.deliver(&update(3), at + std::time::Duration::from_secs(1), || true));
+        let mut later = Round::new(at + std::time::Duration::from_secs(1));
+        assert!(direct.deliver(&update(3), &mut later, || true));
         assert_eq!(direct.last_written(), Some(at));
+        assert_eq!((later.updates, later.bytes), (0, 0));
     }
 
     #[test]

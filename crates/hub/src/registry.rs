@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::direct::DirectWrite;
+use crate::direct::{DirectWrite, Round};
 use crate::recent::Recent;
 use crate::selector::Selector;
 use crate::store::CommitListener;
@@ -132,13 +132,12 @@ impl Subscriber {
         }
     }
 
-    /// Hands `update` over: written to its socket now if `write_now` (the round's start)
-    /// allows it, or queued. False if it could not be queued (full: too slow; closed: going
-    /// away).
-    fn deliver(&self, update: &Arc<Update>, write_now: Option<Instant>) -> bool {
+    /// Hands `update` over: written to its socket now in `write_now`'s round if it allows
+    /// that, or queued. False if it could not be queued (full: too slow; closed: going away).
+    fn deliver(&self, update: &Arc<Update>, write_now: Option<&mut Round>) -> bool {
         let queue = || self.sender.try_send(Arc::clone(update)).is_ok();
         match (&self.direct, write_now) {
-            (Some(direct), Some(at)) => direct.deliver(update, at, queue),
+            (Some(direct), Some(round)) => direct.deliver(update, round, queue),
             (Some(direct), None) => direct.queue(queue),
             (None, _) => queue(),
         }
@@ -223,7 +222,7 @@ impl State {
     fn fan_out(
         &mut self,
         update: &Arc<Update>,
-        write_now: Option<Instant>,
+        mut write_now: Option<&mut Round>,
         cut: &mut Vec<Arc<Subscriber>>,
     ) {
         self.last_id = Some(update.id().to_owned());
@@ -240,7 +239,7 @@ impl State {
                 continue;
             }
             subscriber.last_queued.store(seq, Ordering::Relaxed);
-            if !subscriber.deliver(update, write_now) {
+            if !subscriber.deliver(update, write_now.as_deref_mut()) {
                 // Full: too slow. Closed: its connection is going away. Either way, out.
                 cut.push(Arc::clone(subscriber));
             }
@@ -349,10 +348,11 @@ impl Registry {
             // each subscriber's task writes its backlog in one `writev`.
             let spare = waited.is_some_and(|waited| waited + last_round >= last_direct_round);
             let round = Instant::now();
-            let write_now = (spare && waiting.len() == 1 && waiting[0].len() == 1).then_some(round);
+            let mut write_now =
+                (spare && waiting.len() == 1 && waiting[0].len() == 1).then(|| Round::new(round));
             let mut state = self.state.lock().unwrap();
             for update in waiting.iter().flatten() {
-                state.fan_out(update, write_now, &mut cut);
+                state.fan_out(update, write_now.as_mut(), &mut cut);
                 published.increment(1);
             }
             for subscriber in cut.drain(..) {
@@ -362,7 +362,8 @@ impl Registry {
             }
             drop(state);
             last_round = round.elapsed();
-            if write_now.is_some() {
+            if let Some(written) = write_now {
+                written.count();
                 last_direct_round = last_round;
             } else if waited.is_some() {
                 // One slow round must not rule writing out for good at a rate that allows
