@@ -85,11 +85,14 @@ async fn connection(mut stream: TcpStream, channels: Channels) {
 }
 
 /// Writes `frame` to every subscriber of `channel` with one non-blocking write each; drops
-/// those that cannot take it whole. Returns how many took it.
+/// those that cannot take it whole. Returns how many took it. A `writev` of one slice, as
+/// Sluice's direct writes are: a plain socket write is a `send`, which `/proc/<pid>/io` does
+/// not count among the server's writes.
 fn fan_out(channels: &Channels, channel: &str, frame: &[u8]) -> usize {
     let mut channels = channels.borrow_mut();
     let Some(subscribers) = channels.get_mut(channel) else { return 0 };
-    subscribers.retain(|s| s.try_write(frame).is_ok_and(|n| n == frame.len()));
+    let frame = [std::io::IoSlice::new(frame)];
+    subscribers.retain(|s| s.try_write_vectored(&frame).is_ok_and(|n| n == frame[0].len()));
     subscribers.len()
 }
 
