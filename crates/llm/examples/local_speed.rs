@@ -11,7 +11,9 @@
 //! Each run asks the same question (greedy, `max_tokens` 100) and reports: time to first
 //! token (from `stream()` to the first text delta: template, tokenizing, the prompt's forward
 //! pass and one sampled token), decode speed (tokens after the first, over the time after the
-//! first), and overall speed. The median of the runs is printed last.
+//! first), and overall speed; the first run's answer is printed too, so that a change to the
+//! model's code can be checked to leave the greedy text alone. The median of the runs is
+//! printed last.
 
 use std::time::Instant;
 
@@ -58,10 +60,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut first = None;
         let mut completion = 0;
         let mut prompt = 0;
+        let mut answer = String::new();
         while let Some(delta) = stream.next().await {
             match delta? {
-                Delta::Text(_) => {
+                Delta::Text(text) => {
                     first.get_or_insert_with(|| start.elapsed());
+                    answer.push_str(&text);
                 }
                 Delta::Usage(usage) => {
                     completion = usage.completion_tokens;
@@ -80,6 +84,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             first.as_secs_f64() * 1000.0,
             total.as_secs_f64()
         );
+        if run == 1 {
+            println!("answer: {answer:?}");
+        }
         ttfts.push(first.as_secs_f64() * 1000.0);
         decode_rates.push(decode);
         overall_rates.push(overall);

@@ -47,23 +47,35 @@
 //!
 //! # Speed
 //!
-//! candle 0.11 has SIMD kernels for Q4_0, Q8_0 and the K-quants, but multiplies Q4_1, Q5_0
-//! and Q5_1 weights with scalar code. SmolLM2's file is Q4_1, which ran at 2 to 20 tokens/s
-//! on a 2-core machine; converted to Q8_0 at load (a few tenths of a second more), it runs
-//! at 45 to 70. Q8_0 keeps the same 32-value blocks with 8 bits instead of 4: for SmolLM2 the
-//! conversion moves no weight by more than 5.4% of a Q4_1 step (0.55% RMS of the weights).
-//! [`LocalConfig::requantize`] turns it off.
+//! The forward pass is this crate's own ([`llama`]): buffers allocated once, a key/value
+//! cache that grows in place, and one kernel ([`q8`]) that multiplies Q8_0 weights by
+//! activations quantized to Q8_0, compiled for AVX2 and picked at run time. Replacing
+//! candle's `quantized_llama`, whose per-operation tensors, cache concatenation and pool
+//! wake-ups were a large share of a token at SmolLM2's size, took one thread from 31.9 to
+//! 44.6 decoded tokens/s and the first token of a 44-token prompt from 516 to 231 ms
+//! (a loaded 2-core machine, back to back); the embedding table stays Q8_0 instead of f32,
+//! and peak memory fell from 428 to 318 MB. The kernel now takes over 80% of the time.
+//!
+//! The kernel multiplies Q8_0 only. SmolLM2's file is Q4_1; its weights are converted to
+//! Q8_0 at load (a few tenths of a second), which keeps the same 32-value blocks with 8 bits
+//! instead of 4: for SmolLM2 the conversion moves no weight by more than 5.4% of a Q4_1
+//! step (0.55% RMS of the weights). Other types are converted through candle's dequantizer;
+//! [`LocalConfig::requantize`] set to false sends Q4_1 that way too (slower to load, the
+//! same weights).
 //!
 //! # Threads
 //!
-//! candle sizes its CPU thread pool from `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS` when
-//! set, else from the number of physical cores, and reads them nowhere but the environment.
-//! On a quiet 2-core machine two threads are fastest (about 69 tokens/s, against 50 with
-//! one), but its threads spin-wait for each other between kernels: when other work wants a
-//! core, two threads fall to 3–20 tokens/s while one stays at 50. Start the process with
-//! `CANDLE_NUM_THREADS=1` where the model shares a small machine (BENCHMARKS.md).
+//! The matrix products run on a pool sized like candle's: `CANDLE_NUM_THREADS` or
+//! `RAYON_NUM_THREADS` when set, else the number of physical cores; with one thread there is
+//! no pool. A prompt is split between the threads by tokens, a decoded token by rows. Each
+//! product wakes the pool, and at 210 products a token that costs most of what a second
+//! core gives: on a 2-core machine two threads decode at about 44 tokens/s, no faster than
+//! one, though they halve the prompt's time (candle's spinning pool decoded at 55 to 59
+//! there). Where the model shares a small machine, `CANDLE_NUM_THREADS=1` costs little.
 
 mod detok;
+mod llama;
+mod q8;
 mod requant;
 mod sampler;
 mod template;
@@ -79,14 +91,14 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
+use candle_transformers::models::quantized_llama::MAX_SEQ_LEN;
 use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::types::{ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Usage};
 use detok::{Filtered, StopFilter, Utf8Stream};
+use llama::Llama;
 use sampler::Sampler;
 use template::ChatTemplate;
 use tokenizer::GgufTokenizer;
@@ -125,8 +137,9 @@ pub struct LocalConfig {
     pub default_temperature: f32,
     /// The nucleus mass when the request sets none.
     pub default_top_p: f32,
-    /// Convert weights that candle multiplies without SIMD (Q4_1, Q5_0, Q5_1) to Q8_0 at
-    /// load: slower to load, several times faster to run. On by default.
+    /// Convert Q4_1, Q5_0 and Q5_1 weights to Q8_0 with this crate's converter (Q4_1) or
+    /// candle's quantizer; when off, candle's dequantizer converts them (the kernel multiplies
+    /// Q8_0 only), which takes longer. On by default.
     pub requantize: bool,
 }
 
@@ -316,17 +329,16 @@ impl LocalModel {
             return Err(bad(format!("a context of {context} tokens is too small")));
         }
 
-        let cpu = Device::Cpu;
         let needs_requantizing = config.requantize
             && content.tensor_infos.values().any(|info| requant::lacks_simd(info.ggml_dtype));
         let model = if needs_requantizing {
-            requant::requantize(content, &mut reader).and_then(|(content, data)| {
-                ModelWeights::from_gguf(content, &mut std::io::Cursor::new(data), &cpu)
-            })
+            let (content, data) =
+                requant::requantize(content, &mut reader).map_err(|e| bad(e.to_string()))?;
+            Llama::read(&content, &mut std::io::Cursor::new(data))
         } else {
-            ModelWeights::from_gguf(content, &mut reader, &cpu)
+            Llama::read(&content, &mut reader)
         }
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(bad)?;
         let load_time = started.elapsed();
         tracing::info!(
             path = %config.path.display(),
@@ -473,7 +485,7 @@ impl Provider for LocalModel {
 }
 
 /// The worker: one generation at a time, until the model is dropped.
-fn work(mut model: ModelWeights, shared: &Shared, queue: &Receiver<Job>) {
+fn work(mut model: Llama, shared: &Shared, queue: &Receiver<Job>) {
     let counters = &shared.counters;
     while let Ok(mut job) = queue.recv() {
         counters.queued.fetch_sub(1, Ordering::Relaxed);
@@ -485,7 +497,7 @@ fn work(mut model: ModelWeights, shared: &Shared, queue: &Receiver<Job>) {
         counters.started.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let outcome = generate(&mut model, shared, &mut job);
-        model.clear_kv_cache();
+        model.clear();
         let elapsed = started.elapsed().as_millis() as u64;
         let average = counters.average_generation_ms.load(Ordering::Relaxed);
         let average = if average == 0 { elapsed } else { (average * 3 + elapsed) / 4 };
@@ -512,32 +524,28 @@ enum Outcome {
     Cancelled,
 }
 
-fn model_error(error: &candle_core::Error) -> ProviderError {
+fn model_error(error: &str) -> ProviderError {
     ProviderError::Internal(format!("local model: {error}"))
 }
 
 /// Runs one generation, sending its deltas.
-fn generate(
-    model: &mut ModelWeights,
-    shared: &Shared,
-    job: &mut Job,
-) -> Result<Outcome, ProviderError> {
+fn generate(model: &mut Llama, shared: &Shared, job: &mut Job) -> Result<Outcome, ProviderError> {
     let counters = &shared.counters;
     let tokenizer = &shared.tokenizer;
     let send = |delta: Delta| job.deltas.blocking_send(Ok(delta)).is_ok();
-    let device = Device::Cpu;
-    let forward = |model: &mut ModelWeights, tokens: &[u32], position: usize| {
-        let input = Tensor::new(tokens, &device)?.unsqueeze(0)?;
-        model.forward(&input, position)?.squeeze(0)?.to_vec1::<f32>()
+    let mut forward = |tokens: &[u32], logits: &mut Vec<f32>| {
+        logits.clear();
+        logits.extend_from_slice(model.forward(tokens).map_err(|e| model_error(&e))?);
+        Ok::<_, ProviderError>(())
     };
 
     let started = Instant::now();
     let mut logits = Vec::new();
-    for (i, chunk) in job.prompt.chunks(PREFILL_CHUNK).enumerate() {
+    for chunk in job.prompt.chunks(PREFILL_CHUNK) {
         if job.deltas.is_closed() {
             return Ok(Outcome::Cancelled);
         }
-        logits = forward(model, chunk, i * PREFILL_CHUNK).map_err(|e| model_error(&e))?;
+        forward(chunk, &mut logits)?;
     }
     let prefill = started.elapsed();
 
@@ -574,7 +582,7 @@ fn generate(
         if job.max_tokens == Some(completion) || position + 1 >= shared.context {
             break FinishReason::Length;
         }
-        logits = forward(model, &[token], position).map_err(|e| model_error(&e))?;
+        forward(&[token], &mut logits)?;
         position += 1;
     };
 

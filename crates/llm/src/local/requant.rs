@@ -1,12 +1,9 @@
-//! Converting weights candle multiplies with scalar code into Q8_0, which it multiplies with
-//! SIMD.
-//!
-//! candle 0.11 has AVX/NEON dot products for Q4_0, Q8_0 and the K-quants, but none for Q4_1,
-//! Q5_0 and Q5_1. Q8_0 keeps the same 32-value blocks with one scale and 8-bit values, so a
+//! Converting Q4_1, Q5_0 and Q5_1 weights into Q8_0, the one type the model's kernel
+//! multiplies (candle 0.11 too had SIMD dot products for Q8_0 but none for these). Q8_0 keeps the same 32-value blocks with one scale and 8-bit values, so a
 //! block of weights centred near zero converts with an error of a few percent of its 4- or
 //! 5-bit step (at most 5.4% over all of SmolLM2's weights).
 //!
-//! The model is built by `ModelWeights::from_gguf`, which reads tensors from a GGUF stream:
+//! The model is built by `Llama::read`, which reads tensors from a GGUF stream:
 //! [`requantize`] hands it the original metadata with new tensor descriptions over an
 //! in-memory buffer of tensor data, converted where needed.
 

@@ -1,0 +1,417 @@
+//! The llama forward pass, written for this provider's case: one sequence, a small model,
+//! a CPU.
+//!
+//! candle's `quantized_llama` builds a tensor for every operation of every layer and grows
+//! its key/value cache with `Tensor::cat` each step; at SmolLM2's width (576) that overhead
+//! and its thread-pool wake-ups were a large part of a decoded token. Here every buffer is
+//! allocated once and reused, the cache grows in place, the small operations (norms,
+//! rotary embedding, attention, SiLU) are plain loops, and the matrix products are
+//! [`q8`](super::q8)'s kernel. The embedding table stays Q8_0 (one row is widened per
+//! token), and serves as the output projection too when the file ties them.
+//!
+//! The arithmetic is candle's: the same Q8_0 activations, rotary angles, norm and softmax
+//! formulas, so greedy answers read the same.
+
+use std::io::{Read, Seek};
+
+use candle_core::Device;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use rayon::ThreadPool;
+use rayon::prelude::*;
+
+use super::q8::{BLOCK, Matrix, Vectors};
+
+/// A llama-architecture model and the state of the sequence it is reading.
+#[derive(Debug)]
+pub(crate) struct Llama {
+    embedding: Matrix,
+    /// The output projection when the file has its own; else the embedding is used.
+    output: Option<Matrix>,
+    norm: Vec<f32>,
+    layers: Vec<Layer>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    epsilon: f32,
+    /// The rotary embedding's frequency for each pair of a head's values.
+    frequencies: Vec<f32>,
+    /// Tokens in the cache.
+    cached: usize,
+    /// Threads for the matrix products; `None` multiplies on the caller's thread.
+    pool: Option<ThreadPool>,
+    scratch: Scratch,
+}
+
+#[derive(Debug)]
+struct Layer {
+    attention_norm: Vec<f32>,
+    query: Matrix,
+    key: Matrix,
+    value: Matrix,
+    attention_output: Matrix,
+    ffn_norm: Vec<f32>,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+    /// Rotated keys of every cached position, `kv_heads × head_dim` each.
+    keys: Vec<f32>,
+    /// Values of every cached position.
+    values: Vec<f32>,
+}
+
+/// Buffers reused by every forward pass, sized for the longest chunk seen so far.
+#[derive(Debug, Default)]
+struct Scratch {
+    hidden: Vec<f32>,
+    normed: Vec<f32>,
+    quantized: Vectors,
+    queries: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    attention: Vec<f32>,
+    scores: Vec<f32>,
+    projected: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// A pool of as many threads as candle would use (`CANDLE_NUM_THREADS`, else
+/// `RAYON_NUM_THREADS`, else the physical cores), or none for one thread. The pool is the
+/// model's own, so that its size follows those variables as the module docs describe.
+fn thread_pool() -> Result<Option<ThreadPool>, String> {
+    let threads = candle_core::utils::get_num_threads();
+    if threads < 2 {
+        return Ok(None);
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("sluice-local-model-{i}"))
+        .build()
+        .map(Some)
+        .map_err(|e| format!("cannot start its threads: {e}"))
+}
+
+/// Reads one tensor as f32 values.
+fn vector<R: Read + Seek>(
+    content: &gguf_file::Content,
+    reader: &mut R,
+    name: &str,
+) -> Result<Vec<f32>, String> {
+    let tensor = content.tensor(reader, name, &Device::Cpu).map_err(|e| format!("{name}: {e}"))?;
+    tensor
+        .dequantize(&Device::Cpu)
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// Reads one matrix as Q8_0, converting it if it is stored otherwise.
+fn matrix<R: Read + Seek>(
+    content: &gguf_file::Content,
+    reader: &mut R,
+    name: &str,
+) -> Result<Matrix, String> {
+    let context = |e: candle_core::Error| format!("{name}: {e}");
+    let tensor = content.tensor(reader, name, &Device::Cpu).map_err(context)?;
+    let (rows, cols) = tensor.shape().dims2().map_err(context)?;
+    let tensor = if tensor.dtype() == GgmlDType::Q8_0 {
+        tensor
+    } else {
+        QTensor::quantize(&tensor.dequantize(&Device::Cpu).map_err(context)?, GgmlDType::Q8_0)
+            .map_err(context)?
+    };
+    let data = tensor.data().map_err(context)?;
+    Matrix::from_q8_0(rows, cols, &data).map_err(|e| format!("{name}: {e}"))
+}
+
+impl Llama {
+    /// Reads the model's weights; `content` is the file's header, `reader` its data.
+    pub(crate) fn read<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+    ) -> Result<Llama, String> {
+        let number = |key: &str| {
+            content
+                .metadata
+                .get(key)
+                .and_then(|v| v.to_u32().ok())
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("its metadata lacks {key}"))
+        };
+        let heads = number("llama.attention.head_count")?;
+        let kv_heads = number("llama.attention.head_count_kv")?;
+        let width = number("llama.embedding_length")?;
+        let block_count = number("llama.block_count")?;
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(format!("{heads} heads cannot share {kv_heads} key/value heads"));
+        }
+        let head_dim = width / heads;
+        let rope_dim = number("llama.rope.dimension_count").unwrap_or(head_dim);
+        if head_dim * heads != width || rope_dim != head_dim || !head_dim.is_multiple_of(2) {
+            return Err(format!("a width of {width} in {heads} heads is not supported"));
+        }
+        let float = |key: &str, default: f32| {
+            content.metadata.get(key).and_then(|v| v.to_f32().ok()).unwrap_or(default)
+        };
+        let epsilon = float("llama.attention.layer_norm_rms_epsilon", 1e-5);
+        let base = float("llama.rope.freq_base", 10_000.0);
+        let frequencies =
+            (0..head_dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / head_dim as f32)).collect();
+
+        let embedding = matrix(content, reader, "token_embd.weight")?;
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            Some(matrix(content, reader, "output.weight")?)
+        } else {
+            None
+        };
+        let norm = vector(content, reader, "output_norm.weight")?;
+        let layers = (0..block_count)
+            .map(|i| {
+                let mut matrix = |name: &str| matrix(content, reader, &format!("blk.{i}.{name}"));
+                Ok(Layer {
+                    query: matrix("attn_q.weight")?,
+                    key: matrix("attn_k.weight")?,
+                    value: matrix("attn_v.weight")?,
+                    attention_output: matrix("attn_output.weight")?,
+                    gate: matrix("ffn_gate.weight")?,
+                    up: matrix("ffn_up.weight")?,
+                    down: matrix("ffn_down.weight")?,
+                    attention_norm: vector(content, reader, &format!("blk.{i}.attn_norm.weight"))?,
+                    ffn_norm: vector(content, reader, &format!("blk.{i}.ffn_norm.weight"))?,
+                    keys: Vec::new(),
+                    values: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+
+        let kv_width = kv_heads * head_dim;
+        let model = Llama {
+            embedding,
+            output,
+            norm,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            epsilon,
+            frequencies,
+            cached: 0,
+            pool: thread_pool()?,
+            scratch: Scratch::default(),
+        };
+        let consistent = model.embedding.cols() == width
+            && model.norm.len() == width
+            && model.output.as_ref().is_none_or(|o| o.cols() == width)
+            && model.layers.iter().all(|l| {
+                l.query.rows() == width
+                    && l.query.cols() == width
+                    && l.key.rows() == kv_width
+                    && l.key.cols() == width
+                    && l.value.rows() == kv_width
+                    && l.value.cols() == width
+                    && l.attention_output.rows() == width
+                    && l.attention_output.cols() == width
+                    && l.gate.cols() == width
+                    && l.up.cols() == width
+                    && l.up.rows() == l.gate.rows()
+                    && l.down.cols() == l.gate.rows()
+                    && l.down.rows() == width
+                    && l.attention_norm.len() == width
+                    && l.ffn_norm.len() == width
+            });
+        if !consistent || !width.is_multiple_of(BLOCK) {
+            return Err("its tensors' shapes do not fit together".to_owned());
+        }
+        Ok(model)
+    }
+
+    /// Forgets the sequence read so far (keeping the cache's memory for the next one).
+    pub(crate) fn clear(&mut self) {
+        self.cached = 0;
+        for layer in &mut self.layers {
+            layer.keys.clear();
+            layer.values.clear();
+        }
+    }
+
+    /// Reads `tokens`, which follow the cached ones, and returns the logits for the token
+    /// after the last of them.
+    pub(crate) fn forward(&mut self, tokens: &[u32]) -> Result<&[f32], String> {
+        let width = self.embedding.cols();
+        let count = tokens.len();
+        let s = &mut self.scratch;
+        s.hidden.resize(count * width, 0.0);
+        for (&token, hidden) in tokens.iter().zip(s.hidden.chunks_exact_mut(width)) {
+            let row = token as usize;
+            if row >= self.embedding.rows() {
+                return Err(format!("token {token} is not in the vocabulary"));
+            }
+            self.embedding.row_into(row, hidden);
+        }
+
+        let position = self.cached;
+        let pool = self.pool.as_ref();
+        for layer in &mut self.layers {
+            // Attention.
+            rms_norm(&s.hidden, &layer.attention_norm, self.epsilon, &mut s.normed);
+            s.quantized.quantize(&s.normed, count);
+            multiply(&layer.query, &s.quantized, &mut s.queries, pool);
+            multiply(&layer.key, &s.quantized, &mut s.keys, pool);
+            multiply(&layer.value, &s.quantized, &mut s.values, pool);
+            for (t, (queries, keys)) in s
+                .queries
+                .chunks_exact_mut(width)
+                .zip(s.keys.chunks_exact_mut(layer.key.rows()))
+                .enumerate()
+            {
+                let angles = (position + t) as f32;
+                rotate(queries, &self.frequencies, angles);
+                rotate(keys, &self.frequencies, angles);
+            }
+            layer.keys.extend_from_slice(&s.keys);
+            layer.values.extend_from_slice(&s.values);
+            attend(
+                &s.queries,
+                &layer.keys,
+                &layer.values,
+                position,
+                (self.heads, self.kv_heads, self.head_dim),
+                &mut s.scores,
+                &mut s.attention,
+            );
+            s.quantized.quantize(&s.attention, count);
+            multiply(&layer.attention_output, &s.quantized, &mut s.projected, pool);
+            add(&mut s.hidden, &s.projected);
+
+            // Feed-forward.
+            rms_norm(&s.hidden, &layer.ffn_norm, self.epsilon, &mut s.normed);
+            s.quantized.quantize(&s.normed, count);
+            multiply(&layer.gate, &s.quantized, &mut s.gate, pool);
+            multiply(&layer.up, &s.quantized, &mut s.up, pool);
+            for (gate, &up) in s.gate.iter_mut().zip(&s.up) {
+                *gate = *gate / ((-*gate).exp() + 1.0) * up;
+            }
+            s.quantized.quantize(&s.gate, count);
+            multiply(&layer.down, &s.quantized, &mut s.projected, pool);
+            add(&mut s.hidden, &s.projected);
+        }
+        self.cached += count;
+
+        let last = &s.hidden[(count - 1) * width..];
+        rms_norm(last, &self.norm, self.epsilon, &mut s.normed);
+        s.quantized.quantize(&s.normed, 1);
+        let output = self.output.as_ref().unwrap_or(&self.embedding);
+        multiply(output, &s.quantized, &mut s.logits, pool);
+        Ok(&s.logits)
+    }
+}
+
+/// `out` = `matrix` × each vector of `input`, on `pool`'s threads if there is a pool: one
+/// vector (a decoded token) is split by rows, several (a prompt) by vectors, so that each
+/// thread writes one contiguous part of `out`.
+fn multiply(matrix: &Matrix, input: &Vectors, out: &mut Vec<f32>, pool: Option<&ThreadPool>) {
+    let (rows, count) = (matrix.rows(), input.count());
+    out.resize(count * rows, 0.0);
+    let Some(pool) = pool else {
+        return matrix.mul(0..rows, 0..count, input, out);
+    };
+    let threads = pool.current_num_threads();
+    if count == 1 {
+        let chunk = rows.div_ceil(threads);
+        pool.install(|| {
+            out.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
+                let start = i * chunk;
+                matrix.mul(start..start + out.len(), 0..1, input, out);
+            });
+        });
+    } else {
+        let chunk = count.div_ceil(threads);
+        pool.install(|| {
+            out.par_chunks_mut(chunk * rows).enumerate().for_each(|(i, out)| {
+                let start = i * chunk;
+                matrix.mul(0..rows, start..start + out.len() / rows, input, out);
+            });
+        });
+    }
+}
+
+/// RMS norm of each `weights.len()`-wide vector of `input`, scaled by `weights`, as candle
+/// computes it.
+fn rms_norm(input: &[f32], weights: &[f32], epsilon: f32, out: &mut Vec<f32>) {
+    out.resize(input.len(), 0.0);
+    let width = weights.len();
+    for (input, out) in input.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let squares: f32 = input.iter().map(|x| x * x).sum();
+        let rms = (squares / width as f32 + epsilon).sqrt();
+        for ((out, &x), &w) in out.iter_mut().zip(input).zip(weights) {
+            *out = x / rms * w;
+        }
+    }
+}
+
+/// Rotates each head of `vector` (pairs of adjacent values, GGUF's llama layout) by
+/// `position` times each pair's frequency.
+fn rotate(vector: &mut [f32], frequencies: &[f32], position: f32) {
+    for head in vector.chunks_exact_mut(frequencies.len() * 2) {
+        for (pair, &frequency) in head.chunks_exact_mut(2).zip(frequencies) {
+            let angle = position * frequency;
+            let (cos, sin) = (angle.cos(), angle.sin());
+            let (x, y) = (pair[0], pair[1]);
+            pair[0] = x * cos - y * sin;
+            pair[1] = x * sin + y * cos;
+        }
+    }
+}
+
+/// Causal attention of each query vector (token `t` at `position + t`) over the cached keys
+/// and values; heads share key/value heads in consecutive groups.
+fn attend(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    position: usize,
+    (heads, kv_heads, head_dim): (usize, usize, usize),
+    scores: &mut Vec<f32>,
+    out: &mut Vec<f32>,
+) {
+    let width = heads * head_dim;
+    let kv_width = kv_heads * head_dim;
+    let group = heads / kv_heads;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    out.clear();
+    out.resize(queries.len(), 0.0);
+    for (t, (query, out)) in
+        queries.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate()
+    {
+        let visible = position + t + 1;
+        for (h, (query, out)) in
+            query.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate()
+        {
+            let offset = h / group * head_dim;
+            scores.clear();
+            scores.extend(keys.chunks_exact(kv_width).take(visible).map(|key| {
+                let key = &key[offset..offset + head_dim];
+                query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale
+            }));
+            let max = scores.iter().fold(f32::NEG_INFINITY, |max, &s| max.max(s));
+            let mut total = 0.0;
+            for score in scores.iter_mut() {
+                *score = (*score - max).exp();
+                total += *score;
+            }
+            for (&score, value) in scores.iter().zip(values.chunks_exact(kv_width)) {
+                let weight = score / total;
+                for (out, &v) in out.iter_mut().zip(&value[offset..offset + head_dim]) {
+                    *out += weight * v;
+                }
+            }
+        }
+    }
+}
+
+/// `into += other`, element by element.
+fn add(into: &mut [f32], other: &[f32]) {
+    for (into, &other) in into.iter_mut().zip(other) {
+        *into += other;
+    }
+}
