@@ -5,7 +5,6 @@
 //! scripts/fetch-model.sh
 //! cargo run --release -p sluice-llm --example local_speed [-- MODEL.gguf [RUNS]]
 //! CANDLE_NUM_THREADS=1 cargo run --release -p sluice-llm --example local_speed
-//! REQUANTIZE=0 cargo run --release -p sluice-llm --example local_speed   # weights as stored
 //! ```
 //!
 //! Each run asks the same question (greedy, `max_tokens` 100) and reports: time to first
@@ -30,9 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .or_else(|_| std::env::var("RAYON_NUM_THREADS"))
         .unwrap_or_else(|_| "default".into());
     println!("model: {path}  candle threads: {threads}  load avg: {}", load_average());
-    let mut config = LocalConfig::new(&path);
-    config.requantize = std::env::var("REQUANTIZE").map_or(true, |v| v != "0");
-    println!("requantize: {}", config.requantize);
+    let config = LocalConfig::new(&path);
     let started = Instant::now();
     let model = LocalModel::load(config)?;
     println!(

@@ -6,11 +6,13 @@
 //! and its thread-pool wake-ups were a large part of a decoded token. Here every buffer is
 //! allocated once and reused, the cache grows in place, the small operations (norms,
 //! rotary embedding, attention, SiLU) are plain loops, and the matrix products are
-//! [`q8`](super::q8)'s kernel. The embedding table stays Q8_0 (one row is widened per
-//! token), and serves as the output projection too when the file ties them.
+//! `quant.rs`'s kernels, on the weights as the file stores them (Q4_1 or Q8_0;
+//! other types are converted to Q8_0 at load). The embedding table stays quantized (one row
+//! is widened per token), and serves as the output projection too when the file ties them.
 //!
-//! The arithmetic is candle's: the same Q8_0 activations, rotary angles, norm and softmax
-//! formulas, so greedy answers read the same.
+//! The formulas are candle's (Q8_0 activations, rotary angles, norm, softmax); the sums run
+//! in another order, and SmolLM2's greedy text turns on differences that small, so an
+//! answer may read differently from candle's after a few sentences.
 
 use std::io::{Read, Seek};
 
@@ -19,7 +21,7 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use rayon::ThreadPool;
 use rayon::prelude::*;
 
-use super::q8::{BLOCK, Matrix, Vectors};
+use super::quant::{BLOCK, Matrix, Vectors};
 
 /// A llama-architecture model and the state of the sequence it is reading.
 #[derive(Debug)]
@@ -76,11 +78,15 @@ struct Scratch {
     logits: Vec<f32>,
 }
 
-/// A pool of as many threads as candle would use (`CANDLE_NUM_THREADS`, else
-/// `RAYON_NUM_THREADS`, else the physical cores), or none for one thread. The pool is the
-/// model's own, so that its size follows those variables as the module docs describe.
+/// A pool of `CANDLE_NUM_THREADS` threads, else `RAYON_NUM_THREADS`, else as many as this
+/// process may run on (its CPU affinity), or none for one thread. The pool is the model's own,
+/// so that its size follows those variables as the module docs describe. (candle's own
+/// `get_num_threads` reads only `RAYON_NUM_THREADS`.)
 fn thread_pool() -> Result<Option<ThreadPool>, String> {
-    let threads = candle_core::utils::get_num_threads();
+    let from_env = |name| std::env::var(name).ok()?.parse::<usize>().ok().filter(|&n| n > 0);
+    let threads = from_env("CANDLE_NUM_THREADS")
+        .or_else(|| from_env("RAYON_NUM_THREADS"))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     if threads < 2 {
         return Ok(None);
     }
@@ -105,7 +111,8 @@ fn vector<R: Read + Seek>(
         .map_err(|e| format!("{name}: {e}"))
 }
 
-/// Reads one matrix as Q8_0, converting it if it is stored otherwise.
+/// Reads one matrix as Q4_1 if it is stored so, else as Q8_0, converting it if it is stored
+/// otherwise.
 fn matrix<R: Read + Seek>(
     content: &gguf_file::Content,
     reader: &mut R,
@@ -114,14 +121,16 @@ fn matrix<R: Read + Seek>(
     let context = |e: candle_core::Error| format!("{name}: {e}");
     let tensor = content.tensor(reader, name, &Device::Cpu).map_err(context)?;
     let (rows, cols) = tensor.shape().dims2().map_err(context)?;
-    let tensor = if tensor.dtype() == GgmlDType::Q8_0 {
-        tensor
-    } else {
-        QTensor::quantize(&tensor.dequantize(&Device::Cpu).map_err(context)?, GgmlDType::Q8_0)
-            .map_err(context)?
+    let matrix = match tensor.dtype() {
+        GgmlDType::Q4_1 => Matrix::from_q4_1(rows, cols, &tensor.data().map_err(context)?),
+        GgmlDType::Q8_0 => Matrix::from_q8_0(rows, cols, &tensor.data().map_err(context)?),
+        _ => {
+            let f32s = tensor.dequantize(&Device::Cpu).map_err(context)?;
+            let q8_0 = QTensor::quantize(&f32s, GgmlDType::Q8_0).map_err(context)?;
+            Matrix::from_q8_0(rows, cols, &q8_0.data().map_err(context)?)
+        }
     };
-    let data = tensor.data().map_err(context)?;
-    Matrix::from_q8_0(rows, cols, &data).map_err(|e| format!("{name}: {e}"))
+    matrix.map_err(|e| format!("{name}: {e}"))
 }
 
 impl Llama {
@@ -237,6 +246,20 @@ impl Llama {
     /// Reads `tokens`, which follow the cached ones, and returns the logits for the token
     /// after the last of them.
     pub(crate) fn forward(&mut self, tokens: &[u32]) -> Result<&[f32], String> {
+        // The whole pass runs on the pool, so that each product is split from one of its
+        // threads; handing every product over from outside would wake a pool thread and put
+        // this one to sleep 210 times a token.
+        let pool = self.pool.take();
+        let outcome = match &pool {
+            Some(pool) => pool.install(|| self.pass(tokens, Some(pool))),
+            None => self.pass(tokens, None),
+        };
+        self.pool = pool;
+        outcome.map(|()| self.scratch.logits.as_slice())
+    }
+
+    /// [`forward`](Self::forward)'s work, with products split over `pool` if there is one.
+    fn pass(&mut self, tokens: &[u32], pool: Option<&ThreadPool>) -> Result<(), String> {
         let width = self.embedding.cols();
         let count = tokens.len();
         let s = &mut self.scratch;
@@ -250,14 +273,16 @@ impl Llama {
         }
 
         let position = self.cached;
-        let pool = self.pool.as_ref();
         for layer in &mut self.layers {
             // Attention.
             rms_norm(&s.hidden, &layer.attention_norm, self.epsilon, &mut s.normed);
             s.quantized.quantize(&s.normed, count);
-            multiply(&layer.query, &s.quantized, &mut s.queries, pool);
-            multiply(&layer.key, &s.quantized, &mut s.keys, pool);
-            multiply(&layer.value, &s.quantized, &mut s.values, pool);
+            let products = [
+                (&layer.query, &mut s.queries),
+                (&layer.key, &mut s.keys),
+                (&layer.value, &mut s.values),
+            ];
+            multiply(products, &s.quantized, pool);
             for (t, (queries, keys)) in s
                 .queries
                 .chunks_exact_mut(width)
@@ -280,19 +305,18 @@ impl Llama {
                 &mut s.attention,
             );
             s.quantized.quantize(&s.attention, count);
-            multiply(&layer.attention_output, &s.quantized, &mut s.projected, pool);
+            multiply([(&layer.attention_output, &mut s.projected)], &s.quantized, pool);
             add(&mut s.hidden, &s.projected);
 
             // Feed-forward.
             rms_norm(&s.hidden, &layer.ffn_norm, self.epsilon, &mut s.normed);
             s.quantized.quantize(&s.normed, count);
-            multiply(&layer.gate, &s.quantized, &mut s.gate, pool);
-            multiply(&layer.up, &s.quantized, &mut s.up, pool);
+            multiply([(&layer.gate, &mut s.gate), (&layer.up, &mut s.up)], &s.quantized, pool);
             for (gate, &up) in s.gate.iter_mut().zip(&s.up) {
                 *gate = *gate / ((-*gate).exp() + 1.0) * up;
             }
             s.quantized.quantize(&s.gate, count);
-            multiply(&layer.down, &s.quantized, &mut s.projected, pool);
+            multiply([(&layer.down, &mut s.projected)], &s.quantized, pool);
             add(&mut s.hidden, &s.projected);
         }
         self.cached += count;
@@ -301,37 +325,45 @@ impl Llama {
         rms_norm(last, &self.norm, self.epsilon, &mut s.normed);
         s.quantized.quantize(&s.normed, 1);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        multiply(output, &s.quantized, &mut s.logits, pool);
-        Ok(&s.logits)
+        multiply([(output, &mut s.logits)], &s.quantized, pool);
+        Ok(())
     }
 }
 
-/// `out` = `matrix` × each vector of `input`, on `pool`'s threads if there is a pool: one
-/// vector (a decoded token) is split by rows, several (a prompt) by vectors, so that each
-/// thread writes one contiguous part of `out`.
-fn multiply(matrix: &Matrix, input: &Vectors, out: &mut Vec<f32>, pool: Option<&ThreadPool>) {
-    let (rows, count) = (matrix.rows(), input.count());
-    out.resize(count * rows, 0.0);
-    let Some(pool) = pool else {
-        return matrix.mul(0..rows, 0..count, input, out);
+/// For each `(matrix, out)`: `out` = `matrix` × each vector of `input`, on `pool`'s threads if
+/// there is a pool. One vector (a decoded token) is split by rows, several (a prompt) by
+/// vectors, so that each part writes one contiguous piece of an `out`; the parts of all the
+/// products go to the pool at once, because waking its threads for each product separately
+/// cost as much as the second thread gained.
+fn multiply<const N: usize>(
+    products: [(&Matrix, &mut Vec<f32>); N],
+    input: &Vectors,
+    pool: Option<&ThreadPool>,
+) {
+    let count = input.count();
+    let threads = pool.map_or(1, ThreadPool::current_num_threads);
+    let mut parts = Vec::with_capacity(N * threads);
+    for (matrix, out) in products {
+        let rows = matrix.rows();
+        out.resize(count * rows, 0.0);
+        if count == 1 {
+            let chunk = rows.div_ceil(threads);
+            for (i, out) in out.chunks_mut(chunk).enumerate() {
+                parts.push((matrix, i * chunk..i * chunk + out.len(), 0..1, out));
+            }
+        } else {
+            let chunk = count.div_ceil(threads);
+            for (i, out) in out.chunks_mut(chunk * rows).enumerate() {
+                parts.push((matrix, 0..rows, i * chunk..i * chunk + out.len() / rows, out));
+            }
+        }
+    }
+    let run = |(matrix, rows, vectors, out): (&Matrix, _, _, &mut [f32])| {
+        matrix.mul(rows, vectors, input, out);
     };
-    let threads = pool.current_num_threads();
-    if count == 1 {
-        let chunk = rows.div_ceil(threads);
-        pool.install(|| {
-            out.par_chunks_mut(chunk).enumerate().for_each(|(i, out)| {
-                let start = i * chunk;
-                matrix.mul(start..start + out.len(), 0..1, input, out);
-            });
-        });
-    } else {
-        let chunk = count.div_ceil(threads);
-        pool.install(|| {
-            out.par_chunks_mut(chunk * rows).enumerate().for_each(|(i, out)| {
-                let start = i * chunk;
-                matrix.mul(0..rows, start..start + out.len() / rows, input, out);
-            });
-        });
+    match pool {
+        Some(pool) => pool.install(|| parts.into_par_iter().for_each(run)),
+        None => parts.into_iter().for_each(run),
     }
 }
 

@@ -47,36 +47,31 @@
 //!
 //! # Speed
 //!
-//! The forward pass is this crate's own ([`llama`]): buffers allocated once, a key/value
-//! cache that grows in place, and one kernel ([`q8`]) that multiplies Q8_0 weights by
-//! activations quantized to Q8_0, compiled for AVX2 and picked at run time. Replacing
-//! candle's `quantized_llama`, whose per-operation tensors, cache concatenation and pool
-//! wake-ups were a large share of a token at SmolLM2's size, took one thread from 31.9 to
-//! 44.6 decoded tokens/s and the first token of a 44-token prompt from 516 to 231 ms
-//! (a loaded 2-core machine, back to back); the embedding table stays Q8_0 instead of f32,
-//! and peak memory fell from 428 to 318 MB. The kernel now takes over 80% of the time.
-//!
-//! The kernel multiplies Q8_0 only. SmolLM2's file is Q4_1; its weights are converted to
-//! Q8_0 at load (a few tenths of a second), which keeps the same 32-value blocks with 8 bits
-//! instead of 4: for SmolLM2 the conversion moves no weight by more than 5.4% of a Q4_1
-//! step (0.55% RMS of the weights). Other types are converted through candle's dequantizer;
-//! [`LocalConfig::requantize`] set to false sends Q4_1 that way too (slower to load, the
-//! same weights).
+//! The forward pass is this crate's own (`llama.rs`): buffers allocated once, a key/value
+//! cache that grows in place, and kernels (`quant.rs`) that multiply the file's Q4_1 or Q8_0
+//! weights by activations quantized to 8 bits, compiled for AVX2 and picked at run time.
+//! candle's `quantized_llama`, which it replaces, built a tensor for every operation, copied
+//! its cache each step and could multiply Q4_1 only with scalar code (so the weights were
+//! converted to Q8_0 at load). On a 2-core machine, SmolLM2 with a 44-token prompt
+//! (`examples/local_speed.rs`, medians of 5): one thread decodes at 50 tokens/s (candle: 35)
+//! with the first token at 450 ms; two at 56 to 62 tokens/s, the first token at 285 to 325
+//! ms; the process peaks at 159 MB (candle: 320 to 430 MB, its embedding table in f32).
+//! BENCHMARKS.md has the same figures beside llama.cpp's.
 //!
 //! # Threads
 //!
-//! The matrix products run on a pool sized like candle's: `CANDLE_NUM_THREADS` or
-//! `RAYON_NUM_THREADS` when set, else the number of physical cores; with one thread there is
-//! no pool. A prompt is split between the threads by tokens, a decoded token by rows. Each
-//! product wakes the pool, and at 210 products a token that costs most of what a second
-//! core gives: on a 2-core machine two threads decode at about 44 tokens/s, no faster than
-//! one, though they halve the prompt's time (candle's spinning pool decoded at 55 to 59
-//! there). Where the model shares a small machine, `CANDLE_NUM_THREADS=1` costs little.
+//! The matrix products run on a pool of `CANDLE_NUM_THREADS` threads, else
+//! `RAYON_NUM_THREADS`, else as many as the process may run on; with one there is no pool.
+//! The whole forward pass runs on the pool; a prompt is split between the threads by tokens,
+//! a decoded token by rows, and the products that read the same input (query, key and value;
+//! gate and up) go to the pool together. Even so the second thread adds a tenth to a fifth
+//! to decoding, not double: the pool's threads sleep between the 121 parallel steps of a
+//! token and waking them is most of what the second core gives. Where the model shares a
+//! small machine, `CANDLE_NUM_THREADS=1` costs little.
 
 mod detok;
 mod llama;
-mod q8;
-mod requant;
+mod quant;
 mod sampler;
 mod template;
 mod tokenizer;
@@ -91,7 +86,6 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
-use candle_transformers::models::quantized_llama::MAX_SEQ_LEN;
 use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
 use tokio::sync::mpsc;
@@ -112,6 +106,11 @@ pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m";
 /// Deltas the worker may run ahead of the reader.
 const DELTA_CHANNEL: usize = 64;
 
+/// The longest context the model runs, whatever its file says it was trained for: the key and
+/// value cache grows with the context (SmolLM2-135M: 45 KiB a token, 180 MiB at 4,096), and
+/// so do a prompt chunk's attention scores (below).
+pub const MAX_CONTEXT: usize = 4096;
+
 /// Prompt tokens fed to the model per forward pass. Attention scores for a chunk take
 /// `heads × chunk × context` floats; 512 keeps that under 100 MB for SmolLM2 at full context.
 const PREFILL_CHUNK: usize = 512;
@@ -128,7 +127,7 @@ pub struct LocalConfig {
     /// Requests that may wait while one is generated; more are refused as busy.
     pub queue_capacity: usize,
     /// The most tokens (prompt and answer) one request may use; `None` is the model's own
-    /// context length, capped at what candle's llama supports (4,096).
+    /// context length, capped at [`MAX_CONTEXT`].
     pub max_context: Option<usize>,
     /// The answer's length limit when the request sets none; `None` is the rest of the
     /// context.
@@ -137,10 +136,6 @@ pub struct LocalConfig {
     pub default_temperature: f32,
     /// The nucleus mass when the request sets none.
     pub default_top_p: f32,
-    /// Convert Q4_1, Q5_0 and Q5_1 weights to Q8_0 with this crate's converter (Q4_1) or
-    /// candle's quantizer; when off, candle's dequantizer converts them (the kernel multiplies
-    /// Q8_0 only), which takes longer. On by default.
-    pub requantize: bool,
 }
 
 impl Default for LocalConfig {
@@ -162,7 +157,6 @@ impl LocalConfig {
             default_max_tokens: None,
             default_temperature: 0.2,
             default_top_p: 0.9,
-            requantize: true,
         }
     }
 }
@@ -297,7 +291,7 @@ impl Header {
         let trained_context = metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_SEQ_LEN, |n| n as usize);
+            .map_or(MAX_CONTEXT, |n| n as usize);
         let tokenizer =
             GgufTokenizer::from_metadata(metadata).map_err(|e| format!("its tokenizer: {e}"))?;
         let special = |id: Option<u32>| {
@@ -324,21 +318,12 @@ impl LocalModel {
         let Header { content, tokenizer, template, trained_context } =
             Header::read(&mut reader).map_err(bad)?;
         let context =
-            trained_context.min(MAX_SEQ_LEN).min(config.max_context.unwrap_or(usize::MAX));
+            trained_context.min(MAX_CONTEXT).min(config.max_context.unwrap_or(usize::MAX));
         if context < 2 {
             return Err(bad(format!("a context of {context} tokens is too small")));
         }
 
-        let needs_requantizing = config.requantize
-            && content.tensor_infos.values().any(|info| requant::lacks_simd(info.ggml_dtype));
-        let model = if needs_requantizing {
-            let (content, data) =
-                requant::requantize(content, &mut reader).map_err(|e| bad(e.to_string()))?;
-            Llama::read(&content, &mut std::io::Cursor::new(data))
-        } else {
-            Llama::read(&content, &mut reader)
-        }
-        .map_err(bad)?;
+        let model = Llama::read(&content, &mut reader).map_err(bad)?;
         let load_time = started.elapsed();
         tracing::info!(
             path = %config.path.display(),
