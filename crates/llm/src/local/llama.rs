@@ -71,7 +71,6 @@ struct Scratch {
     keys: Vec<f32>,
     values: Vec<f32>,
     attention: Vec<f32>,
-    scores: Vec<f32>,
     projected: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
@@ -301,8 +300,8 @@ impl Llama {
                 &layer.values,
                 position,
                 (self.heads, self.kv_heads, self.head_dim),
-                &mut s.scores,
                 &mut s.attention,
+                pool,
             );
             s.quantized.quantize(&s.attention, count);
             multiply([(&layer.attention_output, &mut s.projected)], &s.quantized, pool);
@@ -396,49 +395,66 @@ fn rotate(vector: &mut [f32], frequencies: &[f32], position: f32) {
 }
 
 /// Causal attention of each query vector (token `t` at `position + t`) over the cached keys
-/// and values; heads share key/value heads in consecutive groups.
+/// and values; heads share key/value heads in consecutive groups. Every (token, head) pair is
+/// one task on `pool`'s threads, so its other threads work through attention too rather than
+/// fall asleep between two products and need waking.
 fn attend(
     queries: &[f32],
     keys: &[f32],
     values: &[f32],
     position: usize,
     (heads, kv_heads, head_dim): (usize, usize, usize),
-    scores: &mut Vec<f32>,
     out: &mut Vec<f32>,
+    pool: Option<&ThreadPool>,
 ) {
-    let width = heads * head_dim;
     let kv_width = kv_heads * head_dim;
     let group = heads / kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     out.clear();
     out.resize(queries.len(), 0.0);
-    for (t, (query, out)) in
-        queries.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate()
-    {
+    let head = |(i, (query, out)): (usize, (&[f32], &mut [f32]))| {
+        let (t, h) = (i / heads, i % heads);
         let visible = position + t + 1;
-        for (h, (query, out)) in
-            query.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate()
-        {
-            let offset = h / group * head_dim;
-            scores.clear();
-            scores.extend(keys.chunks_exact(kv_width).take(visible).map(|key| {
-                let key = &key[offset..offset + head_dim];
-                query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale
-            }));
-            let max = scores.iter().fold(f32::NEG_INFINITY, |max, &s| max.max(s));
-            let mut total = 0.0;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                total += *score;
-            }
-            for (&score, value) in scores.iter().zip(values.chunks_exact(kv_width)) {
-                let weight = score / total;
-                for (out, &v) in out.iter_mut().zip(&value[offset..offset + head_dim]) {
-                    *out += weight * v;
-                }
+        let offset = h / group * head_dim;
+        let mut scores: Vec<f32> = keys
+            .chunks_exact(kv_width)
+            .take(visible)
+            .map(|key| dot(query, &key[offset..offset + head_dim]) * scale)
+            .collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |max, &s| max.max(s));
+        let mut total = 0.0;
+        for score in &mut scores {
+            *score = (*score - max).exp();
+            total += *score;
+        }
+        for (&score, value) in scores.iter().zip(values.chunks_exact(kv_width)) {
+            let weight = score / total;
+            for (out, &v) in out.iter_mut().zip(&value[offset..offset + head_dim]) {
+                *out += weight * v;
             }
         }
+    };
+    let pairs = queries.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim));
+    match pool {
+        Some(pool) => {
+            let pairs = queries.par_chunks_exact(head_dim).zip(out.par_chunks_exact_mut(head_dim));
+            pool.install(|| pairs.enumerate().for_each(head));
+        }
+        None => pairs.enumerate().for_each(head),
     }
+}
+
+/// The dot product of two vectors, summed in eight lanes so that it vectorizes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for ((lane, a), b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += a * b;
+        }
+    }
+    let tail = a.len() - a.len() % 8;
+    let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(a, b)| a * b).sum();
+    lanes.iter().sum::<f32>() + rest
 }
 
 /// `into += other`, element by element.
