@@ -54,20 +54,20 @@
 //! its cache each step and could multiply Q4_1 only with scalar code (so the weights were
 //! converted to Q8_0 at load). On a 2-core machine, SmolLM2 with a 44-token prompt
 //! (`examples/local_speed.rs`, medians of 5): one thread decodes at 50 tokens/s (candle: 35)
-//! with the first token at 450 ms; two at 56 to 62 tokens/s, the first token at 285 to 325
-//! ms; the process peaks at 159 MB (candle: 320 to 430 MB, its embedding table in f32).
-//! BENCHMARKS.md has the same figures beside llama.cpp's.
+//! with the first token at 450 ms; two at 55 to 64 tokens/s, the first token at 285 to 400
+//! ms (this machine's noise); the process peaks at 159 MB (candle: 320 to 430 MB, its
+//! embedding table in f32). BENCHMARKS.md has the same figures beside llama.cpp's.
 //!
 //! # Threads
 //!
 //! The matrix products run on a pool of `CANDLE_NUM_THREADS` threads, else
 //! `RAYON_NUM_THREADS`, else as many as the process may run on; with one there is no pool.
 //! The whole forward pass runs on the pool; a prompt is split between the threads by tokens,
-//! a decoded token by rows, and the products that read the same input (query, key and value;
-//! gate and up) go to the pool together. Even so the second thread adds a tenth to a fifth
-//! to decoding, not double: the pool's threads sleep between the 121 parallel steps of a
-//! token and waking them is most of what the second core gives. Where the model shares a
-//! small machine, `CANDLE_NUM_THREADS=1` costs little.
+//! a decoded token by rows, the products that read the same input (query, key and value;
+//! gate and up) go to the pool together, and attention is split by (token, head). Even so the
+//! second thread adds a fifth to a third to decoding, not double: the pool's threads sleep
+//! between the five parallel steps of each layer and waking them is most of what the second
+//! core gives. Where the model shares a small machine, `CANDLE_NUM_THREADS=1` costs little.
 
 mod detok;
 mod llama;
