@@ -71,6 +71,9 @@ struct Scratch {
     keys: Vec<f32>,
     values: Vec<f32>,
     attention: Vec<f32>,
+    /// Each token's rotary `(cos, sin)` per pair of a head's values: the same in every layer
+    /// and head, so worked out once a pass.
+    rotations: Vec<(f32, f32)>,
     projected: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
@@ -247,7 +250,7 @@ impl Llama {
     pub(crate) fn forward(&mut self, tokens: &[u32]) -> Result<&[f32], String> {
         // The whole pass runs on the pool, so that each product is split from one of its
         // threads; handing every product over from outside would wake a pool thread and put
-        // this one to sleep 210 times a token.
+        // this one to sleep for each of them.
         let pool = self.pool.take();
         let outcome = match &pool {
             Some(pool) => pool.install(|| self.pass(tokens, Some(pool))),
@@ -272,6 +275,14 @@ impl Llama {
         }
 
         let position = self.cached;
+        s.rotations.clear();
+        for t in 0..count {
+            let at = (position + t) as f32;
+            s.rotations.extend(
+                self.frequencies.iter().map(|f| (at * f).sin_cos()).map(|(sin, cos)| (cos, sin)),
+            );
+        }
+        let pairs = self.frequencies.len();
         for layer in &mut self.layers {
             // Attention.
             rms_norm(&s.hidden, &layer.attention_norm, self.epsilon, &mut s.normed);
@@ -282,15 +293,11 @@ impl Llama {
                 (&layer.value, &mut s.values),
             ];
             multiply(products, &s.quantized, pool);
-            for (t, (queries, keys)) in s
-                .queries
-                .chunks_exact_mut(width)
-                .zip(s.keys.chunks_exact_mut(layer.key.rows()))
-                .enumerate()
-            {
-                let angles = (position + t) as f32;
-                rotate(queries, &self.frequencies, angles);
-                rotate(keys, &self.frequencies, angles);
+            let tokens =
+                s.queries.chunks_exact_mut(width).zip(s.keys.chunks_exact_mut(layer.key.rows()));
+            for ((queries, keys), rotation) in tokens.zip(s.rotations.chunks_exact(pairs)) {
+                rotate(queries, rotation);
+                rotate(keys, rotation);
             }
             layer.keys.extend_from_slice(&s.keys);
             layer.values.extend_from_slice(&s.values);
@@ -380,13 +387,11 @@ fn rms_norm(input: &[f32], weights: &[f32], epsilon: f32, out: &mut Vec<f32>) {
     }
 }
 
-/// Rotates each head of `vector` (pairs of adjacent values, GGUF's llama layout) by
-/// `position` times each pair's frequency.
-fn rotate(vector: &mut [f32], frequencies: &[f32], position: f32) {
-    for head in vector.chunks_exact_mut(frequencies.len() * 2) {
-        for (pair, &frequency) in head.chunks_exact_mut(2).zip(frequencies) {
-            let angle = position * frequency;
-            let (cos, sin) = (angle.cos(), angle.sin());
+/// Rotates each head of `vector` (pairs of adjacent values, GGUF's llama layout) by each
+/// pair's `(cos, sin)` in `rotation`.
+fn rotate(vector: &mut [f32], rotation: &[(f32, f32)]) {
+    for head in vector.chunks_exact_mut(rotation.len() * 2) {
+        for (pair, &(cos, sin)) in head.chunks_exact_mut(2).zip(rotation) {
             let (x, y) = (pair[0], pair[1]);
             pair[0] = x * cos - y * sin;
             pair[1] = x * sin + y * cos;
@@ -412,18 +417,20 @@ fn attend(
     let scale = 1.0 / (head_dim as f32).sqrt();
     out.clear();
     out.resize(queries.len(), 0.0);
-    let head = |(i, (query, out)): (usize, (&[f32], &mut [f32]))| {
+    // `scores` is a buffer reused from one (token, head) to the next.
+    let head = |scores: &mut Vec<f32>, (i, (query, out)): (usize, (&[f32], &mut [f32]))| {
         let (t, h) = (i / heads, i % heads);
         let visible = position + t + 1;
         let offset = h / group * head_dim;
-        let mut scores: Vec<f32> = keys
-            .chunks_exact(kv_width)
-            .take(visible)
-            .map(|key| dot(query, &key[offset..offset + head_dim]) * scale)
-            .collect();
+        scores.clear();
+        scores.extend(
+            keys.chunks_exact(kv_width)
+                .take(visible)
+                .map(|key| dot(query, &key[offset..offset + head_dim]) * scale),
+        );
         let max = scores.iter().fold(f32::NEG_INFINITY, |max, &s| max.max(s));
         let mut total = 0.0;
-        for score in &mut scores {
+        for score in scores.iter_mut() {
             *score = (*score - max).exp();
             total += *score;
         }
@@ -434,13 +441,16 @@ fn attend(
             }
         }
     };
-    let pairs = queries.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim));
     match pool {
         Some(pool) => {
             let pairs = queries.par_chunks_exact(head_dim).zip(out.par_chunks_exact_mut(head_dim));
-            pool.install(|| pairs.enumerate().for_each(head));
+            pool.install(|| pairs.enumerate().for_each_init(Vec::new, head));
         }
-        None => pairs.enumerate().for_each(head),
+        None => {
+            let pairs = queries.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim));
+            let mut scores = Vec::new();
+            pairs.enumerate().for_each(|pair| head(&mut scores, pair));
+        }
     }
 }
 

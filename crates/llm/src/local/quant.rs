@@ -200,7 +200,7 @@ impl Matrix {
     }
 }
 
-/// Vectors quantized to Q8_0 blocks, the input of [`Matrix::mul_rows`].
+/// Vectors quantized to Q8_0 blocks, the input of [`Matrix::mul`].
 #[derive(Debug, Default)]
 pub(crate) struct Vectors {
     count: usize,
@@ -246,13 +246,15 @@ fn dot_q8_0(
 ) -> f32 {
     let mut sum = 0f32;
     for (((&ws, w), &xs), x) in weight_scales.iter().zip(weights).zip(input_scales).zip(inputs) {
-        let mut block = 0i32;
-        for (&w, &x) in w.iter().zip(x) {
-            block += i32::from(i16::from(w) * i16::from(x));
-        }
-        sum += block as f32 * (ws * xs);
+        sum += block_dot(w, x) as f32 * (ws * xs);
     }
     sum
+}
+
+/// The integer dot product of two blocks of 8-bit values.
+#[inline(always)]
+fn block_dot(w: &[i8; BLOCK], x: &[i8; BLOCK]) -> i32 {
+    w.iter().zip(x).map(|(&w, &x)| i32::from(i16::from(w) * i16::from(x))).sum()
 }
 
 /// Q4_1 values `q` (0..=15) of `nibbles`, one byte each, into `out`.
@@ -277,11 +279,7 @@ fn dot_widened(
     let weights = weight_scales.iter().zip(mins).zip(weights);
     let inputs = input_scales.iter().zip(sums).zip(inputs);
     for (((&d, &m), w), ((&dx, &sum), x)) in weights.zip(inputs) {
-        let mut block = 0i32;
-        for (&w, &x) in w.iter().zip(x) {
-            block += i32::from(i16::from(w) * i16::from(x));
-        }
-        total += block as f32 * (d * dx) + m * sum;
+        total += block_dot(w, x) as f32 * (d * dx) + m * sum;
     }
     total
 }
