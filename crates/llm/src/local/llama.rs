@@ -85,10 +85,8 @@ struct Scratch {
 /// so that its size follows those variables as the module docs describe. (candle's own
 /// `get_num_threads` reads only `RAYON_NUM_THREADS`.)
 fn thread_pool() -> Result<Option<ThreadPool>, String> {
-    let from_env = |name| std::env::var(name).ok()?.parse::<usize>().ok().filter(|&n| n > 0);
-    let threads = from_env("CANDLE_NUM_THREADS")
-        .or_else(|| from_env("RAYON_NUM_THREADS"))
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let available = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = thread_count(|name| std::env::var(name).ok(), available);
     if threads < 2 {
         return Ok(None);
     }
@@ -98,6 +96,13 @@ fn thread_pool() -> Result<Option<ThreadPool>, String> {
         .build()
         .map(Some)
         .map_err(|e| format!("cannot start its threads: {e}"))
+}
+
+/// How many threads the model runs on: `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS` (as
+/// `variable` reads them; unset, unreadable or 0 skip to the next), else `available`.
+fn thread_count(variable: impl Fn(&str) -> Option<String>, available: usize) -> usize {
+    let from = |name| variable(name)?.trim().parse::<usize>().ok().filter(|&n| n > 0);
+    from("CANDLE_NUM_THREADS").or_else(|| from("RAYON_NUM_THREADS")).unwrap_or(available)
 }
 
 /// Reads one tensor as f32 values.
@@ -471,5 +476,27 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn add(into: &mut [f32], other: &[f32]) {
     for (into, &other) in into.iter_mut().zip(other) {
         *into += other;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thread_count_follows_candle_num_threads_then_rayon_num_threads() {
+        let set = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        assert_eq!(
+            thread_count(set(&[("CANDLE_NUM_THREADS", "1"), ("RAYON_NUM_THREADS", "2")]), 2),
+            1
+        );
+        assert_eq!(thread_count(set(&[("RAYON_NUM_THREADS", "3")]), 2), 3);
+        assert_eq!(
+            thread_count(set(&[("CANDLE_NUM_THREADS", "0"), ("RAYON_NUM_THREADS", "x")]), 2),
+            2
+        );
+        assert_eq!(thread_count(set(&[]), 4), 4);
     }
 }
