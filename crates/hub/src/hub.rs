@@ -366,15 +366,27 @@ impl Hub {
 
     /// Publishes `draft`: gives it an id if it has none, commits it, fans it out. Resolves
     /// once it is committed, with the update as stored.
-    pub async fn publish(&self, mut draft: Draft) -> Result<Arc<Update>, PublishError> {
+    pub async fn publish(&self, draft: Draft) -> Result<Arc<Update>, PublishError> {
+        if draft.id.as_deref().is_some_and(|id| id.starts_with('#')) {
+            return Err(PublishError::ReservedId);
+        }
+        self.commit(draft).await
+    }
+
+    /// Publishes an update of one of the hub's own streams (an AI answer), whose id may start
+    /// with `#`: ids no publisher can take ([`Hub::publish`] refuses them), so that nobody who
+    /// knows a stream's next ids can store them first and keep it from ending.
+    pub async fn publish_own(&self, draft: Draft) -> Result<Arc<Update>, PublishError> {
+        self.commit(draft).await
+    }
+
+    async fn commit(&self, mut draft: Draft) -> Result<Arc<Update>, PublishError> {
         if draft.topics.is_empty() {
             return Err(PublishError::NoTopic);
         }
         self.inner.config.limits.check_draft(&draft)?;
         match &draft.id {
-            Some(id) if id.is_empty() || id.starts_with('#') => {
-                return Err(PublishError::ReservedId);
-            }
+            Some(id) if id.is_empty() => return Err(PublishError::ReservedId),
             Some(_) => {}
             None => draft.id = Some(new_id()),
         }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::selector::Selector;
-use crate::store::{CommitListener, Store, StoreError};
+use crate::store::{CommitListener, Store, StoreError, StreamRecord};
 use crate::update::{Draft, Update};
 
 /// A listener that remembers what it was told.
@@ -81,6 +81,8 @@ where
     every_field_survives(&*store).await;
     let (store, recorder) = fresh().await;
     concurrent_appends_get_one_order(store, &recorder).await;
+    let (store, _) = fresh().await;
+    stream_records_are_found_by_id_and_key(&*store).await;
     let (store, _) = fresh().await;
     closing_refuses_appends(&*store).await;
 }
@@ -170,6 +172,33 @@ async fn concurrent_appends_get_one_order(store: Arc<dyn Store>, recorder: &Reco
     let stored: Vec<u64> =
         store.read_after(0, 1000).await.unwrap().iter().map(|u| u.seq()).collect();
     assert_eq!(stored, returned);
+}
+
+async fn stream_records_are_found_by_id_and_key(store: &dyn Store) {
+    let record = |id: &str, key: Option<&str>, created_ms: u64| StreamRecord {
+        id: id.to_owned(),
+        token_hash: [7; 32],
+        kind: "test".to_owned(),
+        created_ms,
+        key: key.map(str::to_owned),
+    };
+    let now = crate::now_ms();
+    store.put_stream(record("s1", Some("chat-a"), now)).await.unwrap();
+    store.put_stream(record("s2", None, now + 1)).await.unwrap();
+    store.put_stream(record("s3", Some("chat-b"), now + 2)).await.unwrap();
+    store.put_stream(record("s4", Some("chat-a"), now + 3)).await.unwrap();
+    assert!(
+        matches!(store.put_stream(record("s1", None, now)).await, Err(StoreError::Conflict(_))),
+        "a taken stream id conflicts"
+    );
+    assert_eq!(store.stream("s1").await.unwrap(), Some(record("s1", Some("chat-a"), now)));
+    assert_eq!(store.stream("s2").await.unwrap(), Some(record("s2", None, now + 1)));
+    assert_eq!(store.stream("nope").await.unwrap(), None);
+    let latest =
+        |key: &'static str| async move { store.latest_stream(key).await.unwrap().map(|r| r.id) };
+    assert_eq!(latest("chat-a").await.as_deref(), Some("s4"), "the newest with the key");
+    assert_eq!(latest("chat-b").await.as_deref(), Some("s3"));
+    assert_eq!(latest("chat-c").await, None);
 }
 
 async fn closing_refuses_appends(store: &dyn Store) {

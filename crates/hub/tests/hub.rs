@@ -334,6 +334,10 @@ impl Store for BrokenReads {
     fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
         self.inner.stream(id)
     }
+
+    fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
+        self.inner.latest_stream(key)
+    }
 }
 
 /// Issue 10, finding 6: a replay that fails ends the stream with a comment; it never goes

@@ -82,6 +82,11 @@ impl Router {
         seen
     }
 
+    /// Whether any provider serves `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.routes.iter().any(|r| r.models.iter().any(|m| m == model))
+    }
+
     /// Starts an answer on the first provider for `request.model` that accepts it. Fails
     /// (before anything is sent to the reader) when none does.
     pub async fn stream(&self, request: ChatRequest) -> Result<DeltaStream, ProviderError> {

@@ -195,3 +195,11 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A store failure as the client sees it: try again later (counted, and logged here).
+#[allow(clippy::needless_pass_by_value)] // for `map_err(store_unavailable)`
+pub(crate) fn store_unavailable(error: sluice_hub::StoreError) -> ApiError {
+    metrics::counter!("sluice_store_failures_total").increment(1);
+    tracing::warn!(%error, "the store failed");
+    ApiError::unavailable("the store is unavailable; retry shortly", 1)
+}

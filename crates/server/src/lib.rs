@@ -18,25 +18,23 @@
 //! is an [`ApiError`] with a JSON body. Event streams are never compressed and carry the
 //! headers that make proxies pass each event through at once.
 //!
-//! Modules, by what they know (data flows one way: handlers → shared pieces → hub, llm):
-//! - handlers: `mercure` (the hub's routes), `openai` (the gateway), `generations` (the
-//!   answers API), `ops`, `openapi`, `ui`;
-//! - shared pieces: `admission` (keys, budgets, per-client counts), `answers` (answers as
-//!   hub streams), `wire` (OpenAI's wire format), `auth` (JWTs), `grants` (draft-08 authorization details), `body`, `form`, `sse`,
-//!   `error`, `telemetry`, `conn` (connections and their timeouts), `state`, `config`.
+//! Modules, by what they serve (data flows one way: routes → shared pieces → hub, llm):
+//! - routes: `mercure` (the hub), `gateway` (the AI protocols over one answer engine), `ops`,
+//!   `openapi`, `ui`;
+//! - shared pieces: `admission` (keys, budgets, per-client counts), `auth` (JWTs), `grants`
+//!   (draft-08 authorization details), `body`, `form`, `sse`, `error`, `telemetry`, `conn`
+//!   (connections and their timeouts), `state`, `config`.
 
 mod admission;
-mod answers;
 mod auth;
 mod body;
 mod config;
 mod conn;
 mod error;
 mod form;
-mod generations;
+mod gateway;
 mod grants;
 mod mercure;
-mod openai;
 mod openapi;
 mod ops;
 mod sse;
@@ -46,7 +44,6 @@ mod telemetry;
 pub mod testing;
 mod tls;
 mod ui;
-mod wire;
 
 use std::future::Future;
 use std::time::Instant;
@@ -81,8 +78,7 @@ pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config().cors_origins);
     let router = Router::new()
         .merge(mercure::routes())
-        .merge(openai::routes())
-        .merge(generations::routes())
+        .merge(gateway::routes())
         .merge(ops::routes())
         .merge(openapi::routes())
         .merge(ui::routes())

@@ -5,7 +5,7 @@
 use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::auth::{Protocol, Verifier, find_token};
-use crate::wire::CompletionRequest;
+use crate::gateway::chat_completions::wire::CompletionRequest;
 
 /// A form body: parsing never panics; what parses re-encodes to a body that parses to the same
 /// pairs; a publication parsed from it is refused or has a topic and data within the limit.

@@ -268,7 +268,7 @@ async fn an_answer_resumes_exactly_where_it_dropped() {
     let head = read_events(&mut first, 4).await;
     drop(first);
     let last_id = head.last().unwrap().last_event_id.clone();
-    assert!(last_id.starts_with(&id), "event ids name the answer: {last_id}");
+    assert!(last_id.starts_with(&format!("#{id}.")), "event ids name the answer: {last_id}");
     let mut again = EventSource::get(&events_url).last_event_id(last_id).build().unwrap();
     let tail = read_events(&mut again, 1000).await;
     let all: Vec<MessageEvent> = head.into_iter().chain(tail).collect();

@@ -130,4 +130,12 @@ impl Store for MemoryStore {
     fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
         ready(Ok(self.inner.lock().unwrap().streams.get(id).cloned())).boxed()
     }
+
+    fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
+        // Newest first: records are kept in the order they were put.
+        let inner = self.inner.lock().unwrap();
+        let newest = inner.stream_order.iter().rev().map(|id| &inner.streams[id]);
+        let found = newest.into_iter().find(|r| r.key.as_deref() == Some(key)).cloned();
+        ready(Ok(found)).boxed()
+    }
 }

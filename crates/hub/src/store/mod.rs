@@ -72,6 +72,9 @@ pub struct StreamRecord {
     pub kind: String,
     /// When it was made, in milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// What a later reader may find it by ([`Store::latest_stream`]), such as the chat an
+    /// answer belongs to: the newest stream with a key is the one found.
+    pub key: Option<String>,
 }
 
 /// A durable or in-memory history of updates, in one total order.
@@ -100,6 +103,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The record of stream `id`, if it exists and is still kept.
     fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>>;
+
+    /// The record of the newest stream put with `key`, if it is still kept.
+    fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>>;
 
     /// How the processes sharing this store coordinate the streams they produce, when several
     /// may (a shared store). `None` for a store only one process uses: then what runs in

@@ -101,7 +101,7 @@ end
 return {seq, ms}
 ";
 
-/// Retention by age. KEYS: updates, ids, streams, streams:age. ARGV: the oldest `ms` to keep,
+/// Retention by age. KEYS: updates, ids, streams, streams:age, streams:latest. ARGV: the oldest `ms` to keep,
 /// the most entries to delete. Returns how many updates it deleted. Stream records older than
 /// the oldest kept update (and than ARGV[3]) go too.
 const EXPIRE: &str = r"
@@ -120,16 +120,23 @@ for _, entry in ipairs(old) do
 end
 local records = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[3], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(records) do
+  local record = redis.call('HGET', KEYS[3], id)
+  local key = record and cjson.decode(record).key
+  if type(key) == 'string' and redis.call('HGET', KEYS[5], key) == id then
+    redis.call('HDEL', KEYS[5], key)
+  end
   redis.call('HDEL', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
 end
 return deleted
 ";
 
-/// A stream record, once. KEYS: streams, streams:age. ARGV: id, JSON, created ms.
+/// A stream record, once. KEYS: streams, streams:age, streams:latest. ARGV: id, JSON,
+/// created ms, and the record's key (empty: none), whose newest stream it becomes.
 const PUT_STREAM: &str = r"
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[4], ARGV[1]) end
 return 1
 ";
 
@@ -204,6 +211,7 @@ struct Keys {
     last_ms: String,
     streams: String,
     streams_age: String,
+    streams_latest: String,
     leases: String,
     cancels: String,
     readers: String,
@@ -220,6 +228,7 @@ impl Keys {
             last_ms: key("last-ms"),
             streams: key("streams"),
             streams_age: key("streams:age"),
+            streams_latest: key("streams:latest"),
             leases: key("leases"),
             cancels: key("cancels"),
             readers: key("readers"),
@@ -581,6 +590,7 @@ async fn retain_by_age(retention: Retention) {
             .key(&keys.ids)
             .key(&keys.streams)
             .key(&keys.streams_age)
+            .key(&keys.streams_latest)
             .arg(oldest_kept)
             .arg(10_000)
             .arg(records_before);
@@ -641,6 +651,7 @@ impl Store for RedisStore {
                 "token_hash": hex(&record.token_hash),
                 "kind": record.kind,
                 "created_ms": record.created_ms,
+                "key": record.key,
             })
             .to_string();
             let keys = &self.keys;
@@ -650,9 +661,11 @@ impl Store for RedisStore {
                         .put_stream
                         .key(&keys.streams)
                         .key(&keys.streams_age)
+                        .key(&keys.streams_latest)
                         .arg(&record.id)
                         .arg(&encoded)
                         .arg(record.created_ms)
+                        .arg(record.key.as_deref().unwrap_or_default())
                         .invoke_async(c)
                         .await
                 })
@@ -682,7 +695,24 @@ impl Store for RedisStore {
                 token_hash,
                 kind: value["kind"].as_str().unwrap_or_default().to_owned(),
                 created_ms: value["created_ms"].as_u64().unwrap_or(0),
+                key: value["key"].as_str().map(str::to_owned),
             }))
+        }
+        .boxed()
+    }
+
+    fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
+        let key = key.to_owned();
+        async move {
+            let id: Option<String> = self
+                .run(async |c| {
+                    redis::cmd("HGET").arg(&self.keys.streams_latest).arg(&key).query_async(c).await
+                })
+                .await?;
+            match id {
+                Some(id) => self.stream(&id).await,
+                None => Ok(None),
+            }
         }
         .boxed()
     }

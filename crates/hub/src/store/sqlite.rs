@@ -147,7 +147,23 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
 ",
+    "
+    ALTER TABLE streams ADD COLUMN key TEXT; -- what a reader finds the stream by (a chat's id)
+    CREATE INDEX streams_by_key ON streams (key, created_ms) WHERE key IS NOT NULL;
+",
 ];
+
+const SELECT_STREAM: &str = "SELECT id, token_hash, kind, created_ms, key FROM streams";
+
+fn stream_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StreamRecord> {
+    Ok(StreamRecord {
+        id: row.get(0)?,
+        token_hash: row.get(1)?,
+        kind: row.get(2)?,
+        created_ms: row.get(3)?,
+        key: row.get(4)?,
+    })
+}
 
 const INSERT_UPDATE: &str = "
     INSERT INTO updates (seq, id, topics, data, event_type, retry, private, published_ms)
@@ -411,17 +427,19 @@ impl Store for SqliteStore {
     fn stream(&self, id: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, token_hash, kind, created_ms FROM streams WHERE id = ?1",
-            )?
-            .query_row([id], |r| {
-                Ok(StreamRecord {
-                    id: r.get(0)?,
-                    token_hash: r.get(1)?,
-                    kind: r.get(2)?,
-                    created_ms: r.get(3)?,
-                })
-            })
+            conn.prepare_cached(&format!("{SELECT_STREAM} WHERE id = ?1"))?
+                .query_row([id], stream_record)
+                .optional()
+        })
+    }
+
+    fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "{SELECT_STREAM} WHERE key = ?1 ORDER BY created_ms DESC LIMIT 1"
+            ))?
+            .query_row([key], stream_record)
             .optional()
         })
     }
@@ -642,15 +660,16 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO streams (id, token_hash, kind, created_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO streams (id, token_hash, kind, created_ms, key)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
             )
             .and_then(|mut insert| {
                 insert.execute(params![
                     record.id,
                     record.token_hash,
                     record.kind,
-                    record.created_ms
+                    record.created_ms,
+                    record.key
                 ])
             })
             .map_err(backend)?;

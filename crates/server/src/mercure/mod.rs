@@ -24,9 +24,9 @@ use sluice_hub::{
 };
 use url::Url;
 
-use crate::answers::store_unavailable;
 use crate::auth::{Protocol, TokenSource, find_token};
 use crate::config::Config;
+use crate::error::store_unavailable;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 

@@ -1,18 +1,15 @@
 //! OpenAI's chat completions wire format, as the gateway speaks it: the request body (parsed
-//! and checked, naming the offending parameter like OpenAI does), the chunk objects of a
-//! streamed answer, and the error a provider's failure becomes. Shared by the OpenAI-compatible
-//! endpoint and the answers API; no handler lives here.
+//! and checked, naming the offending parameter like OpenAI does) and the chunk objects of a
+//! streamed answer. Also the request body of `/api/generations`; no handler lives here.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use axum::http::StatusCode;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sluice_llm::{ChatRequest, FinishReason, Message, ProviderError, Role, Usage};
+use sluice_llm::{ChatRequest, Message, Role, Usage};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::gateway::answers::events::unix_now;
 
 /// The most stop sequences a request may give (OpenAI's limit).
 const MAX_STOP_SEQUENCES: usize = 4;
@@ -20,30 +17,6 @@ const MAX_STOP_SEQUENCES: usize = 4;
 const MAX_STOP_LENGTH: usize = 256;
 /// The most messages in one request.
 const MAX_MESSAGES: usize = 2048;
-
-/// A provider's failure before anything was sent, as the HTTP error a client expects.
-pub(crate) fn provider_error(error: ProviderError) -> ApiError {
-    match error {
-        ProviderError::UnknownModel(model) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-            format!("The model `{model}` does not exist or you do not have access to it."),
-        )
-        .with_param("model"),
-        ProviderError::InvalidRequest(message) => ApiError::bad_request("invalid_request", message),
-        ProviderError::Busy { message, retry_after } => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
-                .with_retry_after(retry_after.map_or(1, |d| d.as_secs().max(1)))
-        }
-        ProviderError::Timeout(after) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-            format!("the upstream did not answer within {after:?}"),
-        ),
-        ProviderError::Internal(detail) => ApiError::internal(detail),
-        other => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", other.to_string()),
-    }
-}
 
 /// `stop` may be a string or a list.
 #[derive(Debug, Deserialize)]
@@ -325,10 +298,6 @@ impl CompletionRequest {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Builds the chunks of one streamed completion; every chunk shares id, created and model.
 pub(crate) struct Chunker {
     pub(crate) id: String,
@@ -342,7 +311,7 @@ impl Chunker {
         Chunker { id, created: unix_now(), model, include_usage }
     }
 
-    fn chunk(&self, delta: &Value, finish: Option<FinishReason>) -> Value {
+    fn chunk(&self, delta: &Value, finish: Option<&str>) -> Value {
         let mut chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -353,7 +322,7 @@ impl Chunker {
                 "index": 0,
                 "delta": delta,
                 "logprobs": null,
-                "finish_reason": finish.map(FinishReason::as_str),
+                "finish_reason": finish,
             }],
         });
         if self.include_usage {
@@ -391,7 +360,7 @@ impl Chunker {
     }
 
     /// The last choice chunk: an empty delta and the finish reason.
-    pub(crate) fn finish(&self, reason: FinishReason) -> Value {
+    pub(crate) fn finish(&self, reason: &str) -> Value {
         self.chunk(&json!({}), Some(reason))
     }
 
@@ -452,7 +421,7 @@ struct Choice {
     #[schema(value_type = Option<Object>)]
     logprobs: Option<Value>,
     /// `stop`, `length`, `tool_calls` or `content_filter`.
-    finish_reason: &'static str,
+    finish_reason: String,
 }
 
 /// The answer.
@@ -475,7 +444,7 @@ impl Chunker {
         &self,
         text: String,
         tool_calls: Vec<Value>,
-        finish: FinishReason,
+        finish: &str,
         usage: Usage,
     ) -> Completion {
         let message =
@@ -490,7 +459,7 @@ impl Chunker {
                 index: 0,
                 message,
                 logprobs: None,
-                finish_reason: finish.as_str(),
+                finish_reason: finish.to_owned(),
             }],
             usage: usage.into(),
         }
@@ -529,6 +498,8 @@ impl ModelList {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]

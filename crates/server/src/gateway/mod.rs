@@ -1,0 +1,33 @@
+//! The gateway: one answer engine, many wire protocols.
+//!
+//! [`answers`] is the engine: an answer is a stream of [`answers::events::AnswerEvent`]s,
+//! straight from a provider or kept in the hub (resumable from any node, stoppable, readable
+//! by its capability). Each other module is one wire protocol, a decoder of its requests and
+//! an [`answers::events::Encoder`] of the same events, knowing nothing of the others:
+//!
+//! - [`chat_completions`]: OpenAI Chat Completions, `/v1/chat/completions` and `/v1/models`;
+//! - [`generations`]: Sluice's own answers API, `/api/generations`;
+//! - [`chat_stream`]: the one-shot `EventSource` form, `/api/chat/stream`;
+//! - [`responses`]: the OpenAI Responses API, `/v1/responses`.
+//!
+//! [`upstream`] is what they all do first: admit the caller, read the body, ask the providers.
+
+pub(crate) mod answers;
+pub(crate) mod chat_completions;
+pub(crate) mod chat_stream;
+pub(crate) mod generations;
+pub(crate) mod responses;
+mod upstream;
+
+use axum::Router;
+
+use crate::state::AppState;
+
+/// Every protocol's routes.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .merge(chat_completions::routes())
+        .merge(generations::routes())
+        .merge(chat_stream::routes())
+        .merge(responses::routes())
+}

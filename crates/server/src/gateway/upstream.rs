@@ -1,0 +1,81 @@
+//! What every protocol does before its answer: admit the caller and read the body under the
+//! server's bounds, and ask the providers, reporting their refusals as HTTP errors.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream;
+use sluice_llm::{ChatRequest, DeltaStream, ProviderError};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The checks every chat request goes through: the client's key and rate limit, then the
+/// body's size and pace.
+pub(crate) async fn admitted_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: IpAddr,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    state.admission().admit(headers, client)?;
+    let config = state.config();
+    crate::body::read_body(body, config.max_body_bytes, config.timeouts.request_body).await
+}
+
+/// A provider's failure before anything was sent, as the HTTP error a client expects.
+pub(crate) fn provider_error(error: ProviderError) -> ApiError {
+    match error {
+        ProviderError::UnknownModel(model) => unknown_model(&model),
+        ProviderError::InvalidRequest(message) => ApiError::bad_request("invalid_request", message),
+        ProviderError::Busy { message, retry_after } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
+                .with_retry_after(retry_after.map_or(1, |d| d.as_secs().max(1)))
+        }
+        ProviderError::Timeout(after) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("the upstream did not answer within {after:?}"),
+        ),
+        ProviderError::Internal(detail) => ApiError::internal(detail),
+        other => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", other.to_string()),
+    }
+}
+
+fn unknown_model(model: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "model_not_found",
+        format!("The model `{model}` does not exist or you do not have access to it."),
+    )
+    .with_param("model")
+}
+
+/// Asks the providers for `chat` and waits until one accepted it: for an answer given whole,
+/// where nothing can reach the client before the answer does, so a refusal is still an HTTP
+/// error status.
+pub(crate) async fn ask(state: &AppState, chat: ChatRequest) -> Result<DeltaStream, ApiError> {
+    state.config().models.stream(chat).await.map_err(provider_error)
+}
+
+/// Asks the providers for `chat` when the answer is first read: for a streamed answer, whose
+/// head (and keep-alives) go out at once however slow the upstream is to answer. A model no
+/// provider serves is refused here (404); anything the upstream says before its first token,
+/// refusals included, becomes the answer's error, bounded by the first-token timeout.
+pub(crate) fn ask_lazily(state: &AppState, chat: ChatRequest) -> Result<DeltaStream, ApiError> {
+    let models = Arc::clone(&state.config().models);
+    if !models.serves(&chat.model) {
+        return Err(unknown_model(&chat.model));
+    }
+    let opened = stream::once(async move { models.stream(chat).await });
+    Ok(opened
+        .flat_map(|opened| match opened {
+            Ok(deltas) => deltas,
+            Err(error) => stream::once(std::future::ready(Err(error))).boxed(),
+        })
+        .boxed())
+}
