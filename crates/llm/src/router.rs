@@ -87,6 +87,13 @@ impl Router {
         self.routes.iter().any(|r| r.models.iter().any(|m| m == model))
     }
 
+    /// The prompt's token count from the first provider for `request.model` that can count:
+    /// `None` when none can.
+    pub fn count_tokens(&self, request: &ChatRequest) -> Option<Result<u32, ProviderError>> {
+        let serving = self.routes.iter().filter(|r| r.models.contains(&request.model));
+        serving.filter_map(|r| r.provider.count_tokens(request)).next()
+    }
+
     /// Starts an answer on the first provider for `request.model` that accepts it. Fails
     /// (before anything is sent to the reader) when none does.
     pub async fn stream(&self, request: ChatRequest) -> Result<DeltaStream, ProviderError> {

@@ -206,4 +206,10 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// Starts an answer. Resolves once the upstream accepted the request (an error before
     /// that is an `Err` here, so it can still become an HTTP error status or a fallback).
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>>;
+
+    /// How many tokens the prompt of `request` takes, for a provider that can tell without
+    /// generating (the local model, whose tokenizer is here); `None` for one that cannot.
+    fn count_tokens(&self, _request: &ChatRequest) -> Option<Result<u32, ProviderError>> {
+        None
+    }
 }

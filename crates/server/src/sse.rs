@@ -20,11 +20,13 @@ use tokio::time::{Instant, Sleep, sleep, sleep_until};
 pub(crate) struct KeepAlive {
     pub(crate) every: Duration,
     pub(crate) written_by: Option<Arc<DirectWrite>>,
+    /// What is sent: an empty comment, unless the protocol has its own (Anthropic's `ping`).
+    pub(crate) frame: Bytes,
 }
 
 impl From<Duration> for KeepAlive {
     fn from(every: Duration) -> Self {
-        KeepAlive { every, written_by: None }
+        KeepAlive { every, written_by: None, frame: Bytes::from_static(b":\n") }
     }
 }
 
@@ -100,7 +102,7 @@ impl<G> State<G> {
                         Some(until) if until > Instant::now() => self.idle.as_mut().reset(until),
                         _ => {
                             self.idle.as_mut().reset(Instant::now() + every);
-                            return Some(Bytes::from_static(b":\n"));
+                            return Some(self.keep_alive.frame.clone());
                         }
                     }
                 }

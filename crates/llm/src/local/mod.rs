@@ -467,6 +467,11 @@ impl Provider for LocalModel {
         let started = self.start(&request);
         Box::pin(async move { started })
     }
+
+    fn count_tokens(&self, request: &ChatRequest) -> Option<Result<u32, ProviderError>> {
+        let tokens = self.render_prompt(request).and_then(|prompt| self.tokenize(&prompt));
+        Some(tokens.map(|tokens| u32::try_from(tokens.len()).unwrap_or(u32::MAX)))
+    }
 }
 
 /// The worker: one generation at a time, until the model is dropped.

@@ -8,7 +8,8 @@
 //! - [`chat_completions`]: OpenAI Chat Completions, `/v1/chat/completions` and `/v1/models`;
 //! - [`generations`]: Sluice's own answers API, `/api/generations`;
 //! - [`chat_stream`]: the one-shot `EventSource` form, `/api/chat/stream`;
-//! - [`responses`]: the OpenAI Responses API, `/v1/responses`.
+//! - [`responses`]: the OpenAI Responses API, `/v1/responses`;
+//! - [`messages`]: the Anthropic Messages API, `/v1/messages`.
 //!
 //! [`upstream`] is what they all do first: admit the caller, read the body, ask the providers.
 
@@ -16,6 +17,7 @@ pub(crate) mod answers;
 pub(crate) mod chat_completions;
 pub(crate) mod chat_stream;
 pub(crate) mod generations;
+pub(crate) mod messages;
 pub(crate) mod responses;
 mod upstream;
 
@@ -30,4 +32,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(generations::routes())
         .merge(chat_stream::routes())
         .merge(responses::routes())
+        .merge(messages::routes())
 }

@@ -224,7 +224,7 @@ pub(crate) async fn subscribe(
         tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
     });
     let keep_alive =
-        KeepAlive { every: config.keep_alive, written_by: subscription.direct.clone() };
+        KeepAlive { written_by: subscription.direct.clone(), ..KeepAlive::from(config.keep_alive) };
     let mut response = event_stream(
         Some(opening(config.retry)),
         subscription.frames,

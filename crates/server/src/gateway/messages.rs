@@ -1,0 +1,415 @@
+//! The Anthropic Messages API: `POST /v1/messages` (streamed or not) and
+//! `POST /v1/messages/count_tokens`, in Anthropic's wire format, so the Anthropic SDKs and the
+//! tools built on them (Claude Code among them) can point at Sluice by base URL, whatever
+//! provider is behind it.
+//!
+//! An answer here is streamed straight from the provider, not kept: a client that leaves
+//! cancels the upstream at once. `ping` events keep the connection alive while the model has
+//! not produced its first token. Keys come as `x-api-key` or `Authorization: Bearer`;
+//! `anthropic-version` and `anthropic-beta` are accepted and change nothing. Errors, before
+//! the stream and in it, have Anthropic's shape, `{"type": "error", "error": {"type",
+//! "message"}}`.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_llm::{ChatRequest, Message, Role, Usage};
+
+use super::answers::events::{AnswerEvent, Encoder, Finish, Folded, encode, from_provider};
+use super::answers::read::unstored;
+use super::upstream::{admitted_body, ask, ask_lazily, provider_error};
+use crate::conn::ClientAddr;
+use crate::error::ApiError;
+use crate::sse::{KeepAlive, event_stream};
+use crate::state::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+}
+
+/// The most messages in one request.
+const MAX_MESSAGES: usize = 2048;
+/// The most stop sequences in one request.
+const MAX_STOP_SEQUENCES: usize = 16;
+
+/// The body of `POST /v1/messages`: the parameters Sluice honours (others are ignored).
+#[derive(Debug, Deserialize)]
+struct MessagesRequest {
+    model: Option<String>,
+    messages: Vec<InMessage>,
+    /// Required by Anthropic's API (not by `count_tokens`).
+    max_tokens: Option<u64>,
+    system: Option<Value>,
+    #[serde(default)]
+    stop_sequences: Vec<String>,
+    #[serde(default)]
+    stream: bool,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    #[serde(default)]
+    tools: Vec<Value>,
+    tool_choice: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InMessage {
+    role: String,
+    content: Value,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_request", message)
+}
+
+/// The text of content that may be a string or a list of text blocks.
+fn text_of(content: &Value, what: &str) -> Result<String, ApiError> {
+    match content {
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(|block| match (block["type"].as_str(), block["text"].as_str()) {
+                (Some("text"), Some(text)) => Ok(text),
+                (kind, _) => Err(invalid(format!(
+                    "{what}: only text blocks are supported here, not {}",
+                    kind.unwrap_or("untyped blocks")
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| texts.concat()),
+        Value::Null => Ok(String::new()),
+        _ => Err(invalid(format!("{what} must be a string or a list of content blocks"))),
+    }
+}
+
+/// One message of Anthropic's, as the chat messages it makes: tool results become tool
+/// messages, tool uses the assistant's tool calls.
+fn convert(message: &InMessage, out: &mut Vec<Message>) -> Result<(), ApiError> {
+    let role = match message.role.as_str() {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        other => return Err(invalid(format!("messages: unexpected role {other:?}"))),
+    };
+    let blocks = match &message.content {
+        Value::String(text) => return Ok(out.push(Message::new(role, text.clone()))),
+        Value::Array(blocks) => blocks,
+        _ => return Err(invalid("messages: content must be a string or a list of blocks")),
+    };
+    let mut said = Message::new(role, "");
+    for block in blocks {
+        match block["type"].as_str() {
+            Some("text") => said.content.push_str(block["text"].as_str().unwrap_or_default()),
+            Some("tool_use") if role == Role::Assistant => {
+                said.tool_calls.push(json!({"id": block["id"], "type": "function", "function": {
+                    "name": block["name"], "arguments": block["input"].to_string()}}));
+            }
+            Some("tool_result") if role == Role::User => out.push(Message {
+                tool_call_id: block["tool_use_id"].as_str().map(str::to_owned),
+                ..Message::new(Role::Tool, text_of(&block["content"], "tool_result content")?)
+            }),
+            // Earlier reasoning: nothing a chat upstream takes.
+            Some("thinking" | "redacted_thinking") => {}
+            other => {
+                return Err(invalid(format!(
+                    "messages: {} blocks are not supported",
+                    other.unwrap_or("untyped")
+                )));
+            }
+        }
+    }
+    if !said.content.is_empty() || !said.tool_calls.is_empty() {
+        out.push(said);
+    }
+    Ok(())
+}
+
+impl MessagesRequest {
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let request: MessagesRequest = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("invalid request body: {e}"))
+        })?;
+        if request.messages.is_empty() || request.messages.len() > MAX_MESSAGES {
+            return Err(invalid(format!("messages: 1 to {MAX_MESSAGES} messages are required")));
+        }
+        if request.temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+            return Err(invalid("temperature: must be between 0 and 1"));
+        }
+        if request.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+            return Err(invalid("top_p: must be between 0 and 1"));
+        }
+        if request.stop_sequences.len() > MAX_STOP_SEQUENCES
+            || request.stop_sequences.iter().any(String::is_empty)
+        {
+            return Err(invalid(format!(
+                "stop_sequences: at most {MAX_STOP_SEQUENCES} non-empty sequences"
+            )));
+        }
+        Ok(request)
+    }
+
+    /// The provider-facing request.
+    fn into_chat(self, default_model: Option<&str>) -> Result<ChatRequest, ApiError> {
+        let model = self
+            .model
+            .or_else(|| default_model.map(str::to_owned))
+            .ok_or_else(|| invalid("model: Field required"))?;
+        let mut messages = Vec::new();
+        if let Some(system) = &self.system {
+            messages.push(Message::new(Role::System, text_of(system, "system")?));
+        }
+        for message in &self.messages {
+            convert(message, &mut messages)?;
+        }
+        let tools = self
+            .tools
+            .iter()
+            .map(|tool| match tool["name"].as_str() {
+                Some(name) => Ok(json!({"type": "function", "function": {"name": name,
+                    "description": tool["description"], "parameters": tool["input_schema"]}})),
+                None => Err(invalid("tools: each tool needs a name")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tool_choice = self.tool_choice.map(|choice| match choice["type"].as_str() {
+            Some("any") => json!("required"),
+            Some("none") => json!("none"),
+            Some("tool") => json!({"type": "function", "function": {"name": choice["name"]}}),
+            _ => json!("auto"),
+        });
+        let max_tokens = self.max_tokens.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        Ok(ChatRequest {
+            model,
+            messages,
+            temperature: self.temperature.map(|t| t as f32),
+            top_p: self.top_p.map(|p| p as f32),
+            max_tokens,
+            stop: self.stop_sequences,
+            tools,
+            tool_choice,
+            ..ChatRequest::default()
+        })
+    }
+}
+
+/// Anthropic's name for why an answer ended.
+fn stop_reason(finish: Finish) -> &'static str {
+    match finish {
+        Finish::Length => "max_tokens",
+        Finish::ToolCalls => "tool_use",
+        Finish::ContentFilter => "refusal",
+        Finish::Stop | Finish::Cancelled | Finish::Error => "end_turn",
+    }
+}
+
+fn usage(usage: Usage) -> Value {
+    json!({"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens})
+}
+
+/// One named event.
+fn frame(kind: &str, body: &Value) -> Bytes {
+    let mut frame = BytesMut::new();
+    let event = sluice_sse::Event::new(body.to_string()).with_event(kind).expect("a plain type");
+    event.encode(&mut frame);
+    frame.freeze()
+}
+
+/// A streamed message: content blocks opened and closed around the answer's text and calls.
+struct MessageEvents {
+    id: String,
+    model: String,
+    /// The index of the open content block, and the tool call it is (`None`: text).
+    open: Option<(usize, Option<u32>)>,
+    blocks: usize,
+    usage: Usage,
+    failed: bool,
+}
+
+impl MessageEvents {
+    fn close(&mut self, out: &mut Vec<Bytes>) {
+        if let Some((index, _)) = self.open.take() {
+            out.push(frame("content_block_stop", &json!({"type": "content_block_stop", "index": index})));
+        }
+    }
+
+    fn open(&mut self, call: Option<u32>, block: Value, out: &mut Vec<Bytes>) -> usize {
+        self.close(out);
+        let index = self.blocks;
+        self.blocks += 1;
+        self.open = Some((index, call));
+        let start = json!({"type": "content_block_start", "index": index, "content_block": block});
+        out.push(frame("content_block_start", &start));
+        index
+    }
+}
+
+impl Encoder for MessageEvents {
+    fn open(&mut self, out: &mut Vec<Bytes>) {
+        let message = json!({"id": self.id, "type": "message", "role": "assistant",
+            "model": self.model, "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0}});
+        out.push(frame("message_start", &json!({"type": "message_start", "message": message})));
+    }
+
+    fn event(&mut self, event: &AnswerEvent, _id: Option<&str>, out: &mut Vec<Bytes>) {
+        match event {
+            AnswerEvent::Start(_) => {}
+            AnswerEvent::Text(text) => {
+                let index = match self.open {
+                    Some((index, None)) => index,
+                    _ => self.open(None, json!({"type": "text", "text": ""}), out),
+                };
+                let delta = json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "text_delta", "text": text}});
+                out.push(frame("content_block_delta", &delta));
+            }
+            AnswerEvent::ToolCall(part) => {
+                let index = match self.open {
+                    Some((index, Some(call))) if call == part.index => index,
+                    _ => {
+                        let block = json!({"type": "tool_use", "id": part.id.clone().unwrap_or_default(),
+                            "name": part.name.clone().unwrap_or_default(), "input": {}});
+                        self.open(Some(part.index), block, out)
+                    }
+                };
+                if !part.arguments.is_empty() {
+                    let delta = json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": part.arguments}});
+                    out.push(frame("content_block_delta", &delta));
+                }
+            }
+            AnswerEvent::Error(error) => {
+                self.failed = true;
+                let body = json!({"type": "error", "error": {"type": "api_error",
+                    "message": error["message"]}});
+                out.push(frame("error", &body));
+            }
+            AnswerEvent::Usage(u) => self.usage = *u,
+            AnswerEvent::End(finish) if !self.failed => {
+                self.close(out);
+                let delta = json!({"type": "message_delta",
+                    "delta": {"stop_reason": stop_reason(*finish), "stop_sequence": null},
+                    "usage": usage(self.usage)});
+                out.push(frame("message_delta", &delta));
+                out.push(frame("message_stop", &json!({"type": "message_stop"})));
+            }
+            AnswerEvent::End(_) => {}
+        }
+    }
+}
+
+/// The whole message an answer makes.
+fn whole(id: &str, model: &str, answer: Folded) -> Value {
+    let mut content = Vec::new();
+    if !answer.text.is_empty() {
+        content.push(json!({"type": "text", "text": answer.text}));
+    }
+    for (call_id, name, arguments) in answer.calls {
+        let input: Value = serde_json::from_str(&arguments).unwrap_or(json!({}));
+        content.push(json!({"type": "tool_use", "id": call_id, "name": name, "input": input}));
+    }
+    json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
+        "stop_reason": stop_reason(answer.finish.unwrap_or(Finish::Stop)), "stop_sequence": null,
+        "usage": usage(answer.usage)})
+}
+
+/// The request's headers with an `x-api-key` presented as the bearer token the gatekeeper reads.
+fn with_bearer(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Some(key) = headers.get("x-api-key").and_then(|k| k.to_str().ok())
+        && let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {key}"))
+    {
+        headers.insert(header::AUTHORIZATION, bearer);
+    }
+    headers
+}
+
+/// An error in Anthropic's shape, with the status and headers (Retry-After, …) it had.
+fn anthropic_error(error: &ApiError) -> Response {
+    let kind = match error.status().as_u16() {
+        400 | 408 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    let mut response = error.clone().into_response();
+    let body = json!({"type": "error", "error": {"type": kind, "message": error.message()}});
+    *response.body_mut() = Body::from(body.to_string());
+    response
+}
+
+async fn messages(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(&state, &with_bearer(&headers), client, body)
+        .await
+        .unwrap_or_else(|error| anthropic_error(&error))
+}
+
+async fn answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: ClientAddr,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = admitted_body(state, headers, client.0.ip(), body).await?;
+    let request = MessagesRequest::parse(&body)?;
+    if request.max_tokens.is_none_or(|n| n == 0) {
+        return Err(invalid("max_tokens: Field required (a whole number of at least 1)"));
+    }
+    let stream = request.stream;
+    let chat = request.into_chat(state.default_model().as_deref())?;
+    let (id, model) = (format!("msg_{}", uuid::Uuid::new_v4().simple()), chat.model.clone());
+    if stream {
+        let events = unstored(from_provider(ask_lazily(state, chat)?));
+        let encoder = MessageEvents { id, model, open: None, blocks: 0, usage: Usage::default(), failed: false };
+        let ping = frame("ping", &json!({"type": "ping"}));
+        let keep_alive = KeepAlive { frame: ping, ..KeepAlive::from(state.config().keep_alive) };
+        return Ok(event_stream(None, encode(events, encoder), keep_alive, None, ()));
+    }
+    let answer = Folded::all(from_provider(ask(state, chat).await?)).await;
+    if let Some(error) = &answer.error {
+        return Err(super::answers::events::whole_answer_error(error));
+    }
+    Ok(axum::Json(whole(&id, &model, answer)).into_response())
+}
+
+async fn count_tokens(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let counted = async {
+        let body = admitted_body(&state, &with_bearer(&headers), client.0.ip(), body).await?;
+        let chat = MessagesRequest::parse(&body)?.into_chat(state.default_model().as_deref())?;
+        match state.config().models.count_tokens(&chat) {
+            Some(count) => Ok(json!({"input_tokens": count.map_err(provider_error)?})),
+            None if !state.config().models.serves(&chat.model) => {
+                Err(provider_error(sluice_llm::ProviderError::UnknownModel(chat.model)))
+            }
+            None => Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "count_unsupported",
+                format!("the provider of {} cannot count tokens", chat.model),
+            )),
+        }
+    };
+    match counted.await {
+        Ok(count) => axum::Json(count).into_response(),
+        Err(error) => anthropic_error(&error),
+    }
+}
