@@ -233,7 +233,10 @@ struct MessageEvents {
 impl MessageEvents {
     fn close(&mut self, out: &mut Vec<Bytes>) {
         if let Some((index, _)) = self.open.take() {
-            out.push(frame("content_block_stop", &json!({"type": "content_block_stop", "index": index})));
+            out.push(frame(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            ));
         }
     }
 
@@ -375,7 +378,14 @@ async fn answer(
     let (id, model) = (format!("msg_{}", uuid::Uuid::new_v4().simple()), chat.model.clone());
     if stream {
         let events = unstored(from_provider(ask_lazily(state, chat)?));
-        let encoder = MessageEvents { id, model, open: None, blocks: 0, usage: Usage::default(), failed: false };
+        let encoder = MessageEvents {
+            id,
+            model,
+            open: None,
+            blocks: 0,
+            usage: Usage::default(),
+            failed: false,
+        };
         let ping = frame("ping", &json!({"type": "ping"}));
         let keep_alive = KeepAlive { frame: ping, ..KeepAlive::from(state.config().keep_alive) };
         return Ok(event_stream(None, encode(events, encoder), keep_alive, None, ()));

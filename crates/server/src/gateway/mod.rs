@@ -9,7 +9,8 @@
 //! - [`generations`]: Sluice's own answers API, `/api/generations`;
 //! - [`chat_stream`]: the one-shot `EventSource` form, `/api/chat/stream`;
 //! - [`responses`]: the OpenAI Responses API, `/v1/responses`;
-//! - [`messages`]: the Anthropic Messages API, `/v1/messages`.
+//! - [`messages`]: the Anthropic Messages API, `/v1/messages`;
+//! - [`ui_stream`]: the AI SDK's UI message stream, `/api/chat` (`useChat`).
 //!
 //! [`upstream`] is what they all do first: admit the caller, read the body, ask the providers.
 
@@ -19,6 +20,7 @@ pub(crate) mod chat_stream;
 pub(crate) mod generations;
 pub(crate) mod messages;
 pub(crate) mod responses;
+pub(crate) mod ui_stream;
 mod upstream;
 
 use axum::Router;
@@ -33,4 +35,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(chat_stream::routes())
         .merge(responses::routes())
         .merge(messages::routes())
+        .merge(ui_stream::routes())
 }
