@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-build test-js test-python test-web web setup build lint bench bench-peers fuzz soak conformance clean
+.PHONY: run test test-build test-js test-python test-web test-aisdk web setup build lint bench bench-peers fuzz soak conformance clean
 
 ## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
 ## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
@@ -15,7 +15,7 @@ run: setup build
 ## The local model runs on one candle thread in tests: two threads spin-wait on each other and
 ## collapse when the machine is busy with anything else (see BENCHMARKS.md).
 test test-js test-python test-web: export CANDLE_NUM_THREADS := 1
-test: setup web lint test-js test-python test-web test-example
+test: setup web lint test-js test-python test-web test-aisdk test-example
 	$(CARGO) test --workspace --locked
 
 ## One build for every test and the test binary of `sluice`: `cargo test --workspace` unifies
@@ -43,6 +43,14 @@ test-python: test-build
 test-web: web test-build
 	cd web && npm test
 	cd web && SLUICE_BIN=$(SLUICE_TEST_BIN) npm run test:browser
+
+## The AI SDK's useChat (npm `ai` + `@ai-sdk/react`, DefaultChatTransport with resume) on a small
+## React page (tests/aisdk, built with vite by the test) in Debian's chromium (playwright-core)
+## against a real `sluice serve` on another origin: the text grows, a reload mid-answer resumes
+## it to the exact text once, Stop cancels the upstream. Its npm packages are installed by setup.
+## The screenshot goes to artifacts/aisdk-usechat.png.
+test-aisdk: test-build
+	cd tests/aisdk && SLUICE_BIN=$(SLUICE_TEST_BIN) npm test
 
 ## The Next.js example (examples/nextjs-chat): its test runs `next build`, then `next start`
 ## against a real `sluice serve` and drives it in Debian's chromium (playwright-core); the

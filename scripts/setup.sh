@@ -73,6 +73,15 @@ if [[ ! -f $web_dir/node_modules/.package-lock.json \
     (cd "$web_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
+# The AI SDK's useChat test (tests/aisdk: npm `ai` + `@ai-sdk/react`, a page built with Vite, run
+# in Debian's chromium by playwright-core), installed the same way.
+aisdk_dir="$(dirname "$0")/../tests/aisdk"
+if [[ ! -f $aisdk_dir/node_modules/.package-lock.json \
+    || $aisdk_dir/package-lock.json -nt $aisdk_dir/node_modules/.package-lock.json ]]; then
+    say "installing the npm packages of tests/aisdk"
+    (cd "$aisdk_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+
 # The official OpenAI SDK for Python and pytest, pinned in tests/python/requirements.txt, in a
 # virtual environment at .venv/ (git-ignored). pip runs only when the requirements differ from
 # the copy kept in .venv/ after the last install; a venv that no longer starts is made anew.
