@@ -164,7 +164,9 @@ fn build(
         })?),
         None => None,
     };
-    let timeout = Duration::from_secs(config.timeout_secs.unwrap_or(60));
+    // The wait for the upstream's response head: the provider's own bound, else the first
+    // token's (which the router applies to the whole wait before the first token anyway).
+    let timeout = config.timeout_secs.map_or(timeouts.first_token, Duration::from_secs);
     let base_url = || {
         config
             .base_url

@@ -7,7 +7,8 @@
 //! the first delta, an error is the answer's error: replaying the answer elsewhere would show
 //! the reader a second, different beginning.
 //!
-//! Every wait is bounded: the first delta by [`Attempts::first_token_timeout`], each later
+//! Every wait is bounded: the first delta by [`Attempts::first_token_timeout`] (counted from
+//! the request to the provider, so it covers connecting and the response head too), each later
 //! one by [`Attempts::gap_timeout`] (an upstream that stalls mid-answer ends it with a
 //! timeout error, which releases the upstream request). Both are counted in
 //! `sluice_timeouts_total{wait="upstream_first_token"|"upstream_gap"}`.
@@ -131,9 +132,27 @@ impl Fallover {
                 first_token: route.attempts.first_token_timeout,
                 gap: route.attempts.gap_timeout,
             };
-            match Arc::clone(&route.provider).stream(self.request.clone()).await {
-                Ok(stream) => return Ok((stream, limits)),
-                Err(error) => self.failed(error).await?,
+            // The first-token bound covers everything before the first token: connecting,
+            // the upstream's response head, and its first chunk (the rest of the bound).
+            let started = tokio::time::Instant::now();
+            let provider = Arc::clone(&route.provider);
+            let opened = provider.stream(self.request.clone());
+            let opened = match tokio::time::timeout(limits.first_token, opened).await {
+                Ok(opened) => opened,
+                Err(_) => Err(ProviderError::Timeout(limits.first_token)),
+            };
+            match opened {
+                Ok(stream) => {
+                    let first_token = limits.first_token.saturating_sub(started.elapsed());
+                    return Ok((stream, Limits { first_token, ..limits }));
+                }
+                Err(error) => {
+                    if matches!(error, ProviderError::Timeout(_)) {
+                        metrics::counter!("sluice_timeouts_total", "wait" => "upstream_first_token")
+                            .increment(1);
+                    }
+                    self.failed(error).await?;
+                }
             }
         }
         Err(self

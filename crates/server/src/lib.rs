@@ -153,11 +153,15 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::CONTENT_TYPE,
             header::CACHE_CONTROL,
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("anthropic-version"),
+            HeaderName::from_static("anthropic-beta"),
         ])
         .expose_headers([
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("mercure-last-event-id"),
             header::LINK,
+            HeaderName::from_static("x-vercel-ai-ui-message-stream"),
         ]);
     if origins.iter().any(|o| o == "*") {
         return Some(layer.allow_origin(AllowOrigin::any()));

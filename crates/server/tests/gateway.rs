@@ -389,3 +389,88 @@ async fn sluice_in_front_of_sluice() {
     assert_eq!(text, ANSWER);
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 10, "usage crosses both");
 }
+
+/// An upstream that accepts connections, reads the request and never answers: a model
+/// server stuck before its response head.
+async fn silent_upstream() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+/// The counter `name{labels}` (or `name` alone) in the process's metrics.
+fn counter(name: &str) -> f64 {
+    let text = sluice_server::prometheus().render();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 16, finding 2: an upstream slow to send its response head held the client with no
+/// byte for as long as the provider's own 60 s timeout, ignored the first-token bound, and
+/// blocked `POST /api/generations`. Now the stream's head goes out at once, the first-token
+/// bound covers the wait for the head, and the wait is counted.
+#[tokio::test]
+async fn an_upstream_silent_before_its_head_is_bounded_by_the_first_token_timeout() {
+    let (upstream, _task) = silent_upstream().await;
+    let mut router = Router::new();
+    let provider = OpenAi::new(OpenAiConfig {
+        name: "silent".into(),
+        base_url: upstream,
+        api_key: None,
+        timeout: Duration::from_secs(3600),
+        connect_timeout: Duration::from_secs(10),
+    });
+    let attempts =
+        Attempts { retries: 0, first_token_timeout: Duration::from_secs(1), ..Attempts::default() };
+    router.add(Arc::new(provider), vec!["slow".into()], attempts);
+    let (url, _stop) = serve(router, Config::default()).await;
+    let request = json!({"model": "slow", "messages": [{"role": "user", "content": "hi"}],
+        "stream": true});
+    let timeouts = counter("sluice_timeouts_total{wait=\"upstream_first_token\"}");
+
+    // The stream opens at once (its head and the role chunk), then says the upstream timed out.
+    let started = std::time::Instant::now();
+    let response = post(&format!("{url}/v1/chat/completions"), &request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_millis(900), "the head waited for the upstream");
+    let (chunks, done) = chunks(response).await;
+    assert!(!done);
+    let error = &chunks.last().unwrap()["error"];
+    assert!(error["message"].as_str().unwrap().contains("timed out"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the first-token bound held");
+    assert!(counter("sluice_timeouts_total{wait=\"upstream_first_token\"}") > timeouts);
+
+    // An answer is created at once; the timeout is its error.
+    let started = std::time::Instant::now();
+    let created = post(&format!("{url}/api/generations"), &request).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert!(started.elapsed() < Duration::from_millis(900), "201 waited for the upstream");
+    let created: Value = created.json().await.unwrap();
+    let events_url = format!("{url}{}", created["events_url"].as_str().unwrap());
+    let mut source = EventSource::get(&events_url).reconnect(false).build().unwrap();
+    let events = read_events(&mut source, 100).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_ref()).collect();
+    assert_eq!(kinds, ["error", "usage", "end"]);
+
+    // A client that leaves while the upstream has not answered cancels it, counted.
+    let cancelled = counter("sluice_upstream_cancelled_total");
+    let response = post(&format!("{url}/v1/chat/completions"), &request).await;
+    let mut bytes = response.bytes_stream();
+    let _role = bytes.next().await;
+    drop(bytes);
+    for _ in 0..200 {
+        if counter("sluice_upstream_cancelled_total") > cancelled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(counter("sluice_upstream_cancelled_total") > cancelled, "the wait was not counted");
+}
