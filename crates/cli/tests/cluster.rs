@@ -312,3 +312,139 @@ async fn chaos_kills_nodes_and_redis_and_loses_nothing() {
         reader.abort();
     }
 }
+
+/// The `data` of every event of an event-stream response, until it ends or `enough` holds.
+async fn data_events(
+    response: reqwest::Response,
+    enough: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut events = sluice_sse::EventStream::new(response.bytes_stream());
+    let mut seen = Vec::new();
+    let read = async {
+        while !enough(&seen) {
+            match events.next().await {
+                Some(Ok(event)) if event.data == "[DONE]" => break,
+                Some(Ok(event)) => seen.push(serde_json::from_str(&event.data).unwrap()),
+                Some(Err(error)) => panic!("{error}"),
+                None => break,
+            }
+        }
+    };
+    if tokio::time::timeout(PATIENCE, read).await.is_err() {
+        panic!("waited {PATIENCE:?}, got {seen:?}");
+    }
+    seen
+}
+
+/// The text of a Responses event stream's `response.output_text.delta` events.
+fn response_text(events: &[serde_json::Value]) -> String {
+    let deltas = events.iter().filter(|e| e["type"] == "response.output_text.delta");
+    deltas.map(|e| e["delta"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Two nodes, slow scripted answers of a known text.
+fn answering_nodes(redis: &RedisServer, text: &str) -> (Server, Server, Vec<tempfile::TempDir>) {
+    let store = redis.url();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let args = ["--store", store.as_str(), "--provider", "scripted"];
+    let env = [("SLUICE_SCRIPTED_TOKENS_PER_SECOND", "8"), ("SLUICE_SCRIPTED_TEXT", text)];
+    let a = Server::start_with_env(dirs[0].path(), &args, &env);
+    let b = Server::start_with_env(dirs[1].path(), &args, &env);
+    (a, b, dirs)
+}
+
+const LONG_ANSWER: &str = "one two three four five six seven eight nine ten eleven twelve \
+    thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty";
+
+/// A background response started on A is resumed from B after the event it was read to (the
+/// exact text once), retrieved whole from B, and a second one is cancelled from B: A's
+/// upstream stops and the response is `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_started_on_one_node_is_resumed_and_cancelled_from_another() {
+    let redis = RedisServer::start();
+    let (a, b, _dirs) = answering_nodes(&redis, LONG_ANSWER);
+    let client = reqwest::Client::new();
+    let create = || async {
+        let request =
+            serde_json::json!({"model": "scripted", "input": "count", "background": true});
+        let created = client.post(format!("{}/v1/responses", a.url())).json(&request).send();
+        let created: serde_json::Value = created.await.unwrap().json().await.unwrap();
+        assert_eq!(created["status"], "queued", "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    };
+    let id = create().await;
+    let stream = |after: Option<u64>| {
+        let mut url = format!("{}/v1/responses/{id}?stream=true", b.url());
+        if let Some(after) = after {
+            url.push_str(&format!("&starting_after={after}"));
+        }
+        client.get(url).send()
+    };
+    let head = data_events(stream(None).await.unwrap(), |seen| {
+        seen.iter().filter(|e| e["type"] == "response.output_text.delta").count() >= 3
+    })
+    .await;
+    let last = head.last().unwrap()["sequence_number"].as_u64().unwrap();
+    let tail = data_events(stream(Some(last)).await.unwrap(), |_| false).await;
+    assert_eq!(tail[0]["sequence_number"].as_u64(), Some(last + 1), "no gap, no repeat");
+    let all: Vec<_> = head.into_iter().chain(tail).collect();
+    let numbers: Vec<u64> = all.iter().map(|e| e["sequence_number"].as_u64().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    assert_eq!(response_text(&all), LONG_ANSWER);
+    assert_eq!(all.last().unwrap()["type"], "response.completed");
+    let whole: serde_json::Value = client
+        .get(format!("{}/v1/responses/{id}", b.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whole["status"], "completed");
+    assert_eq!(whole["output"][0]["content"][0]["text"], LONG_ANSWER);
+
+    let id = create().await;
+    let before = a.metric("sluice_upstream_cancelled_total").await;
+    let cancelled = client.post(format!("{}/v1/responses/{id}/cancel", b.url())).send();
+    let cancelled: serde_json::Value = cancelled.await.unwrap().json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(a.metric("sluice_upstream_cancelled_total").await > before, "A stopped its upstream");
+}
+
+/// The AI SDK's UI message stream: a chat whose answer started on A is resumed on B from its
+/// first chunk, stopped from B (A's upstream stops, open streams end with `abort`), and then
+/// has nothing to resume (204) on either node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ui_chat_started_on_one_node_is_resumed_and_stopped_from_another() {
+    let redis = RedisServer::start();
+    let (a, b, _dirs) = answering_nodes(&redis, LONG_ANSWER);
+    let client = reqwest::Client::new();
+    let chat = "chat-across-nodes-6f1c2a";
+    let request = serde_json::json!({"id": chat, "trigger": "submit-message", "messages":
+        [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "count"}]}]});
+    let posted = client.post(format!("{}/api/chat", a.url())).json(&request).send().await.unwrap();
+    assert_eq!(posted.headers()["x-vercel-ai-ui-message-stream"], "v1");
+    let seen_on_a =
+        data_events(posted, |seen| seen.iter().any(|c| c["type"] == "text-delta")).await;
+
+    let resumed = client.get(format!("{}/api/chat/{chat}/stream", b.url())).send().await.unwrap();
+    assert_eq!(resumed.status(), 200);
+    let replayed =
+        data_events(resumed, |seen| seen.iter().filter(|c| c["type"] == "text-delta").count() >= 2)
+            .await;
+    assert_eq!(replayed[0], seen_on_a[0], "the replay starts with the same start chunk");
+    assert_eq!(replayed[0]["type"], "start");
+
+    let resumed = client.get(format!("{}/api/chat/{chat}/stream", b.url())).send().await.unwrap();
+    let before = a.metric("sluice_upstream_cancelled_total").await;
+    let stop = client.post(format!("{}/api/chat/{chat}/stop", b.url())).send().await.unwrap();
+    let stop: serde_json::Value = stop.json().await.unwrap();
+    assert_eq!(stop["stopped"], true, "B finds A's running answer");
+    let rest = data_events(resumed, |_| false).await;
+    assert_eq!(rest.last().unwrap()["type"], "abort", "open streams end");
+    assert!(a.metric("sluice_upstream_cancelled_total").await > before, "A stopped its upstream");
+    for node in [&a, &b] {
+        let after = client.get(format!("{}/api/chat/{chat}/stream", node.url())).send();
+        assert_eq!(after.await.unwrap().status(), 204, "nothing to resume");
+    }
+}
