@@ -383,6 +383,126 @@ async fn bad_chat_requests_are_refused_and_name_their_parameter() {
     assert_eq!(fine.status(), 200);
 }
 
+/// The AI clients' protocols refuse what they cannot serve with their own error shapes: the
+/// Responses API and the UI message stream OpenAI's, the Messages API Anthropic's; and
+/// nothing anyone sends there stops the server answering.
+#[tokio::test]
+async fn bad_requests_to_the_ai_client_protocols_are_refused_in_their_shapes() {
+    let server = start().await;
+    let post = |path: &str, body: String| {
+        let url = format!("{}{path}", server.url);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let huge = "x".repeat(1100 * 1024);
+    let responses = [
+        ("{not json".to_owned(), 400, None),
+        (json!({"model": "scripted"}).to_string(), 400, None),
+        (json!({"model": "scripted", "input": 7}).to_string(), 400, Some("input")),
+        (json!({"model": "scripted", "input": []}).to_string(), 400, Some("input")),
+        (json!({"model": "nope", "input": "hi"}).to_string(), 404, Some("model")),
+        (json!({"input": "hi", "temperature": 9}).to_string(), 400, Some("temperature")),
+        (json!({"input": "hi", "max_output_tokens": 0}).to_string(), 400, None),
+        (
+            json!({"input": "hi", "background": true, "store": false}).to_string(),
+            400,
+            Some("background"),
+        ),
+        (json!({"input": "hi", "tools": [{"type": "web_search"}]}).to_string(), 400, Some("tools")),
+        (json!({"input": [{"type": "input_image"}]}).to_string(), 400, Some("input")),
+        (
+            json!({"input": "hi", "previous_response_id": "resp_x"}).to_string(),
+            400,
+            Some("previous_response_id"),
+        ),
+        (json!({"input": huge}).to_string(), 413, None),
+    ];
+    for (body, status, param) in responses {
+        let error = refused(post("/v1/responses", body).await, status).await;
+        if let Some(param) = param {
+            assert_eq!(error["error"]["param"], param, "{error}");
+        }
+    }
+    for path in ["/v1/responses/resp_0123", "/v1/responses/nope", "/v1/responses/resp_0123/cancel"]
+    {
+        let url = format!("{}{path}", server.url);
+        let response = if path.ends_with("cancel") {
+            reqwest::Client::new().post(url).send().await.unwrap()
+        } else {
+            reqwest::get(url).await.unwrap()
+        };
+        refused(response, 404).await;
+    }
+
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let messages = [
+        ("{not json".to_owned(), 400, "invalid_request_error"),
+        (json!({"model": "scripted", "messages": user}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": "scripted", "max_tokens": 5, "messages": []}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": "nope", "max_tokens": 5, "messages": user}).to_string(), 404, "not_found_error"),
+        (
+            json!({"model": "scripted", "max_tokens": 5,
+                "messages": [{"role": "user", "content": [{"type": "image"}]}]}).to_string(),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            json!({"model": "scripted", "max_tokens": 5, "messages": [{"role": "wizard", "content": "x"}]})
+                .to_string(),
+            400,
+            "invalid_request_error",
+        ),
+        (json!({"max_tokens": 5, "messages": [{"role": "user", "content": huge}]}).to_string(), 413, "request_too_large"),
+    ];
+    for (body, status, kind) in messages {
+        let response = post("/v1/messages", body).await;
+        assert_eq!(response.status().as_u16(), status);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["error"]["type"], kind, "{error}");
+        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    }
+
+    let chat = [
+        ("{not json".to_owned(), 400, None),
+        (json!({"messages": []}).to_string(), 400, None),
+        (json!({"id": "c1", "messages": []}).to_string(), 400, Some("messages")),
+        (
+            json!({"id": "", "messages": [{"role": "user", "parts": []}]}).to_string(),
+            400,
+            Some("id"),
+        ),
+        (
+            json!({"id": "c1", "model": "nope", "messages": [{"role": "user", "parts": []}]})
+                .to_string(),
+            404,
+            Some("model"),
+        ),
+    ];
+    for (body, status, param) in chat {
+        let error = refused(post("/api/chat", body).await, status).await;
+        if let Some(param) = param {
+            assert_eq!(error["error"]["param"], param, "{error}");
+        }
+    }
+    let nothing =
+        reqwest::get(format!("{}/api/chat/no-such-chat/stream", server.url)).await.unwrap();
+    assert_eq!(nothing.status(), 204);
+
+    // The server still answers well-formed requests.
+    let fine = post("/v1/responses", json!({"model": "scripted", "input": "hi"}).to_string()).await;
+    assert_eq!(fine.status(), 200);
+    let fine = json!({"model": "scripted", "max_tokens": 5, "messages": user});
+    assert_eq!(post("/v1/messages", fine.to_string()).await.status(), 200);
+}
+
 /// Unknown routes and methods get the JSON shape too.
 #[tokio::test]
 async fn unknown_routes_get_the_error_shape() {
