@@ -6,6 +6,7 @@ The binary is $SLUICE_BIN, else the workspace's debug build (target/debug/sluice
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,3 +122,43 @@ def sluice_servers():
     yield factory
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    """A real `redis-server` on a free port, in a temporary directory of its own, with every
+    write persisted before it is answered (as the multi-node tests run it); stopped after the
+    module."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is missing: scripts/setup.sh installs it")
+    directory = tempfile.TemporaryDirectory(prefix="sluice-py-redis-")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes",
+         "--appendfsync", "always", "--save", "", "--dir", directory.name],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert process.poll() is None, f"redis-server exited ({process.returncode})"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"redis-server never answered on port {port}"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        directory.cleanup()
