@@ -121,12 +121,38 @@ struct GatewayArgs {
     /// the others run, as users arrive, instead of all in one connect burst).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     ramp_ms: u64,
+    /// Also measure Sluice through these protocols of the AI clients (beside Chat
+    /// Completions, over the same upstream).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "P,…")]
+    surfaces: Vec<SurfaceArg>,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// A protocol `bench gateway` can measure Sluice through.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SurfaceArg {
+    /// The OpenAI Responses API.
+    Responses,
+    /// The Anthropic Messages API.
+    Messages,
+    /// The AI SDK's UI message stream.
+    Ui,
+}
+
+impl From<SurfaceArg> for sluice_loadgen::gateway::Surface {
+    fn from(surface: SurfaceArg) -> Self {
+        use sluice_loadgen::gateway::Surface;
+        match surface {
+            SurfaceArg::Responses => Surface::Responses,
+            SurfaceArg::Messages => Surface::Messages,
+            SurfaceArg::Ui => Surface::UiMessageStream,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -331,6 +357,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         ramp: Duration::from_millis(args.ramp_ms),
         peers: gateway_peers(&args),
         progress: !args.quiet,
+        surfaces: args.surfaces.iter().map(|&s| s.into()).collect(),
     };
     eprintln!(
         "bench gateway: {} streams × {} answers of {} tokens at {} tokens/s, straight, through Sluice{}…",

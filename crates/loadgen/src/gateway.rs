@@ -4,6 +4,10 @@
 //! nginx as a plain relay: what one more HTTP hop costs when it does nothing with the bytes),
 //! in one run, so what each gateway adds is the difference.
 //!
+//! Sluice is also measured through each of the AI clients' protocols it serves ([`Surface`]:
+//! the Responses API, the Messages API, the AI SDK's UI message stream) over the same
+//! upstream, so what a protocol costs beside Chat Completions is in the same run.
+//!
 //! Measured per path: time to first token and the gaps between consecutive content chunks
 //! (HDR histograms); for each gateway: its RSS with every stream open against idle (memory per
 //! open stream) and its CPU; and how long after a client disconnects the upstream sees its
@@ -55,7 +59,100 @@ pub struct GatewayBench {
     pub peers: Vec<PeerGateway>,
     /// Print the answers completed every few seconds.
     pub progress: bool,
+    /// Sluice's protocols other than Chat Completions to measure it through as well.
+    pub surfaces: Vec<Surface>,
 }
+
+/// A protocol a client reads a streamed answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// OpenAI Chat Completions, `/v1/chat/completions`: every gateway speaks it.
+    ChatCompletions,
+    /// The OpenAI Responses API, `/v1/responses` (kept as an answer in the hub).
+    Responses,
+    /// The Anthropic Messages API, `/v1/messages`.
+    Messages,
+    /// The AI SDK's UI message stream, `/api/chat` (an answer in the hub).
+    UiMessageStream,
+}
+
+/// What one event of a streamed answer is, to a reader timing it.
+enum Reading {
+    /// A piece of the answer's text.
+    Content,
+    /// The answer is complete.
+    Done,
+    /// Anything else.
+    Other,
+}
+
+impl Surface {
+    /// Its name in results (`sluice/responses`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Surface::ChatCompletions => "chat-completions",
+            Surface::Responses => "responses",
+            Surface::Messages => "messages",
+            Surface::UiMessageStream => "ui-message-stream",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Surface::ChatCompletions => "/v1/chat/completions",
+            Surface::Responses => "/v1/responses",
+            Surface::Messages => "/v1/messages",
+            Surface::UiMessageStream => "/api/chat",
+        }
+    }
+
+    fn body(self, tokens: usize) -> Value {
+        let user = json!([{"role": "user", "content": "bench"}]);
+        match self {
+            Surface::ChatCompletions => {
+                json!({"model": "scripted", "stream": true, "max_tokens": tokens, "messages": user})
+            }
+            Surface::Responses => json!({"model": "scripted", "stream": true,
+                "max_output_tokens": tokens, "input": "bench"}),
+            Surface::Messages => {
+                json!({"model": "scripted", "stream": true, "max_tokens": tokens, "messages": user})
+            }
+            Surface::UiMessageStream => json!({"model": "scripted", "max_tokens": tokens,
+                "id": format!("bench-{}", CHATS.fetch_add(1, Ordering::Relaxed)),
+                "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "bench"}]}]}),
+        }
+    }
+
+    fn read(self, event: &sluice_sse::MessageEvent) -> Result<Reading, String> {
+        if event.data == "[DONE]" {
+            return Ok(Reading::Done);
+        }
+        let data: Value = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+        let nonempty = |text: &Value| text.as_str().is_some_and(|t| !t.is_empty());
+        let (content, done) = match self {
+            Surface::ChatCompletions => (nonempty(&data["choices"][0]["delta"]["content"]), false),
+            Surface::Responses => (
+                data["type"] == "response.output_text.delta" && nonempty(&data["delta"]),
+                matches!(
+                    data["type"].as_str(),
+                    Some("response.completed" | "response.incomplete" | "response.failed")
+                ),
+            ),
+            Surface::Messages => (nonempty(&data["delta"]["text"]), data["type"] == "message_stop"),
+            Surface::UiMessageStream => {
+                (data["type"] == "text-delta" && nonempty(&data["delta"]), false)
+            }
+        };
+        Ok(match (content, done) {
+            (true, _) => Reading::Content,
+            (_, true) => Reading::Done,
+            _ => Reading::Other,
+        })
+    }
+}
+
+/// Distinct chat ids for the UI message stream's answers.
+static CHATS: AtomicU64 = AtomicU64::new(0);
 
 /// A peer gateway started by a shell command, pinned like Sluice's gateway (see
 /// [`process::spawn_command`]): it listens on 127.0.0.1 at the port in [`process::PORT_VAR`]
@@ -154,21 +251,22 @@ pub struct GatewayResults {
     pub rounds: usize,
 }
 
-fn body(tokens: usize) -> Value {
-    json!({"model": "scripted", "stream": true, "max_tokens": tokens,
-           "messages": [{"role": "user", "content": "bench"}]})
-}
-
-/// One way in: a chat-completions URL and the bearer token it wants.
+/// One way in: a streaming URL, the protocol it speaks and the bearer token it wants.
 #[derive(Debug, Clone)]
 struct Endpoint {
     url: Url,
+    surface: Surface,
     bearer: Option<String>,
 }
 
 impl Endpoint {
-    fn post(&self, client: &reqwest::Client, body: &Value) -> reqwest::RequestBuilder {
-        let request = client.post(self.url.clone()).json(body);
+    /// Chat Completions at `url` (its `/v1/chat/completions`).
+    fn chat(url: Url, bearer: Option<String>) -> Self {
+        Endpoint { url, surface: Surface::ChatCompletions, bearer }
+    }
+
+    fn post(&self, client: &reqwest::Client, tokens: usize) -> reqwest::RequestBuilder {
+        let request = client.post(self.url.clone()).json(&self.surface.body(tokens));
         match &self.bearer {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -180,12 +278,12 @@ impl Endpoint {
 async fn answer(
     client: &reqwest::Client,
     endpoint: &Endpoint,
-    body: &Value,
+    tokens: usize,
     ttft: &mut Latency,
     gaps: &mut Latency,
 ) -> Result<(), String> {
     let started = Instant::now();
-    let response = endpoint.post(client, body).send().await.map_err(|e| e.to_string())?;
+    let response = endpoint.post(client, tokens).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
@@ -193,11 +291,11 @@ async fn answer(
     let mut last: Option<Instant> = None;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| e.to_string())?;
-        if event.data == "[DONE]" {
+        let reading = endpoint.surface.read(&event)?;
+        if matches!(reading, Reading::Done) {
             return Ok(());
         }
-        let chunk: Value = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
-        if chunk["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+        if matches!(reading, Reading::Content) {
             let now = Instant::now();
             match last {
                 None => ttft.record_micros(now.duration_since(started).as_micros() as u64),
@@ -208,7 +306,7 @@ async fn answer(
             last = Some(now);
         }
     }
-    Err("the stream ended without [DONE]".into())
+    Err("the stream ended before the answer did".into())
 }
 
 /// No answer may take longer than this, whatever the gateway does: it counts as an error.
@@ -233,7 +331,7 @@ async fn run_path(endpoint: &Endpoint, name: &str, bench: &GatewayBench) -> Path
     });
     let tasks: Vec<_> = (0..bench.streams)
         .map(|i| {
-            let (endpoint, body, rounds) = (endpoint.clone(), body(bench.tokens), bench.rounds);
+            let (endpoint, tokens, rounds) = (endpoint.clone(), bench.tokens, bench.rounds);
             let done = Arc::clone(&done);
             let start_at = started + bench.ramp.mul_f64(i as f64 / bench.streams as f64);
             tokio::spawn(async move {
@@ -245,7 +343,7 @@ async fn run_path(endpoint: &Endpoint, name: &str, bench: &GatewayBench) -> Path
                 let (mut ttft, mut gaps, mut ok, mut failed) =
                     (Latency::new(), Latency::new(), 0, 0);
                 for _ in 0..rounds {
-                    match answer(&client, &endpoint, &body, &mut ttft, &mut gaps).await {
+                    match answer(&client, &endpoint, tokens, &mut ttft, &mut gaps).await {
                         Ok(()) => ok += 1,
                         Err(_) => failed += 1,
                     }
@@ -302,7 +400,7 @@ async fn time_cancels(
     for _ in 0..n {
         let before = counter(&client, upstream_metrics, name).await?;
         let response = endpoint
-            .post(&client, &body(10_000))
+            .post(&client, 10_000)
             .send()
             .await
             .map_err(|e| Error::Server(e.to_string()))?;
@@ -368,7 +466,7 @@ impl GatewayBench {
         let upstream_args = ["serve", "--store", "memory", "--provider", "scripted"];
         let (_upstream, direct) = start(self, &upstream_args, &envs, cpus(1)).await?;
         let metrics = direct.join("/metrics").map_err(|e| Error::Config(e.to_string()))?;
-        let direct = Endpoint { url: direct, bearer: None };
+        let direct = Endpoint::chat(direct, None);
         let direct_result = run_path(&direct, "direct", self).await;
         let cancel_direct = time_cancels(&direct, &metrics, self.cancels).await?;
 
@@ -377,8 +475,14 @@ impl GatewayBench {
         let gateway_args = ["serve", "--store", "memory", "--config", settings.as_str()];
         let (gateway, through) = start(self, &gateway_args, &[], cpus(0)).await?;
         let gateway_pid = gateway.id().ok_or_else(|| Error::Server("no gateway pid".into()))?;
-        let sluice = Endpoint { url: through, bearer: None };
+        let sluice = Endpoint::chat(through.clone(), None);
         let mut gateways = vec![self.measure("sluice", &sluice, &[gateway_pid], &metrics).await?];
+        for &surface in &self.surfaces {
+            let url = through.join(surface.path()).map_err(|e| Error::Config(e.to_string()))?;
+            let endpoint = Endpoint { url, surface, bearer: None };
+            let name = format!("sluice/{}", surface.name());
+            gateways.push(self.measure(&name, &endpoint, &[gateway_pid], &metrics).await?);
+        }
         drop(gateway);
 
         for peer in &self.peers {
@@ -394,7 +498,7 @@ impl GatewayBench {
             .await?;
             let url = Url::parse(&format!("http://{}/v1/chat/completions", group.addr))
                 .map_err(|e| Error::Config(e.to_string()))?;
-            let endpoint = Endpoint { url, bearer: peer.bearer.clone() };
+            let endpoint = Endpoint::chat(url, peer.bearer.clone());
             let run = self.measure(&peer.name, &endpoint, &group.pids(), &metrics).await;
             group.stop(Duration::from_secs(5)).await;
             gateways.push(run?);
@@ -442,7 +546,12 @@ impl GatewayBench {
         let path = run_path(endpoint, name, self).await;
         let open = sampler.await.ok().flatten().unwrap_or(idle);
         let after = sample(pids).unwrap_or(open);
-        let cancel = time_cancels(endpoint, upstream_metrics, self.cancels).await.ok();
+        // A UI message stream's answer outlives its connection (that is the point): a
+        // disconnect is not a cancel there.
+        let cancel = match endpoint.surface {
+            Surface::UiMessageStream => None,
+            _ => time_cancels(endpoint, upstream_metrics, self.cancels).await.ok(),
+        };
         Ok(GatewayRun {
             name: name.to_owned(),
             path,

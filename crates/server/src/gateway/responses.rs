@@ -57,7 +57,7 @@ struct CreateRequest {
     model: Option<String>,
     input: Value,
     instructions: Option<String>,
-    #[serde(default, deserialize_with = "positive")]
+    #[serde(default, deserialize_with = "super::upstream::token_count")]
     max_output_tokens: Option<u32>,
     temperature: Option<f64>,
     top_p: Option<f64>,
@@ -72,15 +72,6 @@ struct CreateRequest {
     store: Option<bool>,
     metadata: Option<Map<String, Value>>,
     previous_response_id: Option<String>,
-}
-
-fn positive<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
-    let Some(n) = Option::<u64>::deserialize(deserializer)? else { return Ok(None) };
-    u32::try_from(n)
-        .ok()
-        .filter(|n| *n >= 1)
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom("must be a whole number of at least 1"))
 }
 
 fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {

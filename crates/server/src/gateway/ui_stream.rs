@@ -2,8 +2,8 @@
 //! `DefaultChatTransport` gets resume and stop together:
 //!
 //! - `POST /api/chat` takes the transport's body (`id`, `messages` as UI messages with
-//!   `parts`, `trigger`, `messageId`, and what the app adds: `model` here, else the first
-//!   model) and answers with the chunks the `ai` package parses, then `data: [DONE]`.
+//!   `parts`, `trigger`, `messageId`, and what the app adds: `model`, else the first model,
+//!   and `max_tokens`) and answers with the chunks the `ai` package parses, then `data: [DONE]`.
 //! - `GET /api/chat/{id}/stream` resumes the chat's running answer, replayed from its first
 //!   chunk then live (the transport's `resumeStreamIsReplay` default); 204 when none runs or
 //!   it has ended.
@@ -62,6 +62,9 @@ struct ChatBody {
     message_id: Option<String>,
     /// Added by the app (`body: {model}` in the transport's options).
     model: Option<String>,
+    /// Added by the app too: the most tokens the answer may take.
+    #[serde(default, deserialize_with = "super::upstream::token_count")]
+    max_tokens: Option<u32>,
 }
 
 /// A UI message: its role and its parts.
@@ -283,7 +286,9 @@ async fn chat(
         .clone()
         .or_else(|| state.default_model())
         .ok_or_else(|| invalid("model", "no model is configured"))?;
-    let chat = ChatRequest { model, messages: messages(&body.messages)?, ..ChatRequest::default() };
+    let messages = messages(&body.messages)?;
+    let chat =
+        ChatRequest { model, messages, max_tokens: body.max_tokens, ..ChatRequest::default() };
     let deltas = ask_lazily(&state, chat)?;
     // One answer per chat: a new message stops the one still running.
     if let Some(previous) = running(&state, &headers, id).await? {

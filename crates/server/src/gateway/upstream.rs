@@ -79,3 +79,16 @@ pub(crate) fn ask_lazily(state: &AppState, chat: ChatRequest) -> Result<DeltaStr
         })
         .boxed())
 }
+
+/// A token limit in a request body: a whole number of at least 1 (absent: none).
+pub(crate) fn token_count<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    use serde::Deserialize;
+    let Some(n) = Option::<u64>::deserialize(deserializer)? else { return Ok(None) };
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n >= 1)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("must be a whole number of at least 1"))
+}
