@@ -10,8 +10,9 @@ use futures_util::stream::{self, BoxStream};
 use tokio::sync::mpsc;
 
 use crate::direct::{DirectWrite, SocketWriter};
+use crate::filter::Filter;
 use crate::recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_UPDATES, Recent};
-use crate::registry::{Cutoff, Filter, Hangup, Intake, Registry, Subscriber};
+use crate::registry::{Cutoff, Hangup, Intake, Registry, Subscriber};
 use crate::selector::Selector;
 use crate::store::{CommitListener, Store, StoreError};
 use crate::update::{Draft, Update, new_id};

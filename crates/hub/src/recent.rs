@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::registry::Filter;
+use crate::filter::Filter;
 use crate::update::Update;
 
 /// Updates kept at most, by default.
