@@ -46,6 +46,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep, sleep};
 use tower::ServiceExt;
 
+use crate::config::Timeouts;
 use crate::error::ApiError;
 use crate::telemetry::count_timeout;
 
@@ -58,30 +59,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long, after the shutdown signal, open connections get to finish before the server
 /// stops anyway. Event streams end at once (the hub cuts them); this bounds the rest.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// How long a client may make the server wait. See the [module docs](self).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// From accept (or from the first byte of a later request) to a complete request head.
-    pub request_head: Duration,
-    /// Between two pieces of a request body.
-    pub request_body: Duration,
-    /// A connection with no request in flight and nothing arriving.
-    pub idle_connection: Duration,
-    /// A write to the client that makes no progress.
-    pub write: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            request_head: Duration::from_secs(30),
-            request_body: Duration::from_secs(30),
-            idle_connection: Duration::from_secs(75),
-            write: Duration::from_secs(30),
-        }
-    }
-}
 
 /// The peer address of a connection, for handlers (`ConnectInfo<ClientAddr>`).
 #[derive(Debug, Clone, Copy)]
@@ -393,6 +370,9 @@ pub(crate) struct ServeConfig {
     pub(crate) timeouts: Timeouts,
     /// TLS (and so HTTP/2 by ALPN); without it, HTTP/1.1 and HTTP/2 with prior knowledge.
     pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+    /// The path of the subscriptions served [directly](direct) on a plain connection (the
+    /// hub's): the router knows its routes, this layer only the one path it is told.
+    pub(crate) direct_path: &'static str,
 }
 
 /// An accepted connection, with what serving it needs.
@@ -403,18 +383,20 @@ struct Accepted {
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     timeouts: Timeouts,
+    direct_path: &'static str,
 }
 
 /// Serves a plain connection: a first request that subscribes [directly](direct), anything
 /// else with hyper.
 async fn serve_plain(stream: TcpStream, accepted: Accepted) {
-    let Accepted { addr, slot, app, builder, watcher, timeouts } = accepted;
+    let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
     // Both boxed: the opening's state (the router's, a head's) and hyper's would otherwise
     // size the task of every connection, for as long as a direct stream lasts.
-    match Box::pin(direct::open(stream, addr, slot, &app, timeouts)).await {
+    let opening = direct::open(stream, addr, slot, &app, timeouts, direct_path);
+    match Box::pin(opening).await {
         direct::Opening::Direct(mut answer) => answer.write().await,
         direct::Opening::Hyper(stream, slot) => {
-            let accepted = Accepted { addr, slot, app, builder, watcher, timeouts };
+            let accepted = Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
             Box::pin(serve_connection(stream, accepted)).await;
         }
         direct::Opening::Done => {}
@@ -434,7 +416,7 @@ async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accep
 
 /// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.
 async fn serve_connection<S: Socket>(stream: S, accepted: Accepted) {
-    let Accepted { addr, slot, app, builder, watcher, timeouts } = accepted;
+    let Accepted { addr, slot, app, builder, watcher, timeouts, .. } = accepted;
     let control = Arc::new(Control::default());
     let io = TokioIo::new(Conn::new(stream, Arc::clone(&control), timeouts, slot));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -509,6 +491,7 @@ async fn accept_until(
             builder: Arc::clone(&builder),
             watcher: graceful.watcher(),
             timeouts: config.timeouts,
+            direct_path: config.direct_path,
         };
         match &config.tls {
             None => tokio::spawn(serve_plain(stream, accepted)),
