@@ -275,11 +275,10 @@ impl Answer {
         if let Some(direct) = &self.direct {
             direct.close();
         }
+        // Hung up, timed out or failed: reset rather than close, since the peer will not read
+        // what is queued, so the kernel must not keep it.
         if let Err(error) = outcome {
             tracing::debug!(%error, "an event stream ended with an error");
-        }
-        if self.control.killed.load(Ordering::Acquire) {
-            // Reset rather than close: the peer will not read what is queued, so do not keep it.
             let _ = self.stream.set_zero_linger();
         }
     }

@@ -10,7 +10,8 @@
 //!   closed after [`Timeouts::idle_connection`] (longer than nginx's upstream keep-alive, so a
 //!   proxy closes first and never reuses a socket the server is closing).
 //! - **Writes**: a write that makes no progress for [`Timeouts::write`] (a subscriber that
-//!   stopped reading, its socket buffers full) fails, which closes the connection.
+//!   stopped reading, its socket buffers full) fails, which resets the connection (the kernel
+//!   drops what it held for a peer that reads no more).
 //! - **Hang-up**: the hub can close a connection at once ([`ConnHandle::hang_up`]) when it cuts
 //!   a slow subscriber off, even while a write to it is stuck; the socket is reset, so the
 //!   kernel frees its send queue instead of holding it for the peer.
@@ -246,6 +247,9 @@ impl<S: Socket> Conn<S> {
         let stall = self.write_stall.get_or_insert_with(|| Box::pin(sleep(write)));
         ready!(stall.as_mut().poll(cx));
         count_timeout("write");
+        // The client reads nothing more: reset, so the kernel drops what it still holds for it
+        // rather than keep it queued behind a FIN until the peer reads or times out.
+        self.stream.reset_on_close();
         Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")))
     }
 }
