@@ -294,8 +294,6 @@ struct Inner {
     _intake: Arc<Intake>,
     config: HubConfig,
     next_key: AtomicU64,
-    /// Why the last append failed, until one succeeds.
-    store_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// The fan-out side of a hub, made first because a store needs it as its [`CommitListener`].
@@ -340,7 +338,6 @@ impl Hub {
                 _intake: fanout.0,
                 config,
                 next_key: AtomicU64::new(1),
-                store_failure: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -383,19 +380,14 @@ impl Hub {
         let started = std::time::Instant::now();
         let appended = self.inner.store.append(draft).await;
         metrics::histogram!("sluice_store_append_seconds").record(started.elapsed().as_secs_f64());
-        match &appended {
-            Ok(_) | Err(StoreError::Conflict(_) | StoreError::Invalid(_)) => {
-                *self.inner.store_failure.lock().unwrap() = None;
-            }
-            Err(error) => *self.inner.store_failure.lock().unwrap() = Some(error.to_string()),
-        }
         Ok(appended?)
     }
 
-    /// Why the last write to the store failed, if it did (the store has not taken a write
-    /// since): for a readiness check, which should send traffic elsewhere meanwhile.
+    /// Why the store cannot take writes now, if its latest calls failed (see
+    /// [`Store::failure`]): for a readiness check, which should send traffic elsewhere
+    /// meanwhile.
     pub fn store_failure(&self) -> Option<String> {
-        self.inner.store_failure.lock().unwrap().clone()
+        self.inner.store.failure()
     }
 
     /// Subscribes: the frames replay what the cursor missed, then go live, with no gap and no
