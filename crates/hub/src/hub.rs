@@ -316,8 +316,8 @@ impl Fanout {
         Fanout::default()
     }
 
-    /// A fan-out that keeps at most `updates` recent updates and `bytes` bytes of their frames
-    /// in memory for replay (0: replays always read the store).
+    /// A fan-out that keeps at most `updates` recent updates, holding at most `bytes` bytes of
+    /// heap, for replay (0: replays always read the store).
     pub fn with_recent(updates: usize, bytes: usize) -> Self {
         Fanout(Intake::start(Recent::new(updates, bytes)))
     }
