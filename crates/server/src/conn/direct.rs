@@ -115,7 +115,7 @@ pub(super) async fn open(
             let socket =
                 DirectSocket { stream: Arc::clone(&stream), control: Arc::clone(&control) };
             request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
-            request.extensions_mut().insert(ConnHandle(Arc::clone(&control)));
+            request.extensions_mut().insert(ConnHandle::connection(&control));
             request.extensions_mut().insert(SubscriberSocket(Arc::new(socket)));
             match app.clone().oneshot(request).await {
                 Ok(response) => response,
