@@ -117,9 +117,9 @@ pub(crate) struct Args {
     /// Updates queued per subscriber before it is cut off as too slow [default: 1024].
     #[arg(long, env = "SLUICE_QUEUE_CAPACITY", value_name = "N")]
     queue_capacity: Option<usize>,
-    /// MiB of the latest updates kept in memory (at most 65,536 updates), so that a subscriber
-    /// resuming from a recent Last-Event-ID is replayed without reading the store [default:
-    /// 64; 0: replays always read the store].
+    /// MiB of memory for the latest updates (all they hold, not only their encoded events; at
+    /// most 65,536 updates), so that a subscriber resuming from a recent Last-Event-ID is
+    /// replayed without reading the store [default: 64; 0: replays always read the store].
     #[arg(long, env = "SLUICE_REPLAY_WINDOW_MIB", value_name = "MIB")]
     replay_window_mib: Option<usize>,
     /// Do not publish subscription events.

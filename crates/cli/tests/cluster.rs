@@ -92,6 +92,30 @@ async fn what_one_node_publishes_another_delivers_and_resumes() {
     assert_eq!(data(&resumed), ["3"]);
 }
 
+/// Issue 16, finding 1: a node whose publish failed while Redis was down is ready again once
+/// Redis is back, without a publish of its own: a load balancer that took it out of rotation
+/// sends it none, so `/readyz`'s own store call must be enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_returns_with_redis_without_a_publish_on_the_node() {
+    let mut redis = RedisServer::start();
+    let (servers, _dirs) = nodes(&redis, 1, &[]);
+    let node = &servers[0];
+    let client = reqwest::Client::new();
+    let ready = || async { client.get(format!("{}/readyz", node.url())).send().await.unwrap() };
+    assert_eq!(ready().await.status(), 200);
+    redis.kill();
+    let refused = publish(&client, &node.hub(), &publisher_token(), "/r", "during").await;
+    assert_eq!(refused, Err(reqwest::StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(ready().await.status(), 503, "not ready while Redis is down");
+    redis.restart();
+    let back = async {
+        while ready().await.status() != 200 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, back).await.expect("ready again once Redis is back");
+}
+
 /// Starts an answer on `server`: its JSON (`id`, `events_url`, `cancel_url`).
 async fn start_answer(server: &Server) -> serde_json::Value {
     let request =

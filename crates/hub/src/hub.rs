@@ -10,8 +10,9 @@ use futures_util::stream::{self, BoxStream};
 use tokio::sync::mpsc;
 
 use crate::direct::{DirectWrite, SocketWriter};
+use crate::filter::Filter;
 use crate::recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_UPDATES, Recent};
-use crate::registry::{Cutoff, Filter, Hangup, Intake, Registry, Subscriber};
+use crate::registry::{Cutoff, Hangup, Intake, Registry, Subscriber};
 use crate::selector::Selector;
 use crate::store::{CommitListener, Store, StoreError};
 use crate::update::{Draft, Update, new_id};
@@ -293,8 +294,6 @@ struct Inner {
     _intake: Arc<Intake>,
     config: HubConfig,
     next_key: AtomicU64,
-    /// Why the last append failed, until one succeeds.
-    store_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// The fan-out side of a hub, made first because a store needs it as its [`CommitListener`].
@@ -317,8 +316,8 @@ impl Fanout {
         Fanout::default()
     }
 
-    /// A fan-out that keeps at most `updates` recent updates and `bytes` bytes of their frames
-    /// in memory for replay (0: replays always read the store).
+    /// A fan-out that keeps at most `updates` recent updates, holding at most `bytes` bytes of
+    /// heap, for replay (0: replays always read the store).
     pub fn with_recent(updates: usize, bytes: usize) -> Self {
         Fanout(Intake::start(Recent::new(updates, bytes)))
     }
@@ -339,7 +338,6 @@ impl Hub {
                 _intake: fanout.0,
                 config,
                 next_key: AtomicU64::new(1),
-                store_failure: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -394,19 +392,14 @@ impl Hub {
         let started = std::time::Instant::now();
         let appended = self.inner.store.append(draft).await;
         metrics::histogram!("sluice_store_append_seconds").record(started.elapsed().as_secs_f64());
-        match &appended {
-            Ok(_) | Err(StoreError::Conflict(_) | StoreError::Invalid(_)) => {
-                *self.inner.store_failure.lock().unwrap() = None;
-            }
-            Err(error) => *self.inner.store_failure.lock().unwrap() = Some(error.to_string()),
-        }
         Ok(appended?)
     }
 
-    /// Why the last write to the store failed, if it did (the store has not taken a write
-    /// since): for a readiness check, which should send traffic elsewhere meanwhile.
+    /// Why the store cannot take writes now, if its latest calls failed (see
+    /// [`Store::failure`]): for a readiness check, which should send traffic elsewhere
+    /// meanwhile.
     pub fn store_failure(&self) -> Option<String> {
-        self.inner.store_failure.lock().unwrap().clone()
+        self.inner.store.failure()
     }
 
     /// Subscribes: the frames replay what the cursor missed, then go live, with no gap and no

@@ -43,6 +43,7 @@
 //! keep publishing.
 
 mod direct;
+mod filter;
 mod hub;
 mod recent;
 mod registry;
@@ -54,12 +55,13 @@ mod update;
 mod url_pattern;
 
 pub use direct::{DirectWrite, SocketWriter};
+pub use filter::RESERVED_TOPIC_PREFIX;
 pub use hub::{
     Cursor, Deliveries, Delivery, Fanout, Hub, HubConfig, LimitError, Limits, PublishError,
     RESET_EVENT_TYPE, SubscribeError, SubscribeRequest, Subscription,
 };
 pub use recent::DEFAULT_RECENT_UPDATES;
-pub use registry::{Hangup, RESERVED_TOPIC_PREFIX};
+pub use registry::Hangup;
 pub use selector::{Selector, SelectorError};
 pub use store::{
     CommitListener, Heartbeat, MemoryStore, RedisConfig, RedisStore, Store, StoreError,

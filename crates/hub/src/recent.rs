@@ -19,12 +19,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::registry::Filter;
-use crate::update::Update;
+use crate::filter::Filter;
+use crate::update::{Update, allocation};
 
 /// Updates kept at most, by default.
 pub const DEFAULT_RECENT_UPDATES: usize = 65_536;
-/// Bytes of encoded frames kept at most, by default.
+/// Bytes of heap the window holds at most, by default.
 pub(crate) const DEFAULT_RECENT_BYTES: usize = 64 * 1024 * 1024;
 /// Updates examined per call when a filter has to be matched against each one: bounds the
 /// time the window's lock is held.
@@ -45,7 +45,20 @@ struct Window {
     updates: VecDeque<Arc<Update>>,
     /// The same updates by topic, each list in `seq` order.
     by_topic: HashMap<String, VecDeque<Arc<Update>>>,
+    /// The heap all this holds, as [`held_by`] and [`topic_entry`] count it.
     bytes: usize,
+}
+
+/// The heap one kept update costs the window: the update itself, and its place in the list of
+/// all updates and in its topics' lists. What the bound counts, so that the window's setting
+/// is what it really holds (counting the frames alone, it held 4.4 times its setting).
+fn held_by(update: &Update) -> usize {
+    update.heap_bytes() + size_of::<Arc<Update>>() * (1 + update.topics().len())
+}
+
+/// The heap a topic's entry in the index costs: its key, its list's header and its slot.
+fn topic_entry(topic: &str) -> usize {
+    allocation(topic.len()) + size_of::<(String, VecDeque<Arc<Update>>)>() + 1
 }
 
 /// A page read from the window: the updates the filter receives, and the `seq` up to which
@@ -56,7 +69,8 @@ pub(crate) struct Page {
 }
 
 impl Recent {
-    /// A window of at most `max_updates` updates and `max_bytes` bytes of frames (0: none kept).
+    /// A window of at most `max_updates` updates holding at most `max_bytes` bytes of heap (0:
+    /// none kept).
     pub(crate) fn new(max_updates: usize, max_bytes: usize) -> Self {
         Recent { max_updates, max_bytes, window: Mutex::default() }
     }
@@ -76,12 +90,13 @@ impl Recent {
             if update.seq() <= window.last() {
                 continue;
             }
-            window.bytes += update.frame().len();
+            window.bytes += held_by(update);
             for topic in update.topics() {
                 // A topic already indexed is not copied again (`entry` would need it owned).
                 match window.by_topic.get_mut(topic) {
                     Some(list) => list.push_back(Arc::clone(update)),
                     None => {
+                        window.bytes += topic_entry(topic);
                         window.by_topic.insert(topic.clone(), VecDeque::from([Arc::clone(update)]));
                     }
                 }
@@ -125,12 +140,13 @@ impl Window {
     fn evict_oldest(&mut self) {
         let Some(oldest) = self.updates.pop_front() else { return };
         self.floor = oldest.seq();
-        self.bytes -= oldest.frame().len();
+        self.bytes -= held_by(&oldest);
         for topic in oldest.topics() {
             if let Some(list) = self.by_topic.get_mut(topic) {
                 list.pop_front();
                 if list.is_empty() {
                     self.by_topic.remove(topic);
+                    self.bytes -= topic_entry(topic);
                 }
             }
         }

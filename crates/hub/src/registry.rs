@@ -25,14 +25,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::direct::{DirectWrite, Round};
+use crate::filter::Filter;
 use crate::recent::Recent;
-use crate::selector::Selector;
 use crate::store::CommitListener;
 use crate::update::Update;
-
-/// Topics under this prefix are reserved for the hub's own streams (AI answers): `*` and
-/// template selectors never match them; only an exact selector does.
-pub const RESERVED_TOPIC_PREFIX: &str = "/.well-known/sluice/";
 
 /// Committed batches waiting for the dispatcher. When it falls this far behind, the store's
 /// commit waits for it, which slows publishers instead of growing memory without bound.
@@ -64,33 +60,6 @@ impl Hangup {
 impl fmt::Debug for Hangup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Hangup")
-    }
-}
-
-/// What a subscriber receives: shared by its registry entry (for live fan-out) and its
-/// subscription (for filtering the replay from history).
-#[derive(Debug)]
-pub(crate) struct Filter {
-    pub(crate) selectors: Vec<Selector>,
-    /// Selectors of the topics whose private updates it may receive (`mercure.subscribe`).
-    pub(crate) allowed_private: Vec<Selector>,
-}
-
-impl Filter {
-    /// Its topics, when every selector is an exact topic (then an update it receives has one
-    /// of them, so an index by topic finds all it receives).
-    pub(crate) fn exact_topics(&self) -> Option<Vec<&str>> {
-        self.selectors.iter().map(Selector::exact).collect()
-    }
-
-    /// Whether `update` goes to this subscriber: one of its topics matches a selector, and, if
-    /// it is private, one of its topics matches an allowed selector.
-    pub(crate) fn can_receive(&self, update: &Update) -> bool {
-        let topics = update.topics();
-        let wanted = self.selectors.iter().any(|s| topics.iter().any(|t| selects(s, t)));
-        wanted
-            && (!update.private()
-                || self.allowed_private.iter().any(|s| topics.iter().any(|t| selects(s, t))))
     }
 }
 
@@ -164,14 +133,6 @@ impl Subscriber {
             (hangup.0)();
         }
     }
-}
-
-/// Selector matching with the reserved-topic rule.
-fn selects(selector: &Selector, topic: &str) -> bool {
-    if selector.exact() == Some(topic) {
-        return true;
-    }
-    !topic.starts_with(RESERVED_TOPIC_PREFIX) && selector.matches(topic)
 }
 
 /// The subscribers, indexed for fan-out, and the recent updates, for replay.

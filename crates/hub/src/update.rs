@@ -119,6 +119,28 @@ impl Update {
     pub fn frame(&self) -> &Bytes {
         &self.frame
     }
+
+    /// The heap it holds while shared in an `Arc` (as the window of recent updates keeps it):
+    /// the `Arc`'s block (its counts and this struct), every string and list it owns, and its
+    /// frame's buffer with the header the buffer is shared through once cloned, each rounded
+    /// up as the allocator does. The data is there twice, as text and inside the frame.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let draft = &self.draft;
+        let strings = [&self.id, &draft.data].into_iter().chain(draft.event_type.as_ref());
+        let topics = draft.topics.iter().map(|t| allocation(t.capacity())).sum::<usize>()
+            + allocation(draft.topics.capacity() * size_of::<String>());
+        allocation(2 * size_of::<usize>() + size_of::<Update>())
+            + strings.map(|s| allocation(s.capacity())).sum::<usize>()
+            + topics
+            + allocation(self.frame.len())
+            + allocation(3 * size_of::<usize>())
+    }
+}
+
+/// What an allocation of `bytes` costs: the allocator's header and rounding included (a
+/// 64-bit glibc malloc: 8 bytes of header, 16-byte steps, 32 bytes at least).
+pub(crate) fn allocation(bytes: usize) -> usize {
+    if bytes == 0 { 0 } else { (bytes + 8).next_multiple_of(16).max(32) }
 }
 
 /// Milliseconds since the Unix epoch, now.

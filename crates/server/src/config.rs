@@ -7,7 +7,6 @@ use std::time::Duration;
 use sluice_llm::Router;
 
 use crate::auth::Verifier;
-use crate::conn::Timeouts;
 use crate::tls::Tls;
 
 /// Everything the HTTP layer needs to know.
@@ -80,6 +79,32 @@ impl Default for Config {
             generation_grace: Duration::from_secs(30),
             timeouts: Timeouts::default(),
             tls: None,
+        }
+    }
+}
+
+/// How long a client may make the server wait. Each bound is enforced by the connection layer
+/// (`conn`), which closes the connection (and counts it in `sluice_timeouts_total`) when one
+/// is hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From accept (or from the first byte of a later request) to a complete request head.
+    pub request_head: Duration,
+    /// Between two pieces of a request body.
+    pub request_body: Duration,
+    /// A connection with no request in flight and nothing arriving.
+    pub idle_connection: Duration,
+    /// A write to the client that makes no progress.
+    pub write: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request_head: Duration::from_secs(30),
+            request_body: Duration::from_secs(30),
+            idle_connection: Duration::from_secs(75),
+            write: Duration::from_secs(30),
         }
     }
 }

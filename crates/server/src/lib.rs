@@ -37,6 +37,7 @@ mod grants;
 mod mercure;
 mod openapi;
 mod ops;
+mod signing;
 mod sse;
 mod state;
 mod telemetry;
@@ -56,8 +57,8 @@ use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{Claims, DEFAULT_ISSUER, Grant, KeyError, TokenKind, Verifier, mint_hs256};
-pub use config::{Config, default_max_connections, max_connections_for_files};
-pub use conn::{ClientAddr, Timeouts};
+pub use config::{Config, Timeouts, default_max_connections, max_connections_for_files};
+pub use conn::ClientAddr;
 pub use error::ApiError;
 pub use grants::{AccessGrant, MatchType, TopicMatcher, mint_access_hs256};
 pub use mercure::HUB_PATH;
@@ -184,6 +185,7 @@ pub async fn serve(
         max_connections: state.config().max_connections,
         timeouts: state.config().timeouts,
         tls: state.config().tls.clone(),
+        direct_path: mercure::HUB_PATH,
     };
     let stopping = state.clone();
     let on_shutdown = async move {

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use sluice_client::EventSource;
 use sluice_hub::HubConfig;
-use sluice_server::{Config, Grant, Verifier, mint_hs256};
+use sluice_server::{Config, Grant, Timeouts, Verifier, mint_hs256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &[u8] = b"test secret";
@@ -481,6 +481,90 @@ async fn read_until_found(socket: &mut tokio::net::TcpStream, needle: &str) -> S
         seen.extend_from_slice(&buffer[..n]);
     }
     String::from_utf8(seen).unwrap()
+}
+
+/// Issue 16, finding 7: a subscriber that stops reading is closed at the write timeout with a
+/// reset, as the slow-consumer cut does, not with a FIN that leaves what the kernel still
+/// holds for it queued (in FIN-WAIT-1) until it reads or times out: after what its receive
+/// buffer had, its read fails with ECONNRESET instead of ending cleanly. On the direct path
+/// (a first request) and through hyper (a subscription after another request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_timeout_resets_the_connection() {
+    let timeouts = Timeouts { write: Duration::from_secs(1), ..Timeouts::default() };
+    let server = start(Config { timeouts, ..secure() }).await;
+    const WRITE_TIMEOUTS: &str = r#"sluice_timeouts_total{wait="write"}"#;
+    let before = metric(&server, WRITE_TIMEOUTS).await;
+    let addr: std::net::SocketAddr = server.0.url.trim_start_matches("http://").parse().unwrap();
+    let subscribe = "GET /.well-known/mercure?topic=/stall HTTP/1.1\r\nHost: x\r\n\r\n";
+    let after_health = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{subscribe}");
+    let mut stalled = Vec::new();
+    for (what, request) in [("direct", subscribe.to_owned()), ("through hyper", after_health)] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        read_until_found(&mut stream, "text/event-stream").await;
+        stalled.push((what, stream)); // and not read again until the server gives up
+    }
+    // More than the socket buffers hold, fewer than the subscriber's queue (1,024 updates):
+    // the write timeout ends these streams, not the slow-consumer cut.
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..200 {
+        publish_ok(&server, &[("topic", "/stall"), ("data", &big)]).await;
+    }
+    let timed_out = async {
+        while metric(&server, WRITE_TIMEOUTS).await < before + 2.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), timed_out).await.expect("both writes time out");
+    for (what, mut stream) in stalled {
+        let ended = async {
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(error) => return Some(error.kind()),
+                }
+            }
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(30), ended).await.expect("it ends");
+        assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset), "{what}: reset, not closed");
+    }
+    server.stop().await;
+}
+
+/// Issue 16, finding 7: a token in an `access_token` query parameter (RFC 6750's URI form) is
+/// refused with 400 on every hub route, as draft-08 refuses `authorization=`, rather than
+/// ignored while the request goes on as anonymous or with another token.
+#[tokio::test]
+async fn an_access_token_in_the_url_is_refused() {
+    let server = start(secure()).await;
+    let all = token(&["*"], &["*"]);
+    let client = reqwest::Client::new();
+    let hub = server.hub_url();
+    let requests = [
+        ("draft-07 subscribe", client.get(format!("{hub}?topic=/t&access_token={all}"))),
+        ("draft-08 subscribe", client.get(format!("{hub}?match=/t&access_token={all}"))),
+        (
+            "publish",
+            client
+                .post(format!("{hub}?access_token={all}"))
+                .bearer_auth(&all)
+                .form(&[("topic", "/t")]),
+        ),
+        (
+            "subscription API",
+            client.get(format!("{hub}/subscriptions?access_token={all}")).bearer_auth(&all),
+        ),
+    ];
+    for (what, request) in requests {
+        let (status, body) = error_json(request.send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{what}: {body}");
+    }
+    server.stop().await;
 }
 
 /// A connection that opens with a subscription is served straight on its socket: the stream

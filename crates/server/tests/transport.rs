@@ -7,11 +7,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{StatusCode, Version};
 use sluice_hub::HubConfig;
 use sluice_llm::{Attempts, Router, Script, Scripted};
-use sluice_server::{CertificateSource, Config, Grant, Tls, Verifier, mint_hs256};
+use sluice_server::{CertificateSource, Config, Grant, Timeouts, Tls, Verifier, mint_hs256};
 
 const SECRET: &[u8] = b"transport secret";
 
@@ -156,6 +157,94 @@ async fn an_http2_stream_reset_cancels_the_upstream() {
         .expect("the upstream is cancelled");
     let next = client.get(format!("{}/healthz", server.url)).send().await.unwrap();
     assert_eq!(next.status(), StatusCode::OK, "the connection serves on");
+}
+
+/// An HTTP/2 subscription to `topic` on `server` whose stream window (1 KiB) is never opened
+/// again: the client reads what arrives but releases no capacity, as a subscriber that stops
+/// reading does. The connection's handle (for more requests on it) and the body.
+async fn stalled_h2_subscriber(
+    url: &str,
+    topic: &str,
+) -> (h2::client::SendRequest<Bytes>, h2::RecvStream) {
+    let tcp = tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await.unwrap();
+    let (mut client, connection) =
+        h2::client::Builder::new().initial_window_size(1024).handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = axum::http::Request::get(format!("{url}/.well-known/mercure?topic={topic}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    (client, response.into_body())
+}
+
+/// Reads `body`, releasing no capacity, until the server resets the stream: its reason.
+async fn reset_reason(body: &mut h2::RecvStream) -> h2::Reason {
+    let reset = async {
+        loop {
+            match body.data().await {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return error.reason().expect("a stream reset"),
+                None => panic!("the stream ended instead of being reset"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reset).await.expect("the stream is reset")
+}
+
+async fn publish_many(url: &str, topic: &str, count: usize, size: usize) {
+    let token = mint_hs256(SECRET, &Grant { publish: vec!["*".into()], ..Grant::default() });
+    let client = reqwest::Client::new();
+    let data = "x".repeat(size);
+    for _ in 0..count {
+        let response = client
+            .post(format!("{url}/.well-known/mercure"))
+            .bearer_auth(&token)
+            .form(&[("topic", topic), ("data", data.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+/// Issue 16, finding 4: an HTTP/2 subscriber more than `--queue-capacity` updates behind is
+/// cut as an HTTP/1.1 one is, its stream reset (RST_STREAM) at once, rather than left open
+/// until its window reopens; the connection's other streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_subscriber_past_its_queue_is_reset_at_once() {
+    let (_scripted, router) = scripted(0.0);
+    let hub = HubConfig { queue_capacity: 8, ..HubConfig::default() };
+    let server = common::serve(config(router, None), hub).await;
+    let (mut client, mut body) = stalled_h2_subscriber(&server.url, "/h2-slow").await;
+    publish_many(&server.url, "/h2-slow", 64, 512).await;
+    assert_eq!(reset_reason(&mut body).await, h2::Reason::CANCEL);
+    still_serves(&mut client, &server.url).await;
+}
+
+/// Issue 16, finding 4: the write bound holds per HTTP/2 stream: a stream whose window stays
+/// closed with an event waiting is reset once the bound passes, though the connection's
+/// socket takes every write (so the connection's own bound never fires), and the
+/// connection's other streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_window_stays_closed_is_reset_at_the_write_bound() {
+    let (_scripted, router) = scripted(0.0);
+    let timeouts = Timeouts { write: Duration::from_secs(1), ..Timeouts::default() };
+    let server =
+        common::serve(Config { timeouts, ..config(router, None) }, HubConfig::default()).await;
+    let (mut client, mut body) = stalled_h2_subscriber(&server.url, "/h2-closed").await;
+    // More than the window, far fewer updates than the queue holds.
+    publish_many(&server.url, "/h2-closed", 8, 512).await;
+    assert_eq!(reset_reason(&mut body).await, h2::Reason::CANCEL);
+    still_serves(&mut client, &server.url).await;
+}
+
+/// A new request on the connection is answered.
+async fn still_serves(client: &mut h2::client::SendRequest<Bytes>, url: &str) {
+    let request = axum::http::Request::get(format!("{url}/healthz")).body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200, "the connection serves on");
 }
 
 /// New certificate files take effect without a restart once the server re-reads them (what

@@ -107,6 +107,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The record of the newest stream put with `key`, if it is still kept.
     fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>>;
 
+    /// Why the store cannot take writes now, as far as its latest calls tell, or `None`: for
+    /// a readiness check, which sends traffic elsewhere meanwhile. Which calls count is the
+    /// store's to say: where one server answers every call (Redis), any call that succeeds
+    /// clears it, a readiness check's own included; where reads go on while writes fail (a
+    /// full disk under SQLite), only a write does. A store that cannot fail says `None`.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// How the processes sharing this store coordinate the streams they produce, when several
     /// may (a shared store). `None` for a store only one process uses: then what runs in
     /// this process is all that runs.

@@ -47,8 +47,8 @@
 //!   stream, see [`StreamControl`].
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -247,6 +247,9 @@ pub struct RedisStore {
     followed: watch::Receiver<u64>,
     closed: Arc<AtomicBool>,
     scripts: Scripts,
+    /// Why the last command failed, until one succeeds: one server answers every command, so
+    /// any that succeeds (a readiness check's read included) says writes would go through.
+    failure: Mutex<Option<String>>,
 }
 
 struct Scripts {
@@ -325,6 +328,7 @@ impl RedisStore {
                 heartbeat: Script::new(HEARTBEAT),
                 request_cancel: Script::new(REQUEST_CANCEL),
             },
+            failure: Mutex::new(None),
         };
         if store.config.max_age.is_some() {
             tokio::spawn(retain_by_age(store.retention_handle()));
@@ -352,13 +356,17 @@ impl RedisStore {
             return Err(StoreError::Closed);
         }
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.config.command_timeout, f(&mut connection)).await {
-            Ok(result) => result.map_err(backend),
-            Err(_) => Err(backend(format!(
-                "no answer within {} ms",
-                self.config.command_timeout.as_millis()
-            ))),
-        }
+        let outcome =
+            match tokio::time::timeout(self.config.command_timeout, f(&mut connection)).await {
+                Ok(result) => result.map_err(backend),
+                Err(_) => Err(backend(format!(
+                    "no answer within {} ms",
+                    self.config.command_timeout.as_millis()
+                ))),
+            };
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) =
+            outcome.as_ref().err().map(ToString::to_string);
+        outcome
     }
 
     async fn append_now(&self, draft: Draft) -> Result<Arc<Update>, StoreError> {
@@ -715,6 +723,10 @@ impl Store for RedisStore {
             }
         }
         .boxed()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn control(&self) -> Option<&dyn StreamControl> {

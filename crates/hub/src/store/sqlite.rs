@@ -271,6 +271,9 @@ pub struct SqliteStore {
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     readers: Arc<Readers>,
     counters: Arc<Counters>,
+    /// Why the writer's last commit failed, until one succeeds: reads go on while writes fail
+    /// (a full disk), so only a commit tells that writes work again.
+    failure: Arc<Mutex<Option<String>>>,
     path: PathBuf,
 }
 
@@ -317,12 +320,14 @@ impl SqliteStore {
         readers.with(|_| Ok(()))?;
 
         let counters = Arc::new(Counters::default());
+        let failure = Arc::new(Mutex::new(None));
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
             conn,
             requests: receiver,
             listener,
             counters: Arc::clone(&counters),
+            failure: Arc::clone(&failure),
             max_updates,
             max_age,
             last_published,
@@ -338,6 +343,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             readers,
             counters,
+            failure,
             path,
         })
     }
@@ -468,6 +474,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         // Taken now: appends called after `close` are refused even before it is polled.
         let sender = lock(&self.requests).take();
@@ -503,6 +513,7 @@ struct Writer {
     requests: mpsc::Receiver<Request>,
     listener: Arc<dyn CommitListener>,
     counters: Arc<Counters>,
+    failure: Arc<Mutex<Option<String>>>,
     max_updates: Option<u64>,
     max_age: Option<Duration>,
     /// The `published_ms` of the latest update: the next is never earlier, so that age and
@@ -582,7 +593,9 @@ impl Writer {
     /// Writes `batch` in one transaction, tells the listener, then answers each requester.
     fn commit(&mut self, batch: Vec<(Draft, Reply<Arc<Update>>)>) {
         let (drafts, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match self.write(drafts) {
+        let written = self.write(drafts);
+        *lock(&self.failure) = written.as_ref().err().map(ToString::to_string);
+        match written {
             Ok((outcomes, committed)) => {
                 let c = &self.counters;
                 c.transactions.fetch_add(1, Ordering::Relaxed);

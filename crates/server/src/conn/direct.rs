@@ -47,7 +47,6 @@ use super::{ClientAddr, ConnHandle, Control, Slot, Timeouts};
 use sluice_hub::{DirectWrite, SocketWriter};
 
 use crate::error::ApiError;
-use crate::mercure::HUB_PATH;
 use crate::telemetry::count_timeout;
 
 /// The most bytes of request head read here; past them, 431. Above the router's own limits
@@ -58,10 +57,10 @@ const MAX_HEAD_FIELDS: usize = 128;
 /// The most frames gathered into one vectored write.
 const MAX_SLICES: usize = 64;
 
-/// Whether a connection's first bytes are a subscription this module serves: `GET` of the
-/// hub's path exactly, with a query or none.
-fn is_subscription(first: &[u8]) -> bool {
-    let rest = first.strip_prefix(b"GET ").and_then(|r| r.strip_prefix(HUB_PATH.as_bytes()));
+/// Whether a connection's first bytes are a subscription this module serves: `GET` of `path`
+/// exactly, with a query or none.
+fn is_subscription(first: &[u8], path: &str) -> bool {
+    let rest = first.strip_prefix(b"GET ").and_then(|r| r.strip_prefix(path.as_bytes()));
     matches!(rest, Some([b'?' | b' ', ..]))
 }
 
@@ -76,8 +75,8 @@ pub(super) enum Opening {
     Done,
 }
 
-/// Reads a subscription's head if the connection opens with one, and answers it through
-/// `app`. Only the returned [`Answer`] lives on for as long as the stream does: the caller
+/// Reads a subscription's head if the connection opens with one (a `GET` of `path`), and
+/// answers it through `app`. Only the returned [`Answer`] lives on for as long as the stream does: the caller
 /// boxes this future so that the router's state and the head's buffer are freed once it is
 /// done.
 pub(super) async fn open(
@@ -86,9 +85,10 @@ pub(super) async fn open(
     slot: Slot,
     app: &Router,
     timeouts: Timeouts,
+    path: &str,
 ) -> Opening {
     let head_due = Instant::now() + timeouts.request_head;
-    let mut first = [0u8; HUB_PATH.len() + 5];
+    let mut first = vec![0u8; path.len() + 5];
     let peeked = match timeout_at(head_due, stream.peek(&mut first)).await {
         Ok(Ok(peeked)) => peeked,
         Ok(Err(_)) => return Opening::Done,
@@ -97,7 +97,7 @@ pub(super) async fn open(
             return Opening::Done;
         }
     };
-    if !is_subscription(&first[..peeked]) {
+    if !is_subscription(&first[..peeked], path) {
         return Opening::Hyper(stream, slot);
     }
     let control = Arc::new(Control::default());
@@ -115,7 +115,7 @@ pub(super) async fn open(
             let socket =
                 DirectSocket { stream: Arc::clone(&stream), control: Arc::clone(&control) };
             request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
-            request.extensions_mut().insert(ConnHandle(Arc::clone(&control)));
+            request.extensions_mut().insert(ConnHandle::connection(&control));
             request.extensions_mut().insert(SubscriberSocket(Arc::new(socket)));
             match app.clone().oneshot(request).await {
                 Ok(response) => response,
@@ -275,11 +275,10 @@ impl Answer {
         if let Some(direct) = &self.direct {
             direct.close();
         }
+        // Hung up, timed out or failed: reset rather than close, since the peer will not read
+        // what is queued, so the kernel must not keep it.
         if let Err(error) = outcome {
             tracing::debug!(%error, "an event stream ended with an error");
-        }
-        if self.control.killed.load(Ordering::Acquire) {
-            // Reset rather than close: the peer will not read what is queued, so do not keep it.
             let _ = self.stream.set_zero_linger();
         }
     }
@@ -448,13 +447,14 @@ mod tests {
 
     #[test]
     fn only_a_get_of_the_hub_path_itself_is_a_subscription() {
-        assert!(is_subscription(b"GET /.well-known/mercure?topic=a HTTP/1.1"));
-        assert!(is_subscription(b"GET /.well-known/mercure HTTP/1.1"));
-        assert!(!is_subscription(b"GET /.well-known/mercure/subscriptions HTTP/1.1"));
-        assert!(!is_subscription(b"POST /.well-known/mercure HTTP/1.1"));
-        assert!(!is_subscription(b"GET /.well-known/mercurex HTTP/1.1"));
-        assert!(!is_subscription(b"PRI * HTTP/2.0\r\n"));
-        assert!(!is_subscription(b"GET /.well-known/merc"), "a partial first segment is hyper's");
+        let is = |first: &[u8]| is_subscription(first, "/.well-known/mercure");
+        assert!(is(b"GET /.well-known/mercure?topic=a HTTP/1.1"));
+        assert!(is(b"GET /.well-known/mercure HTTP/1.1"));
+        assert!(!is(b"GET /.well-known/mercure/subscriptions HTTP/1.1"));
+        assert!(!is(b"POST /.well-known/mercure HTTP/1.1"));
+        assert!(!is(b"GET /.well-known/mercurex HTTP/1.1"));
+        assert!(!is(b"PRI * HTTP/2.0\r\n"));
+        assert!(!is(b"GET /.well-known/merc"), "a partial first segment is hyper's");
     }
 
     #[test]

@@ -10,10 +10,15 @@
 //!   closed after [`Timeouts::idle_connection`] (longer than nginx's upstream keep-alive, so a
 //!   proxy closes first and never reuses a socket the server is closing).
 //! - **Writes**: a write that makes no progress for [`Timeouts::write`] (a subscriber that
-//!   stopped reading, its socket buffers full) fails, which closes the connection.
+//!   stopped reading, its socket buffers full) fails, which resets the connection (the kernel
+//!   drops what it held for a peer that reads no more).
 //! - **Hang-up**: the hub can close a connection at once ([`ConnHandle::hang_up`]) when it cuts
 //!   a slow subscriber off, even while a write to it is stuck; the socket is reset, so the
 //!   kernel frees its send queue instead of holding it for the peer.
+//! - **HTTP/2 streams**: one connection carries many, so both of the above apply per stream
+//!   too: a hang-up resets the request's stream (RST_STREAM), and a stream whose window stays
+//!   closed with a frame waiting for [`Timeouts::write`] is reset, while the socket (and so
+//!   the connection's own write bound) still takes the other streams' frames ([`Watched`]).
 //!
 //! A plain HTTP/1.1 connection that opens with a subscription is served past hyper, straight
 //! on its socket ([`direct`]), under the same bounds.
@@ -38,7 +43,7 @@ use axum::http::{Request, Response};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -46,6 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep, sleep};
 use tower::ServiceExt;
 
+use crate::config::Timeouts;
 use crate::error::ApiError;
 use crate::telemetry::count_timeout;
 
@@ -59,45 +65,138 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// stops anyway. Event streams end at once (the hub cuts them); this bounds the rest.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// How long a client may make the server wait. See the [module docs](self).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// From accept (or from the first byte of a later request) to a complete request head.
-    pub request_head: Duration,
-    /// Between two pieces of a request body.
-    pub request_body: Duration,
-    /// A connection with no request in flight and nothing arriving.
-    pub idle_connection: Duration,
-    /// A write to the client that makes no progress.
-    pub write: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            request_head: Duration::from_secs(30),
-            request_body: Duration::from_secs(30),
-            idle_connection: Duration::from_secs(75),
-            write: Duration::from_secs(30),
-        }
-    }
-}
-
 /// The peer address of a connection, for handlers (`ConnectInfo<ClientAddr>`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// What a handler may do to its own connection (a request extension).
+/// What a handler may do to its own connection, or over HTTP/2 its own stream (a request
+/// extension).
 #[derive(Debug, Clone)]
-pub(crate) struct ConnHandle(Arc<Control>);
+pub(crate) struct ConnHandle(Hangs);
+
+#[derive(Debug, Clone)]
+enum Hangs {
+    /// An HTTP/1.1 connection: one request at a time.
+    Connection(Arc<Control>),
+    /// One HTTP/2 stream: the connection's other streams go on.
+    Stream(Arc<StreamWatch>),
+}
 
 impl ConnHandle {
+    /// The handle of a whole connection (HTTP/1.1).
+    fn connection(control: &Arc<Control>) -> Self {
+        ConnHandle(Hangs::Connection(Arc::clone(control)))
+    }
+
     /// Closes the connection now: pending and later reads and writes fail, and the socket is
-    /// reset so the kernel drops what it still had to send.
+    /// reset so the kernel drops what it still had to send. Over HTTP/2, resets the request's
+    /// stream (RST_STREAM) and drops what is queued for it, however closed its window.
     pub(crate) fn hang_up(&self) {
-        self.0.killed.store(true, Ordering::Release);
-        self.0.read_waker.wake();
-        self.0.write_waker.wake();
+        match &self.0 {
+            Hangs::Connection(control) => {
+                control.killed.store(true, Ordering::Release);
+                control.read_waker.wake();
+                control.write_waker.wake();
+            }
+            Hangs::Stream(watch) => {
+                watch.killed.store(true, Ordering::Release);
+                watch.waker.wake();
+            }
+        }
+    }
+}
+
+/// One HTTP/2 stream's bounds, which the connection's cannot give: its socket may take every
+/// write while this stream's window stays closed. Shared by the stream's task ([`Watched`]),
+/// its response body ([`Tracked`]) and its [`ConnHandle`].
+#[derive(Debug, Default)]
+struct StreamWatch {
+    killed: AtomicBool,
+    /// Wakes the stream's task.
+    waker: AtomicWaker,
+    /// Since when the body has handed hyper a frame that hyper has not sent: it asks for the
+    /// next frame only once the last one is handed to h2, so this lasts while the stream's
+    /// window is closed.
+    unsent_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl StreamWatch {
+    fn set_unsent_since(&self, since: Option<Instant>) {
+        *self.unsent_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = since;
+    }
+
+    fn unsent_since(&self) -> Option<Instant> {
+        *self.unsent_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+std::thread_local! {
+    /// The watch of the HTTP/2 stream whose request the service has just taken, for the
+    /// executor to attach to that stream's task. hyper calls the service and then spawns the
+    /// stream's task, one right after the other on the same thread, and offers no other way
+    /// to reach a stream from its request.
+    static STARTING: std::cell::RefCell<Option<Arc<StreamWatch>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Spawns hyper's tasks on tokio, wrapping each HTTP/2 stream's in a [`Watched`], so that the
+/// stream can be reset by its [`ConnHandle`] or its write bound.
+#[derive(Debug, Clone, Copy)]
+struct StreamExecutor {
+    write_timeout: Duration,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, task: F) {
+        match STARTING.with(|starting| starting.borrow_mut().take()) {
+            Some(watch) => {
+                let stall = Box::pin(sleep(self.write_timeout));
+                let write_timeout = self.write_timeout;
+                tokio::spawn(Watched { task: Box::pin(task), watch, stall, write_timeout });
+            }
+            None => {
+                tokio::spawn(task);
+            }
+        }
+    }
+}
+
+/// An HTTP/2 stream's task, ended early (which makes h2 reset the stream, RST_STREAM with
+/// CANCEL, and drop what it queued for it) when its [`ConnHandle`] hangs up, or when its
+/// body has had a frame unsent for the write timeout (counted as a `write` timeout).
+struct Watched<F> {
+    task: Pin<Box<F>>,
+    watch: Arc<StreamWatch>,
+    stall: Pin<Box<Sleep>>,
+    write_timeout: Duration,
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.watch.waker.register(cx.waker());
+        if self.watch.killed.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(output) = self.task.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if let Some(since) = self.watch.unsent_since() {
+            let due = since + self.write_timeout;
+            if self.stall.deadline() != due {
+                self.stall.as_mut().reset(due);
+            }
+            if self.stall.as_mut().poll(cx).is_ready() {
+                count_timeout("write");
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -133,10 +232,12 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until it is dropped.
+/// A response body that keeps its request counted as in flight until it is dropped, and over
+/// HTTP/2 tells its stream's watch whether a frame it handed out is still unsent.
 struct Tracked {
     body: Body,
     _in_flight: InFlight,
+    watch: Option<Arc<StreamWatch>>,
 }
 
 impl hyper::body::Body for Tracked {
@@ -147,7 +248,13 @@ impl hyper::body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Some(watch) = &self.watch {
+            // Asked again: the last frame was sent. A new one is unsent until the next ask.
+            let handed_out = matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data());
+            watch.set_unsent_since(handed_out.then(Instant::now));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -269,6 +376,9 @@ impl<S: Socket> Conn<S> {
         let stall = self.write_stall.get_or_insert_with(|| Box::pin(sleep(write)));
         ready!(stall.as_mut().poll(cx));
         count_timeout("write");
+        // The client reads nothing more: reset, so the kernel drops what it still holds for it
+        // rather than keep it queued behind a FIN until the peer reads or times out.
+        self.stream.reset_on_close();
         Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")))
     }
 }
@@ -393,6 +503,9 @@ pub(crate) struct ServeConfig {
     pub(crate) timeouts: Timeouts,
     /// TLS (and so HTTP/2 by ALPN); without it, HTTP/1.1 and HTTP/2 with prior knowledge.
     pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+    /// The path of the subscriptions served [directly](direct) on a plain connection (the
+    /// hub's): the router knows its routes, this layer only the one path it is told.
+    pub(crate) direct_path: &'static str,
 }
 
 /// An accepted connection, with what serving it needs.
@@ -400,21 +513,23 @@ struct Accepted {
     addr: SocketAddr,
     slot: Slot,
     app: Router,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     timeouts: Timeouts,
+    direct_path: &'static str,
 }
 
 /// Serves a plain connection: a first request that subscribes [directly](direct), anything
 /// else with hyper.
 async fn serve_plain(stream: TcpStream, accepted: Accepted) {
-    let Accepted { addr, slot, app, builder, watcher, timeouts } = accepted;
+    let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
     // Both boxed: the opening's state (the router's, a head's) and hyper's would otherwise
     // size the task of every connection, for as long as a direct stream lasts.
-    match Box::pin(direct::open(stream, addr, slot, &app, timeouts)).await {
+    let opening = direct::open(stream, addr, slot, &app, timeouts, direct_path);
+    match Box::pin(opening).await {
         direct::Opening::Direct(mut answer) => answer.write().await,
         direct::Opening::Hyper(stream, slot) => {
-            let accepted = Accepted { addr, slot, app, builder, watcher, timeouts };
+            let accepted = Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
             Box::pin(serve_connection(stream, accepted)).await;
         }
         direct::Opening::Done => {}
@@ -434,23 +549,31 @@ async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accep
 
 /// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.
 async fn serve_connection<S: Socket>(stream: S, accepted: Accepted) {
-    let Accepted { addr, slot, app, builder, watcher, timeouts } = accepted;
+    let Accepted { addr, slot, app, builder, watcher, timeouts, .. } = accepted;
     let control = Arc::new(Control::default());
     let io = TokioIo::new(Conn::new(stream, Arc::clone(&control), timeouts, slot));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
         // Over HTTP/2 one connection carries many streams: never hang them all up for one.
-        if request.version() < axum::http::Version::HTTP_2 {
-            request.extensions_mut().insert(ConnHandle(Arc::clone(&control)));
-        }
+        let watch = if request.version() < axum::http::Version::HTTP_2 {
+            request.extensions_mut().insert(ConnHandle::connection(&control));
+            None
+        } else {
+            let watch = Arc::new(StreamWatch::default());
+            request.extensions_mut().insert(ConnHandle(Hangs::Stream(Arc::clone(&watch))));
+            STARTING.with(|starting| *starting.borrow_mut() = Some(Arc::clone(&watch)));
+            Some(watch)
+        };
         let in_flight = InFlight::start(&control);
         let response = app.clone().oneshot(request);
         async move {
             let response: Response<Body> = response.await?;
-            Ok::<_, std::convert::Infallible>(
-                response.map(|body| Tracked { body, _in_flight: in_flight }),
-            )
+            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+                watch,
+            }))
         }
     });
     let connection =
@@ -468,7 +591,7 @@ async fn accept_until(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> GracefulShutdown {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(StreamExecutor { write_timeout: config.timeouts.write });
     // The head bounds live in `Conn`, which also knows about kept-alive connections.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
@@ -509,6 +632,7 @@ async fn accept_until(
             builder: Arc::clone(&builder),
             watcher: graceful.watcher(),
             timeouts: config.timeouts,
+            direct_path: config.direct_path,
         };
         match &config.tls {
             None => tokio::spawn(serve_plain(stream, accepted)),

@@ -64,6 +64,30 @@ pub(crate) fn hub_url(config: &Config, headers: &HeaderMap, uri: &Uri) -> Url {
         .unwrap_or_else(|_| Url::parse(&format!("{scheme}://localhost{HUB_PATH}")).expect("valid"))
 }
 
+/// The token in a request's query: draft-07's `authorization` parameter. An `access_token`
+/// parameter is refused (see [`access_token_in_url`]).
+fn query_token(raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut token = None;
+    for (key, value) in crate::form::parse(raw.unwrap_or_default().as_bytes())? {
+        match &*key {
+            "authorization" => token = Some(value),
+            "access_token" => return Err(access_token_in_url()),
+            _ => {}
+        }
+    }
+    Ok(token)
+}
+
+/// 400 for an `access_token` query parameter (RFC 6750's way to send a token in a URL): the
+/// hub never reads one there, and ignoring it would serve the request as anonymous, or under
+/// another token, as if it had been read.
+fn access_token_in_url() -> ApiError {
+    ApiError::invalid_request(
+        "the hub takes no access_token parameter: send the token in the Authorization header, \
+         or a cookie (draft-07 also takes an authorization parameter)",
+    )
+}
+
 /// Whether `c` may not appear in a topic, matcher, id or event type: C0 and C1 controls,
 /// DEL, and Unicode format characters (general category Cf, such as U+200B or U+202E),
 /// which would make two different strings look alike or reorder text on screen.
@@ -239,7 +263,7 @@ impl utoipa::ToSchema for Topic {}
     params(("authorization" = Option<String>, Query, description = "A draft-07 publisher JWT, when no header or cookie can carry it")),
     responses(
         (status = 200, description = "The id of the update", content_type = "text/plain; charset=utf-8", body = String),
-        (status = 400, description = "A malformed field, invalid UTF-8, a reserved topic, id or type, a topic past the limits, or a malformed Authorization header", body = ErrorBody),
+        (status = 400, description = "A malformed field, invalid UTF-8, a reserved topic, id or type, a topic past the limits, a malformed Authorization header, or an access_token parameter", body = ErrorBody),
         (status = 401, description = "No valid publisher token (WWW-Authenticate says which)", body = ErrorBody),
         (status = 403, description = "The token may not publish to a topic", body = ErrorBody),
         (status = 408, description = "The request body stalled", body = ErrorBody),
@@ -262,9 +286,7 @@ pub(crate) async fn publish(
             "publishing is disabled: the hub has no publisher key (--jwt-secret)",
         ));
     };
-    let query_token = crate::form::parse(raw.as_deref().unwrap_or_default().as_bytes())?
-        .into_iter()
-        .find_map(|(key, value)| (key == "authorization").then_some(value));
+    let query_token = query_token(raw.as_deref())?;
     let Some((token, source)) = find_token(&headers, query_token.as_deref(), Protocol::Draft07)?
     else {
         return Err(ApiError::unauthorized("a publisher token is required"));

@@ -21,7 +21,7 @@ use serde_json::Value;
 use sluice_hub::{Cursor, Hangup, Selector, SubscribeRequest};
 use url::Url;
 
-use super::{check_text, hub_url, subscribe_error, subscriptions};
+use super::{access_token_in_url, check_text, hub_url, subscribe_error, subscriptions};
 use crate::auth::{Claims, Protocol, TokenKind, find_token};
 use crate::conn::{ClientAddr, ConnHandle, DirectHandle, SubscriberSocket};
 use crate::error::{ApiError, ErrorBody};
@@ -51,6 +51,7 @@ impl SubscribeQuery {
                 "lastEventID" => draft07_cursor = Some(value),
                 "last_event_id" => draft08_cursor = Some(value),
                 "authorization" => authorization = Some(value),
+                "access_token" => return Err(access_token_in_url()),
                 other if other.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("match")) => {
                     return Err(ApiError::bad_request(
                         "unsupported_matcher",
@@ -152,7 +153,7 @@ fn subscriber_claims(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = crate::sse::SseEvent,
             headers(("Last-Event-ID" = String, description = "Draft-07, when a cursor was sent: the id of the event before the first one sent, or earliest"),
                     ("Mercure-Last-Event-ID" = String, description = "Draft-08, when a cursor was sent: the id of the event before the first one sent, or earliest"))),
-        (status = 400, description = "No matcher, an unknown match* parameter, mixed versions, too many matchers, an invalid or too large matcher, or a malformed Authorization header", body = ErrorBody),
+        (status = 400, description = "No matcher, an unknown match* parameter, mixed versions, too many matchers, an invalid or too large matcher, a malformed Authorization header, or an access_token parameter", body = ErrorBody),
         (status = 401, description = "A token is required, or the token is invalid or expired (WWW-Authenticate says which)", body = ErrorBody),
         (status = 429, description = "Too many subscriptions from this client", body = ErrorBody),
         (status = 503, description = "Shutting down, or the store does not answer (Retry-After)", body = ErrorBody),
@@ -279,6 +280,8 @@ mod tests {
             assert_eq!(status(unknown), 400, "{unknown}");
         }
         assert_eq!(status("match=a&authorization=token"), 400, "no token in a draft-08 URL");
+        assert_eq!(status("topic=a&access_token=token"), 400, "no access_token in any URL");
+        assert_eq!(status("match=a&access_token=token"), 400, "no access_token in any URL");
     }
 
     #[test]

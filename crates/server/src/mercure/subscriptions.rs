@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use sluice_hub::Draft;
 use url::Url;
 
-use super::hub_url;
+use super::{hub_url, query_token};
 use crate::auth::{Claims, Protocol, TokenKind, TokenSource, find_token};
 use crate::error::{ApiError, ErrorBody};
 use crate::grants::MatchType;
@@ -237,9 +237,7 @@ fn caller(
     let Some(verifier) = &state.config().subscriber else {
         return Err(ApiError::unauthorized("the subscription API needs a subscriber key"));
     };
-    let query_token = crate::form::parse(raw.unwrap_or_default().as_bytes())?
-        .into_iter()
-        .find_map(|(key, value)| (key == "authorization").then_some(value));
+    let query_token = query_token(raw)?;
     let (token, source) = find_token(headers, query_token.as_deref(), Protocol::Draft07)?
         .ok_or_else(|| ApiError::unauthorized("a subscriber token is required"))?;
     let hub = hub_url(state.config(), headers, uri);
@@ -367,7 +365,7 @@ fn no_such_subscription() -> ApiError {
 #[utoipa::path(get, path = "/.well-known/mercure/subscriptions", tag = "hub",
     params(("authorization" = Option<String>, Query, description = "A draft-07 subscriber JWT, when no header or cookie can carry it")),
     responses((status = 200, description = "Subscriptions: JSON-LD for a draft-07 token, JSON (with a Link: rel=\"mercure\" header holding last-event-id) for an access token", content_type = "application/ld+json", body = SubscriptionsLd),
-              (status = 400, description = "A malformed query or Authorization header", body = ErrorBody),
+              (status = 400, description = "A malformed query or Authorization header, or an access_token parameter", body = ErrorBody),
               (status = 401, description = "No valid subscriber token", body = ErrorBody),
               (status = 403, description = "The access token does not grant subscribe on this URL", body = ErrorBody)),
     security(("mercure_jwt" = []), ("mercure_access_token" = [])))]
@@ -392,7 +390,7 @@ pub(crate) async fn list_all(
     params(("topic" = String, Path, description = "The selector, URL-encoded"),
            ("authorization" = Option<String>, Query, description = "A draft-07 subscriber JWT, when no header or cookie can carry it")),
     responses((status = 200, description = "Subscriptions", content_type = "application/ld+json", body = SubscriptionsLd),
-              (status = 400, description = "A malformed query or Authorization header", body = ErrorBody),
+              (status = 400, description = "A malformed query or Authorization header, or an access_token parameter", body = ErrorBody),
               (status = 401, description = "No valid subscriber token", body = ErrorBody)),
     security(("mercure_jwt" = [])))]
 pub(crate) async fn list_topic(
@@ -415,7 +413,7 @@ pub(crate) async fn list_topic(
            ("second" = String, Path, description = "Draft-08: the matcher, URL-encoded. Draft-07: the subscriber id, URL-encoded"),
            ("authorization" = Option<String>, Query, description = "A draft-07 subscriber JWT, when no header or cookie can carry it")),
     responses((status = 200, description = "Draft-08: the subscriptions to the matcher (JSON, Link: rel=\"mercure\" with last-event-id). Draft-07: the subscription (JSON-LD)", content_type = "application/json", body = Subscriptions),
-              (status = 400, description = "A malformed query or Authorization header", body = ErrorBody),
+              (status = 400, description = "A malformed query or Authorization header, or an access_token parameter", body = ErrorBody),
               (status = 401, description = "No valid subscriber token", body = ErrorBody),
               (status = 403, description = "The access token does not grant subscribe on this URL", body = ErrorBody),
               (status = 404, description = "Draft-07: no such active subscription", body = ErrorBody)),
@@ -448,7 +446,7 @@ pub(crate) async fn list_matcher(
            ("match" = String, Path, description = "The matcher, URL-encoded"),
            ("subscriber" = String, Path, description = "The subscriber id, URL-encoded")),
     responses((status = 200, description = "The subscription (with a Link: rel=\"mercure\" header holding last-event-id)", content_type = "application/json", body = Subscription),
-              (status = 400, description = "A malformed Authorization header", body = ErrorBody),
+              (status = 400, description = "A malformed Authorization header, or an access_token parameter", body = ErrorBody),
               (status = 401, description = "No valid subscriber token", body = ErrorBody),
               (status = 403, description = "The token does not grant subscribe on this URL", body = ErrorBody),
               (status = 404, description = "No such active subscription", body = ErrorBody)),
