@@ -56,6 +56,17 @@ pub(crate) struct ScriptedConfig {
     tokens_per_second: Option<f64>,
     time_to_first_token_ms: Option<u64>,
     fail_after: Option<usize>,
+    /// Tool calls the answer ends with (after its text): `[{"name", "arguments"}]`, the
+    /// arguments a JSON text.
+    tool_calls: Option<Vec<ScriptedCall>>,
+}
+
+/// One tool call of the scripted answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptedCall {
+    name: String,
+    arguments: String,
 }
 
 impl ScriptedConfig {
@@ -77,7 +88,14 @@ impl ScriptedConfig {
                 .or(self.time_to_first_token_ms)
                 .map_or(defaults.time_to_first_token, Duration::from_millis),
             fail_after: parse("FAIL_AFTER")?.map(|n| n as usize).or(self.fail_after),
-            tool_calls: Vec::new(),
+            tool_calls: match env("TOOL_CALLS") {
+                Some(json) => serde_json::from_str(&json)
+                    .with_context(|| format!("SLUICE_SCRIPTED_TOOL_CALLS={json}"))?,
+                None => self.tool_calls.clone().unwrap_or_default(),
+            }
+            .into_iter()
+            .map(|call: ScriptedCall| (call.name, call.arguments))
+            .collect(),
         })
     }
 }

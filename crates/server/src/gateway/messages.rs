@@ -98,7 +98,10 @@ fn convert(message: &InMessage, out: &mut Vec<Message>) -> Result<(), ApiError> 
         other => return Err(invalid(format!("messages: unexpected role {other:?}"))),
     };
     let blocks = match &message.content {
-        Value::String(text) => return Ok(out.push(Message::new(role, text.clone()))),
+        Value::String(text) => {
+            out.push(Message::new(role, text.clone()));
+            return Ok(());
+        }
         Value::Array(blocks) => blocks,
         _ => return Err(invalid("messages: content must be a string or a list of blocks")),
     };
@@ -240,7 +243,7 @@ impl MessageEvents {
         }
     }
 
-    fn open(&mut self, call: Option<u32>, block: Value, out: &mut Vec<Bytes>) -> usize {
+    fn open(&mut self, call: Option<u32>, block: &Value, out: &mut Vec<Bytes>) -> usize {
         self.close(out);
         let index = self.blocks;
         self.blocks += 1;
@@ -265,7 +268,7 @@ impl Encoder for MessageEvents {
             AnswerEvent::Text(text) => {
                 let index = match self.open {
                     Some((index, None)) => index,
-                    _ => self.open(None, json!({"type": "text", "text": ""}), out),
+                    _ => self.open(None, &json!({"type": "text", "text": ""}), out),
                 };
                 let delta = json!({"type": "content_block_delta", "index": index,
                     "delta": {"type": "text_delta", "text": text}});
@@ -277,7 +280,7 @@ impl Encoder for MessageEvents {
                     _ => {
                         let block = json!({"type": "tool_use", "id": part.id.clone().unwrap_or_default(),
                             "name": part.name.clone().unwrap_or_default(), "input": {}});
-                        self.open(Some(part.index), block, out)
+                        self.open(Some(part.index), &block, out)
                     }
                 };
                 if !part.arguments.is_empty() {
