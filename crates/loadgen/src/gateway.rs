@@ -387,7 +387,7 @@ async fn counter(client: &reqwest::Client, metrics: &Url, name: &str) -> Result<
     Ok(text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0))
 }
 
-/// Starts answers through `endpoint`, drops each after its first chunk, and times how long
+/// Starts answers through `endpoint`, drops each after its first text, and times how long
 /// the upstream takes to count the cancellation.
 async fn time_cancels(
     endpoint: &Endpoint,
@@ -404,10 +404,16 @@ async fn time_cancels(
             .send()
             .await
             .map_err(|e| Error::Server(e.to_string()))?;
-        let mut bytes = response.bytes_stream();
-        let _ = bytes.next().await;
+        // Dropped after the first piece of text: a gateway may open its stream before it
+        // asks the upstream anything, and then there is nothing upstream to cancel yet.
+        let mut events = EventStream::new(response.bytes_stream());
+        while let Some(Ok(event)) = events.next().await {
+            if matches!(endpoint.surface.read(&event), Ok(Reading::Content)) {
+                break;
+            }
+        }
         let dropped = Instant::now();
-        drop(bytes);
+        drop(events);
         let deadline = dropped + Duration::from_secs(10);
         while counter(&client, upstream_metrics, name).await? <= before {
             if Instant::now() > deadline {

@@ -81,10 +81,12 @@ impl Admission {
         if self.keys.is_empty() {
             return Ok(client.to_string());
         }
+        // `Authorization: Bearer`, or Anthropic's `x-api-key`.
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .map(str::trim);
         let Some(presented) = presented else {
             metrics::counter!("sluice_auth_failures_total").increment(1);

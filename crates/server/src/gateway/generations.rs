@@ -14,8 +14,7 @@
 //! What an answer is in the hub, and who may read it, is in [`super::answers`].
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,8 +27,7 @@ use super::answers::events::{AnswerEvent, Encoder, encode};
 use super::answers::read::{cursor, ended_at, follow};
 use super::answers::{Kind, NewAnswer, Unread};
 use super::chat_completions::wire::CompletionRequest;
-use super::upstream::{admitted_body, ask_lazily};
-use crate::conn::ClientAddr;
+use super::upstream::{Admitted, ask_lazily};
 use crate::error::ApiError;
 use crate::sse::event_stream;
 use crate::state::AppState;
@@ -78,11 +76,8 @@ pub(crate) struct Cancelling {
     security((), ("api_key" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
-    headers: HeaderMap,
-    body: Body,
+    Admitted(body): Admitted,
 ) -> Result<Response, ApiError> {
-    let body = admitted_body(&state, &headers, client.0.ip(), body).await?;
     let chat = CompletionRequest::parse(&body)?.into_chat(state.default_model().as_deref())?;
     let deltas = ask_lazily(&state, chat)?;
     let new = NewAnswer {

@@ -5,15 +5,16 @@
 //!
 //! An answer here is streamed straight from the provider, not kept: a client that leaves
 //! cancels the upstream at once. `ping` events keep the connection alive while the model has
-//! not produced its first token. Keys come as `x-api-key` or `Authorization: Bearer`;
+//! not produced its first token. Keys come as `x-api-key` or `Authorization: Bearer` (the
+//! gatekeeper takes either, on every route);
 //! `anthropic-version` and `anthropic-beta` are accepted and change nothing. Errors, before
 //! the stream and in it, have Anthropic's shape, `{"type": "error", "error": {"type",
 //! "message"}}`.
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::{Bytes, BytesMut};
@@ -23,8 +24,7 @@ use sluice_llm::{ChatRequest, Message, Role, Usage};
 
 use super::answers::events::{AnswerEvent, Encoder, Finish, Folded, encode, from_provider};
 use super::answers::read::unstored;
-use super::upstream::{admitted_body, ask, ask_lazily, provider_error};
-use crate::conn::ClientAddr;
+use super::upstream::{Admitted, ask, ask_lazily, provider_error};
 use crate::error::ApiError;
 use crate::sse::{KeepAlive, event_stream};
 use crate::state::AppState;
@@ -324,18 +324,6 @@ fn whole(id: &str, model: &str, answer: Folded) -> Value {
         "usage": usage(answer.usage)})
 }
 
-/// The request's headers with an `x-api-key` presented as the bearer token the gatekeeper reads.
-fn with_bearer(headers: &HeaderMap) -> HeaderMap {
-    let mut headers = headers.clone();
-    if !headers.contains_key(header::AUTHORIZATION)
-        && let Some(key) = headers.get("x-api-key").and_then(|k| k.to_str().ok())
-        && let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {key}"))
-    {
-        headers.insert(header::AUTHORIZATION, bearer);
-    }
-    headers
-}
-
 /// An error in Anthropic's shape, with the status and headers (Retry-After, …) it had.
 fn anthropic_error(error: &ApiError) -> Response {
     let kind = match error.status().as_u16() {
@@ -354,25 +342,13 @@ fn anthropic_error(error: &ApiError) -> Response {
     response
 }
 
-async fn messages(
-    State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    answer(&state, &with_bearer(&headers), client, body)
-        .await
-        .unwrap_or_else(|error| anthropic_error(&error))
+async fn messages(State(state): State<AppState>, body: Result<Admitted, ApiError>) -> Response {
+    let answered = async { answer(&state, &body?.0).await };
+    answered.await.unwrap_or_else(|error| anthropic_error(&error))
 }
 
-async fn answer(
-    state: &AppState,
-    headers: &HeaderMap,
-    client: ClientAddr,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let body = admitted_body(state, headers, client.0.ip(), body).await?;
-    let request = MessagesRequest::parse(&body)?;
+async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
+    let request = MessagesRequest::parse(body)?;
     if request.max_tokens.is_none_or(|n| n == 0) {
         return Err(invalid("max_tokens: Field required (a whole number of at least 1)"));
     }
@@ -400,15 +376,9 @@ async fn answer(
     Ok(axum::Json(whole(&id, &model, answer)).into_response())
 }
 
-async fn count_tokens(
-    State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn count_tokens(State(state): State<AppState>, body: Result<Admitted, ApiError>) -> Response {
     let counted = async {
-        let body = admitted_body(&state, &with_bearer(&headers), client.0.ip(), body).await?;
-        let chat = MessagesRequest::parse(&body)?.into_chat(state.default_model().as_deref())?;
+        let chat = MessagesRequest::parse(&body?.0)?.into_chat(state.default_model().as_deref())?;
         match state.config().models.count_tokens(&chat) {
             Some(count) => Ok(json!({"input_tokens": count.map_err(provider_error)?})),
             None if !state.config().models.serves(&chat.model) => {

@@ -14,13 +14,10 @@
 //! it). Ids are `resp_` and 128 random bits: the id is what lets a reader in, with the API key
 //! where keys are configured.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
@@ -33,8 +30,7 @@ use sluice_llm::{ChatRequest, Message, Role, Usage};
 use super::answers::events::{AnswerEvent, Encoder, Finish, encode, from_provider, unix_now};
 use super::answers::read::{follow, so_far, unstored};
 use super::answers::{Kind, NewAnswer, Unread, random_id};
-use super::upstream::{admitted_body, ask_lazily};
-use crate::conn::ClientAddr;
+use super::upstream::{Admitted, Allowed, ask_lazily};
 use crate::error::ApiError;
 use crate::sse::event_stream;
 use crate::state::AppState;
@@ -484,11 +480,8 @@ impl Encoder for ResponseEvents {
 /// Creates a response: streamed, whole, or started in the background.
 async fn create(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
-    headers: HeaderMap,
-    body: Body,
+    Admitted(body): Admitted,
 ) -> Result<Response, ApiError> {
-    let body = admitted_body(&state, &headers, client.0.ip(), body).await?;
     let request = CreateRequest::parse(&body)?;
     let (stream, background) = (request.stream, request.background);
     let stored = request.store != Some(false);
@@ -565,14 +558,9 @@ async fn current(state: &AppState, id: &str) -> Result<Value, ApiError> {
     Ok(response.response())
 }
 
-/// The answer id of response `resp_{id}`, once the caller may read it: 404 for any other.
-async fn authorized(
-    state: &AppState,
-    headers: &HeaderMap,
-    client: IpAddr,
-    response_id: &str,
-) -> Result<String, ApiError> {
-    state.admission().admit(headers, client)?;
+/// The answer id of response `resp_{id}`: 404 for any other (an answer another protocol made
+/// included).
+async fn authorized(state: &AppState, response_id: &str) -> Result<String, ApiError> {
     let not_found = || ApiError::not_found(format!("No response found with id '{response_id}'."));
     let id = response_id.strip_prefix("resp_").ok_or_else(not_found)?;
     state.answers().authorize(state.hub(), id, Kind::Response, None).await.map_err(|e| {
@@ -593,13 +581,12 @@ struct RetrieveQuery {
 /// A response: its object as it stands, or its events from after `starting_after`, then live.
 async fn retrieve(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
+    _: Allowed,
     Path(response_id): Path<String>,
     query: Result<Query<RetrieveQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let id = authorized(&state, &headers, client.0.ip(), &response_id).await?;
+    let id = authorized(&state, &response_id).await?;
     if !query.stream {
         return Ok(axum::Json(current(&state, &id).await?).into_response());
     }
@@ -611,11 +598,10 @@ async fn retrieve(
 /// Cancels a response: its upstream is stopped; answers the response object, `cancelled`.
 async fn cancel(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
+    _: Allowed,
     Path(response_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = authorized(&state, &headers, client.0.ip(), &response_id).await?;
+    let id = authorized(&state, &response_id).await?;
     state.answers().cancel(state.hub(), &id).await?;
     // The object once its end is stored (soon: the pump stops at once), or as it stands.
     let give_up = tokio::time::Instant::now() + CANCEL_WAIT;

@@ -18,8 +18,7 @@
 //! AI SDK's are 16 random characters) is what keeps others out.
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,8 +32,7 @@ use super::answers::events::{AnswerEvent, Encoder, Finish, encode};
 use super::answers::read::follow;
 use super::answers::{Kind, NewAnswer, Unread, random_id};
 use super::generations::no_content;
-use super::upstream::{admitted_body, ask_lazily};
-use crate::conn::ClientAddr;
+use super::upstream::{Admitted, Allowed, ask_lazily};
 use crate::error::ApiError;
 use crate::sse::event_stream;
 use crate::state::AppState;
@@ -89,7 +87,10 @@ fn chat_id(id: &str) -> Result<&str, ApiError> {
 
 /// What a chat is found by: its id, scoped by the caller's credentials.
 fn chat_key(headers: &HeaderMap, id: &str) -> String {
-    let credentials = headers.get(header::AUTHORIZATION).map_or(&[][..], HeaderValue::as_bytes);
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .or_else(|| headers.get("x-api-key"))
+        .map_or(&[][..], HeaderValue::as_bytes);
     let scope = Sha256::digest(credentials);
     let scope: String = scope[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("ui-chat:{scope}:{id}")
@@ -273,11 +274,9 @@ async fn running(
 
 async fn chat(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
-    body: Body,
+    Admitted(body): Admitted,
 ) -> Result<Response, ApiError> {
-    let body = admitted_body(&state, &headers, client.0.ip(), body).await?;
     let body: ChatBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))?;
     let id = chat_id(&body.id)?;
@@ -311,11 +310,10 @@ async fn chat(
 
 async fn resume(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    _: Allowed,
 ) -> Result<Response, ApiError> {
-    state.admission().admit(&headers, client.0.ip())?;
     match running(&state, &headers, &id).await? {
         Some(answer) => stream_answer(&state, &answer).await,
         None => Ok(no_content()),
@@ -324,11 +322,10 @@ async fn resume(
 
 async fn stop(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    _: Allowed,
 ) -> Result<Response, ApiError> {
-    state.admission().admit(&headers, client.0.ip())?;
     let stopped = match running(&state, &headers, &id).await? {
         Some(answer) => state.answers().cancel(state.hub(), &answer).await?,
         None => false,

@@ -1,30 +1,55 @@
 //! What every protocol does before its answer: admit the caller and read the body under the
-//! server's bounds, and ask the providers, reporting their refusals as HTTP errors.
+//! server's bounds ([`Admitted`], [`Allowed`]), and ask the providers, reporting their
+//! refusals as HTTP errors.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream;
 use sluice_llm::{ChatRequest, DeltaStream, ProviderError};
 
+use crate::conn::ClientAddr;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The checks every chat request goes through: the client's key and rate limit, then the
-/// body's size and pace.
-pub(crate) async fn admitted_body(
-    state: &AppState,
-    headers: &HeaderMap,
-    client: IpAddr,
-    body: Body,
-) -> Result<Bytes, ApiError> {
-    state.admission().admit(headers, client)?;
-    let config = state.config();
-    crate::body::read_body(body, config.max_body_bytes, config.timeouts.request_body).await
+/// A chat request's body, read once the caller passed the checks every chat request goes
+/// through: its key and rate limit, then the body's size and pace.
+pub(crate) struct Admitted(pub(crate) Bytes);
+
+impl FromRequest<AppState> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        admit(request.headers(), request.extensions(), state)?;
+        let config = state.config();
+        let limit = (config.max_body_bytes, config.timeouts.request_body);
+        crate::body::read_body(request.into_body(), limit.0, limit.1).await.map(Admitted)
+    }
+}
+
+/// A request with no body that reads or stops an answer: the caller's key and rate limit.
+pub(crate) struct Allowed;
+
+impl FromRequestParts<AppState> for Allowed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        admit(&parts.headers, &parts.extensions, state).map(|()| Allowed)
+    }
+}
+
+fn admit(headers: &HeaderMap, extensions: &Extensions, state: &AppState) -> Result<(), ApiError> {
+    let client = extensions
+        .get::<ConnectInfo<ClientAddr>>()
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |ConnectInfo(ClientAddr(address))| {
+            address.ip()
+        });
+    state.admission().admit(headers, client)
 }
 
 /// A provider's failure before anything was sent, as the HTTP error a client expects.

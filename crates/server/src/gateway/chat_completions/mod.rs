@@ -9,9 +9,7 @@
 pub(crate) mod wire;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -22,8 +20,7 @@ use super::answers::events::{
     AnswerEvent, Encoder, Folded, encode, from_provider, whole_answer_error,
 };
 use super::answers::read::unstored;
-use super::upstream::{admitted_body, ask, ask_lazily};
-use crate::conn::ClientAddr;
+use super::upstream::{Admitted, Allowed, ask, ask_lazily};
 use crate::error::{ApiError, ErrorBody};
 use crate::sse::event_stream;
 use crate::state::AppState;
@@ -104,11 +101,8 @@ impl Encoder for Chunks {
     security((), ("api_key" = [])))]
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
-    headers: HeaderMap,
-    body: Body,
+    Admitted(body): Admitted,
 ) -> Result<Response, ApiError> {
-    let body = admitted_body(&state, &headers, client.0.ip(), body).await?;
     let request = CompletionRequest::parse(&body)?;
     let (stream, include_usage) = (request.stream, request.include_usage());
     let chat = request.into_chat(state.default_model().as_deref())?;
@@ -143,9 +137,7 @@ pub(crate) async fn chat_completions(
     security((), ("api_key" = [])))]
 pub(crate) async fn models(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<ClientAddr>,
-    headers: HeaderMap,
+    _: Allowed,
 ) -> Result<Response, ApiError> {
-    state.admission().admit(&headers, client.0.ip())?;
     Ok(axum::Json(wire::ModelList::new(state.config().models.models())).into_response())
 }
