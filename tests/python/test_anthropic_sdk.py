@@ -460,17 +460,12 @@ def test_a_scripted_tool_call_arrives_as_tool_use(sluice_servers):
             "SLUICE_SCRIPTED_TOOL_CALLS": json.dumps([TOOL_CALL]),
         },
     )
-    # Whether the scripted provider makes tool calls at all (the knob), asked through Chat
-    # Completions, so that a Messages bug cannot pass for a missing knob.
+    # The scripted provider's tool calls, seen through Chat Completions first, so that a
+    # Messages bug cannot pass for a knob that does nothing.
     probe = openai.OpenAI(base_url=f"{server.origin}/v1", api_key="unused").chat.completions.create(
         model="scripted", messages=[{"role": "user", "content": "Weather?"}]
     )
-    if not probe.choices[0].message.tool_calls:
-        pytest.xfail(
-            "the scripted provider makes no tool calls: `sluice serve` needs a knob such as "
-            "SLUICE_SCRIPTED_TOOL_CALLS (a JSON list of {name, arguments}) filling "
-            "Script::tool_calls"
-        )
+    assert probe.choices[0].message.tool_calls, "SLUICE_SCRIPTED_TOOL_CALLS made no tool call"
     anthropic_client = client(server)
     ask = {"role": "user", "content": "Weather in Paris?"}
 

@@ -437,17 +437,12 @@ def test_a_scripted_tool_call_arrives_as_function_call_events(sluice_servers):
         },
     )
     openai_client = client(server)
-    # Whether the scripted provider makes tool calls at all (the knob), asked through Chat
-    # Completions, so that a Responses bug cannot pass for a missing knob.
+    # The scripted provider's tool calls, seen through Chat Completions first, so that a
+    # Responses bug cannot pass for a knob that does nothing.
     probe = openai_client.chat.completions.create(
         model="scripted", messages=[{"role": "user", "content": "Weather?"}]
     )
-    if not probe.choices[0].message.tool_calls:
-        pytest.xfail(
-            "the scripted provider makes no tool calls: `sluice serve` needs a knob such as "
-            "SLUICE_SCRIPTED_TOOL_CALLS (a JSON list of {name, arguments}) filling "
-            "Script::tool_calls"
-        )
+    assert probe.choices[0].message.tool_calls, "SLUICE_SCRIPTED_TOOL_CALLS made no tool call"
 
     with openai_client.responses.create(
         model="scripted", input="Weather in Paris?", tools=[WEATHER_TOOL], stream=True
