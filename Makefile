@@ -6,10 +6,11 @@ SLUICE := target/release/sluice
 
 .PHONY: run test test-build test-js test-python test-web test-aisdk web setup build lint bench bench-peers fuzz soak conformance clean
 
-## Build and start the main job: `sluice serve` on http://127.0.0.1:8080 (history in
-## ./sluice-data). Pass more flags with ARGS, e.g. make run ARGS="--jwt-secret s3cret".
+## Build and start the main job: `sluice serve --dev` on http://127.0.0.1:8080 (history and a
+## development secret in ./sluice-data; it prints a publisher token, and the console has it).
+## Pass more flags with ARGS, e.g. make run ARGS="--provider scripted"; DEV=0 leaves out --dev.
 run: setup build
-	$(SLUICE) serve $(ARGS)
+	$(SLUICE) serve $(if $(filter 0,$(DEV)),,--dev) $(ARGS)
 
 ## Every test: formatting, lints, unit, integration, conformance and doc tests.
 ## The local model runs on one candle thread in tests: two threads spin-wait on each other and

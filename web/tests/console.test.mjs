@@ -102,3 +102,32 @@ test('the console speaks draft-08: a URL pattern and an access token receive a p
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test('with sluice serve --dev the console publishes out of the box: no token to find or type', async () => {
+  const dev = await startServer({ dev: true });
+  try {
+    const topic = 'https://example.com/first-five-minutes';
+    const page = await browser.context.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(`${dev.origin}/console`);
+    await page.locator('[data-testid=dev-token]').waitFor();
+    assert.notEqual(await page.locator('[data-testid=pub-token]').inputValue(), '');
+    await page.locator('[data-testid=sub-topics]').fill(topic);
+    await page.locator('[data-testid=subscribe]').click();
+    await page.waitForSelector('[data-testid=connection-state][data-state=open]');
+    await page.locator('[data-testid=pub-topics]').fill(topic);
+    await page.locator('[data-testid=pub-data]').fill('published from the console, no reading');
+    await page.locator('[data-testid=publish]').click();
+    await page.locator('[data-testid=pub-result]', { hasText: 'Published with id' }).waitFor();
+    const row = page.locator('[data-testid=event]', { has: page.locator('[data-testid=event-data]:text-is("published from the console, no reading")') });
+    await row.waitFor();
+    await screenshot(page, 'console-dev-mode.png');
+    assert.deepEqual(errors, []);
+    await page.close();
+    // Outside development mode nobody is offered a token.
+    assert.equal((await fetch(`${hub.origin}/api/dev/token`)).status, 404);
+  } finally {
+    await dev.stop();
+  }
+});

@@ -55,7 +55,7 @@ export async function waitFor(check, { timeout = 20_000, interval = 25, what = '
  * Starts `sluice serve --store memory --provider scripted` with the scripted model's knobs
  * (`text`, `tokensPerSecond`, `ttftMs`, `failAfter`) and extra flags; resolves when it answers.
  */
-export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, failAfter, args = [], port, tls = false } = {}) {
+export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, failAfter, args = [], port, tls = false, dev = false } = {}) {
   port ??= await freePort();
   const env = { ...process.env };
   for (const key of Object.keys(env)) if (key.startsWith('SLUICE_')) delete env[key];
@@ -66,8 +66,9 @@ export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, fa
   env.RUST_LOG = 'warn';
   const child = spawn(
     SLUICE_BIN,
-    ['serve', '--listen', `127.0.0.1:${port}`, '--store', 'memory', '--provider', 'scripted', '--jwt-secret', SECRET, '--anonymous', ...(tls ? ['--tls-self-signed'] : []), ...args],
-    { env, stdio: ['ignore', 'ignore', 'pipe'], cwd: tls ? await mkdtemp(path.join(os.tmpdir(), 'sluice-tls-')) : undefined },
+    // Development mode (`--dev`) makes its own secret, in a data folder of a fresh directory.
+    ['serve', '--listen', `127.0.0.1:${port}`, '--store', 'memory', '--provider', 'scripted', ...(dev ? ['--dev'] : ['--jwt-secret', SECRET, '--anonymous']), ...(tls ? ['--tls-self-signed'] : []), ...args],
+    { env, stdio: ['ignore', 'ignore', 'pipe'], cwd: tls || dev ? await mkdtemp(path.join(os.tmpdir(), 'sluice-work-')) : undefined },
   );
   children.add(child);
   let log = '';

@@ -3,6 +3,7 @@
 
 mod bench;
 mod chat;
+mod dev;
 mod listen;
 mod providers;
 mod publish;

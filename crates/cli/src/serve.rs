@@ -34,6 +34,10 @@ pub(crate) struct Args {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "SLUICE_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Development mode, on a loopback address only: publishing on with a secret kept in the
+    /// data folder (made once), a publisher token printed, and the console offered it.
+    #[arg(long, env = "SLUICE_DEV", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    dev: Option<bool>,
     /// History store: `memory`, `sqlite:PATH`, or `redis://HOST:PORT[/DB]` (`rediss://` for
     /// TLS) shared by every node of a hub [default: sqlite:./sluice-data/sluice.db].
     #[arg(long, env = "SLUICE_STORE", value_name = "STORE")]
@@ -380,6 +384,31 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         ..hub_defaults
     };
+    let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let store_setting =
+        args.store.clone().unwrap_or_else(|| "sqlite:./sluice-data/sluice.db".to_owned());
+    let store_setting = store_setting.as_str();
+    let dev = match args.dev {
+        Some(true) => Some(crate::dev::Dev::prepare(listen, store_setting)?),
+        _ => None,
+    };
+    // The development secret signs publishers' and subscribers' tokens unless a key was
+    // given; subscribers need none for public updates, as without a key.
+    let mut args = args;
+    if let Some(dev) = &dev
+        && args.jwt_secret.is_none()
+        && args.jwt_public_key.is_none()
+    {
+        args.jwt_secret = Some(dev.secret.clone());
+        args.anonymous = args.anonymous.or(Some(true));
+    }
+    let dev = dev.map(|mut dev| {
+        // The token is signed with whichever key publishers' tokens are checked against.
+        if let Some(secret) = args.publisher_jwt_secret.as_ref().or(args.jwt_secret.as_ref()) {
+            dev.secret.clone_from(secret);
+        }
+        dev
+    });
     let (publisher, subscriber) = verifiers(&args, hub_config.limits)?;
     let defaults = Config::default();
     let timeouts = Timeouts::default();
@@ -425,6 +454,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             write: seconds(args.write_timeout, timeouts.write),
         },
         tls: tls(&args)?,
+        dev_publisher_token: dev
+            .as_ref()
+            .filter(|_| args.jwt_public_key.is_none())
+            .map(crate::dev::Dev::publisher_token),
     };
 
     let fanout = match args.replay_window_mib {
@@ -432,7 +465,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(0) => Fanout::with_recent(0, 0),
         Some(mib) => Fanout::with_recent(DEFAULT_RECENT_UPDATES, mib.saturating_mul(1024 * 1024)),
     };
-    let store_setting = args.store.as_deref().unwrap_or("sqlite:./sluice-data/sluice.db");
     let store: Arc<dyn Store> = match parse_store(store_setting)? {
         StoreKind::Memory => Arc::new(MemoryStore::new(
             args.history_max_updates.unwrap_or(100_000) as usize,
@@ -456,11 +488,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let hub = Hub::new(store, fanout, hub_config);
 
-    let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let anonymous = config.anonymous;
+    let address = listener.local_addr()?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{address}");
     tracing::info!(
-        address = %listener.local_addr()?,
+        address = %address,
         store = %match parse_store(store_setting)? {
             StoreKind::Redis(url) => RedisConfig::new(url).redacted_url(),
             _ => store_setting.to_owned(),
@@ -468,8 +502,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         anonymous,
         publishing = config.publisher.is_some(),
         models = ?config.models.models().iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
-        "sluice is serving: hub at /.well-known/mercure, gateway at /v1/chat/completions"
+        "sluice is serving: chat {base}/ · console {base}/console · hub {base}/.well-known/mercure · API {base}/v1"
     );
+    if let (Some(dev), Some(token)) = (&dev, &config.dev_publisher_token) {
+        dev.announce(&base, token);
+    }
     sluice_server::serve(listener, AppState::new(hub, config), stop_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

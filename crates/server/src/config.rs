@@ -54,6 +54,9 @@ pub struct Config {
     /// TLS, and with it HTTP/2 by ALPN (without it: HTTP/1.1, and HTTP/2 with prior
     /// knowledge, as a proxy in front may speak).
     pub tls: Option<Arc<Tls>>,
+    /// Development mode's publisher token (`sluice serve --dev`), offered to the console at
+    /// `/api/dev/token` when it is opened from the server's own machine.
+    pub dev_publisher_token: Option<String>,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             generation_grace: Duration::from_secs(30),
             timeouts: Timeouts::default(),
             tls: None,
+            dev_publisher_token: None,
         }
     }
 }

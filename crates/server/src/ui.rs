@@ -12,13 +12,15 @@ use std::borrow::Cow;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Path;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use rust_embed::RustEmbed;
 
+use crate::conn::ClientAddr;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `web/dist`, as built by `make` (`npm run build` in `web/`). When it is missing at compile
@@ -39,6 +41,27 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/", get(chat))
         .route("/console", get(console))
         .route("/assets/{*path}", get(asset))
+        .route("/api/dev/token", get(dev_token))
+}
+
+/// Development mode's publisher token, for the console: only in development mode and only to
+/// a client on this machine (a loopback address); 404 otherwise, as if there were no such
+/// route.
+async fn dev_token(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<ClientAddr>,
+) -> Result<Response, ApiError> {
+    match &state.config().dev_publisher_token {
+        Some(token) if client.0.ip().is_loopback() => {
+            let body = serde_json::json!({"publisher_token": token});
+            let mut response = axum::Json(body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(response)
+        }
+        _ => Err(ApiError::not_found("no such endpoint")),
+    }
 }
 
 async fn chat(headers: HeaderMap) -> Response {

@@ -104,6 +104,7 @@ export function Console() {
   const [pubPrivate, setPubPrivate] = useState(false);
   const [pubToken, setPubToken] = useState(() => sessionValue('sluice.console.pubToken'));
   const [pubResult, setPubResult] = useState<{ ok: boolean; text: string } | null>(null);
+  const [devToken, setDevToken] = useState(false);
   const [publishing, setPublishing] = useState(false);
 
   useEffect(() => {
@@ -115,6 +116,20 @@ export function Console() {
   }, [topics, matching, pubTopics, pubType]);
   useEffect(() => setSessionValue('sluice.console.subToken', subToken), [subToken]);
   useEffect(() => setSessionValue('sluice.console.pubToken', pubToken), [pubToken]);
+  // `sluice serve --dev` offers its publisher token to a console opened on its own machine.
+  useEffect(() => {
+    if (pubToken) return;
+    fetch('/api/dev/token', { cache: 'no-store' })
+      .then((response) => (response.ok ? response.json() : null))
+      .then((body: { publisher_token?: string } | null) => {
+        if (body?.publisher_token) {
+          setPubToken((typed) => typed || body.publisher_token || '');
+          setDevToken(true);
+        }
+      })
+      .catch(() => {});
+    // Asked once, when the console opens.
+  }, []);
   useEffect(() => () => subscription.current?.close(), []);
 
   const subscribe = (e: FormEvent) => {
@@ -283,6 +298,7 @@ export function Console() {
             <label className="field">
               <span>Publisher token (a draft-07 JWT or a draft-08 access token)</span>
               <input value={pubToken} onChange={(e) => setPubToken(e.target.value)} className="mono" spellCheck={false} autoComplete="off" data-testid="pub-token" />
+              {devToken && <small data-testid="dev-token">Filled in by development mode (sluice serve --dev)</small>}
             </label>
             <div className="row">
               <label className="check">
