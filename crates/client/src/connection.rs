@@ -165,6 +165,9 @@ impl Connection {
         if status == StatusCode::OK && is_event_stream {
             return Ok(response.bytes_stream().boxed());
         }
+        if status.is_redirection() {
+            return Err(Failure::Lost(Disconnect::Redirect(status)));
+        }
         let body = body_start(response.bytes_stream()).await;
         Err(Failure::Fatal(if status == StatusCode::OK {
             Error::ContentType { content_type, body }

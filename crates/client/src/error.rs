@@ -18,6 +18,11 @@ pub enum Disconnect {
     /// No byte arrived within the read timeout.
     #[error("no data for {0:?}")]
     ReadTimeout(Duration),
+    /// A redirect that leads nowhere: no `Location`, or one naming the URL it came from. The
+    /// WHATWG rules make it a network error, so the client reconnects (with backoff) rather
+    /// than stopping for good.
+    #[error("a redirect ({0}) that leads nowhere")]
+    Redirect(reqwest::StatusCode),
 }
 
 /// Why an event source stopped for good.

@@ -71,6 +71,21 @@ pub enum Item {
     },
 }
 
+/// Redirects are followed as a browser follows them (at most 20), except one that names the
+/// URL it came from: an endless loop, which is answered at once as the redirect it is (and so
+/// as a network error, see [`Disconnect::Redirect`]), not after twenty round trips.
+fn redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().last() == Some(attempt.url()) {
+            attempt.stop()
+        } else if attempt.previous().len() > 20 {
+            attempt.error("more than 20 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// The connection state, as `EventSource.readyState` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -205,6 +220,7 @@ impl Builder {
         let client = match self.client {
             Some(client) => client,
             None => reqwest::Client::builder()
+                .redirect(redirects())
                 .build()
                 .map_err(|e| Error::Invalid(format!("HTTP client: {e}")))?,
         };

@@ -111,6 +111,18 @@ async fn status(Path(code): Path<u16>) -> Response {
     (StatusCode::from_u16(code).unwrap(), format!("no stream here ({code})")).into_response()
 }
 
+/// A redirect with no `Location` at all.
+async fn redirect_nowhere(State(log): State<Log>, method: Method, headers: HeaderMap) -> Response {
+    log.record("/redirect-nowhere", &method, &headers);
+    StatusCode::FOUND.into_response()
+}
+
+/// A redirect whose `Location` is empty (which names the same URL: a loop).
+async fn redirect_empty(State(log): State<Log>, method: Method, headers: HeaderMap) -> Response {
+    log.record("/redirect-empty", &method, &headers);
+    (StatusCode::FOUND, [(header::LOCATION, "")]).into_response()
+}
+
 async fn start() -> (String, Log) {
     let log = Log::default();
     let app = Router::new()
@@ -120,6 +132,8 @@ async fn start() -> (String, Log) {
         .route("/clear-id", get(clear_id))
         .route("/echo", any(echo))
         .route("/redirect", get(|| async { Redirect::temporary("/counter") }))
+        .route("/redirect-nowhere", get(redirect_nowhere))
+        .route("/redirect-empty", get(redirect_empty))
         .route("/status/{code}", get(status))
         .route("/wrong-type", get(|| async { ([(header::CONTENT_TYPE, "text/plain")], "hello") }))
         .with_state(log.clone());
@@ -220,6 +234,34 @@ async fn follows_redirects() {
     let (data, _, _) = take_messages(&mut source, 2).await;
     assert_eq!(data, ["1=event 1", "2=event 2"]);
     assert_eq!(log.of("/counter").len(), 1);
+}
+
+/// Issue 18: a redirect that goes nowhere (no `Location`, or an empty one that names the same
+/// URL) is a network error, as the WHATWG rules make it for a browser's EventSource: the
+/// client reconnects after its delay, with backoff, rather than stopping for good or looping.
+#[tokio::test]
+async fn a_redirect_to_nowhere_is_a_network_error_that_reconnects() {
+    let (url, log) = start().await;
+    for path in ["/redirect-nowhere", "/redirect-empty"] {
+        let mut source = EventSource::get(&format!("{url}{path}"))
+            .retry(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let mut delays = Vec::new();
+        while delays.len() < 3 {
+            match source.next().await.expect("it goes on") {
+                Ok(Item::Reconnecting { delay, cause }) => {
+                    assert!(matches!(cause, Disconnect::Redirect(_)), "{path}: {cause:?}");
+                    delays.push(delay);
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert!(delays[2] > delays[0], "{path}: backs off: {delays:?}");
+        source.close();
+        let requests = log.of(path).len();
+        assert!((3..=12).contains(&requests), "{path}: no loop: {requests} requests");
+    }
 }
 
 #[tokio::test]
