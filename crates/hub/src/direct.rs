@@ -24,9 +24,11 @@
 //! Updates committed before the subscriber registered belong to its replay and are never
 //! written here (`live_after`), like the feed skips them in its queue.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::DerefMut;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -45,9 +47,29 @@ pub trait SocketWriter: Send + Sync + fmt::Debug {
 
 /// Who may write to one subscriber's socket, shared by the fan-out, the subscriber's feed and
 /// its connection's writer. See the [module docs](self).
-pub struct DirectWrite {
+///
+/// `L` is the lock its state is under: the standard mutex, except in the model check of the
+/// protocol (`direct/model.rs`), whose lock lets the checker switch threads at every
+/// acquisition, as the real one may.
+pub struct DirectWrite<L = Mutex<State>> {
     socket: Arc<dyn SocketWriter>,
-    state: Mutex<State>,
+    state: L,
+}
+
+/// The lock of a [`DirectWrite`]'s state.
+pub(crate) trait Lock<T>: Send + Sync {
+    fn new(value: T) -> Self;
+    fn lock(&self) -> impl DerefMut<Target = T> + '_;
+}
+
+impl<T: Send> Lock<T> for Mutex<T> {
+    fn new(value: T) -> Self {
+        Mutex::new(value)
+    }
+
+    fn lock(&self) -> impl DerefMut<Target = T> + '_ {
+        Mutex::lock(self).unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// One round of the fan-out's direct writes: when it began, and what it wrote, counted into
@@ -72,8 +94,9 @@ impl Round {
     }
 }
 
+/// What the lock of a [`DirectWrite`] guards.
 #[derive(Debug, Default)]
-struct State {
+pub struct State {
     feed_idle: bool,
     writer_idle: bool,
     /// The stream has ended or the socket failed: no more writes here.
@@ -87,19 +110,21 @@ struct State {
     last_write: Option<Instant>,
 }
 
-impl fmt::Debug for DirectWrite {
+impl<L: fmt::Debug> fmt::Debug for DirectWrite<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DirectWrite").field("state", &self.state).finish_non_exhaustive()
     }
 }
 
-impl DirectWrite {
+// Other crates name only the default lock; the trait is this crate's seam for its model check.
+#[expect(private_bounds, reason = "the lock is chosen only inside this crate")]
+impl<L: Lock<State>> DirectWrite<L> {
     pub(crate) fn new(socket: Arc<dyn SocketWriter>) -> Self {
-        DirectWrite { socket, state: Mutex::new(State::default()) }
+        DirectWrite { socket, state: L::new(State::default()) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> impl DerefMut<Target = State> + '_ {
+        self.state.lock()
     }
 
     /// The fan-out's side: writes `update` now (in `round`) if the subscriber is idle, else
@@ -160,12 +185,14 @@ impl DirectWrite {
         }
     }
 
-    /// The writer's side, before it writes anything: busy, and the leftover of a frame the
-    /// fan-out began, which must go out before anything else.
-    pub fn writer_busy(&self) -> Option<Bytes> {
+    /// The writer's side, before it writes anything of `queue` (what it has to write, in
+    /// order): busy, with the leftover of a frame the fan-out began put first in `queue`.
+    pub fn writer_busy(&self, queue: &mut VecDeque<Bytes>) {
         let mut state = self.lock();
         state.writer_idle = false;
-        state.leftover.take()
+        if let Some(leftover) = state.leftover.take() {
+            queue.push_front(leftover);
+        }
     }
 
     /// The writer's side, when it has nothing left to write and waits.
@@ -186,6 +213,9 @@ impl DirectWrite {
         state.writer_idle = false;
     }
 }
+
+#[cfg(test)]
+mod model;
 
 #[cfg(test)]
 mod tests {
@@ -257,7 +287,9 @@ mod tests {
             true
         }));
         direct.feed_waiting(|| true);
-        assert!(direct.writer_busy().is_none());
+        let mut writers = VecDeque::new();
+        direct.writer_busy(&mut writers);
+        assert!(writers.is_empty());
         assert!(direct.deliver_now(&update(5), || {
             queued.push(5);
             true
@@ -296,8 +328,11 @@ mod tests {
             true
         }));
         assert!(queued);
-        assert_eq!(direct.writer_busy().unwrap(), frame.slice(10..));
-        assert!(direct.writer_busy().is_none(), "handed over once");
+        let mut writers = VecDeque::from([Bytes::from_static(b"later")]);
+        direct.writer_busy(&mut writers);
+        assert_eq!(writers, [frame.slice(10..), Bytes::from_static(b"later")], "first");
+        direct.writer_busy(&mut writers);
+        assert_eq!(writers.len(), 2, "handed over once");
     }
 
     #[test]

@@ -302,8 +302,8 @@ impl Answer {
                     return Poll::Ready(gone);
                 }
                 // Writing now: the fan-out stops writing, and what it began goes out first.
-                if let Some(rest) = direct.as_ref().and_then(|direct| direct.writer_busy()) {
-                    queue.push_front(rest);
+                if let Some(direct) = direct {
+                    direct.writer_busy(queue);
                 }
                 while !ended && queue.len() < MAX_SLICES {
                     match Pin::new(&mut *body).poll_frame(cx) {
