@@ -258,3 +258,51 @@ async fn redis_restarted_empty_is_a_reset_and_loses_nothing_acknowledged_after()
     .expect("the answer's reader ends");
     assert!(ended.concat().contains("reconnect"), "{ended:?}");
 }
+
+/// Redis came back without its last writes (a persistence that lags): the epoch is there but the
+/// last seq given went back, so new updates would reuse seqs a node has already passed. That is
+/// a reset too: subscribers are told, then get everything Redis holds, the new updates included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_last_writes_is_a_reset_too() {
+    let redis = RedisServer::start();
+    let shared = config(&redis);
+    let hub = node(&shared).await;
+    let mut connected = hub.subscribe(on("/y", Cursor::Live)).await.unwrap();
+    for n in 0..5 {
+        hub.publish(draft(&format!("old-{n}"), "/y", &format!("old {n}"))).await.unwrap();
+    }
+    assert_eq!(data(&mut connected, 5).await.len(), 5);
+    // What a Redis that lost the last two writes holds.
+    let key = |name: &str| format!("{{{}}}:{name}", shared.prefix);
+    let mut redis_client =
+        redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::pipe()
+        .cmd("XDEL")
+        .arg(key("updates"))
+        .arg("4-0")
+        .arg("5-0")
+        .cmd("XSETID")
+        .arg(key("updates"))
+        .arg("3-0")
+        .cmd("HDEL")
+        .arg(key("ids"))
+        .arg("old-3")
+        .arg("old-4")
+        .cmd("SET")
+        .arg(key("seq"))
+        .arg(3)
+        .exec_async(&mut redis_client)
+        .await
+        .unwrap();
+    for n in 0..2 {
+        publish_until_acknowledged(&hub, draft(&format!("new-{n}"), "/y", &format!("new {n}")))
+            .await;
+    }
+    let held =
+        ["old 0", "old 1", "old 2", "new 0", "new 1"].map(|d| ("message".to_owned(), d.to_owned()));
+    let mut heard = events(&mut connected, 1 + held.len()).await;
+    assert_eq!(heard.remove(0).0, "sluice-reset");
+    assert_eq!(heard, held, "then everything Redis holds, in order");
+    let mut fresh = hub.subscribe(on("/y", Cursor::Earliest)).await.unwrap();
+    assert_eq!(events(&mut fresh, held.len()).await, held);
+}

@@ -37,8 +37,9 @@
 //!
 //! Redis's history carries a random *epoch* (`{P}:epoch`), made by the first node to find none.
 //! An append names the epoch its node follows and is refused (503) under any other, so nothing
-//! enters a history that a node has not noticed is new. The follower reads the epoch and the
-//! last seq given with every `XREAD`, in one pipeline: when the epoch is gone (Redis came back
+//! enters a history that a node has not noticed is new, nor while the last seq given is below
+//! one the node saw given (it must not be given again). The follower reads the last seq given
+//! and the epoch with every `XREAD`, in one pipeline: when the epoch is gone (Redis came back
 //! empty) or the seq went back (it came back without its last writes), the node sets a new
 //! epoch (or takes the one another node set), throws the batch away, and tells its listener of
 //! the reset ([`CommitListener::reset`]: the hub sends its subscribers `sluice-reset`); then it
@@ -62,7 +63,7 @@
 //!   stream, see [`StreamControl`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -88,12 +89,14 @@ const FOLLOW_BATCH: usize = 512;
 const FOLLOW_BLOCK_MS: u64 = 1_000;
 
 /// The append script. KEYS: updates, ids, seq, last-ms, epoch. ARGV: id, the update as JSON,
-/// now in ms, the most updates to keep (0: no bound), the epoch the node follows. Returns
-/// {seq, published_ms}, 0 when the id is taken, or -1 under another epoch (the node has not
-/// noticed the reset yet). Trimming by count happens here, so the history never holds more
-/// than the bound.
+/// now in ms, the most updates to keep (0: no bound), the epoch the node follows, the last seq
+/// the node saw given in it. Returns {seq, published_ms}, 0 when the id is taken, or -1 under
+/// another epoch or when the seq went back (a reset the node has not noticed yet: it must not
+/// give a seq again). Trimming by count happens here, so the history never holds more than
+/// the bound.
 const APPEND: &str = r"
 if redis.call('GET', KEYS[5]) ~= ARGV[5] then return -1 end
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[6]) then return -1 end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 local seq = redis.call('INCR', KEYS[3])
 local ms = tonumber(ARGV[3])
@@ -278,10 +281,8 @@ pub struct RedisStore {
     config: RedisConfig,
     /// The last seq this node's follower has told the listener of.
     followed: watch::Receiver<u64>,
-    /// The history this node follows, shared with its follower.
-    epoch: Arc<Mutex<Epoch>>,
-    /// The highest seq an append of this node returned: a reset goes past it too.
-    given: Arc<AtomicU64>,
+    /// Where this node is in Redis's history, shared with its follower.
+    position: Arc<Mutex<Position>>,
     closed: Arc<AtomicBool>,
     scripts: Scripts,
     /// Why the last command failed, until one succeeds: one server answers every command, so
@@ -305,17 +306,32 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// Which of Redis's histories a node follows (see "Reset" in the module docs), and what it adds
-/// to that history's seqs to make its own, which keep rising across resets.
+/// Where a node is in Redis's history: which history it follows (its epoch, see "Reset" in the
+/// module docs), what it adds to that history's seqs to make its own (which keep rising across
+/// resets), and the last seq it saw given, by its appends or its follower.
 #[derive(Debug, Clone)]
-struct Epoch {
-    id: String,
+struct Position {
+    epoch: String,
     offset: u64,
+    seen: u64,
 }
 
-impl Epoch {
-    fn current(shared: &Mutex<Epoch>) -> Epoch {
+impl Position {
+    fn current(shared: &Mutex<Position>) -> Position {
         shared.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Redis's last seq given is at least this, unless it lost writes: the node saw it given.
+    fn floor(&self) -> u64 {
+        self.seen - self.offset
+    }
+
+    /// The node saw `seq` (its numbering) given in history `epoch`.
+    fn saw(shared: &Mutex<Position>, epoch: &str, seq: u64) {
+        let mut position = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if position.epoch == epoch {
+            position.seen = position.seen.max(seq);
+        }
     }
 }
 
@@ -354,7 +370,7 @@ impl RedisStore {
         };
         let keys = Keys::new(&config.prefix);
         let mut head_connection = connection.clone();
-        let id = new_epoch(&mut head_connection, &keys, "").await.map_err(backend)?;
+        let epoch = new_epoch(&mut head_connection, &keys, "").await.map_err(backend)?;
         let head: Option<u64> = redis::cmd("GET")
             .arg(&keys.seq)
             .query_async(&mut head_connection)
@@ -364,16 +380,14 @@ impl RedisStore {
         listener.starts_after(head);
         let (followed_tx, followed) = watch::channel(head);
         let closed = Arc::new(AtomicBool::new(false));
-        let epoch = Arc::new(Mutex::new(Epoch { id, offset: 0 }));
-        let given = Arc::new(AtomicU64::new(0));
+        let position = Arc::new(Mutex::new(Position { epoch, offset: 0, seen: head }));
         tokio::spawn(follow(
             Follower {
                 client: client.clone(),
                 keys: keys.clone(),
                 listener,
                 followed: followed_tx,
-                epoch: Arc::clone(&epoch),
-                given: Arc::clone(&given),
+                position: Arc::clone(&position),
                 closed: Arc::clone(&closed),
             },
             head,
@@ -384,8 +398,7 @@ impl RedisStore {
             keys,
             config,
             followed,
-            epoch,
-            given,
+            position,
             closed,
             scripts: Scripts {
                 append: Script::new(APPEND),
@@ -435,10 +448,10 @@ impl RedisStore {
     }
 
     /// Runs `command` and reads the epoch in one pipeline: its reply, if Redis still holds the
-    /// history `epoch` names (else a reset this node's follower has yet to notice).
+    /// history `position` names (else a reset this node's follower has yet to notice).
     async fn in_epoch<T: FromRedisValue>(
         &self,
-        epoch: &Epoch,
+        position: &Position,
         command: redis::Cmd,
     ) -> Result<T, StoreError> {
         let (reply, now): (T, Option<String>) = self
@@ -451,14 +464,14 @@ impl RedisStore {
                     .await
             })
             .await?;
-        if now.as_deref() != Some(epoch.id.as_str()) {
+        if now.as_deref() != Some(position.epoch.as_str()) {
             return Err(reset_unseen());
         }
         Ok(reply)
     }
 
     async fn append_now(&self, draft: Draft) -> Result<Arc<Update>, StoreError> {
-        let epoch = Epoch::current(&self.epoch);
+        let position = Position::current(&self.position);
         let id = draft.id.clone().unwrap_or_default();
         let encoded = encode(&draft);
         // Checked before Redis sees it: an update the wire cannot carry is refused here.
@@ -478,7 +491,8 @@ impl RedisStore {
                     .arg(&encoded)
                     .arg(now_ms())
                     .arg(keep)
-                    .arg(&epoch.id)
+                    .arg(&position.epoch)
+                    .arg(position.floor())
                     .invoke_async(c)
                     .await
             })
@@ -487,12 +501,12 @@ impl RedisStore {
             Value::Int(0) => return Err(StoreError::Conflict(id)),
             Value::Int(-1) => return Err(reset_unseen()),
             Value::Array(pair) => match pair.as_slice() {
-                [Value::Int(seq), Value::Int(ms)] => (*seq as u64 + epoch.offset, *ms as u64),
+                [Value::Int(seq), Value::Int(ms)] => (*seq as u64 + position.offset, *ms as u64),
                 _ => return Err(backend("unexpected append reply")),
             },
             _ => return Err(backend("unexpected append reply")),
         };
-        self.given.fetch_max(seq, Ordering::AcqRel);
+        Position::saw(&self.position, &position.epoch, seq);
         // Resolve once this node's follower has passed it (bounded: it is acknowledged).
         let mut followed = self.followed.clone();
         let caught_up = followed.wait_for(|&at| at >= seq);
@@ -608,31 +622,30 @@ struct Follower {
     keys: Keys,
     listener: Arc<dyn CommitListener>,
     followed: watch::Sender<u64>,
-    epoch: Arc<Mutex<Epoch>>,
-    given: Arc<AtomicU64>,
+    position: Arc<Mutex<Position>>,
     closed: Arc<AtomicBool>,
 }
 
 impl Follower {
     /// Redis's history is not the one followed any more: takes the new one (setting it if no
-    /// node has yet) and tells the listener, at a seq past every one this node told or gave.
-    /// `after` is where the follower was in the old history. False if Redis could not be
-    /// asked (the follower tries again).
-    async fn reset(&self, connection: &mut MultiplexedConnection, after: u64) -> bool {
-        let old = Epoch::current(&self.epoch);
-        let id = match new_epoch(connection, &self.keys, &old.id).await {
+    /// node has yet) and tells the listener, at a seq past every one this node saw. False if
+    /// Redis could not be asked (the follower tries again).
+    async fn reset(&self, connection: &mut MultiplexedConnection) -> bool {
+        let old = Position::current(&self.position);
+        let epoch = match new_epoch(connection, &self.keys, &old.epoch).await {
             Ok(id) => id,
             Err(error) => {
                 tracing::warn!(%error, "the Redis follower could not take the new epoch");
                 return false;
             }
         };
-        let at = (old.offset + after).max(self.given.load(Ordering::Acquire)) + 1;
+        let at = old.seen + 1;
         tracing::warn!(
             seq = at,
             "Redis's history was reset (it came back without its data): subscribers are told"
         );
-        *self.epoch.lock().unwrap_or_else(PoisonError::into_inner) = Epoch { id, offset: at };
+        *self.position.lock().unwrap_or_else(PoisonError::into_inner) =
+            Position { epoch, offset: at, seen: at };
         self.listener.reset(at);
         self.followed.send_replace(at);
         true
@@ -662,9 +675,12 @@ async fn follow(follower: Follower, mut after: u64) {
             }
         };
         let keys = &follower.keys;
-        // The epoch and the last seq given, read right after the entries: what tells whether
-        // these entries are of the history this node follows.
-        let read: redis::RedisResult<(Value, Option<String>, Option<u64>)> = redis::pipe()
+        let known = Position::current(&follower.position);
+        // The last seq given, read first: below what this node saw given, Redis lost writes.
+        // The epoch, read right after the entries: whether they are of the history followed.
+        let read: redis::RedisResult<(Option<u64>, Value, Option<String>)> = redis::pipe()
+            .cmd("GET")
+            .arg(&keys.seq)
             .cmd("XREAD")
             .arg("COUNT")
             .arg(FOLLOW_BATCH)
@@ -675,11 +691,9 @@ async fn follow(follower: Follower, mut after: u64) {
             .arg(format!("{after}-0"))
             .cmd("GET")
             .arg(&keys.epoch)
-            .cmd("GET")
-            .arg(&keys.seq)
             .query_async(&mut current)
             .await;
-        let (reply, epoch, head) = match read {
+        let (head, reply, epoch) = match read {
             Ok(read) => read,
             Err(error) => {
                 tracing::warn!(%error, "the Redis follower lost its connection; reconnecting");
@@ -689,9 +703,8 @@ async fn follow(follower: Follower, mut after: u64) {
             }
         };
         delay = Duration::from_millis(100);
-        let known = Epoch::current(&follower.epoch);
-        if epoch.as_deref() != Some(known.id.as_str()) || head.unwrap_or(0) < after {
-            if follower.reset(&mut current, after).await {
+        if epoch.as_deref() != Some(known.epoch.as_str()) || head.unwrap_or(0) < known.floor() {
+            if follower.reset(&mut current).await {
                 // The new history, from its start.
                 after = 0;
             } else {
@@ -715,6 +728,7 @@ async fn follow(follower: Follower, mut after: u64) {
             Ok(updates) if !updates.is_empty() => {
                 if let Some(last) = updates.last() {
                     after = last.seq() - known.offset;
+                    Position::saw(&follower.position, &known.epoch, last.seq());
                     follower.listener.committed(&updates);
                     follower.followed.send_replace(last.seq());
                 }
@@ -775,9 +789,9 @@ impl Store for RedisStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Arc<Update>>, StoreError>> {
         async move {
-            let epoch = Epoch::current(&self.epoch);
+            let position = Position::current(&self.position);
             // A seq from before the last reset is before everything Redis holds now.
-            let after = after.saturating_sub(epoch.offset);
+            let after = after.saturating_sub(position.offset);
             let mut range = redis::cmd("XRANGE");
             range
                 .arg(&self.keys.updates)
@@ -785,8 +799,8 @@ impl Store for RedisStore {
                 .arg("+")
                 .arg("COUNT")
                 .arg(limit);
-            let reply: Value = self.in_epoch(&epoch, range).await?;
-            entries(&reply, epoch.offset)
+            let reply: Value = self.in_epoch(&position, range).await?;
+            entries(&reply, position.offset)
         }
         .boxed()
     }
@@ -794,11 +808,11 @@ impl Store for RedisStore {
     fn find(&self, id: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
         let id = id.to_owned();
         async move {
-            let epoch = Epoch::current(&self.epoch);
+            let position = Position::current(&self.position);
             let mut lookup = redis::cmd("HGET");
             lookup.arg(&self.keys.ids).arg(&id);
-            let seq: Option<u64> = self.in_epoch(&epoch, lookup).await?;
-            Ok(seq.map(|seq| seq + epoch.offset))
+            let seq: Option<u64> = self.in_epoch(&position, lookup).await?;
+            Ok(seq.map(|seq| seq + position.offset))
         }
         .boxed()
     }
