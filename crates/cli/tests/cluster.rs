@@ -116,6 +116,23 @@ async fn readiness_returns_with_redis_without_a_publish_on_the_node() {
     tokio::time::timeout(PATIENCE, back).await.expect("ready again once Redis is back");
 }
 
+/// Opens the answer `created` on `server` and reads its first event: the events URL there,
+/// the source (not reconnecting), and that event.
+async fn read_answer_on(
+    server: &Server,
+    created: &serde_json::Value,
+) -> (String, EventSource, Vec<MessageEvent>) {
+    let events_url = format!("{}{}", server.url(), created["events_url"].as_str().unwrap());
+    let mut source = EventSource::get(&events_url).reconnect(false).build().unwrap();
+    let mut seen = Vec::new();
+    while seen.is_empty() {
+        if let Some(Ok(Item::Message(event))) = source.next().await {
+            seen.push(event);
+        }
+    }
+    (events_url, source, seen)
+}
+
 /// Starts an answer on `server`: its JSON (`id`, `events_url`, `cancel_url`).
 async fn start_answer(server: &Server) -> serde_json::Value {
     let request =
@@ -186,15 +203,7 @@ async fn when_the_producing_node_dies_its_answer_ends_with_an_error_on_the_other
     let slow = [("SLUICE_SCRIPTED_TOKENS_PER_SECOND", "2")];
     let mut a = Server::start_with_env(dirs[0].path(), &args, &slow);
     let b = Server::start_with_env(dirs[1].path(), &args, &slow);
-    let created = start_answer(&a).await;
-    let events_url = format!("{}{}", b.url(), created["events_url"].as_str().unwrap());
-    let mut source = EventSource::get(&events_url).reconnect(false).build().unwrap();
-    let mut seen = Vec::new();
-    while seen.is_empty() {
-        if let Some(Ok(Item::Message(event))) = source.next().await {
-            seen.push(event);
-        }
-    }
+    let (_, mut source, mut seen) = read_answer_on(&b, &start_answer(&a).await).await;
     a.kill();
     let ended = async {
         while seen.last().is_none_or(|e| e.event_type != "end") {
@@ -209,6 +218,83 @@ async fn when_the_producing_node_dies_its_answer_ends_with_an_error_on_the_other
     let kinds = kinds(&seen);
     assert_eq!(kinds[kinds.len() - 2..], ["error", "end"], "{seen:?}");
     assert_eq!(seen.last().unwrap().data, r#"{"finish_reason":"error"}"#);
+}
+
+/// Issue 16, 1.6: Redis restarted empty (no persistence). What was published before is gone,
+/// but every update acknowledged after reaches everyone: a subscriber connected all along gets
+/// `sluice-reset`, then each of them, in order, once; a fresh `earliest` subscriber gets what
+/// Redis holds, in order. An answer's reader, whose history is gone, is ended (not left
+/// waiting) and not resumed into a history without its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_resets_subscribers_and_delivers_what_is_acknowledged_after() {
+    let mut redis = RedisServer::start();
+    // An answer long enough (100 words at 8 a second) to be running when Redis restarts.
+    let (a, b, _dirs) = answering_nodes(&redis, &LONG_ANSWER.repeat(5));
+    let (token, client) = (publisher_token(), reqwest::Client::new());
+    let topic = |server: &Server| format!("{}?topic=/x", server.hub());
+    let mut connected = EventSource::get(&topic(&b)).reconnect(false).build().unwrap();
+    assert!(matches!(connected.next().await, Some(Ok(Item::Open))));
+    let (events_url, mut answer, mut answered) = read_answer_on(&b, &start_answer(&a).await).await;
+    for n in 0..3 {
+        publish(&client, &a.hub(), &token, "/x", &format!("old {n}")).await.unwrap();
+    }
+
+    redis.restart_empty();
+    let mut acknowledged = Vec::new();
+    for n in 0..12 {
+        let (hub, data) = ([&a, &b][n % 2].hub(), format!("new {n}"));
+        let published = async {
+            while publish(&client, &hub, &token, "/x", &data).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, published).await.expect("publishing works again");
+        acknowledged.push(data);
+    }
+
+    let mut heard = Vec::new();
+    let read = async {
+        while heard.len() < 3 + 1 + acknowledged.len() {
+            match connected.next().await {
+                Some(Ok(Item::Message(event))) => heard.push(event),
+                Some(Ok(_)) => {}
+                other => panic!("the subscriber's stream broke: {other:?}"),
+            }
+        }
+    };
+    if tokio::time::timeout(PATIENCE, read).await.is_err() {
+        panic!("waited {PATIENCE:?}, heard {heard:?}");
+    }
+    assert_eq!(data(&heard[..3]), ["old 0", "old 1", "old 2"]);
+    assert_eq!(heard[3].event_type, "sluice-reset", "{heard:?}");
+    assert_eq!(data(&heard[4..]), acknowledged, "every update acknowledged after, in order, once");
+
+    for server in [&a, &b] {
+        let fresh =
+            events_until(&topic(server), Some("earliest"), |seen| seen.len() >= acknowledged.len())
+                .await;
+        assert_eq!(data(&fresh), acknowledged, "earliest: what Redis holds, in order");
+    }
+
+    // The answer's reader ends rather than wait for an end from a history that lost its start.
+    let ended = async {
+        while let Some(item) = answer.next().await {
+            match item {
+                Ok(Item::Message(event)) => answered.push(event),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, ended).await.expect("the answer's reader is ended");
+    assert_ne!(answered.last().unwrap().event_type, "end", "by the reset: {answered:?}");
+    let again = reqwest::Client::new()
+        .get(&events_url)
+        .header("Last-Event-ID", &answered.last().unwrap().last_event_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404, "its record went with Redis's data");
 }
 
 /// Chaos: subscribers on every node, a publisher spread over the nodes recording what was

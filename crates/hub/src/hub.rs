@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::direct::{DirectWrite, SocketWriter};
 use crate::filter::Filter;
 use crate::recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_UPDATES, Recent};
-use crate::registry::{Cutoff, Hangup, Intake, Registry, Subscriber};
+use crate::registry::{Cutoff, Hangup, Intake, Live, Registry, Subscriber};
 use crate::selector::Selector;
 use crate::store::{CommitListener, Store, StoreError};
 use crate::update::{Draft, Update, new_id};
@@ -217,14 +217,16 @@ impl SubscribeRequest {
 /// One thing a subscription delivers.
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    /// The cursor was unknown: what follows is everything kept, not a continuation.
+    /// What follows is everything kept, not a continuation: the cursor was unknown, or the
+    /// store's history was reset under a live subscriber (a Redis that came back empty).
     Reset,
     /// An update, from history or live.
     Update(Arc<Update>),
     /// The subscriber read too slowly and is cut off (it can resume from its last id).
     TooSlow,
-    /// History could not be read: the stream ends here rather than go live past a gap (the
-    /// subscriber resumes from its last id).
+    /// History could not be read, or was reset under a stream read to its end (an answer,
+    /// which cannot go on from a history that no longer holds its start): the stream ends
+    /// here rather than go live past a gap (the subscriber resumes from its last id).
     ReplayFailed,
 }
 
@@ -515,7 +517,7 @@ struct Feed {
     subscriber: std::sync::Weak<Subscriber>,
     filter: Arc<Filter>,
     cutoff: Arc<OnceLock<Cutoff>>,
-    receiver: mpsc::Receiver<Arc<Update>>,
+    receiver: mpsc::Receiver<Live>,
     /// Live updates up to this `seq` are skipped: they were committed before the subscriber
     /// registered, so they belong to the replay (or to no one, for a live-only cursor).
     live_after: u64,
@@ -585,10 +587,18 @@ impl Feed {
                 direct.feed_waiting(|| self.receiver.is_empty());
             }
             match self.receiver.recv().await {
-                // Committed before it registered: sent by the replay already.
-                Some(update) if update.seq() <= self.live_after => {}
-                Some(update) if self.cutoff.get().is_none() => {
+                // Committed (or reset) before it registered: the replay's part already.
+                Some(Live::Update(update)) if update.seq() <= self.live_after => {}
+                Some(Live::Reset(at)) if at <= self.live_after => {}
+                Some(Live::Update(update)) if self.cutoff.get().is_none() => {
                     return Some(Delivery::Update(update));
+                }
+                Some(Live::Reset(_)) if self.cutoff.get().is_none() => {
+                    if self.until.is_some() {
+                        self.done = true;
+                        return Some(Delivery::ReplayFailed);
+                    }
+                    return Some(Delivery::Reset);
                 }
                 _ => {
                     self.done = true;
@@ -639,7 +649,7 @@ impl Feed {
 
 fn reset_frame() -> Bytes {
     let mut frame = BytesMut::new();
-    sluice_sse::Event::new(r#"{"reason":"unknown last event id: sending everything kept"}"#)
+    sluice_sse::Event::new(r#"{"reason":"the history does not continue from the last event: sending everything kept"}"#)
         .with_event(RESET_EVENT_TYPE)
         .expect("a constant event type")
         .encode(&mut frame);

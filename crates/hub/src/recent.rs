@@ -83,6 +83,11 @@ impl Recent {
         }
     }
 
+    /// The store's history was reset at `seq`: nothing before it can be replayed any more.
+    pub(crate) fn reset(&self, seq: u64) {
+        *self.window.lock().unwrap() = Window { floor: seq, ..Window::default() };
+    }
+
     /// Adds committed updates, in commit order; evicts the oldest past the bounds.
     pub(crate) fn push(&self, updates: &[Arc<Update>]) {
         let mut window = self.window.lock().unwrap();

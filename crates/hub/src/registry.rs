@@ -34,6 +34,23 @@ use crate::update::Update;
 /// commit waits for it, which slows publishers instead of growing memory without bound.
 const DISPATCH_BACKLOG: usize = 1024;
 
+/// What the fan-out queues for a subscriber.
+#[derive(Debug, Clone)]
+pub(crate) enum Live {
+    /// A committed update.
+    Update(Arc<Update>),
+    /// The store's history was reset at this `seq` ([`CommitListener::reset`]): what the
+    /// subscriber was sent does not continue in the store.
+    Reset(u64),
+}
+
+/// What the store hands the dispatcher, in commit order.
+#[derive(Debug)]
+enum Batch {
+    Committed(Vec<Arc<Update>>),
+    Reset(u64),
+}
+
 /// Why a subscriber's live feed ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cutoff {
@@ -69,7 +86,7 @@ impl fmt::Debug for Hangup {
 pub(crate) struct Subscriber {
     pub(crate) key: u64,
     pub(crate) filter: Arc<Filter>,
-    sender: mpsc::Sender<Arc<Update>>,
+    sender: mpsc::Sender<Live>,
     /// The last `seq` queued: an update matching through several topics is queued once.
     last_queued: AtomicU64,
     pub(crate) cutoff: Arc<OnceLock<Cutoff>>,
@@ -84,7 +101,7 @@ impl Subscriber {
     pub(crate) fn new(
         key: u64,
         filter: Arc<Filter>,
-        sender: mpsc::Sender<Arc<Update>>,
+        sender: mpsc::Sender<Live>,
         cutoff: Arc<OnceLock<Cutoff>>,
         hangup: Option<Hangup>,
         direct: Option<Arc<DirectWrite>>,
@@ -104,11 +121,21 @@ impl Subscriber {
     /// Hands `update` over: written to its socket now in `write_now`'s round if it allows
     /// that, or queued. False if it could not be queued (full: too slow; closed: going away).
     fn deliver(&self, update: &Arc<Update>, write_now: Option<&mut Round>) -> bool {
-        let queue = || self.sender.try_send(Arc::clone(update)).is_ok();
+        let queue = || self.sender.try_send(Live::Update(Arc::clone(update))).is_ok();
         match (&self.direct, write_now) {
             (Some(direct), Some(round)) => direct.deliver(update, round, queue),
             (Some(direct), None) => direct.queue(queue),
             (None, _) => queue(),
+        }
+    }
+
+    /// Queues the news of a reset at `seq` (never written directly: it is not an update's
+    /// frame). False if it could not be queued, as for [`Subscriber::deliver`].
+    fn reset(&self, seq: u64) -> bool {
+        let queue = || self.sender.try_send(Live::Reset(seq)).is_ok();
+        match &self.direct {
+            Some(direct) => direct.queue(queue),
+            None => queue(),
         }
     }
 
@@ -208,6 +235,17 @@ impl State {
     }
 }
 
+impl State {
+    /// Every subscriber, once each.
+    fn all(&self) -> Vec<Arc<Subscriber>> {
+        let mut all: HashMap<u64, Arc<Subscriber>> = self.others.clone();
+        for subscribers in self.exact.values() {
+            all.extend(subscribers.iter().map(|(key, s)| (*key, Arc::clone(s))));
+        }
+        all.into_values().collect()
+    }
+}
+
 impl Registry {
     fn new(recent: Recent) -> Self {
         Registry { state: Mutex::default(), recent, committed: AtomicU64::new(0) }
@@ -267,21 +305,14 @@ impl Registry {
     pub(crate) fn shut_down(&self) {
         let mut state = self.state.lock().unwrap();
         state.closed = true;
-        let all: Vec<Arc<Subscriber>> = state
-            .exact
-            .values()
-            .flat_map(|subscribers| subscribers.values())
-            .chain(state.others.values())
-            .cloned()
-            .collect();
-        for subscriber in all {
+        for subscriber in state.all() {
             state.remove(&subscriber);
             subscriber.cut(Cutoff::Shutdown);
         }
     }
 
     /// Fans out the batches the dispatcher takes from `batches`, until every [`Intake`] is gone.
-    fn dispatch(&self, batches: &Receiver<Vec<Arc<Update>>>) {
+    fn dispatch(&self, batches: &Receiver<Batch>) {
         let mut cut = Vec::new();
         // How long the last round took, and the last that wrote to sockets itself.
         let (mut last_round, mut last_direct_round) = (Duration::ZERO, Duration::ZERO);
@@ -303,18 +334,28 @@ impl Registry {
             // Whatever else is waiting goes out under the same lock.
             let mut waiting = vec![first];
             waiting.extend(batches.try_iter().take(DISPATCH_BACKLOG));
+            let alone =
+                matches!(waiting.as_slice(), [Batch::Committed(updates)] if updates.len() == 1);
             // Writing to sockets from this one thread costs a system call per delivery: worth
             // it while updates come further apart than such a round takes (this thread had to
             // wait for this one, and it came alone). Otherwise the updates are queued, and
             // each subscriber's task writes its backlog in one `writev`.
             let spare = waited.is_some_and(|waited| waited + last_round >= last_direct_round);
             let round = Instant::now();
-            let mut write_now =
-                (spare && waiting.len() == 1 && waiting[0].len() == 1).then(|| Round::new(round));
+            let mut write_now = (spare && alone).then(|| Round::new(round));
             let mut state = self.state.lock().unwrap();
-            for update in waiting.iter().flatten() {
-                state.fan_out(update, write_now.as_mut(), &mut cut);
-                published.increment(1);
+            for batch in &waiting {
+                match batch {
+                    Batch::Committed(updates) => {
+                        for update in updates {
+                            state.fan_out(update, write_now.as_mut(), &mut cut);
+                            published.increment(1);
+                        }
+                    }
+                    Batch::Reset(seq) => {
+                        cut.extend(state.all().into_iter().filter(|s| !s.reset(*seq)));
+                    }
+                }
             }
             for subscriber in cut.drain(..) {
                 state.remove(&subscriber);
@@ -340,7 +381,7 @@ impl Registry {
 #[derive(Debug)]
 pub(crate) struct Intake {
     registry: Arc<Registry>,
-    batches: SyncSender<Vec<Arc<Update>>>,
+    batches: SyncSender<Batch>,
 }
 
 impl Intake {
@@ -375,6 +416,14 @@ impl CommitListener for Intake {
             self.registry.committed.fetch_max(last.seq(), Ordering::SeqCst);
         }
         // Fails only when the dispatcher is gone, which happens with the intake itself.
-        let _ = self.batches.send(updates.to_vec());
+        let _ = self.batches.send(Batch::Committed(updates.to_vec()));
+    }
+
+    /// Nothing from before `seq` can be replayed from the window any more, and every
+    /// subscriber registered before the reset is told, in order with the updates around it.
+    fn reset(&self, seq: u64) {
+        self.registry.recent.reset(seq);
+        self.registry.committed.fetch_max(seq, Ordering::SeqCst);
+        let _ = self.batches.send(Batch::Reset(seq));
     }
 }

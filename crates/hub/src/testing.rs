@@ -54,6 +54,11 @@ impl CommitListener for Recorder {
     fn committed(&self, updates: &[Arc<Update>]) {
         self.heard.lock().unwrap().extend(updates.iter().cloned());
     }
+
+    fn reset(&self, seq: u64) {
+        let last = self.heard.lock().unwrap().last().map_or(0, |u| u.seq());
+        assert!(seq > last, "a reset at {seq} keeps the order rising past {last}");
+    }
 }
 
 /// A draft with an id, on `topic`.
@@ -267,6 +272,16 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops it and starts it again on the same port with its files gone: what a Redis that
+    /// persists nothing (or lost its disk) comes back as, the case outside the documented
+    /// durability that a hub must still notice rather than lose what is acknowledged after.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.restart();
     }
 
     /// Starts it again on the same port and files.

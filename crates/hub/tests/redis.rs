@@ -153,3 +153,156 @@ async fn leases_cancels_and_readers_reach_across_nodes() {
     assert!(!cb.request_cancel("answer-1").await.unwrap(), "nothing to cancel once released");
     assert!(ca.lapsed().await.unwrap().is_empty());
 }
+
+/// The next `n` events of a subscription as (event type, data).
+async fn events(subscription: &mut sluice_hub::Subscription, n: usize) -> Vec<(String, String)> {
+    let mut decoder = sluice_sse::Decoder::new();
+    let mut seen = Vec::new();
+    let read = async {
+        while seen.len() < n {
+            let frame = subscription.frames.next().await.expect("the subscription ended");
+            decoder
+                .feed(&frame, |e| {
+                    seen.push((e.event_type.into_owned(), e.data));
+                })
+                .unwrap();
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), read).await.is_err() {
+        panic!("waited 30 s for {n} events, got {seen:?}");
+    }
+    seen
+}
+
+/// Publishes `draft` on `hub`, again and again while it is refused (Redis coming back), for up
+/// to 20 s; the update as acknowledged.
+async fn publish_until_acknowledged(
+    hub: &Hub,
+    draft: sluice_hub::Draft,
+) -> Arc<sluice_hub::Update> {
+    for _ in 0..200 {
+        match hub.publish(draft.clone()).await {
+            Ok(update) => return update,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("{draft:?} was refused for 20 s");
+}
+
+/// Issue 16, 1.6: Redis came back empty (no persistence). Everything published before is gone,
+/// but every update acknowledged after must reach every subscriber: a connected one is told of
+/// the reset and then gets each of them, in order, once; a fresh `earliest` one gets what Redis
+/// holds, in order, and nothing from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_is_a_reset_and_loses_nothing_acknowledged_after() {
+    let mut redis = RedisServer::start();
+    let shared = config(&redis);
+    let (a, b) = (node(&shared).await, node(&shared).await);
+    let mut on_b = b.subscribe(on("/x", Cursor::Live)).await.unwrap();
+    let mut answer = b
+        .subscribe(SubscribeRequest {
+            until_event_type: Some("end".to_owned()),
+            ..on("/answer", Cursor::Live)
+        })
+        .await
+        .unwrap();
+    let mut last_before = 0;
+    for n in 0..5 {
+        let hub = if n % 2 == 0 { &a } else { &b };
+        let update = hub.publish(draft(&format!("old-{n}"), "/x", &format!("old {n}"))).await;
+        last_before = last_before.max(update.unwrap().seq());
+    }
+    assert_eq!(data(&mut on_b, 5).await.len(), 5);
+
+    redis.restart_empty();
+    let mut acknowledged = Vec::new();
+    for n in 0..12 {
+        let hub = if n % 2 == 0 { &a } else { &b };
+        let update =
+            publish_until_acknowledged(hub, draft(&format!("new-{n}"), "/x", &format!("new {n}")))
+                .await;
+        assert!(
+            update.seq() > last_before,
+            "a node's seqs keep rising: {} after {last_before}",
+            update.seq()
+        );
+        acknowledged.push(("message".to_owned(), update.data().to_owned()));
+    }
+
+    let mut expected = vec![("sluice-reset".to_owned(), String::new())];
+    expected.extend(acknowledged.iter().cloned());
+    let mut heard = events(&mut on_b, expected.len()).await;
+    heard[0].1.clear();
+    assert_eq!(heard, expected, "the connected subscriber: told of the reset, then every one");
+    for hub in [&a, &b] {
+        let mut fresh = hub.subscribe(on("/x", Cursor::Earliest)).await.unwrap();
+        assert_eq!(events(&mut fresh, 12).await, acknowledged, "earliest: what Redis holds");
+        let extra = tokio::time::timeout(Duration::from_millis(500), fresh.frames.next()).await;
+        assert!(extra.is_err(), "and nothing else: {extra:?}");
+    }
+    let mut resumed = a.subscribe(on("/x", Cursor::After("old-3".into()))).await.unwrap();
+    let mut heard = events(&mut resumed, 13).await;
+    heard[0].1.clear();
+    assert_eq!(heard, expected, "a cursor lost with Redis's data: reset, then what it holds");
+
+    // A stream read to its end (an answer) cannot continue past the reset: it is told to
+    // reconnect and ends, rather than wait for an end that may never come.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut frames = Vec::new();
+        while let Some(frame) = answer.frames.next().await {
+            frames.push(String::from_utf8_lossy(&frame).into_owned());
+        }
+        frames
+    })
+    .await
+    .expect("the answer's reader ends");
+    assert!(ended.concat().contains("reconnect"), "{ended:?}");
+}
+
+/// Redis came back without its last writes (a persistence that lags): the epoch is there but the
+/// last seq given went back, so new updates would reuse seqs a node has already passed. That is
+/// a reset too: subscribers are told, then get everything Redis holds, the new updates included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_last_writes_is_a_reset_too() {
+    let redis = RedisServer::start();
+    let shared = config(&redis);
+    let hub = node(&shared).await;
+    let mut connected = hub.subscribe(on("/y", Cursor::Live)).await.unwrap();
+    for n in 0..5 {
+        hub.publish(draft(&format!("old-{n}"), "/y", &format!("old {n}"))).await.unwrap();
+    }
+    assert_eq!(data(&mut connected, 5).await.len(), 5);
+    // What a Redis that lost the last two writes holds.
+    let key = |name: &str| format!("{{{}}}:{name}", shared.prefix);
+    let mut redis_client =
+        redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::pipe()
+        .cmd("XDEL")
+        .arg(key("updates"))
+        .arg("4-0")
+        .arg("5-0")
+        .cmd("XSETID")
+        .arg(key("updates"))
+        .arg("3-0")
+        .cmd("HDEL")
+        .arg(key("ids"))
+        .arg("old-3")
+        .arg("old-4")
+        .cmd("SET")
+        .arg(key("seq"))
+        .arg(3)
+        .exec_async(&mut redis_client)
+        .await
+        .unwrap();
+    for n in 0..2 {
+        publish_until_acknowledged(&hub, draft(&format!("new-{n}"), "/y", &format!("new {n}")))
+            .await;
+    }
+    let held =
+        ["old 0", "old 1", "old 2", "new 0", "new 1"].map(|d| ("message".to_owned(), d.to_owned()));
+    let mut heard = events(&mut connected, 1 + held.len()).await;
+    assert_eq!(heard.remove(0).0, "sluice-reset");
+    assert_eq!(heard, held, "then everything Redis holds, in order");
+    let mut fresh = hub.subscribe(on("/y", Cursor::Earliest)).await.unwrap();
+    assert_eq!(events(&mut fresh, held.len()).await, held);
+}

@@ -308,6 +308,10 @@ impl CommitListener for Gate {
         }
         self.recorder.committed(updates);
     }
+
+    fn reset(&self, seq: u64) {
+        self.recorder.reset(seq);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

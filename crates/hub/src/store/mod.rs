@@ -38,6 +38,13 @@ pub trait CommitListener: Send + Sync + 'static {
 
     /// `updates` were committed; their `seq`s are increasing.
     fn committed(&self, updates: &[Arc<Update>]);
+
+    /// The store's history was reset under it (a Redis that came back without its data): what
+    /// was committed before is gone, and what it commits from now on, with `seq`s above `seq`,
+    /// is a new history from its start. `seq` is above every `seq` told before, so the one
+    /// order goes on rising; the reset takes it as its own place in that order. Live readers
+    /// must be told, since what they were sent no longer continues in the store.
+    fn reset(&self, seq: u64);
 }
 
 /// Why a store operation failed.

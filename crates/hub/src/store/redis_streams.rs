@@ -30,7 +30,22 @@
 //!
 //! What Redis acknowledged survives a Redis restart only if Redis persists every write before
 //! answering: `appendonly yes` with `appendfsync always`. With other settings a Redis crash
-//! can lose acknowledged updates; Sluice cannot tell.
+//! can lose acknowledged updates; Sluice cannot tell which, but it does notice that the
+//! history was reset (see below), so that what is acknowledged afterwards reaches everyone.
+//!
+//! # Reset
+//!
+//! Redis's history carries a random *epoch* (`{P}:epoch`), made by the first node to find none.
+//! An append names the epoch its node follows and is refused (503) under any other, so nothing
+//! enters a history that a node has not noticed is new, nor while the last seq given is below
+//! one the node saw given (it must not be given again). The follower reads the last seq given
+//! and the epoch with every `XREAD`, in one pipeline: when the epoch is gone (Redis came back
+//! empty) or the seq went back (it came back without its last writes), the node sets a new
+//! epoch (or takes the one another node set), throws the batch away, and tells its listener of
+//! the reset ([`CommitListener::reset`]: the hub sends its subscribers `sluice-reset`); then it
+//! follows the new history from its start. Redis's seqs start over with it, so a node adds an
+//! offset to them: its own seqs keep rising across the reset. Reads check the epoch in the same
+//! pipeline, so none mixes two histories.
 //!
 //! # Layout
 //!
@@ -42,6 +57,7 @@
 //! - `{P}:updates`: the stream; entry `<seq>-0` with fields `u` (the update as JSON) and `ms`.
 //! - `{P}:ids`: hash, update id → seq, for the ids still kept.
 //! - `{P}:seq`: the last seq given (never reused, even when retention empties the stream).
+//! - `{P}:epoch`: which history this is (see "Reset").
 //! - `{P}:streams`, `{P}:streams:age`: stream records, and their creation times.
 //! - `{P}:leases`, `{P}:cancels`, `{P}:readers`, channel `{P}:cancel`: who produces which
 //!   stream, see [`StreamControl`].
@@ -55,7 +71,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Script, Value};
+use redis::{AsyncConnectionConfig, Client, FromRedisValue, Script, Value};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -72,10 +88,15 @@ const FOLLOW_BATCH: usize = 512;
 /// How long one `XREAD` blocks.
 const FOLLOW_BLOCK_MS: u64 = 1_000;
 
-/// The append script. KEYS: updates, ids, seq, last-ms. ARGV: id, the update as JSON, now in
-/// ms, the most updates to keep (0: no bound). Returns {seq, published_ms}, or 0 when the id
-/// is taken. Trimming by count happens here, so the history never holds more than the bound.
+/// The append script. KEYS: updates, ids, seq, last-ms, epoch. ARGV: id, the update as JSON,
+/// now in ms, the most updates to keep (0: no bound), the epoch the node follows, the last seq
+/// the node saw given in it. Returns {seq, published_ms}, 0 when the id is taken, or -1 under
+/// another epoch or when the seq went back (a reset the node has not noticed yet: it must not
+/// give a seq again). Trimming by count happens here, so the history never holds more than
+/// the bound.
 const APPEND: &str = r"
+if redis.call('GET', KEYS[5]) ~= ARGV[5] then return -1 end
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[6]) then return -1 end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 local seq = redis.call('INCR', KEYS[3])
 local ms = tonumber(ARGV[3])
@@ -99,6 +120,19 @@ if keep > 0 then
   end
 end
 return {seq, ms}
+";
+
+/// A new epoch, when the history was reset. KEYS: epoch. ARGV: the epoch the node followed
+/// (empty: none yet), a new random one. Sets the new one if there is none or it is still the
+/// one the node followed (its seq went back); returns the epoch in force, which another node
+/// may have set first.
+const NEW_EPOCH: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return current
 ";
 
 /// Retention by age. KEYS: updates, ids, streams, streams:age, streams:latest. ARGV: the oldest `ms` to keep,
@@ -209,6 +243,7 @@ struct Keys {
     ids: String,
     seq: String,
     last_ms: String,
+    epoch: String,
     streams: String,
     streams_age: String,
     streams_latest: String,
@@ -226,6 +261,7 @@ impl Keys {
             ids: key("ids"),
             seq: key("seq"),
             last_ms: key("last-ms"),
+            epoch: key("epoch"),
             streams: key("streams"),
             streams_age: key("streams:age"),
             streams_latest: key("streams:latest"),
@@ -245,6 +281,8 @@ pub struct RedisStore {
     config: RedisConfig,
     /// The last seq this node's follower has told the listener of.
     followed: watch::Receiver<u64>,
+    /// Where this node is in Redis's history, shared with its follower.
+    position: Arc<Mutex<Position>>,
     closed: Arc<AtomicBool>,
     scripts: Scripts,
     /// Why the last command failed, until one succeeds: one server answers every command, so
@@ -266,6 +304,40 @@ impl fmt::Debug for RedisStore {
             .field("followed", &*self.followed.borrow())
             .finish_non_exhaustive()
     }
+}
+
+/// Where a node is in Redis's history: which history it follows (its epoch, see "Reset" in the
+/// module docs), what it adds to that history's seqs to make its own (which keep rising across
+/// resets), and the last seq it saw given, by its appends or its follower.
+#[derive(Debug, Clone)]
+struct Position {
+    epoch: String,
+    offset: u64,
+    seen: u64,
+}
+
+impl Position {
+    fn current(shared: &Mutex<Position>) -> Position {
+        shared.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Redis's last seq given is at least this, unless it lost writes: the node saw it given.
+    fn floor(&self) -> u64 {
+        self.seen - self.offset
+    }
+
+    /// The node saw `seq` (its numbering) given in history `epoch`.
+    fn saw(shared: &Mutex<Position>, epoch: &str, seq: u64) {
+        let mut position = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if position.epoch == epoch {
+            position.seen = position.seen.max(seq);
+        }
+    }
+}
+
+/// An append or read that met a history this node has not noticed is new.
+fn reset_unseen() -> StoreError {
+    backend("the history was reset; this node is catching up")
 }
 
 fn backend(error: impl fmt::Display) -> StoreError {
@@ -298,6 +370,7 @@ impl RedisStore {
         };
         let keys = Keys::new(&config.prefix);
         let mut head_connection = connection.clone();
+        let epoch = new_epoch(&mut head_connection, &keys, "").await.map_err(backend)?;
         let head: Option<u64> = redis::cmd("GET")
             .arg(&keys.seq)
             .query_async(&mut head_connection)
@@ -307,13 +380,17 @@ impl RedisStore {
         listener.starts_after(head);
         let (followed_tx, followed) = watch::channel(head);
         let closed = Arc::new(AtomicBool::new(false));
+        let position = Arc::new(Mutex::new(Position { epoch, offset: 0, seen: head }));
         tokio::spawn(follow(
-            client.clone(),
-            keys.updates.clone(),
+            Follower {
+                client: client.clone(),
+                keys: keys.clone(),
+                listener,
+                followed: followed_tx,
+                position: Arc::clone(&position),
+                closed: Arc::clone(&closed),
+            },
             head,
-            listener,
-            followed_tx,
-            Arc::clone(&closed),
         ));
         let store = RedisStore {
             client,
@@ -321,6 +398,7 @@ impl RedisStore {
             keys,
             config,
             followed,
+            position,
             closed,
             scripts: Scripts {
                 append: Script::new(APPEND),
@@ -369,7 +447,31 @@ impl RedisStore {
         outcome
     }
 
+    /// Runs `command` and reads the epoch in one pipeline: its reply, if Redis still holds the
+    /// history `position` names (else a reset this node's follower has yet to notice).
+    async fn in_epoch<T: FromRedisValue>(
+        &self,
+        position: &Position,
+        command: redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let (reply, now): (T, Option<String>) = self
+            .run(async |c| {
+                redis::pipe()
+                    .add_command(command)
+                    .cmd("GET")
+                    .arg(&self.keys.epoch)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        if now.as_deref() != Some(position.epoch.as_str()) {
+            return Err(reset_unseen());
+        }
+        Ok(reply)
+    }
+
     async fn append_now(&self, draft: Draft) -> Result<Arc<Update>, StoreError> {
+        let position = Position::current(&self.position);
         let id = draft.id.clone().unwrap_or_default();
         let encoded = encode(&draft);
         // Checked before Redis sees it: an update the wire cannot carry is refused here.
@@ -384,22 +486,27 @@ impl RedisStore {
                     .key(&keys.ids)
                     .key(&keys.seq)
                     .key(&keys.last_ms)
+                    .key(&keys.epoch)
                     .arg(&id)
                     .arg(&encoded)
                     .arg(now_ms())
                     .arg(keep)
+                    .arg(&position.epoch)
+                    .arg(position.floor())
                     .invoke_async(c)
                     .await
             })
             .await?;
         let (seq, published_ms) = match reply {
             Value::Int(0) => return Err(StoreError::Conflict(id)),
+            Value::Int(-1) => return Err(reset_unseen()),
             Value::Array(pair) => match pair.as_slice() {
-                [Value::Int(seq), Value::Int(ms)] => (*seq as u64, *ms as u64),
+                [Value::Int(seq), Value::Int(ms)] => (*seq as u64 + position.offset, *ms as u64),
                 _ => return Err(backend("unexpected append reply")),
             },
             _ => return Err(backend("unexpected append reply")),
         };
+        Position::saw(&self.position, &position.epoch, seq);
         // Resolve once this node's follower has passed it (bounded: it is acknowledged).
         let mut followed = self.followed.clone();
         let caught_up = followed.wait_for(|&at| at >= seq);
@@ -467,13 +574,13 @@ fn bytes(value: &Value) -> Option<&[u8]> {
     }
 }
 
-/// One stream entry (`[id, [field, value, …]]`) as an update.
-fn entry(value: &Value) -> Result<Update, StoreError> {
+/// One stream entry (`[id, [field, value, …]]`) as an update, `offset` added to its seq.
+fn entry(value: &Value, offset: u64) -> Result<Update, StoreError> {
     let bad = || backend("a malformed stream entry");
     let Value::Array(parts) = value else { return Err(bad()) };
     let [id, Value::Array(fields)] = parts.as_slice() else { return Err(bad()) };
     let id = std::str::from_utf8(bytes(id).ok_or_else(bad)?).map_err(|_| bad())?;
-    let seq = id.split('-').next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let seq = id.split('-').next().and_then(|s| s.parse::<u64>().ok()).ok_or_else(bad)?;
     let (mut json, mut ms) = (None, 0);
     for pair in fields.chunks(2) {
         match (pair.first().and_then(bytes), pair.get(1).and_then(bytes)) {
@@ -486,37 +593,77 @@ fn entry(value: &Value) -> Result<Update, StoreError> {
             _ => {}
         }
     }
-    decode(seq, ms, json.ok_or_else(bad)?)
+    decode(seq + offset, ms, json.ok_or_else(bad)?)
 }
 
-/// The entries of an `XRANGE` reply.
-fn entries(reply: &Value) -> Result<Vec<Arc<Update>>, StoreError> {
+/// The entries of an `XRANGE` reply, `offset` added to their seqs.
+fn entries(reply: &Value, offset: u64) -> Result<Vec<Arc<Update>>, StoreError> {
     match reply {
-        Value::Array(items) => items.iter().map(|item| entry(item).map(Arc::new)).collect(),
+        Value::Array(items) => items.iter().map(|item| entry(item, offset).map(Arc::new)).collect(),
         Value::Nil => Ok(Vec::new()),
         _ => Err(backend("a malformed range reply")),
     }
 }
 
-/// Follows the stream from `after`, telling `listener` of each entry, reconnecting as needed.
-async fn follow(
+/// Sets a new random epoch if the one `known` (empty: none) is still in force or none is, and
+/// returns the epoch in force (see [`NEW_EPOCH`]).
+async fn new_epoch(
+    connection: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    known: &str,
+) -> redis::RedisResult<String> {
+    let candidate = uuid::Uuid::new_v4().simple().to_string();
+    Script::new(NEW_EPOCH).key(&keys.epoch).arg(known).arg(candidate).invoke_async(connection).await
+}
+
+/// What the follower holds.
+struct Follower {
     client: Client,
-    stream: String,
-    mut after: u64,
+    keys: Keys,
     listener: Arc<dyn CommitListener>,
     followed: watch::Sender<u64>,
+    position: Arc<Mutex<Position>>,
     closed: Arc<AtomicBool>,
-) {
+}
+
+impl Follower {
+    /// Redis's history is not the one followed any more: takes the new one (setting it if no
+    /// node has yet) and tells the listener, at a seq past every one this node saw. False if
+    /// Redis could not be asked (the follower tries again).
+    async fn reset(&self, connection: &mut MultiplexedConnection) -> bool {
+        let old = Position::current(&self.position);
+        let epoch = match new_epoch(connection, &self.keys, &old.epoch).await {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::warn!(%error, "the Redis follower could not take the new epoch");
+                return false;
+            }
+        };
+        let at = old.seen + 1;
+        tracing::warn!(
+            seq = at,
+            "Redis's history was reset (it came back without its data): subscribers are told"
+        );
+        *self.position.lock().unwrap_or_else(PoisonError::into_inner) =
+            Position { epoch, offset: at, seen: at };
+        self.listener.reset(at);
+        self.followed.send_replace(at);
+        true
+    }
+}
+
+/// Follows the stream from `after`, telling the listener of each entry, reconnecting as needed.
+async fn follow(follower: Follower, mut after: u64) {
     let mut delay = Duration::from_millis(100);
     let mut connection: Option<MultiplexedConnection> = None;
-    while !closed.load(Ordering::Acquire) {
+    while !follower.closed.load(Ordering::Acquire) {
         let mut current = match connection.take() {
             Some(current) => current,
             None => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_millis(FOLLOW_BLOCK_MS + 2_000)));
-                match client.get_multiplexed_async_connection_with_config(&config).await {
+                match follower.client.get_multiplexed_async_connection_with_config(&config).await {
                     Ok(current) => current,
                     Err(error) => {
                         tracing::warn!(%error, "the Redis follower cannot connect; retrying");
@@ -527,18 +674,27 @@ async fn follow(
                 }
             }
         };
-        let read: redis::RedisResult<Value> = redis::cmd("XREAD")
+        let keys = &follower.keys;
+        let known = Position::current(&follower.position);
+        // The last seq given, read first: below what this node saw given, Redis lost writes.
+        // The epoch, read right after the entries: whether they are of the history followed.
+        let read: redis::RedisResult<(Option<u64>, Value, Option<String>)> = redis::pipe()
+            .cmd("GET")
+            .arg(&keys.seq)
+            .cmd("XREAD")
             .arg("COUNT")
             .arg(FOLLOW_BATCH)
             .arg("BLOCK")
             .arg(FOLLOW_BLOCK_MS)
             .arg("STREAMS")
-            .arg(&stream)
+            .arg(&keys.updates)
             .arg(format!("{after}-0"))
+            .cmd("GET")
+            .arg(&keys.epoch)
             .query_async(&mut current)
             .await;
-        let reply = match read {
-            Ok(reply) => reply,
+        let (head, reply, epoch) = match read {
+            Ok(read) => read,
             Err(error) => {
                 tracing::warn!(%error, "the Redis follower lost its connection; reconnecting");
                 tokio::time::sleep(delay).await;
@@ -547,6 +703,16 @@ async fn follow(
             }
         };
         delay = Duration::from_millis(100);
+        if epoch.as_deref() != Some(known.epoch.as_str()) || head.unwrap_or(0) < known.floor() {
+            if follower.reset(&mut current).await {
+                // The new history, from its start.
+                after = 0;
+            } else {
+                tokio::time::sleep(delay).await;
+            }
+            connection = Some(current);
+            continue;
+        }
         connection = Some(current);
         // XREAD answers [[stream, [entries]]] (RESP2) or {stream: [entries]} (RESP3), or nil.
         let batch = match &reply {
@@ -558,13 +724,14 @@ async fn follow(
             _ => None,
         };
         let Some(batch) = batch else { continue };
-        match entries(batch) {
+        match entries(batch, known.offset) {
             Ok(updates) if !updates.is_empty() => {
                 if let Some(last) = updates.last() {
-                    after = last.seq();
+                    after = last.seq() - known.offset;
+                    Position::saw(&follower.position, &known.epoch, last.seq());
+                    follower.listener.committed(&updates);
+                    follower.followed.send_replace(last.seq());
                 }
-                listener.committed(&updates);
-                followed.send_replace(after);
             }
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "the Redis follower read a malformed entry"),
@@ -622,19 +789,18 @@ impl Store for RedisStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Arc<Update>>, StoreError>> {
         async move {
-            let reply: Value = self
-                .run(async |c| {
-                    redis::cmd("XRANGE")
-                        .arg(&self.keys.updates)
-                        .arg(format!("({after}-0"))
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(limit)
-                        .query_async(c)
-                        .await
-                })
-                .await?;
-            entries(&reply)
+            let position = Position::current(&self.position);
+            // A seq from before the last reset is before everything Redis holds now.
+            let after = after.saturating_sub(position.offset);
+            let mut range = redis::cmd("XRANGE");
+            range
+                .arg(&self.keys.updates)
+                .arg(format!("({after}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit);
+            let reply: Value = self.in_epoch(&position, range).await?;
+            entries(&reply, position.offset)
         }
         .boxed()
     }
@@ -642,8 +808,11 @@ impl Store for RedisStore {
     fn find(&self, id: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
         let id = id.to_owned();
         async move {
-            self.run(async |c| redis::cmd("HGET").arg(&self.keys.ids).arg(&id).query_async(c).await)
-                .await
+            let position = Position::current(&self.position);
+            let mut lookup = redis::cmd("HGET");
+            lookup.arg(&self.keys.ids).arg(&id);
+            let seq: Option<u64> = self.in_epoch(&position, lookup).await?;
+            Ok(seq.map(|seq| seq + position.offset))
         }
         .boxed()
     }
