@@ -62,144 +62,36 @@
 //! - `{P}:leases`, `{P}:cancels`, `{P}:readers`, channel `{P}:cancel`: who produces which
 //!   stream, see [`StreamControl`].
 
+mod codec;
+mod control;
+mod error;
+mod follower;
+mod keys;
+mod position;
+mod retention;
+mod scripts;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, FromRedisValue, Script, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, FromRedisValue, Value};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{CommitListener, Heartbeat, Store, StoreError, StreamControl, StreamRecord};
+use self::codec::{encode, entries};
+use self::error::{backend, reset_unseen};
+use self::follower::{Follower, follow};
+use self::keys::Keys;
+use self::position::Position;
+use self::retention::{Retention, retain_by_age};
+use self::scripts::{Scripts, new_epoch};
+use super::{CommitListener, Store, StoreError, StreamControl, StreamRecord};
 use crate::update::{Draft, Update, now_ms};
-
-/// How long a lease lasts without renewal: a producer renews every second, so a node that
-/// died is seen as gone within this (plus the reaper's period).
-const LEASE_MS: u64 = 5_000;
-/// How long a node's report of readers counts.
-const READERS_MS: u64 = 5_000;
-/// Entries read per `XREAD`.
-const FOLLOW_BATCH: usize = 512;
-/// How long one `XREAD` blocks.
-const FOLLOW_BLOCK_MS: u64 = 1_000;
-
-/// The append script. KEYS: updates, ids, seq, last-ms, epoch. ARGV: id, the update as JSON,
-/// now in ms, the most updates to keep (0: no bound), the epoch the node follows, the last seq
-/// the node saw given in it. Returns {seq, published_ms}, 0 when the id is taken, or -1 under
-/// another epoch or when the seq went back (a reset the node has not noticed yet: it must not
-/// give a seq again). Trimming by count happens here, so the history never holds more than
-/// the bound.
-const APPEND: &str = r"
-if redis.call('GET', KEYS[5]) ~= ARGV[5] then return -1 end
-if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[6]) then return -1 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
-local seq = redis.call('INCR', KEYS[3])
-local ms = tonumber(ARGV[3])
-local last = tonumber(redis.call('GET', KEYS[4]) or '0')
-if ms < last then ms = last end
-redis.call('SET', KEYS[4], ms)
-redis.call('XADD', KEYS[1], seq .. '-0', 'u', ARGV[2], 'ms', ms)
-redis.call('HSET', KEYS[2], ARGV[1], seq)
-local keep = tonumber(ARGV[4])
-if keep > 0 then
-  local excess = redis.call('XLEN', KEYS[1]) - keep
-  if excess > 0 then
-    local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
-    for _, entry in ipairs(old) do
-      local fields = entry[2]
-      for i = 1, #fields, 2 do
-        if fields[i] == 'u' then redis.call('HDEL', KEYS[2], cjson.decode(fields[i + 1]).id) end
-      end
-      redis.call('XDEL', KEYS[1], entry[1])
-    end
-  end
-end
-return {seq, ms}
-";
-
-/// A new epoch, when the history was reset. KEYS: epoch. ARGV: the epoch the node followed
-/// (empty: none yet), a new random one. Sets the new one if there is none or it is still the
-/// one the node followed (its seq went back); returns the epoch in force, which another node
-/// may have set first.
-const NEW_EPOCH: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current == false or current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
-  return ARGV[2]
-end
-return current
-";
-
-/// Retention by age. KEYS: updates, ids, streams, streams:age, streams:latest. ARGV: the oldest `ms` to keep,
-/// the most entries to delete. Returns how many updates it deleted. Stream records older than
-/// the oldest kept update (and than ARGV[3]) go too.
-const EXPIRE: &str = r"
-local deleted = 0
-local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[2]))
-for _, entry in ipairs(old) do
-  local fields, ms, id = entry[2], nil, nil
-  for i = 1, #fields, 2 do
-    if fields[i] == 'ms' then ms = tonumber(fields[i + 1]) end
-    if fields[i] == 'u' then id = cjson.decode(fields[i + 1]).id end
-  end
-  if ms == nil or ms >= tonumber(ARGV[1]) then break end
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('XDEL', KEYS[1], entry[1])
-  deleted = deleted + 1
-end
-local records = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[3], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(records) do
-  local record = redis.call('HGET', KEYS[3], id)
-  local key = record and cjson.decode(record).key
-  if type(key) == 'string' and redis.call('HGET', KEYS[5], key) == id then
-    redis.call('HDEL', KEYS[5], key)
-  end
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('ZREM', KEYS[4], id)
-end
-return deleted
-";
-
-/// A stream record, once. KEYS: streams, streams:age, streams:latest. ARGV: id, JSON,
-/// created ms, and the record's key (empty: none), whose newest stream it becomes.
-const PUT_STREAM: &str = r"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[4], ARGV[1]) end
-return 1
-";
-
-/// A node's heartbeat. KEYS: leases, cancels, readers. ARGV: now ms, lease ms, readers ms,
-/// the number of owned ids, the owned ids, then the ids read here. Renews the owned leases,
-/// records the readers, and returns {ids with a cancel request, owned ids read elsewhere}.
-const HEARTBEAT: &str = r"
-local now, lease, window, owned = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local cancelled, read = {}, {}
-for i = 5, 4 + owned do
-  local id = ARGV[i]
-  redis.call('ZADD', KEYS[1], now + lease, id)
-  if redis.call('HEXISTS', KEYS[2], id) == 1 then table.insert(cancelled, id) end
-  local seen = tonumber(redis.call('HGET', KEYS[3], id) or '0')
-  if seen + window > now then table.insert(read, id) end
-end
-for i = 5 + owned, #ARGV do
-  redis.call('HSET', KEYS[3], ARGV[i], now)
-end
-return {cancelled, read}
-";
-
-/// A cancel request, if a live lease holds the stream. KEYS: leases, cancels. ARGV: id, now.
-const REQUEST_CANCEL: &str = r"
-local expires = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
-if expires < tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], 1)
-return 1
-";
 
 /// Where the Redis store is and how it behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,43 +128,6 @@ impl RedisConfig {
     }
 }
 
-/// The keys of one hub.
-#[derive(Debug, Clone)]
-struct Keys {
-    updates: String,
-    ids: String,
-    seq: String,
-    last_ms: String,
-    epoch: String,
-    streams: String,
-    streams_age: String,
-    streams_latest: String,
-    leases: String,
-    cancels: String,
-    readers: String,
-    cancel_channel: String,
-}
-
-impl Keys {
-    fn new(prefix: &str) -> Self {
-        let key = |name: &str| format!("{{{prefix}}}:{name}");
-        Keys {
-            updates: key("updates"),
-            ids: key("ids"),
-            seq: key("seq"),
-            last_ms: key("last-ms"),
-            epoch: key("epoch"),
-            streams: key("streams"),
-            streams_age: key("streams:age"),
-            streams_latest: key("streams:latest"),
-            leases: key("leases"),
-            cancels: key("cancels"),
-            readers: key("readers"),
-            cancel_channel: key("cancel"),
-        }
-    }
-}
-
 /// The multi-node store. See the [module docs](self).
 pub struct RedisStore {
     client: Client,
@@ -290,13 +145,6 @@ pub struct RedisStore {
     failure: Mutex<Option<String>>,
 }
 
-struct Scripts {
-    append: Script,
-    put_stream: Script,
-    heartbeat: Script,
-    request_cancel: Script,
-}
-
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
@@ -304,44 +152,6 @@ impl fmt::Debug for RedisStore {
             .field("followed", &*self.followed.borrow())
             .finish_non_exhaustive()
     }
-}
-
-/// Where a node is in Redis's history: which history it follows (its epoch, see "Reset" in the
-/// module docs), what it adds to that history's seqs to make its own (which keep rising across
-/// resets), and the last seq it saw given, by its appends or its follower.
-#[derive(Debug, Clone)]
-struct Position {
-    epoch: String,
-    offset: u64,
-    seen: u64,
-}
-
-impl Position {
-    fn current(shared: &Mutex<Position>) -> Position {
-        shared.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// Redis's last seq given is at least this, unless it lost writes: the node saw it given.
-    fn floor(&self) -> u64 {
-        self.seen - self.offset
-    }
-
-    /// The node saw `seq` (its numbering) given in history `epoch`.
-    fn saw(shared: &Mutex<Position>, epoch: &str, seq: u64) {
-        let mut position = shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if position.epoch == epoch {
-            position.seen = position.seen.max(seq);
-        }
-    }
-}
-
-/// An append or read that met a history this node has not noticed is new.
-fn reset_unseen() -> StoreError {
-    backend("the history was reset; this node is catching up")
-}
-
-fn backend(error: impl fmt::Display) -> StoreError {
-    StoreError::Backend(format!("redis: {error}"))
 }
 
 impl RedisStore {
@@ -400,12 +210,7 @@ impl RedisStore {
             followed,
             position,
             closed,
-            scripts: Scripts {
-                append: Script::new(APPEND),
-                put_stream: Script::new(PUT_STREAM),
-                heartbeat: Script::new(HEARTBEAT),
-                request_cancel: Script::new(REQUEST_CANCEL),
-            },
+            scripts: Scripts::new(),
             failure: Mutex::new(None),
         };
         if store.config.max_age.is_some() {
@@ -532,249 +337,6 @@ fn redacted(url: &str) -> String {
             format!("{scheme}://…@{rest}")
         }
         None => url.to_owned(),
-    }
-}
-
-/// The update as stored: everything but its seq and time, which are the entry's.
-fn encode(draft: &Draft) -> String {
-    json!({
-        "id": draft.id,
-        "topics": draft.topics,
-        "data": draft.data,
-        "type": draft.event_type,
-        "retry": draft.retry,
-        "private": draft.private,
-    })
-    .to_string()
-}
-
-fn decode(seq: u64, ms: u64, json: &str) -> Result<Update, StoreError> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(backend)?;
-    let text = |key: &str| value[key].as_str().map(str::to_owned);
-    let topics = value["topics"]
-        .as_array()
-        .map(|t| t.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    let draft = Draft {
-        id: text("id"),
-        topics,
-        data: text("data").unwrap_or_default(),
-        event_type: text("type"),
-        retry: value["retry"].as_u64(),
-        private: value["private"].as_bool().unwrap_or(false),
-    };
-    Ok(Update::new(seq, ms, draft)?)
-}
-
-fn bytes(value: &Value) -> Option<&[u8]> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::SimpleString(text) => Some(text.as_bytes()),
-        _ => None,
-    }
-}
-
-/// One stream entry (`[id, [field, value, …]]`) as an update, `offset` added to its seq.
-fn entry(value: &Value, offset: u64) -> Result<Update, StoreError> {
-    let bad = || backend("a malformed stream entry");
-    let Value::Array(parts) = value else { return Err(bad()) };
-    let [id, Value::Array(fields)] = parts.as_slice() else { return Err(bad()) };
-    let id = std::str::from_utf8(bytes(id).ok_or_else(bad)?).map_err(|_| bad())?;
-    let seq = id.split('-').next().and_then(|s| s.parse::<u64>().ok()).ok_or_else(bad)?;
-    let (mut json, mut ms) = (None, 0);
-    for pair in fields.chunks(2) {
-        match (pair.first().and_then(bytes), pair.get(1).and_then(bytes)) {
-            (Some(b"u"), Some(value)) => {
-                json = Some(std::str::from_utf8(value).map_err(|_| bad())?);
-            }
-            (Some(b"ms"), Some(value)) => {
-                ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-            }
-            _ => {}
-        }
-    }
-    decode(seq + offset, ms, json.ok_or_else(bad)?)
-}
-
-/// The entries of an `XRANGE` reply, `offset` added to their seqs.
-fn entries(reply: &Value, offset: u64) -> Result<Vec<Arc<Update>>, StoreError> {
-    match reply {
-        Value::Array(items) => items.iter().map(|item| entry(item, offset).map(Arc::new)).collect(),
-        Value::Nil => Ok(Vec::new()),
-        _ => Err(backend("a malformed range reply")),
-    }
-}
-
-/// Sets a new random epoch if the one `known` (empty: none) is still in force or none is, and
-/// returns the epoch in force (see [`NEW_EPOCH`]).
-async fn new_epoch(
-    connection: &mut impl redis::aio::ConnectionLike,
-    keys: &Keys,
-    known: &str,
-) -> redis::RedisResult<String> {
-    let candidate = uuid::Uuid::new_v4().simple().to_string();
-    Script::new(NEW_EPOCH).key(&keys.epoch).arg(known).arg(candidate).invoke_async(connection).await
-}
-
-/// What the follower holds.
-struct Follower {
-    client: Client,
-    keys: Keys,
-    listener: Arc<dyn CommitListener>,
-    followed: watch::Sender<u64>,
-    position: Arc<Mutex<Position>>,
-    closed: Arc<AtomicBool>,
-}
-
-impl Follower {
-    /// Redis's history is not the one followed any more: takes the new one (setting it if no
-    /// node has yet) and tells the listener, at a seq past every one this node saw. False if
-    /// Redis could not be asked (the follower tries again).
-    async fn reset(&self, connection: &mut MultiplexedConnection) -> bool {
-        let old = Position::current(&self.position);
-        let epoch = match new_epoch(connection, &self.keys, &old.epoch).await {
-            Ok(id) => id,
-            Err(error) => {
-                tracing::warn!(%error, "the Redis follower could not take the new epoch");
-                return false;
-            }
-        };
-        let at = old.seen + 1;
-        tracing::warn!(
-            seq = at,
-            "Redis's history was reset (it came back without its data): subscribers are told"
-        );
-        *self.position.lock().unwrap_or_else(PoisonError::into_inner) =
-            Position { epoch, offset: at, seen: at };
-        self.listener.reset(at);
-        self.followed.send_replace(at);
-        true
-    }
-}
-
-/// Follows the stream from `after`, telling the listener of each entry, reconnecting as needed.
-async fn follow(follower: Follower, mut after: u64) {
-    let mut delay = Duration::from_millis(100);
-    let mut connection: Option<MultiplexedConnection> = None;
-    while !follower.closed.load(Ordering::Acquire) {
-        let mut current = match connection.take() {
-            Some(current) => current,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_millis(FOLLOW_BLOCK_MS + 2_000)));
-                match follower.client.get_multiplexed_async_connection_with_config(&config).await {
-                    Ok(current) => current,
-                    Err(error) => {
-                        tracing::warn!(%error, "the Redis follower cannot connect; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                }
-            }
-        };
-        let keys = &follower.keys;
-        let known = Position::current(&follower.position);
-        // The last seq given, read first: below what this node saw given, Redis lost writes.
-        // The epoch, read right after the entries: whether they are of the history followed.
-        let read: redis::RedisResult<(Option<u64>, Value, Option<String>)> = redis::pipe()
-            .cmd("GET")
-            .arg(&keys.seq)
-            .cmd("XREAD")
-            .arg("COUNT")
-            .arg(FOLLOW_BATCH)
-            .arg("BLOCK")
-            .arg(FOLLOW_BLOCK_MS)
-            .arg("STREAMS")
-            .arg(&keys.updates)
-            .arg(format!("{after}-0"))
-            .cmd("GET")
-            .arg(&keys.epoch)
-            .query_async(&mut current)
-            .await;
-        let (head, reply, epoch) = match read {
-            Ok(read) => read,
-            Err(error) => {
-                tracing::warn!(%error, "the Redis follower lost its connection; reconnecting");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        delay = Duration::from_millis(100);
-        if epoch.as_deref() != Some(known.epoch.as_str()) || head.unwrap_or(0) < known.floor() {
-            if follower.reset(&mut current).await {
-                // The new history, from its start.
-                after = 0;
-            } else {
-                tokio::time::sleep(delay).await;
-            }
-            connection = Some(current);
-            continue;
-        }
-        connection = Some(current);
-        // XREAD answers [[stream, [entries]]] (RESP2) or {stream: [entries]} (RESP3), or nil.
-        let batch = match &reply {
-            Value::Array(streams) => streams.first().and_then(|s| match s {
-                Value::Array(pair) => pair.get(1),
-                _ => None,
-            }),
-            Value::Map(streams) => streams.first().map(|(_, entries)| entries),
-            _ => None,
-        };
-        let Some(batch) = batch else { continue };
-        match entries(batch, known.offset) {
-            Ok(updates) if !updates.is_empty() => {
-                if let Some(last) = updates.last() {
-                    after = last.seq() - known.offset;
-                    Position::saw(&follower.position, &known.epoch, last.seq());
-                    follower.listener.committed(&updates);
-                    follower.followed.send_replace(last.seq());
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "the Redis follower read a malformed entry"),
-        }
-    }
-}
-
-/// What the age-retention task holds.
-struct Retention {
-    connection: ConnectionManager,
-    keys: Keys,
-    max_age: Duration,
-    timeout: Duration,
-    closed: Arc<AtomicBool>,
-}
-
-/// Deletes updates older than the age bound, every second, from whichever node (the script
-/// is idempotent: nodes doing it at once delete each entry once).
-async fn retain_by_age(retention: Retention) {
-    let script = Script::new(EXPIRE);
-    let max_age = u64::try_from(retention.max_age.as_millis()).unwrap_or(u64::MAX);
-    while !retention.closed.load(Ordering::Acquire) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = now_ms();
-        let oldest_kept = now.saturating_sub(max_age);
-        let records_before = oldest_kept.min(now.saturating_sub(10 * 60 * 1000));
-        let mut connection = retention.connection.clone();
-        let keys = &retention.keys;
-        let mut invocation = script.key(&keys.updates);
-        invocation
-            .key(&keys.ids)
-            .key(&keys.streams)
-            .key(&keys.streams_age)
-            .key(&keys.streams_latest)
-            .arg(oldest_kept)
-            .arg(10_000)
-            .arg(records_before);
-        let run = invocation.invoke_async::<i64>(&mut connection);
-        match tokio::time::timeout(retention.timeout, run).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "retention by age failed"),
-            Err(_) => tracing::warn!("retention by age timed out"),
-        }
     }
 }
 
@@ -916,161 +478,4 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-impl StreamControl for RedisStore {
-    fn heartbeat<'a>(
-        &'a self,
-        owned: &'a [String],
-        read: &'a [String],
-    ) -> BoxFuture<'a, Result<Heartbeat, StoreError>> {
-        async move {
-            let keys = &self.keys;
-            let reply: (Vec<String>, Vec<String>) = self
-                .run(async |c| {
-                    let mut invocation = self.scripts.heartbeat.key(&keys.leases);
-                    invocation
-                        .key(&keys.cancels)
-                        .key(&keys.readers)
-                        .arg(now_ms())
-                        .arg(LEASE_MS)
-                        .arg(READERS_MS)
-                        .arg(owned.len());
-                    for id in owned.iter().chain(read) {
-                        invocation.arg(id);
-                    }
-                    invocation.invoke_async(c).await
-                })
-                .await?;
-            Ok(Heartbeat { cancelled: reply.0, read_elsewhere: reply.1 })
-        }
-        .boxed()
-    }
-
-    fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let keys = &self.keys;
-            self.run(async |c| {
-                redis::pipe()
-                    .cmd("ZREM")
-                    .arg(&keys.leases)
-                    .arg(id)
-                    .ignore()
-                    .cmd("HDEL")
-                    .arg(&keys.cancels)
-                    .arg(id)
-                    .ignore()
-                    .cmd("HDEL")
-                    .arg(&keys.readers)
-                    .arg(id)
-                    .ignore()
-                    .query_async::<()>(c)
-                    .await
-            })
-            .await
-        }
-        .boxed()
-    }
-
-    fn is_live<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
-        async move {
-            let until: Option<u64> = self
-                .run(async |c| {
-                    redis::cmd("ZSCORE").arg(&self.keys.leases).arg(id).query_async(c).await
-                })
-                .await?;
-            Ok(until.is_some_and(|until| until >= now_ms()))
-        }
-        .boxed()
-    }
-
-    fn request_cancel<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
-        async move {
-            let keys = &self.keys;
-            let live: i64 = self
-                .run(async |c| {
-                    self.scripts
-                        .request_cancel
-                        .key(&keys.leases)
-                        .key(&keys.cancels)
-                        .arg(id)
-                        .arg(now_ms())
-                        .invoke_async(c)
-                        .await
-                })
-                .await?;
-            if live == 0 {
-                return Ok(false);
-            }
-            // The owner hears it now; its next heartbeat would find the flag anyway.
-            let _: Result<i64, _> = self
-                .run(async |c| {
-                    redis::cmd("PUBLISH").arg(&keys.cancel_channel).arg(id).query_async(c).await
-                })
-                .await;
-            Ok(true)
-        }
-        .boxed()
-    }
-
-    fn cancel_requests(&self) -> BoxStream<'static, String> {
-        let (client, channel, closed) =
-            (self.client.clone(), self.keys.cancel_channel.clone(), Arc::clone(&self.closed));
-        futures_util::stream::unfold(None, move |pubsub: Option<redis::aio::PubSubStream>| {
-            let (client, channel, closed) = (client.clone(), channel.clone(), Arc::clone(&closed));
-            async move {
-                let mut pubsub = pubsub;
-                loop {
-                    if closed.load(Ordering::Acquire) {
-                        return None;
-                    }
-                    let mut current = match pubsub.take() {
-                        Some(current) => current,
-                        None => match client.get_async_pubsub().await {
-                            Ok(mut connection) => {
-                                if connection.subscribe(&channel).await.is_err() {
-                                    tokio::time::sleep(Duration::from_secs(1)).await;
-                                    continue;
-                                }
-                                connection.into_on_message()
-                            }
-                            Err(_) => {
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                                continue;
-                            }
-                        },
-                    };
-                    match current.next().await {
-                        Some(message) => {
-                            if let Ok(id) = message.get_payload::<String>() {
-                                return Some((id, Some(current)));
-                            }
-                            pubsub = Some(current);
-                        }
-                        // The connection ended: subscribe again.
-                        None => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-            }
-        })
-        .boxed()
-    }
-
-    fn lapsed(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
-        async move {
-            self.run(async |c| {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&self.keys.leases)
-                    .arg("-inf")
-                    .arg(format!("({}", now_ms()))
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(100)
-                    .query_async(c)
-                    .await
-            })
-            .await
-        }
-        .boxed()
-    }
 }
