@@ -9,13 +9,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, publish, publisher_token};
+use common::{PATIENCE, Server, data, events_until, kinds, publish, publisher_token, start_answer};
 use futures_util::StreamExt;
 use sluice_client::{EventSource, Item, MessageEvent};
 use sluice_hub::testing::RedisServer;
-
-/// The longest any single wait may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 /// `n` nodes on `redis`, each in a directory of its own (they keep nothing there).
 fn nodes(redis: &RedisServer, n: usize, extra: &[&str]) -> (Vec<Server>, Vec<tempfile::TempDir>) {
@@ -25,38 +22,6 @@ fn nodes(redis: &RedisServer, n: usize, extra: &[&str]) -> (Vec<Server>, Vec<tem
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     let servers = dirs.iter().map(|dir| Server::start(dir.path(), &args)).collect();
     (servers, dirs)
-}
-
-/// The events of `url` until `enough` holds (no reconnecting).
-async fn events_until(
-    url: &str,
-    last_event_id: Option<&str>,
-    enough: impl Fn(&[MessageEvent]) -> bool,
-) -> Vec<MessageEvent> {
-    let mut builder = EventSource::get(url).reconnect(false);
-    if let Some(id) = last_event_id {
-        builder = builder.last_event_id(id);
-    }
-    let mut source = builder.build().unwrap();
-    let mut seen = Vec::new();
-    let read = async {
-        while !enough(&seen) {
-            match source.next().await {
-                Some(Ok(Item::Message(event))) => seen.push(event),
-                Some(Ok(_)) => {}
-                Some(Err(error)) => panic!("{url}: {error}"),
-                None => break,
-            }
-        }
-    };
-    if tokio::time::timeout(PATIENCE, read).await.is_err() {
-        panic!("{url}: waited {PATIENCE:?}, got {seen:?}");
-    }
-    seen
-}
-
-fn data(events: &[MessageEvent]) -> Vec<&str> {
-    events.iter().map(|e| e.data.as_str()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,24 +96,6 @@ async fn read_answer_on(
         }
     }
     (events_url, source, seen)
-}
-
-/// Starts an answer on `server`: its JSON (`id`, `events_url`, `cancel_url`).
-async fn start_answer(server: &Server) -> serde_json::Value {
-    let request =
-        serde_json::json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/generations", server.url()))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json().await.unwrap()
-}
-
-fn kinds(events: &[MessageEvent]) -> Vec<&str> {
-    events.iter().map(|e| &*e.event_type).collect()
 }
 
 /// An answer started on A is read on B (the same events_url path, the token checked against

@@ -8,51 +8,18 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, metric_from, publish, publisher_token};
+use common::{
+    PATIENCE, Server, data, events_until, kinds, metric_from, publish, publisher_token,
+    start_answer,
+};
 use futures_util::StreamExt;
 use sluice_client::{EventSource, Item, MessageEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The longest any single wait in these tests may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 /// The next `n` events of `url` (from `last_event_id`, if any), without reconnecting.
 async fn events(url: &str, last_event_id: Option<&str>, n: usize) -> Vec<MessageEvent> {
     events_until(url, last_event_id, |seen| seen.len() >= n).await
-}
-
-/// The events of `url` (from `last_event_id`, if any) until `enough` says so or the stream
-/// ends, without reconnecting.
-async fn events_until(
-    url: &str,
-    last_event_id: Option<&str>,
-    enough: impl Fn(&[MessageEvent]) -> bool,
-) -> Vec<MessageEvent> {
-    let mut builder = EventSource::get(url).reconnect(false);
-    if let Some(id) = last_event_id {
-        builder = builder.last_event_id(id);
-    }
-    let mut source = builder.build().unwrap();
-    let mut seen = Vec::new();
-    let read = async {
-        while !enough(&seen) {
-            match source.next().await {
-                Some(Ok(Item::Message(event))) => seen.push(event),
-                Some(Ok(_)) => {}
-                Some(Err(error)) => panic!("{url}: {error}"),
-                None => break,
-            }
-        }
-    };
-    if tokio::time::timeout(PATIENCE, read).await.is_err() {
-        panic!("{url}: waited {PATIENCE:?} for the events, got {seen:?}");
-    }
-    seen
-}
-
-fn data(events: &[MessageEvent]) -> Vec<&str> {
-    events.iter().map(|e| e.data.as_str()).collect()
 }
 
 /// Issue 10, finding 1: after SIGTERM or kill -9, a subscriber resuming with Last-Event-ID
@@ -343,20 +310,6 @@ async fn a_subscriber_that_stops_reading_is_disconnected_at_once() {
     }
 }
 
-/// Starts an answer from the scripted model: `{"id", "events_url", "cancel_url"}`.
-async fn start_answer(server: &Server) -> serde_json::Value {
-    let request =
-        serde_json::json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/generations", server.url()))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json().await.unwrap()
-}
-
 /// An answer's text (its deltas joined: a slow reader gets them merged) and its other events.
 fn answer(events: &[MessageEvent]) -> (String, Vec<&str>) {
     let text = events
@@ -370,11 +323,6 @@ fn answer(events: &[MessageEvent]) -> (String, Vec<&str>) {
         })
         .collect();
     (text, events.iter().filter(|e| e.event_type != "delta").map(|e| e.data.as_str()).collect())
-}
-
-/// The event types of an answer's stream.
-fn kinds(events: &[MessageEvent]) -> Vec<&str> {
-    events.iter().map(|e| &*e.event_type).collect()
 }
 
 /// Issue 10, findings 1 and 5: an answer's capability token works after a restart, an answer

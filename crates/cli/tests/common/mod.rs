@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use sluice_client::{EventSource, Item, MessageEvent};
+
+/// The longest any single wait in these tests may take before the test fails.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+
 /// The HS256 key of every test server.
 pub(crate) const SECRET: &str = "process-test-secret";
 
@@ -166,4 +172,58 @@ pub(crate) async fn publish(
     } else {
         Err(response.status())
     }
+}
+
+/// The events of `url` (from `last_event_id`, if any) until `enough` says so or the stream
+/// ends, without reconnecting.
+pub(crate) async fn events_until(
+    url: &str,
+    last_event_id: Option<&str>,
+    enough: impl Fn(&[MessageEvent]) -> bool,
+) -> Vec<MessageEvent> {
+    let mut builder = EventSource::get(url).reconnect(false);
+    if let Some(id) = last_event_id {
+        builder = builder.last_event_id(id);
+    }
+    let mut source = builder.build().unwrap();
+    let mut seen = Vec::new();
+    let read = async {
+        while !enough(&seen) {
+            match source.next().await {
+                Some(Ok(Item::Message(event))) => seen.push(event),
+                Some(Ok(_)) => {}
+                Some(Err(error)) => panic!("{url}: {error}"),
+                None => break,
+            }
+        }
+    };
+    if tokio::time::timeout(PATIENCE, read).await.is_err() {
+        panic!("{url}: waited {PATIENCE:?} for the events, got {seen:?}");
+    }
+    seen
+}
+
+/// The data of each event.
+pub(crate) fn data(events: &[MessageEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.data.as_str()).collect()
+}
+
+/// The event types of an answer's stream.
+pub(crate) fn kinds(events: &[MessageEvent]) -> Vec<&str> {
+    events.iter().map(|e| &*e.event_type).collect()
+}
+
+/// Starts an answer from the scripted model on `server`: its JSON (`id`, `events_url`,
+/// `cancel_url`).
+pub(crate) async fn start_answer(server: &Server) -> serde_json::Value {
+    let request =
+        serde_json::json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}]});
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/generations", server.url()))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
 }
