@@ -85,6 +85,7 @@ if [[ " $ONLY " == *" gateway "* ]]; then
         phase "gateway: $k streams × $rounds answers"
         "$SLUICE" bench gateway --streams "$k" --rounds "$rounds" --tokens "$tokens" \
             --tokens-per-second "$tps" --ttft-ms 0 --cancels 20 --ramp-ms "$ramp" \
+            --surfaces responses,messages,ui \
             --peer-command "exec bench/peers/litellm.sh" --peer-name litellm \
             --peer-ready-path /health/liveliness --peer-token sk-sluice-bench-local \
             --relay-command "exec bench/peers/relay.sh" \
