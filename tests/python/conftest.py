@@ -162,3 +162,19 @@ def redis_url():
             process.kill()
             process.wait()
         directory.cleanup()
+
+
+@pytest.fixture(scope="module")
+def fast(sluice_servers):
+    """A server whose scripted model answers `sdk_support.TEXT` as fast as it can."""
+    from sdk_support import scripted
+
+    return scripted(sluice_servers)
+
+
+@pytest.fixture(scope="module")
+def paced(sluice_servers):
+    """The prompt echoed at 20 tokens a second: `words(n)` runs n/20 seconds."""
+    from sdk_support import PACED, scripted
+
+    return scripted(sluice_servers, env=PACED)

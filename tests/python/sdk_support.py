@@ -39,10 +39,9 @@ PACED = {
     "SLUICE_SCRIPTED_TTFT_MS": "0",
 }
 
-# The tool-call knob the scripted provider would need (crates/llm's `Script::tool_calls`,
-# which the CLI does not yet fill from the environment): a JSON list of calls, each a function
-# `name` and its `arguments` as a JSON string. The provider sends its text, then the calls, and
-# finishes with `tool_calls`.
+# A tool call for the scripted provider's `SLUICE_SCRIPTED_TOOL_CALLS` (a JSON list of calls,
+# each a function `name` and its `arguments` as a JSON string): it sends its text, then the
+# calls, and finishes with `tool_calls`.
 TOOL_CALL = {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}
 
 

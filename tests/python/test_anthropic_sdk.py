@@ -85,17 +85,6 @@ def check_error(error: anthropic.APIStatusError, status: int, kind: str) -> None
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
 
 
-@pytest.fixture(scope="module")
-def fast(sluice_servers):
-    return scripted(sluice_servers)
-
-
-@pytest.fixture(scope="module")
-def paced(sluice_servers):
-    """The prompt echoed at 20 tokens a second: `words(n)` runs n/20 seconds."""
-    return scripted(sluice_servers, env=PACED)
-
-
 def test_stream_gives_the_exact_text_and_the_final_message(fast):
     with client(fast).messages.stream(
         model="scripted", max_tokens=MAX_TOKENS, system=INSTRUCTIONS, messages=MESSAGES

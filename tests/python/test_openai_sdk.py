@@ -15,36 +15,12 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-# Chinese, emoji (with ZWJ sequences and a flag), markdown, a tab, CRLF and LF, a trailing
-# newline, and the prompt echoed back in the middle.
-TEXT = (
-    "# 你好，Sluice 👋\n\n"
-    "Here is **bold**, _italic_ and `code`; 中文：流式传输测试。\n"
-    "- emoji: 🚀🎉 👨\u200d👩\u200d👧\u200d👦 🇫🇷\n"
-    "- a tab\there,  two spaces\r\n"
-    '```python\nprint("hi")\n```\n'
-    "You said: {prompt} — done.\n"
-)
-PROMPT = "Ça va? 日本語 🙂"
-EXPECTED = TEXT.replace("{prompt}", PROMPT)
+from sdk_support import EXPECTED, PROMPT, TEXT, counter, scripted
+
 MESSAGES = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": PROMPT},
 ]
-
-# The scripted provider: the text above, as fast as it can.
-FAST = {
-    "SLUICE_SCRIPTED_TEXT": TEXT,
-    "SLUICE_SCRIPTED_TOKENS_PER_SECOND": "0",
-    "SLUICE_SCRIPTED_TTFT_MS": "0",
-}
-
-
-def scripted(sluice_servers, env=None, args=()):
-    return sluice_servers(
-        ["--store", "memory", "--provider", "scripted", *args], {**FAST, **(env or {})}
-    )
-
 
 def client(server, **options) -> OpenAI:
     return OpenAI(base_url=f"{server.origin}/v1", api_key=options.pop("api_key", "unused"), **options)
@@ -59,14 +35,6 @@ def check_usage(usage) -> None:
     assert usage.prompt_tokens > 0
     assert usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-
-
-def counter(metrics: str, name: str) -> float:
-    """An unlabelled counter in Prometheus' text format (0 when absent)."""
-    for line in metrics.splitlines():
-        if line.startswith((f"{name} ", f"{name}{{")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 @pytest.fixture(scope="module")

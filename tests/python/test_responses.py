@@ -79,17 +79,6 @@ def read(stream, until_deltas: int) -> list:
     return events
 
 
-@pytest.fixture(scope="module")
-def fast(sluice_servers):
-    return scripted(sluice_servers)
-
-
-@pytest.fixture(scope="module")
-def paced(sluice_servers):
-    """The prompt echoed at 20 tokens a second: `words(n)` runs n/20 seconds."""
-    return scripted(sluice_servers, env=PACED)
-
-
 def test_streamed_response_reassembles_the_exact_text(fast):
     openai_client = client(fast)
     with openai_client.responses.create(
