@@ -28,7 +28,6 @@ from anthropic import Anthropic, AsyncAnthropic
 from sdk_support import (
     EXPECTED,
     INSTRUCTIONS,
-    PACED,
     PROMPT,
     TOOL_CALL,
     cancelled,

@@ -21,7 +21,6 @@ from openai import AsyncOpenAI, OpenAI
 from sdk_support import (
     EXPECTED,
     INSTRUCTIONS,
-    PACED,
     PROMPT,
     TOOL_CALL,
     cancelled,
