@@ -36,9 +36,11 @@ pub(crate) fn cursor(headers: &HeaderMap, query: Option<String>) -> Option<Strin
         .filter(|id| !id.is_empty())
 }
 
-/// Whether `cursor` is the `end` of its answer, stored (so a reconnect gets 204).
+/// Whether `cursor` is the `end` of its answer, stored (so a reconnect gets 204); also for an
+/// answer stored before ids were the hub's own (`{answer}.end`, with no `#`).
 pub(crate) async fn ended_at(hub: &Hub, cursor: &str) -> Result<bool, ApiError> {
-    if cursor != end_id(answer_of(cursor)) {
+    let answer = answer_of(cursor);
+    if cursor != end_id(answer) && cursor != format!("{answer}.end") {
         return Ok(false);
     }
     Ok(hub.store().find(cursor).await.map_err(store_unavailable)?.is_some())
