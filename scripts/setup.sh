@@ -32,6 +32,8 @@ fi
 # packages' own services are not used (and not started when the system blocks service starts).
 command -v redis-server >/dev/null || apt_missing+=(redis-server)
 [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || apt_missing+=(nginx)
+# The systemd unit in deploy/ is checked with systemd-analyze verify.
+command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
 # The Python SDK tests (tests/python): python3 with venv (Debian's python3-venv brings ensurepip).
 command -v python3 >/dev/null || apt_missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
