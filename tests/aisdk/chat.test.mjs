@@ -114,8 +114,11 @@ async function serveDist() {
   };
 }
 
-/** Starts `sluice serve` (memory store, scripted model) allowing `pageOrigin` through CORS. */
-async function startSluice(pageOrigin) {
+/**
+ * Starts `sluice serve` (scripted model; the memory store, or `store`) allowing `pageOrigin`
+ * through CORS.
+ */
+async function startSluice(pageOrigin, store = 'memory') {
   const port = await freePort();
   const env = { ...process.env };
   for (const key of Object.keys(env)) if (key.startsWith('SLUICE_')) delete env[key];
@@ -127,7 +130,7 @@ async function startSluice(pageOrigin) {
   });
   const child = spawn(
     SLUICE_BIN,
-    ['serve', '--listen', `127.0.0.1:${port}`, '--store', 'memory', '--provider', 'scripted', '--cors-origins', pageOrigin],
+    ['serve', '--listen', `127.0.0.1:${port}`, '--store', store, '--provider', 'scripted', '--cors-origins', pageOrigin],
     { env, stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let log = '';
@@ -158,6 +161,40 @@ async function startSluice(pageOrigin) {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exited;
       process.off('exit', reap);
+    },
+  };
+}
+
+/** A throwaway `redis-server` (no persistence) on a free port, for two Sluice nodes. */
+async function startRedis() {
+  const port = await freePort();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'sluice-aisdk-redis-'));
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: 'ignore',
+  });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const reap = () => child.kill('SIGKILL');
+  process.once('exit', reap);
+  await waitFor(
+    () =>
+      new Promise((resolve) => {
+        const socket = net.connect(port, '127.0.0.1');
+        socket.once('connect', () => socket.write('PING\r\n'));
+        socket.once('data', (d) => {
+          socket.destroy();
+          resolve(String(d).startsWith('+PONG'));
+        });
+        socket.once('error', () => resolve(false));
+      }),
+    { timeout: 30_000, what: 'redis-server to answer' },
+  );
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      child.kill('SIGKILL');
+      await exited;
+      process.off('exit', reap);
+      await rm(dir, { recursive: true, force: true });
     },
   };
 }
@@ -357,5 +394,48 @@ describe('useChat (ai + @ai-sdk/react) against Sluice in chromium', () => {
     await mkdir(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'aisdk-usechat.png'), fullPage: true });
     assert.deepEqual(pageErrors, []);
+  });
+
+  test('(d) two nodes on Redis: started on one, a reload resumes it from the other, Stop there cancels it', async () => {
+    const redis = await startRedis();
+    const a = await startSluice(site.origin, redis.url);
+    const b = await startSluice(site.origin, redis.url);
+    try {
+      const chat = randomBytes(12).toString('base64url');
+      await page.goto(`${site.origin}/?sluice=${encodeURIComponent(a.origin)}&resume=${encodeURIComponent(b.origin)}&chat=${chat}`);
+      await page.waitForSelector('[data-testid=chat][data-status=ready]');
+
+      // Sent to A; after a reload mid-answer the page resumes it from B, to the exact text.
+      let earlier = await send('across nodes');
+      const messageId = assistants(await answerAtLeast(earlier, 40)).at(-1).id;
+      const resumed = page.waitForResponse(
+        (r) => r.request().method() === 'GET' && r.url() === `${b.origin}/api/chat/${chat}/stream`,
+        { timeout: LONG },
+      );
+      await page.reload();
+      assert.equal((await resumed).status(), 200, 'B finds the answer running on A');
+      const done = await answerDone();
+      assert.deepEqual(done.messages.map((m) => [m.role, m.text]), [['user', 'across nodes'], ['assistant', TEXT]]);
+      assert.equal(assistants(done).at(-1).id, messageId);
+
+      // Sent to A again; Stop on B cancels A's upstream.
+      const cancelledBefore = await metric(a.origin, 'sluice_upstream_cancelled_total');
+      earlier = await send('stop it from B');
+      await answerAtLeast(earlier, 30);
+      const stopped = page.waitForResponse((r) => r.url() === `${b.origin}/api/chat/${chat}/stop`, { timeout: LONG });
+      await page.locator('[data-testid=stop]').click();
+      assert.deepEqual(await (await stopped).json(), { id: chat, stopped: true });
+      await waitFor(async () => (await metric(a.origin, 'sluice_upstream_cancelled_total')) > cancelledBefore, {
+        what: "A's upstream to be cancelled",
+      });
+      for (const node of [a, b]) {
+        assert.equal((await fetch(`${node.origin}/api/chat/${chat}/stream`)).status, 204, 'nothing left to resume');
+      }
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await a.stop();
+      await b.stop();
+      await redis.stop();
+    }
   });
 });

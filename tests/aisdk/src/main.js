@@ -1,6 +1,7 @@
 // A minimal chat page on the AI SDK's useChat, pointed at Sluice: what an app would write.
 //
-// The page URL carries the Sluice base URL (?sluice=http://host:port) and the chat id
+// The page URL carries the Sluice base URL (?sluice=http://host:port), optionally another
+// node to resume and stop on (?resume=http://host:port), and the chat id
 // (?chat=...), so a reload names the same chat and `resume: true` reattaches to its running
 // answer (GET {sluice}/api/chat/{id}/stream). useChat keeps messages in memory only, so the
 // page keeps them in localStorage (as an app keeps them in its database) and hands them back
@@ -15,6 +16,9 @@ import { createRoot } from 'react-dom/client';
 const params = new URLSearchParams(location.search);
 const SLUICE = (params.get('sluice') ?? location.origin).replace(/\/+$/, '');
 const CHAT_ID = params.get('chat') ?? 'default-chat';
+// Where a reload resumes and Stop stops (?resume=…): another node of the same cluster, say;
+// by default the same server.
+const RESUME = (params.get('resume') ?? SLUICE).replace(/\/+$/, '');
 const STORAGE_KEY = `sluice-aisdk-chat:${CHAT_ID}`;
 
 function storedMessages() {
@@ -34,7 +38,12 @@ function textOf(message) {
 
 function App() {
   const transport = useMemo(
-    () => new DefaultChatTransport({ api: `${SLUICE}/api/chat`, body: { model: 'scripted' } }),
+    () =>
+      new DefaultChatTransport({
+        api: `${SLUICE}/api/chat`,
+        body: { model: 'scripted' },
+        prepareReconnectToStreamRequest: ({ id }) => ({ api: `${RESUME}/api/chat/${encodeURIComponent(id)}/stream` }),
+      }),
     [],
   );
   const initial = useMemo(storedMessages, []);
@@ -52,7 +61,7 @@ function App() {
 
   async function onStop() {
     try {
-      await fetch(`${SLUICE}/api/chat/${encodeURIComponent(CHAT_ID)}/stop`, { method: 'POST' });
+      await fetch(`${RESUME}/api/chat/${encodeURIComponent(CHAT_ID)}/stop`, { method: 'POST' });
     } finally {
       await stop();
     }
