@@ -27,15 +27,27 @@ use crate::state::AppState;
         crate::gateway::generations::events,
         crate::gateway::generations::cancel,
         crate::gateway::chat_stream::one_shot,
+        crate::gateway::responses::create,
+        crate::gateway::responses::retrieve,
+        crate::gateway::responses::cancel,
+        crate::gateway::messages::messages,
+        crate::gateway::messages::count_tokens,
+        crate::gateway::ui_stream::chat,
+        crate::gateway::ui_stream::resume,
+        crate::gateway::ui_stream::stop,
         crate::ops::render_metrics,
         crate::ops::healthz,
         crate::ops::readyz,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail,
+        crate::gateway::ui_stream::doc::ChatId)),
     modifiers(&SecuritySchemes),
     tags((name = "hub", description = "Mercure publish and subscribe"),
          (name = "gateway", description = "OpenAI-compatible chat completions"),
          (name = "answers", description = "Resumable answers"),
+         (name = "responses", description = "OpenAI's Responses API: stored, resumable, cancellable responses"),
+         (name = "messages", description = "Anthropic's Messages API (errors in Anthropic's shape)"),
+         (name = "ui-chat", description = "The AI SDK's UI message stream (useChat): resume and stop"),
          (name = "ops", description = "Health and metrics"))
 )]
 struct ApiDoc;
@@ -100,3 +112,34 @@ async fn openapi() -> Response {
 pub(crate) fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
+
+/// A schema written out in JSON Schema, for the bodies whose handlers read JSON by hand: it
+/// says what they accept in words utoipa's model lacks (`const`, `not`, lists of types).
+pub(crate) fn written(
+    schema: serde_json::Value,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType};
+    let serde_json::Value::Object(keywords) = schema else {
+        panic!("a written schema is a JSON object");
+    };
+    // Extensions are written as they are, flattened into the schema object.
+    let keywords = keywords.into_iter().collect::<utoipa::openapi::extensions::Extensions>();
+    ObjectBuilder::new().schema_type(SchemaType::AnyValue).extensions(Some(keywords)).into()
+}
+
+/// A type for the document only, whose schema [`written`] gives.
+macro_rules! written_schema {
+    ($(#[$doc:meta])* $name:ident, $schema:expr) => {
+        $(#[$doc])*
+        pub(crate) struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::openapi::written($schema)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+pub(crate) use written_schema;
