@@ -67,7 +67,7 @@ struct InMessage {
 }
 
 /// The schemas of the document: what the handlers below accept and answer.
-mod doc {
+pub(crate) mod doc {
     use serde_json::{Value, json};
 
     use crate::openapi::written_schema;
@@ -472,15 +472,10 @@ fn anthropic_error(error: &ApiError) -> Response {
     responses(
         (status = 200, description = "The message, or with `stream: true` its events (`message_start`, content blocks, `message_delta`, `message_stop`; `ping` while waiting) as an event stream",
             content((doc::MessageObject = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
-        (status = 400, description = "A malformed request", body = doc::AnthropicError),
-        (status = 401, description = "A missing or wrong API key", body = doc::AnthropicError),
-        (status = 404, description = "No provider serves the model", body = doc::AnthropicError),
-        (status = 408, description = "The request body stalled", body = doc::AnthropicError),
-        (status = 413, description = "The request body is too large", body = doc::AnthropicError),
-        (status = 429, description = "Rate limited or the model is busy (Retry-After)", body = doc::AnthropicError),
         (status = 500, description = "The provider failed inside this server", body = doc::AnthropicError),
         (status = 502, description = "The upstream failed before answering", body = doc::AnthropicError),
         (status = 504, description = "The upstream did not answer in time", body = doc::AnthropicError),
+        crate::openapi::AnthropicBodyRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn messages(
@@ -526,14 +521,9 @@ async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
         description = "A Messages API request (`max_tokens` optional)"),
     responses(
         (status = 200, description = "The count", body = doc::TokenCount),
-        (status = 400, description = "A malformed request", body = doc::AnthropicError),
-        (status = 401, description = "A missing or wrong API key", body = doc::AnthropicError),
-        (status = 404, description = "No provider serves the model", body = doc::AnthropicError),
-        (status = 408, description = "The request body stalled", body = doc::AnthropicError),
-        (status = 413, description = "The request body is too large", body = doc::AnthropicError),
-        (status = 429, description = "Rate limited or the model is busy (Retry-After)", body = doc::AnthropicError),
         (status = 501, description = "The model's provider cannot count tokens", body = doc::AnthropicError),
         (status = 502, description = "The provider failed to count", body = doc::AnthropicError),
+        crate::openapi::AnthropicBodyRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn count_tokens(

@@ -573,15 +573,8 @@ impl Encoder for ResponseEvents {
     responses(
         (status = 200, description = "The response object (with `background`, as it stands), or with `stream: true` its events as an event stream",
             content((doc::ResponseObject = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
-        (status = 400, description = "A malformed request (the error names the param)", body = crate::error::ErrorBody),
-        (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
-        (status = 404, description = "No provider serves the model", body = crate::error::ErrorBody),
-        (status = 408, description = "The request body stalled", body = crate::error::ErrorBody),
-        (status = 413, description = "The request body is too large", body = crate::error::ErrorBody),
-        (status = 429, description = "Rate limited or the model is busy (Retry-After)", body = crate::error::ErrorBody),
-        (status = 502, description = "The upstream failed before answering", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody),
-        (status = 504, description = "The upstream did not answer in time", body = crate::error::ErrorBody),
+        crate::openapi::BodyRefusals,
+        crate::openapi::UpstreamFailures,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn create(
@@ -695,10 +688,8 @@ pub(crate) struct RetrieveQuery {
         (status = 200, description = "The response object, or with `stream=true` its events as an event stream",
             content((doc::ResponseObject = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "A malformed query", body = crate::error::ErrorBody),
-        (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
         (status = 404, description = "No such response", body = crate::error::ErrorBody),
-        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody),
+        crate::openapi::StoreRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn retrieve(
@@ -722,10 +713,8 @@ pub(crate) async fn retrieve(
     params(("id" = String, Path, description = "The response (`resp_…`)")),
     responses(
         (status = 200, description = "The response object (`cancelled` unless it had ended)", body = doc::ResponseObject),
-        (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
         (status = 404, description = "No such response", body = crate::error::ErrorBody),
-        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody),
+        crate::openapi::StoreRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn cancel(

@@ -333,15 +333,8 @@ async fn running(
         description = "The AI SDK's `DefaultChatTransport` body"),
     responses(
         (status = 200, description = "The answer as the AI SDK's UI message stream (`data:` chunks, then `[DONE]`)", content_type = "text/event-stream", body = crate::sse::SseEvent),
-        (status = 400, description = "A malformed request (the error names the param)", body = crate::error::ErrorBody),
-        (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
-        (status = 404, description = "No provider serves the model", body = crate::error::ErrorBody),
-        (status = 408, description = "The request body stalled", body = crate::error::ErrorBody),
-        (status = 413, description = "The request body is too large", body = crate::error::ErrorBody),
-        (status = 429, description = "Rate limited or the model is busy (Retry-After)", body = crate::error::ErrorBody),
-        (status = 502, description = "The upstream failed before answering", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody),
-        (status = 504, description = "The upstream did not answer in time", body = crate::error::ErrorBody),
+        crate::openapi::BodyRefusals,
+        crate::openapi::UpstreamFailures,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn chat(
@@ -387,9 +380,7 @@ pub(crate) async fn chat(
         (status = 200, description = "The running answer as a UI message stream", content_type = "text/event-stream", body = crate::sse::SseEvent),
         (status = 204, description = "No answer runs (or it has ended): nothing to resume"),
         (status = 400, description = "A malformed chat id", body = crate::error::ErrorBody),
-        (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
-        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody),
+        crate::openapi::StoreRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn resume(
@@ -410,9 +401,7 @@ pub(crate) async fn resume(
     responses(
         (status = 200, description = "Stopped (or nothing was running)", body = doc::Stopped),
         (status = 400, description = "A malformed chat id", body = crate::error::ErrorBody),
-        (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
-        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = crate::error::ErrorBody),
+        crate::openapi::StoreRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn stop(
