@@ -229,3 +229,40 @@ refusal_set!(
     "ErrorBody",
     UPSTREAM_FAILURES
 );
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_operation_has_its_own_id_and_the_gateway_protocols_are_documented() {
+        let document = serde_json::to_value(super::document()).unwrap();
+        let mut ids = HashSet::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let id = operation["operationId"].as_str().unwrap().to_owned();
+                assert!(ids.insert(id.clone()), "{method} {path}: operationId {id} twice");
+            }
+        }
+        for (path, method) in [
+            ("/v1/responses", "post"),
+            ("/v1/responses/{id}", "get"),
+            ("/v1/responses/{id}/cancel", "post"),
+            ("/v1/messages", "post"),
+            ("/v1/messages/count_tokens", "post"),
+            ("/api/chat", "post"),
+            ("/api/chat/{id}/stream", "get"),
+            ("/api/chat/{id}/stop", "post"),
+        ] {
+            let operation = &document["paths"][path][method];
+            assert_eq!(operation["security"][1]["api_key"], serde_json::json!([]), "{path}");
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    let name = schema.as_str().unwrap().rsplit('/').next().unwrap();
+                    assert!(document["components"]["schemas"][name].is_object(), "{path} {status}");
+                }
+            }
+        }
+    }
+}

@@ -466,7 +466,7 @@ fn anthropic_error(error: &ApiError) -> Response {
 }
 
 /// Answers a message, whole or streamed.
-#[utoipa::path(post, path = "/v1/messages", tag = "messages",
+#[utoipa::path(post, path = "/v1/messages", operation_id = "create_message", tag = "messages",
     request_body(content = doc::CreateMessage, content_type = "application/json",
         description = "Anthropic's Messages API request"),
     responses(
@@ -516,7 +516,7 @@ async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
 }
 
 /// Counts the tokens a message request's input takes.
-#[utoipa::path(post, path = "/v1/messages/count_tokens", tag = "messages",
+#[utoipa::path(post, path = "/v1/messages/count_tokens", operation_id = "count_tokens", tag = "messages",
     request_body(content = doc::CountTokens, content_type = "application/json",
         description = "A Messages API request (`max_tokens` optional)"),
     responses(

@@ -567,7 +567,7 @@ impl Encoder for ResponseEvents {
 }
 
 /// Creates a response: streamed, whole, or started in the background.
-#[utoipa::path(post, path = "/v1/responses", tag = "responses",
+#[utoipa::path(post, path = "/v1/responses", operation_id = "create_response", tag = "responses",
     request_body(content = doc::CreateResponse, content_type = "application/json",
         description = "OpenAI's Responses API request"),
     responses(
@@ -682,7 +682,7 @@ pub(crate) struct RetrieveQuery {
 }
 
 /// A response: its object as it stands, or its events from after `starting_after`, then live.
-#[utoipa::path(get, path = "/v1/responses/{id}", tag = "responses",
+#[utoipa::path(get, path = "/v1/responses/{id}", operation_id = "retrieve_response", tag = "responses",
     params(("id" = String, Path, description = "The response (`resp_…`)"), RetrieveQuery),
     responses(
         (status = 200, description = "The response object, or with `stream=true` its events as an event stream",
@@ -709,7 +709,7 @@ pub(crate) async fn retrieve(
 }
 
 /// Cancels a response: its upstream is stopped; answers the response object, `cancelled`.
-#[utoipa::path(post, path = "/v1/responses/{id}/cancel", tag = "responses",
+#[utoipa::path(post, path = "/v1/responses/{id}/cancel", operation_id = "cancel_response", tag = "responses",
     params(("id" = String, Path, description = "The response (`resp_…`)")),
     responses(
         (status = 200, description = "The response object (`cancelled` unless it had ended)", body = doc::ResponseObject),

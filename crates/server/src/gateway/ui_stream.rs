@@ -328,7 +328,7 @@ async fn running(
 }
 
 /// Sends a message: starts the chat's answer (stopping the one before) and streams it.
-#[utoipa::path(post, path = "/api/chat", tag = "ui-chat",
+#[utoipa::path(post, path = "/api/chat", operation_id = "send_chat_message", tag = "ui-chat",
     request_body(content = doc::ChatBody, content_type = "application/json",
         description = "The AI SDK's `DefaultChatTransport` body"),
     responses(
@@ -374,7 +374,7 @@ pub(crate) async fn chat(
 }
 
 /// Resumes the chat's running answer: replayed from its first chunk, then live.
-#[utoipa::path(get, path = "/api/chat/{id}/stream", tag = "ui-chat",
+#[utoipa::path(get, path = "/api/chat/{id}/stream", operation_id = "resume_chat", tag = "ui-chat",
     params(("id" = doc::ChatId, Path, description = "The chat")),
     responses(
         (status = 200, description = "The running answer as a UI message stream", content_type = "text/event-stream", body = crate::sse::SseEvent),
@@ -396,7 +396,7 @@ pub(crate) async fn resume(
 }
 
 /// Stops the chat's running answer: its upstream is cancelled, its streams end with `abort`.
-#[utoipa::path(post, path = "/api/chat/{id}/stop", tag = "ui-chat",
+#[utoipa::path(post, path = "/api/chat/{id}/stop", operation_id = "stop_chat", tag = "ui-chat",
     params(("id" = doc::ChatId, Path, description = "The chat")),
     responses(
         (status = 200, description = "Stopped (or nothing was running)", body = doc::Stopped),
