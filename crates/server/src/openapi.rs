@@ -27,15 +27,27 @@ use crate::state::AppState;
         crate::gateway::generations::events,
         crate::gateway::generations::cancel,
         crate::gateway::chat_stream::one_shot,
+        crate::gateway::responses::create,
+        crate::gateway::responses::retrieve,
+        crate::gateway::responses::cancel,
+        crate::gateway::messages::messages,
+        crate::gateway::messages::count_tokens,
+        crate::gateway::ui_stream::chat,
+        crate::gateway::ui_stream::resume,
+        crate::gateway::ui_stream::stop,
         crate::ops::render_metrics,
         crate::ops::healthz,
         crate::ops::readyz,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail,
+        crate::gateway::ui_stream::doc::ChatId, crate::gateway::messages::doc::AnthropicError)),
     modifiers(&SecuritySchemes),
     tags((name = "hub", description = "Mercure publish and subscribe"),
          (name = "gateway", description = "OpenAI-compatible chat completions"),
          (name = "answers", description = "Resumable answers"),
+         (name = "responses", description = "OpenAI's Responses API: stored, resumable, cancellable responses"),
+         (name = "messages", description = "Anthropic's Messages API (errors in Anthropic's shape)"),
+         (name = "ui-chat", description = "The AI SDK's UI message stream (useChat): resume and stop"),
          (name = "ops", description = "Health and metrics"))
 )]
 struct ApiDoc;
@@ -99,4 +111,158 @@ async fn openapi() -> Response {
 /// The OpenAPI document.
 pub(crate) fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// A schema written out in JSON Schema, for the bodies whose handlers read JSON by hand: it
+/// says what they accept in words utoipa's model lacks (`const`, `not`, lists of types).
+pub(crate) fn written(
+    schema: serde_json::Value,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType};
+    let serde_json::Value::Object(keywords) = schema else {
+        panic!("a written schema is a JSON object");
+    };
+    // Extensions are written as they are, flattened into the schema object.
+    let keywords = keywords.into_iter().collect::<utoipa::openapi::extensions::Extensions>();
+    ObjectBuilder::new().schema_type(SchemaType::AnyValue).extensions(Some(keywords)).into()
+}
+
+/// A type for the document only, whose schema [`written`] gives.
+macro_rules! written_schema {
+    ($(#[$doc:meta])* $name:ident, $schema:expr) => {
+        $(#[$doc])*
+        pub(crate) struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::openapi::written($schema)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+pub(crate) use written_schema;
+
+/// The refusals of an operation that takes a body for a model: before the model answers.
+const BODY_REFUSALS: &[(&str, &str)] = &[
+    ("400", "A malformed request"),
+    ("401", "A missing or wrong API key"),
+    ("404", "No provider serves the model"),
+    ("408", "The request body stalled"),
+    ("413", "The request body is too large"),
+    ("429", "Rate limited or the model is busy (Retry-After)"),
+];
+
+/// The refusals of an operation on a stored answer.
+const STORE_REFUSALS: &[(&str, &str)] = &[
+    ("401", "A missing or wrong API key"),
+    ("429", "Rate limited (Retry-After)"),
+    ("503", "The store is unavailable"),
+];
+
+/// The failures of an operation that starts a stored answer (the upstream is asked after).
+const UPSTREAM_FAILURES: &[(&str, &str)] = &[
+    ("502", "The upstream failed before answering"),
+    ("503", "The store is unavailable"),
+    ("504", "The upstream did not answer in time"),
+];
+
+/// `statuses`, each answered with the error body the schema `body` names.
+fn refusals(
+    body: &str,
+    statuses: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>>
+{
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let content = || ContentBuilder::new().schema(Some(Ref::from_schema_name(body))).build();
+    statuses
+        .iter()
+        .map(|(status, description)| {
+            let response = ResponseBuilder::new()
+                .description(*description)
+                .content("application/json", content())
+                .build();
+            ((*status).to_owned(), response.into())
+        })
+        .collect()
+}
+
+/// A set of responses for `responses(...)`: `statuses` with the error body `body` names.
+macro_rules! refusal_set {
+    ($(#[$doc:meta])* $name:ident, $body:literal, $statuses:expr) => {
+        $(#[$doc])*
+        pub(crate) struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+            > {
+                refusals($body, $statuses)
+            }
+        }
+    };
+}
+
+refusal_set!(
+    /// [`BODY_REFUSALS`] with OpenAI's error body.
+    BodyRefusals,
+    "ErrorBody",
+    BODY_REFUSALS
+);
+refusal_set!(
+    /// [`BODY_REFUSALS`] with Anthropic's error body.
+    AnthropicBodyRefusals,
+    "AnthropicError",
+    BODY_REFUSALS
+);
+refusal_set!(
+    /// [`STORE_REFUSALS`] with OpenAI's error body.
+    StoreRefusals,
+    "ErrorBody",
+    STORE_REFUSALS
+);
+refusal_set!(
+    /// [`UPSTREAM_FAILURES`] with OpenAI's error body.
+    UpstreamFailures,
+    "ErrorBody",
+    UPSTREAM_FAILURES
+);
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_operation_has_its_own_id_and_the_gateway_protocols_are_documented() {
+        let document = serde_json::to_value(super::document()).unwrap();
+        let mut ids = HashSet::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let id = operation["operationId"].as_str().unwrap().to_owned();
+                assert!(ids.insert(id.clone()), "{method} {path}: operationId {id} twice");
+            }
+        }
+        for (path, method) in [
+            ("/v1/responses", "post"),
+            ("/v1/responses/{id}", "get"),
+            ("/v1/responses/{id}/cancel", "post"),
+            ("/v1/messages", "post"),
+            ("/v1/messages/count_tokens", "post"),
+            ("/api/chat", "post"),
+            ("/api/chat/{id}/stream", "get"),
+            ("/api/chat/{id}/stop", "post"),
+        ] {
+            let operation = &document["paths"][path][method];
+            assert_eq!(operation["security"][1]["api_key"], serde_json::json!([]), "{path}");
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    let name = schema.as_str().unwrap().rsplit('/').next().unwrap();
+                    assert!(document["components"]["schemas"][name].is_object(), "{path} {status}");
+                }
+            }
+        }
+    }
 }

@@ -46,6 +46,7 @@ struct MessagesRequest {
     model: Option<String>,
     messages: Vec<InMessage>,
     /// Required by Anthropic's API (not by `count_tokens`).
+    #[serde(default, deserialize_with = "super::chat_completions::wire::whole_number")]
     max_tokens: Option<u64>,
     system: Option<Value>,
     #[serde(default)]
@@ -63,6 +64,128 @@ struct MessagesRequest {
 struct InMessage {
     role: String,
     content: Value,
+}
+
+/// The schemas of the document: what the handlers below accept and answer.
+pub(crate) mod doc {
+    use serde_json::{Value, json};
+
+    use crate::openapi::written_schema;
+
+    /// Text blocks (`{"type": "text", "text"}`).
+    fn text_blocks() -> Value {
+        json!({"type": "array", "items": {"type": "object", "required": ["type", "text"],
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}})
+    }
+
+    /// A block of type `kind`.
+    fn block(kind: &Value) -> Value {
+        json!({"type": "object", "required": ["type"], "properties": {"type": kind}})
+    }
+
+    /// A message of `role`, whose content is a string or these blocks.
+    fn message(role: &str, blocks: &Value) -> Value {
+        json!({"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"const": role},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": blocks}]}}})
+    }
+
+    /// The body's properties; `max_tokens` as `POST /v1/messages` takes it.
+    fn body(max_tokens: &Value, required: &[&str]) -> Value {
+        let thinking = block(&json!({"enum": ["thinking", "redacted_thinking"]}));
+        let tool_result = json!({"type": "object", "required": ["type"], "properties": {
+            "type": {"const": "tool_result"},
+            "content": {"anyOf": [{"type": "null"}, {"type": "string"}, text_blocks()]}}});
+        let user = message(
+            "user",
+            &json!({"anyOf": [block(&json!({"const": "text"})), tool_result, thinking]}),
+        );
+        let assistant = message(
+            "assistant",
+            &json!({"anyOf": [block(&json!({"const": "text"})), block(&json!({"const": "tool_use"})),
+                thinking]}),
+        );
+        json!({
+            "type": "object",
+            "required": required,
+            "properties": {
+                "model": {"type": ["string", "null"],
+                    "description": "The model; the first configured one when absent",
+                    "examples": ["scripted"]},
+                "messages": {"type": "array", "minItems": 1, "maxItems": super::MAX_MESSAGES,
+                    "items": {"anyOf": [user, assistant]}},
+                "max_tokens": max_tokens,
+                "system": {"anyOf": [{"type": "null"}, {"type": "string"}, text_blocks()]},
+                "stop_sequences": {"type": "array", "maxItems": super::MAX_STOP_SEQUENCES,
+                    "items": {"type": "string", "minLength": 1}},
+                "stream": {"type": "boolean", "description": "Stream the message's events"},
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "tools": {"type": "array", "items": {"type": "object", "required": ["name"],
+                    "properties": {"name": {"type": "string"}}}},
+                "tool_choice": {"description": "`auto`, `any`, `none` or `tool` (by name)"},
+            },
+        })
+    }
+
+    written_schema!(
+        /// The body of `POST /v1/messages`: the parameters Sluice honours (others are ignored).
+        CreateMessage,
+        body(&json!({"type": "integer", "minimum": 1, "maximum": u64::MAX}), &["messages", "max_tokens"])
+    );
+
+    written_schema!(
+        /// The body of `POST /v1/messages/count_tokens`: a message request, `max_tokens`
+        /// optional.
+        CountTokens,
+        body(&json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX}), &["messages"])
+    );
+
+    written_schema!(
+        /// A message, Anthropic's shape.
+        MessageObject,
+        json!({
+            "type": "object",
+            "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+            "properties": {
+                "id": {"type": "string"},
+                "type": {"const": "message"},
+                "role": {"const": "assistant"},
+                "model": {"type": "string"},
+                "content": {"type": "array", "items": {"type": "object", "required": ["type"]}},
+                "stop_reason": {"enum": ["end_turn", "max_tokens", "tool_use", "refusal"]},
+                "stop_sequence": {"type": "null"},
+                "usage": {"type": "object", "required": ["input_tokens", "output_tokens"],
+                    "properties": {"input_tokens": {"type": "integer"},
+                        "output_tokens": {"type": "integer"}}},
+            },
+        })
+    );
+
+    written_schema!(
+        /// A token count.
+        TokenCount,
+        json!({"type": "object", "required": ["input_tokens"],
+            "properties": {"input_tokens": {"type": "integer", "minimum": 0}}})
+    );
+
+    written_schema!(
+        /// An error, Anthropic's shape.
+        AnthropicError,
+        json!({
+            "type": "object",
+            "required": ["type", "error"],
+            "properties": {
+                "type": {"const": "error"},
+                "error": {"type": "object", "required": ["type", "message"], "properties": {
+                    "type": {"type": "string", "description": "`invalid_request_error`, \
+                        `authentication_error`, `permission_error`, `not_found_error`, \
+                        `request_too_large`, `rate_limit_error`, `overloaded_error` or \
+                        `api_error`"},
+                    "message": {"type": "string"}}},
+            },
+        })
+    );
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -342,7 +465,23 @@ fn anthropic_error(error: &ApiError) -> Response {
     response
 }
 
-async fn messages(State(state): State<AppState>, body: Result<Admitted, ApiError>) -> Response {
+/// Answers a message, whole or streamed.
+#[utoipa::path(post, path = "/v1/messages", operation_id = "create_message", tag = "messages",
+    request_body(content = doc::CreateMessage, content_type = "application/json",
+        description = "Anthropic's Messages API request"),
+    responses(
+        (status = 200, description = "The message, or with `stream: true` its events (`message_start`, content blocks, `message_delta`, `message_stop`; `ping` while waiting) as an event stream",
+            content((doc::MessageObject = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
+        (status = 500, description = "The provider failed inside this server", body = doc::AnthropicError),
+        (status = 502, description = "The upstream failed before answering", body = doc::AnthropicError),
+        (status = 504, description = "The upstream did not answer in time", body = doc::AnthropicError),
+        crate::openapi::AnthropicBodyRefusals,
+    ),
+    security((), ("api_key" = [])))]
+pub(crate) async fn messages(
+    State(state): State<AppState>,
+    body: Result<Admitted, ApiError>,
+) -> Response {
     let answered = async { answer(&state, &body?.0).await };
     answered.await.unwrap_or_else(|error| anthropic_error(&error))
 }
@@ -376,7 +515,21 @@ async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
     Ok(axum::Json(whole(&id, &model, answer)).into_response())
 }
 
-async fn count_tokens(State(state): State<AppState>, body: Result<Admitted, ApiError>) -> Response {
+/// Counts the tokens a message request's input takes.
+#[utoipa::path(post, path = "/v1/messages/count_tokens", operation_id = "count_tokens", tag = "messages",
+    request_body(content = doc::CountTokens, content_type = "application/json",
+        description = "A Messages API request (`max_tokens` optional)"),
+    responses(
+        (status = 200, description = "The count", body = doc::TokenCount),
+        (status = 501, description = "The model's provider cannot count tokens", body = doc::AnthropicError),
+        (status = 502, description = "The provider failed to count", body = doc::AnthropicError),
+        crate::openapi::AnthropicBodyRefusals,
+    ),
+    security((), ("api_key" = [])))]
+pub(crate) async fn count_tokens(
+    State(state): State<AppState>,
+    body: Result<Admitted, ApiError>,
+) -> Response {
     let counted = async {
         let chat = MessagesRequest::parse(&body?.0)?.into_chat(state.default_model().as_deref())?;
         match state.config().models.count_tokens(&chat) {

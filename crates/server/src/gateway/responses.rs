@@ -70,6 +70,95 @@ struct CreateRequest {
     previous_response_id: Option<String>,
 }
 
+/// The schemas of the document: what the handlers below accept and answer.
+mod doc {
+    use serde_json::json;
+
+    use crate::openapi::written_schema;
+
+    /// Message content: a string, or text parts (`refusal` parts are read too).
+    fn content() -> serde_json::Value {
+        json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [
+            {"type": "object", "required": ["type", "text"], "properties": {
+                "type": {"enum": ["input_text", "output_text", "text"]},
+                "text": {"type": "string"}}},
+            {"type": "object", "required": ["type"], "properties": {"type": {"const": "refusal"}}},
+        ]}}]})
+    }
+
+    written_schema!(
+        /// The body of `POST /v1/responses`: the parameters Sluice honours (others are
+        /// ignored).
+        CreateResponse,
+        json!({
+            "type": "object",
+            "required": ["input"],
+            "properties": {
+                "model": {"type": ["string", "null"],
+                    "description": "The model; the first configured one when absent",
+                    "examples": ["scripted"]},
+                "input": {"description": "A string (the user's message), or 1 to 2048 items: \
+                    messages (`type` `message` or none), `function_call`, \
+                    `function_call_output` and `reasoning` items",
+                    "oneOf": [{"type": "string"}, {"type": "array", "minItems": 1,
+                    "maxItems": super::MAX_ITEMS, "items": {"anyOf": [
+                        {"type": "object", "required": ["role", "content"], "properties": {
+                            "type": {"anyOf": [{"const": "message"}, {"not": {"type": "string"}}]},
+                            "role": {"enum": ["user", "assistant", "system", "developer", "tool"]},
+                            "content": content()}},
+                        {"type": "object", "required": ["type"], "properties": {
+                            "type": {"const": "function_call"}}},
+                        {"type": "object", "required": ["type", "output"], "properties": {
+                            "type": {"const": "function_call_output"}, "output": content()}},
+                        {"type": "object", "required": ["type"], "properties": {
+                            "type": {"const": "reasoning"}}},
+                    ]}}]},
+                "instructions": {"type": ["string", "null"]},
+                "max_output_tokens": {"type": ["integer", "null"], "minimum": 1,
+                    "maximum": u32::MAX},
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "tools": {"type": "array", "description": "Function tools only",
+                    "items": {"type": "object", "required": ["type", "name"], "properties": {
+                        "type": {"const": "function"}, "name": {"type": "string"}}}},
+                "tool_choice": {"description": "`auto`, `none`, `required` or a function"},
+                "parallel_tool_calls": {"type": ["boolean", "null"]},
+                "stream": {"type": "boolean", "description": "Stream the response's events"},
+                "background": {"type": "boolean",
+                    "description": "Run on whoever reads (it must be stored)"},
+                "store": {"type": ["boolean", "null"],
+                    "description": "Keep the response (retrievable, resumable); the default"},
+                "metadata": {"type": ["object", "null"]},
+                "previous_response_id": {"type": "null",
+                    "description": "Not supported: send the conversation as input"},
+            },
+            "not": {"required": ["background", "store"], "properties": {
+                "background": {"const": true}, "store": {"const": false}}},
+        })
+    );
+
+    written_schema!(
+        /// A response object, OpenAI's shape.
+        ResponseObject,
+        json!({
+            "type": "object",
+            "required": ["id", "object", "status", "output", "model", "created_at"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response"},
+                "status": {"enum": ["queued", "in_progress", "completed", "incomplete",
+                    "cancelled", "failed"]},
+                "output": {"type": "array", "items": {"type": "object"}},
+                "model": {"type": "string"},
+                "created_at": {"type": "integer"},
+                "usage": {"type": ["object", "null"]},
+                "error": {"type": ["object", "null"]},
+                "incomplete_details": {"type": ["object", "null"]},
+            },
+        })
+    );
+}
+
 fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_request", message).with_param(param)
 }
@@ -478,7 +567,17 @@ impl Encoder for ResponseEvents {
 }
 
 /// Creates a response: streamed, whole, or started in the background.
-async fn create(
+#[utoipa::path(post, path = "/v1/responses", operation_id = "create_response", tag = "responses",
+    request_body(content = doc::CreateResponse, content_type = "application/json",
+        description = "OpenAI's Responses API request"),
+    responses(
+        (status = 200, description = "The response object (with `background`, as it stands), or with `stream: true` its events as an event stream",
+            content((doc::ResponseObject = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
+        crate::openapi::BodyRefusals,
+        crate::openapi::UpstreamFailures,
+    ),
+    security((), ("api_key" = [])))]
+pub(crate) async fn create(
     State(state): State<AppState>,
     Admitted(body): Admitted,
 ) -> Result<Response, ApiError> {
@@ -571,15 +670,29 @@ async fn authorized(state: &AppState, response_id: &str) -> Result<String, ApiEr
 }
 
 /// The query of `GET /v1/responses/{id}`.
-#[derive(Debug, Deserialize)]
-struct RetrieveQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RetrieveQuery {
+    /// Stream the response's events (from the first, or after `starting_after`), then live.
     #[serde(default)]
     stream: bool,
+    /// With `stream`, send the events numbered after this one.
+    #[param(minimum = 0, maximum = 18446744073709551615_u64)]
     starting_after: Option<u64>,
 }
 
 /// A response: its object as it stands, or its events from after `starting_after`, then live.
-async fn retrieve(
+#[utoipa::path(get, path = "/v1/responses/{id}", operation_id = "retrieve_response", tag = "responses",
+    params(("id" = String, Path, description = "The response (`resp_…`)"), RetrieveQuery),
+    responses(
+        (status = 200, description = "The response object, or with `stream=true` its events as an event stream",
+            content((doc::ResponseObject = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
+        (status = 400, description = "A malformed query", body = crate::error::ErrorBody),
+        (status = 404, description = "No such response", body = crate::error::ErrorBody),
+        crate::openapi::StoreRefusals,
+    ),
+    security((), ("api_key" = [])))]
+pub(crate) async fn retrieve(
     State(state): State<AppState>,
     _: Allowed,
     Path(response_id): Path<String>,
@@ -596,7 +709,15 @@ async fn retrieve(
 }
 
 /// Cancels a response: its upstream is stopped; answers the response object, `cancelled`.
-async fn cancel(
+#[utoipa::path(post, path = "/v1/responses/{id}/cancel", operation_id = "cancel_response", tag = "responses",
+    params(("id" = String, Path, description = "The response (`resp_…`)")),
+    responses(
+        (status = 200, description = "The response object (`cancelled` unless it had ended)", body = doc::ResponseObject),
+        (status = 404, description = "No such response", body = crate::error::ErrorBody),
+        crate::openapi::StoreRefusals,
+    ),
+    security((), ("api_key" = [])))]
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     _: Allowed,
     Path(response_id): Path<String>,

@@ -73,13 +73,68 @@ struct UiMessage {
     parts: Vec<Value>,
 }
 
+/// The schemas of the document: what the handlers below accept and answer.
+pub(crate) mod doc {
+    use serde_json::{Value, json};
+
+    use crate::openapi::written_schema;
+
+    /// A chat id: 1 to 256 characters, none a control character.
+    pub(super) fn chat_id() -> Value {
+        json!({"type": "string", "minLength": 1, "maxLength": super::MAX_CHAT_ID,
+            "not": {"pattern": "[\\u0000-\\u001f\\u007f-\\u009f]"}})
+    }
+
+    written_schema!(
+        /// The body `DefaultChatTransport` sends (and what the app adds: `model`,
+        /// `max_tokens`); other fields are ignored.
+        ChatBody,
+        json!({
+            "type": "object",
+            "required": ["id", "messages"],
+            "properties": {
+                "id": chat_id(),
+                "messages": {"type": "array", "minItems": 1, "maxItems": super::MAX_MESSAGES,
+                    "description": "UI messages: text parts are read as text, tool parts \
+                        with their output as the call and its result, others are skipped",
+                    "items": {"type": "object", "required": ["role"], "properties": {
+                        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+                        "parts": {"type": "array"}}}},
+                "trigger": {"type": ["string", "null"],
+                    "description": "`submit-message` or `regenerate-message`"},
+                "messageId": {"type": ["string", "null"],
+                    "description": "The message a `regenerate-message` replaces"},
+                "model": {"type": ["string", "null"],
+                    "description": "The model; the first configured one when absent",
+                    "examples": ["scripted"]},
+                "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": u32::MAX},
+            },
+        })
+    );
+
+    written_schema!(
+        /// A chat id, in a path.
+        ChatId,
+        chat_id()
+    );
+
+    written_schema!(
+        /// The reply to a stop request.
+        Stopped,
+        json!({"type": "object", "required": ["id", "stopped"], "properties": {
+            "id": {"type": "string"},
+            "stopped": {"type": "boolean",
+                "description": "Whether an answer was running (and is now cancelled)"}}})
+    );
+}
+
 fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_request", message).with_param(param)
 }
 
 /// A chat id, checked: it names the chat in the resume and stop URLs.
 fn chat_id(id: &str) -> Result<&str, ApiError> {
-    if id.is_empty() || id.len() > MAX_CHAT_ID || id.chars().any(char::is_control) {
+    if id.is_empty() || id.chars().count() > MAX_CHAT_ID || id.chars().any(char::is_control) {
         return Err(invalid("id", format!("a chat id is 1 to {MAX_CHAT_ID} printable characters")));
     }
     Ok(id)
@@ -272,7 +327,17 @@ async fn running(
     Ok((!ended).then_some(record.id))
 }
 
-async fn chat(
+/// Sends a message: starts the chat's answer (stopping the one before) and streams it.
+#[utoipa::path(post, path = "/api/chat", operation_id = "send_chat_message", tag = "ui-chat",
+    request_body(content = doc::ChatBody, content_type = "application/json",
+        description = "The AI SDK's `DefaultChatTransport` body"),
+    responses(
+        (status = 200, description = "The answer as the AI SDK's UI message stream (`data:` chunks, then `[DONE]`)", content_type = "text/event-stream", body = crate::sse::SseEvent),
+        crate::openapi::BodyRefusals,
+        crate::openapi::UpstreamFailures,
+    ),
+    security((), ("api_key" = [])))]
+pub(crate) async fn chat(
     State(state): State<AppState>,
     headers: HeaderMap,
     Admitted(body): Admitted,
@@ -308,7 +373,17 @@ async fn chat(
     stream_answer(&state, &answer).await
 }
 
-async fn resume(
+/// Resumes the chat's running answer: replayed from its first chunk, then live.
+#[utoipa::path(get, path = "/api/chat/{id}/stream", operation_id = "resume_chat", tag = "ui-chat",
+    params(("id" = doc::ChatId, Path, description = "The chat")),
+    responses(
+        (status = 200, description = "The running answer as a UI message stream", content_type = "text/event-stream", body = crate::sse::SseEvent),
+        (status = 204, description = "No answer runs (or it has ended): nothing to resume"),
+        (status = 400, description = "A malformed chat id", body = crate::error::ErrorBody),
+        crate::openapi::StoreRefusals,
+    ),
+    security((), ("api_key" = [])))]
+pub(crate) async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -320,7 +395,16 @@ async fn resume(
     }
 }
 
-async fn stop(
+/// Stops the chat's running answer: its upstream is cancelled, its streams end with `abort`.
+#[utoipa::path(post, path = "/api/chat/{id}/stop", operation_id = "stop_chat", tag = "ui-chat",
+    params(("id" = doc::ChatId, Path, description = "The chat")),
+    responses(
+        (status = 200, description = "Stopped (or nothing was running)", body = doc::Stopped),
+        (status = 400, description = "A malformed chat id", body = crate::error::ErrorBody),
+        crate::openapi::StoreRefusals,
+    ),
+    security((), ("api_key" = [])))]
+pub(crate) async fn stop(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -331,4 +415,18 @@ async fn stop(
         None => false,
     };
     Ok(axum::Json(json!({"id": id, "stopped": stopped})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_CHAT_ID, chat_id};
+
+    #[test]
+    fn a_chat_id_is_measured_in_characters() {
+        assert!(chat_id(&"é".repeat(MAX_CHAT_ID)).is_ok());
+        assert!(chat_id(&"é".repeat(MAX_CHAT_ID + 1)).is_err());
+        assert!(chat_id(&"a".repeat(MAX_CHAT_ID + 1)).is_err());
+        assert!(chat_id("").is_err());
+        assert!(chat_id("a\u{85}b").is_err());
+    }
 }

@@ -109,11 +109,38 @@ pub(crate) fn ask_lazily(state: &AppState, chat: ChatRequest) -> Result<DeltaStr
 pub(crate) fn token_count<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<u32>, D::Error> {
-    use serde::Deserialize;
-    let Some(n) = Option::<u64>::deserialize(deserializer)? else { return Ok(None) };
-    u32::try_from(n)
-        .ok()
-        .filter(|n| *n >= 1)
-        .map(Some)
+    // A whole number, written as JSON may write one (`5` or `5.0`).
+    let Some(n) = super::chat_completions::wire::whole_number::<D, u32>(deserializer)? else {
+        return Ok(None);
+    };
+    (n >= 1)
+        .then_some(Some(n))
         .ok_or_else(|| serde::de::Error::custom("must be a whole number of at least 1"))
+}
+
+#[cfg(test)]
+mod token_count_tests {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Limit {
+        #[serde(default, deserialize_with = "super::token_count")]
+        n: Option<u32>,
+    }
+
+    fn parse(body: &str) -> Option<Option<u32>> {
+        serde_json::from_str::<Limit>(body).ok().map(|limit| limit.n)
+    }
+
+    #[test]
+    fn a_token_count_is_a_whole_number_however_json_writes_it() {
+        assert_eq!(parse(r#"{"n": 5}"#), Some(Some(5)));
+        assert_eq!(parse(r#"{"n": 5.0}"#), Some(Some(5)));
+        assert_eq!(parse(r#"{"n": null}"#), Some(None));
+        assert_eq!(parse("{}"), Some(None));
+        assert_eq!(parse(r#"{"n": 4294967295}"#), Some(Some(u32::MAX)));
+        for refused in ["0", "0.0", "5.5", "-1", "4294967296", "\"5\""] {
+            assert_eq!(parse(&format!(r#"{{"n": {refused}}}"#)), None, "{refused}");
+        }
+    }
 }

@@ -162,7 +162,7 @@ pub(crate) struct CompletionRequest {
 
 /// An optional integer as JSON Schema means one: any number with no fractional part (`16`,
 /// `16.0`), in the target type's range.
-fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(crate) fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: TryFrom<i128>,
