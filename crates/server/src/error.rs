@@ -7,6 +7,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use sluice_hub::{LimitError, PublishError, StoreError, SubscribeError};
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,4 +203,48 @@ pub(crate) fn store_unavailable(error: sluice_hub::StoreError) -> ApiError {
     metrics::counter!("sluice_store_failures_total").increment(1);
     tracing::warn!(%error, "the store failed");
     ApiError::unavailable("the store is unavailable; retry shortly", 1)
+}
+
+/// The hub's refusals, as a client of any route sees them.
+pub(crate) fn store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Conflict(id) => ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate_id",
+            format!("an update with id {id:?} exists"),
+        ),
+        StoreError::Invalid(e) => ApiError::bad_request("invalid_update", e.to_string()),
+        StoreError::Closed => ApiError::unavailable("the hub is shutting down", 1),
+        other => store_unavailable(other),
+    }
+}
+
+fn limit_error(error: &LimitError) -> ApiError {
+    let code = match error {
+        LimitError::TopicTooLong { .. } => "topic_too_long",
+        LimitError::TooManyTopics { .. } => "too_many_topics",
+        LimitError::TemplateTooLong { .. } => "selector_too_long",
+        LimitError::TooManyVariables { .. } => "selector_too_complex",
+        _ => "limit_exceeded",
+    };
+    ApiError::bad_request(code, error.to_string())
+}
+
+/// A refused subscription as the client sees it.
+pub(crate) fn subscribe_error(error: SubscribeError) -> ApiError {
+    match error {
+        SubscribeError::Limit(e) => limit_error(&e),
+        SubscribeError::Store(e) => store_error(e),
+        other => ApiError::internal(other),
+    }
+}
+
+pub(crate) fn publish_error(error: PublishError) -> ApiError {
+    match error {
+        PublishError::NoTopic => ApiError::bad_request("missing_topic", error.to_string()),
+        PublishError::ReservedId => ApiError::bad_request("invalid_id", error.to_string()),
+        PublishError::Limit(e) => limit_error(&e),
+        PublishError::Store(e) => store_error(e),
+        other => ApiError::internal(other),
+    }
 }

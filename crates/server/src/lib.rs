@@ -21,11 +21,15 @@
 //! Modules, by what they serve (data flows one way: routes → shared pieces → hub, llm):
 //! - routes: `mercure` (the hub), `gateway` (the AI protocols over one answer engine), `ops`,
 //!   `openapi`, `ui`;
-//! - shared pieces: `admission` (keys, budgets, per-client counts), `auth` (JWTs), `grants`
+//! - shared pieces: `answers` (the one answer engine every gateway protocol and the state
+//!   use), `api_schema` (pieces of the API document the routes share), `admission` (keys,
+//!   budgets, per-client counts), `auth` (JWTs), `grants`
 //!   (draft-08 authorization details), `body`, `form`, `sse`, `error`, `telemetry`, `conn`
 //!   (connections and their timeouts), `state`, `config`.
 
 mod admission;
+mod answers;
+mod api_schema;
 mod auth;
 mod body;
 mod config;

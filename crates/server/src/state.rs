@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use sluice_hub::Hub;
 
 use crate::admission::Admission;
+use crate::answers::Answers;
 use crate::config::Config;
-use crate::gateway::answers::Answers;
 
 /// The state behind every route; cheap to clone.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ impl AppState {
             config.max_subscriptions_per_client,
         );
         let answers = Arc::default();
-        crate::gateway::answers::coordinate(&answers, &hub);
+        crate::answers::coordinate(&answers, &hub);
         AppState(Arc::new(Shared {
             hub,
             config,

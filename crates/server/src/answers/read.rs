@@ -11,9 +11,8 @@ use futures_util::stream::{self, BoxStream};
 use sluice_hub::{Cursor, Delivery, Hub, Selector, SubscribeRequest, Update};
 
 use super::events::AnswerEvent;
-use super::{Reader, Running, answer_of, end_id, start_id, topic};
+use super::{Answers, Reader, Running, answer_of, end_id, start_id, topic};
 use crate::error::{ApiError, store_unavailable};
-use crate::state::AppState;
 
 /// What a reader is sent: an answer event (with its id in the hub, when it has one), or a
 /// frame the hub made (a comment saying why the stream ends, say), passed on as it is.
@@ -59,54 +58,56 @@ fn event_of(update: &Update) -> Option<AnswerEvent> {
     AnswerEvent::from_update(update.event_type(), update.data())
 }
 
-/// Follows answer `id` after event `after`, or from its start (its `start` event included),
-/// replayed then live, ending after `end`. An answer that nothing produces any more is ended
-/// first, so the reader never waits forever. With `merge`, the deltas waiting together when
-/// the reader is ready for more are sent as one ([`merged`]).
-pub(crate) async fn follow(
-    state: &AppState,
-    id: &str,
-    after: Option<String>,
-    merge: bool,
-) -> Result<(BoxStream<'static, Piece>, Reader), ApiError> {
-    let hub = state.hub();
-    state.answers().settle(hub, id).await?;
-    // From the start: the `start` event, looked up by its id, then what follows it (so the
-    // replay reads from the answer's first event rather than from the earliest kept).
-    let (first, cursor) = match after {
-        Some(after) => (None, Cursor::After(after)),
-        None => match stored_update(hub, &start_id(id)).await? {
-            Some(start) => (Some(start), Cursor::After(start_id(id))),
-            None => (None, Cursor::Earliest),
-        },
-    };
-    let selector = Selector::parse(&topic(id)).map_err(ApiError::internal)?;
-    let request = SubscribeRequest {
-        selectors: vec![selector.clone()],
-        allowed_private: vec![selector],
-        cursor,
-        until_event_type: Some("end".to_owned()),
-        hangup: None,
-        direct: None,
-    };
-    let reader = state.answers().reader(id);
-    let deliveries = hub.deliveries(request).await.map_err(crate::mercure::subscribe_error)?;
-    // If the answer's pump gives up on the store, its readers here are told to reconnect.
-    let deliveries = match reader.running() {
-        Some(running) => until_abandoned(deliveries.stream, Arc::clone(running)),
-        None => deliveries.stream,
-    };
-    let first = stream::iter(first.map(Delivery::Update));
-    let pieces = first.chain(deliveries).filter_map(|delivery| {
-        std::future::ready(match delivery {
-            Delivery::Update(update) => {
-                event_of(&update).map(|event| Piece::Event(Some(update.id().to_owned()), event))
-            }
-            other => Some(Piece::Frame(other.frame())),
-        })
-    });
-    let pieces = if merge { merged(pieces.boxed()) } else { pieces.boxed() };
-    Ok((pieces, reader))
+impl Answers {
+    /// Follows answer `id` after event `after`, or from its start (its `start` event
+    /// included), replayed then live, ending after `end`. An answer that nothing produces any
+    /// more is ended first, so the reader never waits forever. With `merge`, the deltas
+    /// waiting together when the reader is ready for more are sent as one ([`merged`]).
+    pub(crate) async fn follow(
+        self: &Arc<Self>,
+        hub: &Hub,
+        id: &str,
+        after: Option<String>,
+        merge: bool,
+    ) -> Result<(BoxStream<'static, Piece>, Reader), ApiError> {
+        self.settle(hub, id).await?;
+        // From the start: the `start` event, looked up by its id, then what follows it (so the
+        // replay reads from the answer's first event rather than from the earliest kept).
+        let (first, cursor) = match after {
+            Some(after) => (None, Cursor::After(after)),
+            None => match stored_update(hub, &start_id(id)).await? {
+                Some(start) => (Some(start), Cursor::After(start_id(id))),
+                None => (None, Cursor::Earliest),
+            },
+        };
+        let selector = Selector::parse(&topic(id)).map_err(ApiError::internal)?;
+        let request = SubscribeRequest {
+            selectors: vec![selector.clone()],
+            allowed_private: vec![selector],
+            cursor,
+            until_event_type: Some("end".to_owned()),
+            hangup: None,
+            direct: None,
+        };
+        let reader = self.reader(id);
+        let deliveries = hub.deliveries(request).await.map_err(crate::error::subscribe_error)?;
+        // If the answer's pump gives up on the store, its readers here are told to reconnect.
+        let deliveries = match reader.running() {
+            Some(running) => until_abandoned(deliveries.stream, Arc::clone(running)),
+            None => deliveries.stream,
+        };
+        let first = stream::iter(first.map(Delivery::Update));
+        let pieces = first.chain(deliveries).filter_map(|delivery| {
+            std::future::ready(match delivery {
+                Delivery::Update(update) => {
+                    event_of(&update).map(|event| Piece::Event(Some(update.id().to_owned()), event))
+                }
+                other => Some(Piece::Frame(other.frame())),
+            })
+        });
+        let pieces = if merge { merged(pieces.boxed()) } else { pieces.boxed() };
+        Ok((pieces, reader))
+    }
 }
 
 /// What is stored of answer `id` so far, in order (for an answer that runs, what it said up to

@@ -14,12 +14,12 @@ use bytes::Bytes;
 use serde_json::json;
 use sluice_llm::{ChatRequest, Message, Role};
 
-use super::answers::events::{AnswerEvent, Encoder, encode};
-use super::answers::read::{cursor, ended_at, follow};
-use super::answers::{Kind, NewAnswer, Unread, answer_of};
 use super::chat_completions::wire::Chunker;
 use super::generations::{event_frame, no_content};
 use super::upstream::ask_lazily;
+use crate::answers::events::{AnswerEvent, Encoder, encode};
+use crate::answers::read::{cursor, ended_at};
+use crate::answers::{Kind, NewAnswer, Unread, answer_of};
 use crate::conn::ClientAddr;
 use crate::error::{ApiError, ErrorBody};
 use crate::sse::event_stream;
@@ -107,7 +107,7 @@ pub(crate) async fn one_shot(
             (state.answers().start(state.hub(), deltas, new).await?.id, None)
         }
     };
-    let (pieces, reader) = follow(&state, &id, after, true).await?;
+    let (pieces, reader) = state.answers().follow(state.hub(), &id, after, true).await?;
     let chunker = Chunker::new(format!("chatcmpl-{id}"), String::new(), false);
     let frames = encode(pieces, OneShot { chunker, first: true });
     Ok(event_stream(None, frames, state.config().keep_alive, None, reader))

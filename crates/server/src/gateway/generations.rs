@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::answers::events::{AnswerEvent, Encoder, encode};
-use super::answers::read::{cursor, ended_at, follow};
-use super::answers::{Kind, NewAnswer, Unread};
 use super::chat_completions::wire::CompletionRequest;
 use super::upstream::{Admitted, ask_lazily};
+use crate::answers::events::{AnswerEvent, Encoder, encode};
+use crate::answers::read::{cursor, ended_at};
+use crate::answers::{Kind, NewAnswer, Unread};
 use crate::error::ApiError;
 use crate::sse::event_stream;
 use crate::state::AppState;
@@ -138,7 +138,7 @@ pub(crate) async fn events(
     {
         return Ok(no_content());
     }
-    let (pieces, reader) = follow(&state, &id, after, true).await?;
+    let (pieces, reader) = state.answers().follow(state.hub(), &id, after, true).await?;
     let frames = encode(pieces, AnswersApi);
     Ok(event_stream(None, frames, state.config().keep_alive, None, reader))
 }

@@ -22,9 +22,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_llm::{ChatRequest, Message, Role, Usage};
 
-use super::answers::events::{AnswerEvent, Encoder, Finish, Folded, encode, from_provider};
-use super::answers::read::unstored;
 use super::upstream::{Admitted, ask, ask_lazily, provider_error};
+use crate::answers::events::{AnswerEvent, Encoder, Finish, Folded, encode, from_provider};
+use crate::answers::read::unstored;
 use crate::error::ApiError;
 use crate::sse::{KeepAlive, event_stream};
 use crate::state::AppState;
@@ -70,7 +70,7 @@ struct InMessage {
 pub(crate) mod doc {
     use serde_json::{Value, json};
 
-    use crate::openapi::written_schema;
+    use crate::api_schema::written_schema;
 
     /// Text blocks (`{"type": "text", "text"}`).
     fn text_blocks() -> Value {
@@ -475,7 +475,7 @@ fn anthropic_error(error: &ApiError) -> Response {
         (status = 500, description = "The provider failed inside this server", body = doc::AnthropicError),
         (status = 502, description = "The upstream failed before answering", body = doc::AnthropicError),
         (status = 504, description = "The upstream did not answer in time", body = doc::AnthropicError),
-        crate::openapi::AnthropicBodyRefusals,
+        crate::api_schema::AnthropicBodyRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn messages(
@@ -510,7 +510,7 @@ async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
     }
     let answer = Folded::all(from_provider(ask(state, chat).await?)).await;
     if let Some(error) = &answer.error {
-        return Err(super::answers::events::whole_answer_error(error));
+        return Err(crate::answers::events::whole_answer_error(error));
     }
     Ok(axum::Json(whole(&id, &model, answer)).into_response())
 }
@@ -523,7 +523,7 @@ async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
         (status = 200, description = "The count", body = doc::TokenCount),
         (status = 501, description = "The model's provider cannot count tokens", body = doc::AnthropicError),
         (status = 502, description = "The provider failed to count", body = doc::AnthropicError),
-        crate::openapi::AnthropicBodyRefusals,
+        crate::api_schema::AnthropicBodyRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn count_tokens(

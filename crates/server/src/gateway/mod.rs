@@ -1,9 +1,9 @@
 //! The gateway: one answer engine, many wire protocols.
 //!
-//! [`answers`] is the engine: an answer is a stream of [`answers::events::AnswerEvent`]s,
+//! [`crate::answers`] is the engine: an answer is a stream of `AnswerEvent`s,
 //! straight from a provider or kept in the hub (resumable from any node, stoppable, readable
-//! by its capability). Each other module is one wire protocol, a decoder of its requests and
-//! an [`answers::events::Encoder`] of the same events, knowing nothing of the others:
+//! by its capability). Each module here is one wire protocol, a decoder of its requests and
+//! an `Encoder` of the same events, knowing nothing of the others:
 //!
 //! - [`chat_completions`]: OpenAI Chat Completions, `/v1/chat/completions` and `/v1/models`;
 //! - [`generations`]: Sluice's own answers API, `/api/generations`;
@@ -14,7 +14,6 @@
 //!
 //! [`upstream`] is what they all do first: admit the caller, read the body, ask the providers.
 
-pub(crate) mod answers;
 pub(crate) mod chat_completions;
 pub(crate) mod chat_stream;
 pub(crate) mod generations;

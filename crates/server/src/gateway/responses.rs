@@ -27,10 +27,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_llm::{ChatRequest, Message, Role, Usage};
 
-use super::answers::events::{AnswerEvent, Encoder, Finish, encode, from_provider, unix_now};
-use super::answers::read::{follow, so_far, unstored};
-use super::answers::{Kind, NewAnswer, Unread, random_id};
 use super::upstream::{Admitted, Allowed, ask_lazily};
+use crate::answers::events::{AnswerEvent, Encoder, Finish, encode, from_provider, unix_now};
+use crate::answers::read::{so_far, unstored};
+use crate::answers::{Kind, NewAnswer, Unread, random_id};
 use crate::error::ApiError;
 use crate::sse::event_stream;
 use crate::state::AppState;
@@ -74,7 +74,7 @@ struct CreateRequest {
 mod doc {
     use serde_json::json;
 
-    use crate::openapi::written_schema;
+    use crate::api_schema::written_schema;
 
     /// Message content: a string, or text parts (`refusal` parts are read too).
     fn content() -> serde_json::Value {
@@ -573,8 +573,8 @@ impl Encoder for ResponseEvents {
     responses(
         (status = 200, description = "The response object (with `background`, as it stands), or with `stream: true` its events as an event stream",
             content((doc::ResponseObject = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
-        crate::openapi::BodyRefusals,
-        crate::openapi::UpstreamFailures,
+        crate::api_schema::BodyRefusals,
+        crate::api_schema::UpstreamFailures,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn create(
@@ -597,7 +597,7 @@ pub(crate) async fn create(
         }
         let mut response = ResponseEvents::new(&id, None);
         let mut events = events;
-        while let Some(super::answers::read::Piece::Event(_, event)) = events.next().await {
+        while let Some(crate::answers::read::Piece::Event(_, event)) = events.next().await {
             response.event(&event, None, &mut Vec::new());
         }
         return Ok(axum::Json(response.response()).into_response());
@@ -612,17 +612,17 @@ pub(crate) async fn create(
     // Without `background`, the answer is this request's: it stops when the client leaves.
     let leaving = (!background).then(|| CancelOnLeave { state: state.clone(), id: id.clone() });
     if stream {
-        let (pieces, reader) = follow(&state, &id, None, false).await?;
+        let (pieces, reader) = state.answers().follow(state.hub(), &id, None, false).await?;
         let frames = encode(pieces, ResponseEvents::new(&id, None));
         return Ok(event_stream(None, frames, state.config().keep_alive, None, (reader, leaving)));
     }
     if background {
         return Ok(axum::Json(current(&state, &id).await?).into_response());
     }
-    let (mut pieces, _reader) = follow(&state, &id, None, false).await?;
+    let (mut pieces, _reader) = state.answers().follow(state.hub(), &id, None, false).await?;
     let mut response = ResponseEvents::new(&id, None);
     while let Some(piece) = pieces.next().await {
-        if let super::answers::read::Piece::Event(_, event) = piece {
+        if let crate::answers::read::Piece::Event(_, event) = piece {
             response.event(&event, None, &mut Vec::new());
         }
     }
@@ -689,7 +689,7 @@ pub(crate) struct RetrieveQuery {
             content((doc::ResponseObject = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "A malformed query", body = crate::error::ErrorBody),
         (status = 404, description = "No such response", body = crate::error::ErrorBody),
-        crate::openapi::StoreRefusals,
+        crate::api_schema::StoreRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn retrieve(
@@ -703,7 +703,7 @@ pub(crate) async fn retrieve(
     if !query.stream {
         return Ok(axum::Json(current(&state, &id).await?).into_response());
     }
-    let (pieces, reader) = follow(&state, &id, None, false).await?;
+    let (pieces, reader) = state.answers().follow(state.hub(), &id, None, false).await?;
     let frames = encode(pieces, ResponseEvents::new(&id, query.starting_after));
     Ok(event_stream(None, frames, state.config().keep_alive, None, reader))
 }
@@ -714,7 +714,7 @@ pub(crate) async fn retrieve(
     responses(
         (status = 200, description = "The response object (`cancelled` unless it had ended)", body = doc::ResponseObject),
         (status = 404, description = "No such response", body = crate::error::ErrorBody),
-        crate::openapi::StoreRefusals,
+        crate::api_schema::StoreRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn cancel(

@@ -28,11 +28,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_llm::{ChatRequest, Message, Role};
 
-use super::answers::events::{AnswerEvent, Encoder, Finish, encode};
-use super::answers::read::follow;
-use super::answers::{Kind, NewAnswer, Unread, random_id};
 use super::generations::no_content;
 use super::upstream::{Admitted, Allowed, ask_lazily};
+use crate::answers::events::{AnswerEvent, Encoder, Finish, encode};
+use crate::answers::{Kind, NewAnswer, Unread, random_id};
 use crate::error::ApiError;
 use crate::sse::event_stream;
 use crate::state::AppState;
@@ -77,7 +76,7 @@ struct UiMessage {
 pub(crate) mod doc {
     use serde_json::{Value, json};
 
-    use crate::openapi::written_schema;
+    use crate::api_schema::written_schema;
 
     /// A chat id: 1 to 256 characters, none a control character.
     pub(super) fn chat_id() -> Value {
@@ -304,7 +303,7 @@ impl Encoder for UiChunks {
 
 /// The chat's answer from its first chunk, then live, as a UI message stream.
 async fn stream_answer(state: &AppState, id: &str) -> Result<Response, ApiError> {
-    let (pieces, reader) = follow(state, id, None, true).await?;
+    let (pieces, reader) = state.answers().follow(state.hub(), id, None, true).await?;
     let frames = encode(pieces, UiChunks::default());
     let mut response = event_stream(None, frames, state.config().keep_alive, None, reader);
     response.headers_mut().insert("x-vercel-ai-ui-message-stream", HeaderValue::from_static("v1"));
@@ -333,8 +332,8 @@ async fn running(
         description = "The AI SDK's `DefaultChatTransport` body"),
     responses(
         (status = 200, description = "The answer as the AI SDK's UI message stream (`data:` chunks, then `[DONE]`)", content_type = "text/event-stream", body = crate::sse::SseEvent),
-        crate::openapi::BodyRefusals,
-        crate::openapi::UpstreamFailures,
+        crate::api_schema::BodyRefusals,
+        crate::api_schema::UpstreamFailures,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn chat(
@@ -380,7 +379,7 @@ pub(crate) async fn chat(
         (status = 200, description = "The running answer as a UI message stream", content_type = "text/event-stream", body = crate::sse::SseEvent),
         (status = 204, description = "No answer runs (or it has ended): nothing to resume"),
         (status = 400, description = "A malformed chat id", body = crate::error::ErrorBody),
-        crate::openapi::StoreRefusals,
+        crate::api_schema::StoreRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn resume(
@@ -401,7 +400,7 @@ pub(crate) async fn resume(
     responses(
         (status = 200, description = "Stopped (or nothing was running)", body = doc::Stopped),
         (status = 400, description = "A malformed chat id", body = crate::error::ErrorBody),
-        crate::openapi::StoreRefusals,
+        crate::api_schema::StoreRefusals,
     ),
     security((), ("api_key" = [])))]
 pub(crate) async fn stop(

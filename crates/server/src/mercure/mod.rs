@@ -19,14 +19,12 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sluice_hub::{
-    Draft, LimitError, PublishError, RESERVED_TOPIC_PREFIX, StoreError, SubscribeError,
-};
+use sluice_hub::{Draft, RESERVED_TOPIC_PREFIX};
 use url::Url;
 
 use crate::auth::{Protocol, TokenSource, find_token};
 use crate::config::Config;
-use crate::error::store_unavailable;
+use crate::error::publish_error;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -160,49 +158,6 @@ fn decode_unreserved(path: &str) -> String {
         }
     }
     out
-}
-
-fn store_error(error: StoreError) -> ApiError {
-    match error {
-        StoreError::Conflict(id) => ApiError::new(
-            StatusCode::CONFLICT,
-            "duplicate_id",
-            format!("an update with id {id:?} exists"),
-        ),
-        StoreError::Invalid(e) => ApiError::bad_request("invalid_update", e.to_string()),
-        StoreError::Closed => ApiError::unavailable("the hub is shutting down", 1),
-        other => store_unavailable(other),
-    }
-}
-
-fn limit_error(error: &LimitError) -> ApiError {
-    let code = match error {
-        LimitError::TopicTooLong { .. } => "topic_too_long",
-        LimitError::TooManyTopics { .. } => "too_many_topics",
-        LimitError::TemplateTooLong { .. } => "selector_too_long",
-        LimitError::TooManyVariables { .. } => "selector_too_complex",
-        _ => "limit_exceeded",
-    };
-    ApiError::bad_request(code, error.to_string())
-}
-
-/// A refused subscription as the client sees it.
-pub(crate) fn subscribe_error(error: SubscribeError) -> ApiError {
-    match error {
-        SubscribeError::Limit(e) => limit_error(&e),
-        SubscribeError::Store(e) => store_error(e),
-        other => ApiError::internal(other),
-    }
-}
-
-fn publish_error(error: PublishError) -> ApiError {
-    match error {
-        PublishError::NoTopic => ApiError::bad_request("missing_topic", error.to_string()),
-        PublishError::ReservedId => ApiError::bad_request("invalid_id", error.to_string()),
-        PublishError::Limit(e) => limit_error(&e),
-        PublishError::Store(e) => store_error(e),
-        other => ApiError::internal(other),
-    }
 }
 
 /// The form of a publication (both versions). The topics' and data's limits are the defaults.

@@ -21,9 +21,10 @@ use serde_json::Value;
 use sluice_hub::{Cursor, Hangup, Selector, SubscribeRequest};
 use url::Url;
 
-use super::{access_token_in_url, check_text, hub_url, subscribe_error, subscriptions};
+use super::{access_token_in_url, check_text, hub_url, subscriptions};
 use crate::auth::{Claims, Protocol, TokenKind, find_token};
 use crate::conn::{ClientAddr, ConnHandle, DirectHandle, SubscriberSocket};
+use crate::error::subscribe_error;
 use crate::error::{ApiError, ErrorBody};
 use crate::grants::MatchType;
 use crate::sse::{KeepAlive, event_stream, opening};

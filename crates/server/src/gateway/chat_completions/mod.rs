@@ -16,11 +16,11 @@ use bytes::Bytes;
 use serde_json::json;
 use sluice_llm::Usage;
 
-use super::answers::events::{
+use super::upstream::{Admitted, Allowed, ask, ask_lazily};
+use crate::answers::events::{
     AnswerEvent, Encoder, Folded, encode, from_provider, whole_answer_error,
 };
-use super::answers::read::unstored;
-use super::upstream::{Admitted, Allowed, ask, ask_lazily};
+use crate::answers::read::unstored;
 use crate::error::{ApiError, ErrorBody};
 use crate::sse::event_stream;
 use crate::state::AppState;

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use sluice_llm::{ChatRequest, Message, Role, Usage};
 use utoipa::ToSchema;
 
+use crate::answers::events::unix_now;
 use crate::error::ApiError;
-use crate::gateway::answers::events::unix_now;
 
 /// The most stop sequences a request may give (OpenAI's limit).
 const MAX_STOP_SEQUENCES: usize = 4;
