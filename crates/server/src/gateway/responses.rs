@@ -22,14 +22,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use futures_util::stream;
+use futures_util::stream::{self, BoxStream};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_llm::{ChatRequest, Message, Role, Usage};
 
 use super::upstream::{Admitted, Allowed, ask_lazily};
 use crate::answers::events::{AnswerEvent, Encoder, Finish, encode, from_provider, unix_now};
-use crate::answers::read::{so_far, unstored};
+use crate::answers::read::{Piece, so_far, unstored};
 use crate::answers::{Kind, NewAnswer, Unread, random_id};
 use crate::error::ApiError;
 use crate::sse::event_stream;
@@ -595,12 +595,7 @@ pub(crate) async fn create(
             let frames = encode(events, ResponseEvents::new(&id, None));
             return Ok(event_stream(None, frames, state.config().keep_alive, None, ()));
         }
-        let mut response = ResponseEvents::new(&id, None);
-        let mut events = events;
-        while let Some(crate::answers::read::Piece::Event(_, event)) = events.next().await {
-            response.event(&event, None, &mut Vec::new());
-        }
-        return Ok(axum::Json(response.response()).into_response());
+        return Ok(axum::Json(whole(&id, events).await).into_response());
     }
     let unread = if background {
         Unread::RunOn
@@ -619,15 +614,22 @@ pub(crate) async fn create(
     if background {
         return Ok(axum::Json(current(&state, &id).await?).into_response());
     }
-    let (mut pieces, _reader) = state.answers().follow(state.hub(), &id, None, false).await?;
-    let mut response = ResponseEvents::new(&id, None);
+    let (pieces, _reader) = state.answers().follow(state.hub(), &id, None, false).await?;
+    let response = whole(&id, pieces).await;
+    drop(leaving);
+    Ok(axum::Json(response).into_response())
+}
+
+/// The response object of answer `id` once `pieces` end (frames the hub made are no part of
+/// it).
+async fn whole(id: &str, mut pieces: BoxStream<'static, Piece>) -> Value {
+    let mut response = ResponseEvents::new(id, None);
     while let Some(piece) = pieces.next().await {
-        if let crate::answers::read::Piece::Event(_, event) = piece {
+        if let Piece::Event(_, event) = piece {
             response.event(&event, None, &mut Vec::new());
         }
     }
-    drop(leaving);
-    Ok(axum::Json(response.response()).into_response())
+    response.response()
 }
 
 /// Cancels the answer of a response made without `background` when its client leaves (a
@@ -650,11 +652,8 @@ impl Drop for CancelOnLeave {
 
 /// The response object of answer `id` as stored now.
 async fn current(state: &AppState, id: &str) -> Result<Value, ApiError> {
-    let mut response = ResponseEvents::new(id, None);
-    for event in so_far(state.hub(), id).await? {
-        response.event(&event, None, &mut Vec::new());
-    }
-    Ok(response.response())
+    let stored = so_far(state.hub(), id).await?;
+    Ok(whole(id, stream::iter(stored).map(|event| Piece::Event(None, event)).boxed()).await)
 }
 
 /// The answer id of response `resp_{id}`: 404 for any other (an answer another protocol made
