@@ -474,3 +474,39 @@ async fn an_upstream_silent_before_its_head_is_bounded_by_the_first_token_timeou
     }
     assert!(counter("sluice_upstream_cancelled_total") > cancelled, "the wait was not counted");
 }
+
+/// Issue 16, finding 3: a publisher who knows an answer's id published updates with the ids of
+/// its next events (`{answer}.3`, `{answer}.usage`, `{answer}.end`), and the answer's own
+/// events then failed to store: its readers never got `end`. Answer events now have ids in
+/// the hub's own `#` space, which publishers are refused, so the answer ends as it should.
+#[tokio::test]
+async fn a_publisher_cannot_take_an_answers_next_event_ids() {
+    use sluice_server::{Grant, Verifier, mint_hs256};
+    const SECRET: &[u8] = b"gateway test secret";
+    let config = Config { publisher: Some(Verifier::hs256(SECRET)), ..Config::default() };
+    let server = start_with(script(10.0), config).await;
+    let (id, events_url, _) = generation(&server).await;
+    let token = mint_hs256(SECRET, &Grant { publish: vec!["*".into()], ..Grant::default() });
+    let publish = |event_id: String| {
+        let (url, token) = (format!("{}/.well-known/mercure", server.url), token.clone());
+        async move {
+            let form = [("topic", "https://example.com/x"), ("data", "x"), ("id", &event_id)];
+            let response =
+                reqwest::Client::new().post(url).bearer_auth(token).form(&form).send().await;
+            response.unwrap().status()
+        }
+    };
+    for taken in ["3", "4", "usage", "end"] {
+        assert_eq!(publish(format!("{id}.{taken}")).await, StatusCode::OK, "not the answer's");
+    }
+    for reserved in ["3", "end"] {
+        let status = publish(format!("#{id}.{reserved}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "the hub's own ids are refused");
+    }
+    let mut source = EventSource::get(&events_url).reconnect(false).build().unwrap();
+    let events = tokio::time::timeout(Duration::from_secs(30), read_events(&mut source, 1000))
+        .await
+        .expect("the answer ends");
+    assert_eq!(text_of(&events), ANSWER);
+    assert_eq!(events.last().unwrap().event_type, "end");
+}
