@@ -549,7 +549,7 @@ pub fn parse_integer(text: &str) -> Option<u64> {
     let valid = !text.is_empty()
         && text.bytes().all(|b| b.is_ascii_digit())
         && (text == "0" || !text.starts_with('0'));
-    valid.then(|| text.parse().ok()).flatten().filter(|n| *n <= (1 << 53) - 1)
+    valid.then(|| text.parse().ok()).flatten().filter(|n| *n < 1 << 53)
 }
 
 /// A `PUT` on an existing stream succeeds if it asks for what is there.
