@@ -18,7 +18,7 @@ mod waiters;
 pub mod testing;
 
 pub use body::BodyError;
-pub use log::{Log, LogError, MemoryLog, SqliteLog, Stored};
+pub use log::{Log, LogError, MemoryLog, RedisLog, SqliteLog, Stored};
 pub use meta::{Closer, Expiry, Meta, ProducerState, essence, is_json, parse_rfc3339};
 pub use offset::{Offset, ReadFrom};
 pub use streams::{

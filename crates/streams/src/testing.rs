@@ -7,7 +7,8 @@ use crate::log::{Log, Stored};
 use crate::meta::{Expiry, Meta};
 use crate::offset::Offset;
 
-fn meta(tail: Offset) -> Meta {
+/// A stream's meta with its tail at `tail` (the rest arbitrary), for testing a log.
+pub fn meta(tail: Offset) -> Meta {
     Meta {
         id: 7,
         content_type: "text/plain".to_owned(),

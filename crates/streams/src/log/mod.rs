@@ -9,6 +9,8 @@
 
 mod memory;
 
+mod redis;
+
 mod sqlite;
 
 use bytes::Bytes;
@@ -16,6 +18,8 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 pub use memory::MemoryLog;
+
+pub use self::redis::RedisLog;
 
 pub use sqlite::SqliteLog;
 
