@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-build test-js test-python test-web test-aisdk web setup build lint bench bench-peers fuzz soak conformance clean
+.PHONY: run test test-build test-js test-python test-web test-aisdk test-durable web setup build lint bench bench-peers fuzz soak conformance clean
 
 ## Build and start the main job: `sluice serve --dev` on http://127.0.0.1:8080 (history and a
 ## development secret in ./sluice-data; it prints a publisher token, and the console has it).
@@ -16,7 +16,7 @@ run: setup build
 ## The local model runs on one candle thread in tests: two threads spin-wait on each other and
 ## collapse when the machine is busy with anything else (see BENCHMARKS.md).
 test test-js test-python test-web: export CANDLE_NUM_THREADS := 1
-test: setup web lint test-js test-python test-web test-aisdk test-example
+test: setup web lint test-js test-python test-web test-aisdk test-durable test-example
 	$(CARGO) test --workspace --locked
 
 ## One build for every test and the test binary of `sluice`: `cargo test --workspace` unifies
@@ -52,6 +52,12 @@ test-web: web test-build
 ## The screenshot goes to artifacts/aisdk-usechat.png.
 test-aisdk: test-build
 	cd tests/aisdk && SLUICE_BIN=$(SLUICE_TEST_BIN) npm test
+
+## Durable Streams (tests/durable, vitest): the protocol's own server conformance suite
+## (npm @durable-streams/server-conformance-tests, unchanged) on SQLite and on Redis, the official
+## TypeScript client across a restart, two nodes and a kill -9, and the hub's tokens on streams.
+test-durable: test-build
+	cd tests/durable && SLUICE_BIN=$(SLUICE_TEST_BIN) npm test
 
 ## The Next.js example (examples/nextjs-chat): its test runs `next build`, then `next start`
 ## against a real `sluice serve` and drives it in Debian's chromium (playwright-core); the

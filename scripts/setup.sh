@@ -55,12 +55,18 @@ if (($(node -p 'process.versions.node.split(".")[0]') < 20)); then
     exit 1
 fi
 
-js_dir="$(dirname "$0")/../tests/js"
-if [[ ! -f $js_dir/node_modules/.package-lock.json \
-    || $js_dir/package-lock.json -nt $js_dir/node_modules/.package-lock.json ]]; then
-    say "installing the npm packages of tests/js"
-    (cd "$js_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
-fi
+# Installs the npm packages pinned in a folder's package-lock.json, when they are missing or
+# the lock file changed since; never a downloaded browser (tests use Debian's chromium).
+npm_packages() {
+    local dir="$(dirname "$0")/../$1"
+    if [[ ! -f $dir/node_modules/.package-lock.json \
+        || $dir/package-lock.json -nt $dir/node_modules/.package-lock.json ]]; then
+        say "installing the npm packages of $1"
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+    fi
+}
+
+npm_packages tests/js
 
 # The web UI (web/: Vite, TypeScript, React; its browser tests use playwright-core with
 # Debian's chromium). Vite 8 wants Node.js 20.19 or later.
@@ -68,21 +74,15 @@ if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); proce
     say "Node.js $(node --version) is too old for web/ (Vite): install Node.js 20.19 or later"
     exit 1
 fi
-web_dir="$(dirname "$0")/../web"
-if [[ ! -f $web_dir/node_modules/.package-lock.json \
-    || $web_dir/package-lock.json -nt $web_dir/node_modules/.package-lock.json ]]; then
-    say "installing the npm packages of web/"
-    (cd "$web_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
-fi
+npm_packages web
 
 # The AI SDK's useChat test (tests/aisdk: npm `ai` + `@ai-sdk/react`, a page built with Vite, run
 # in Debian's chromium by playwright-core), installed the same way.
-aisdk_dir="$(dirname "$0")/../tests/aisdk"
-if [[ ! -f $aisdk_dir/node_modules/.package-lock.json \
-    || $aisdk_dir/package-lock.json -nt $aisdk_dir/node_modules/.package-lock.json ]]; then
-    say "installing the npm packages of tests/aisdk"
-    (cd "$aisdk_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
-fi
+npm_packages tests/aisdk
+
+# Durable Streams (tests/durable): the protocol's own server conformance suite and the official
+# TypeScript client, run with vitest.
+npm_packages tests/durable
 
 # The official OpenAI SDK for Python and pytest, pinned in tests/python/requirements.txt, in a
 # virtual environment at .venv/ (git-ignored). pip runs only when the requirements differ from

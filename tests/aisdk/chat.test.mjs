@@ -22,6 +22,7 @@ import { chromium } from 'playwright-core';
 
 // How every browser test here starts Debian's chromium (Node built-ins only).
 import { CHROMIUM, CHROMIUM_ARGS } from '../js/chromium.mjs';
+import { startRedis } from '../js/hub.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(here, '../..');
@@ -165,39 +166,6 @@ async function startSluice(pageOrigin, store = 'memory') {
   };
 }
 
-/** A throwaway `redis-server` (no persistence) on a free port, for two Sluice nodes. */
-async function startRedis() {
-  const port = await freePort();
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'sluice-aisdk-redis-'));
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
-    stdio: 'ignore',
-  });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  const reap = () => child.kill('SIGKILL');
-  process.once('exit', reap);
-  await waitFor(
-    () =>
-      new Promise((resolve) => {
-        const socket = net.connect(port, '127.0.0.1');
-        socket.once('connect', () => socket.write('PING\r\n'));
-        socket.once('data', (d) => {
-          socket.destroy();
-          resolve(String(d).startsWith('+PONG'));
-        });
-        socket.once('error', () => resolve(false));
-      }),
-    { timeout: 30_000, what: 'redis-server to answer' },
-  );
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    async stop() {
-      child.kill('SIGKILL');
-      await exited;
-      process.off('exit', reap);
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 /** A counter from Sluice's Prometheus metrics, summed over its labels; 0 when absent. */
 async function metric(origin, name) {

@@ -159,6 +159,12 @@ async function launch(port, options) {
     origin,
     hubUrl: `${origin}${HUB_PATH}`,
     log: () => output,
+    /** Kills it at once (SIGKILL): what it acknowledged is what must survive. */
+    async kill() {
+      if (exitStatus) return exitStatus;
+      child.kill('SIGKILL');
+      return exited;
+    },
     async stop({ grace = 10_000, backtrace = true } = {}) {
       if (exitStatus) return exitStatus;
       child.kill('SIGTERM');
@@ -270,4 +276,39 @@ export async function publishWithFetch(hubUrl, token, { topic, data, id, type, i
   const body = await res.text();
   if (res.status !== 200) throw new Error(`publish answered ${res.status}: ${body}`);
   return body;
+}
+
+/** A throwaway `redis-server` (no persistence) on a free port, for several Sluice nodes;
+ * `stop()` kills it and removes its directory, as does this process's exit. */
+export async function startRedis() {
+  const port = await freePort();
+  const { dir, remove } = await tempDir('redis');
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: 'ignore',
+  });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const reap = () => child.kill('SIGKILL');
+  process.once('exit', reap);
+  await waitFor(
+    () =>
+      new Promise((resolve) => {
+        const socket = net.connect(port, '127.0.0.1');
+        socket.once('connect', () => socket.write('PING\r\n'));
+        socket.once('data', (d) => {
+          socket.destroy();
+          resolve(String(d).startsWith('+PONG'));
+        });
+        socket.once('error', () => resolve(false));
+      }),
+    { timeout: 30_000, what: 'redis-server to answer' },
+  );
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      child.kill('SIGKILL');
+      await exited;
+      process.off('exit', reap);
+      await remove();
+    },
+  };
 }

@@ -20,6 +20,7 @@ use sluice_hub::{
     SqliteConfig, SqliteStore, Store,
 };
 use sluice_server::{AppState, CertificateSource, Config, Timeouts, Tls, Verifier};
+use sluice_streams::{Limits as StreamLimits, Log, MemoryLog, RedisLog, SqliteLog, Streams};
 
 use crate::providers::{ModelSettings, ProviderConfig, ScriptedConfig, UpstreamTimeouts};
 
@@ -46,6 +47,13 @@ pub(crate) struct Args {
     /// [default: sluice].
     #[arg(long, env = "SLUICE_REDIS_PREFIX", value_name = "PREFIX")]
     redis_prefix: Option<String>,
+    /// Anyone may create, append to, read and delete Durable Streams (`/v1/stream/...`)
+    /// without a token: for local use and the protocol's conformance suite.
+    #[arg(long, env = "SLUICE_OPEN_STREAMS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    open_streams: Option<bool>,
+    /// How long a long-poll read of a stream waits for data before answering 204 [default: 20].
+    #[arg(long, env = "SLUICE_STREAMS_LONG_POLL", value_name = "SECONDS")]
+    streams_long_poll: Option<u64>,
     /// Keep at most this many updates in history [default: 1000000; memory: 100000].
     #[arg(long, env = "SLUICE_HISTORY_MAX_UPDATES", value_name = "N")]
     history_max_updates: Option<u64>,
@@ -238,6 +246,13 @@ fn read_file(path: Option<&Path>) -> anyhow::Result<Args> {
     }
 }
 
+/// Where the Durable Streams of a SQLite store live: a file of their own beside the hub's
+/// (`sluice.db` → `sluice-streams.db`), so that neither waits on the other's writes.
+fn streams_file(hub_file: &Path) -> PathBuf {
+    let stem = hub_file.file_stem().map_or_else(|| "sluice".into(), |s| s.to_string_lossy());
+    hub_file.with_file_name(format!("{stem}-streams.db"))
+}
+
 /// What the store setting names.
 enum StoreKind {
     Memory,
@@ -413,7 +428,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let defaults = Config::default();
     let timeouts = Timeouts::default();
     let upstream = UpstreamTimeouts::default();
-    let config = Config {
+    let mut config = Config {
+        open_streams: args.open_streams.unwrap_or(false),
+        streams_long_poll: seconds(args.streams_long_poll, defaults.streams_long_poll),
         anonymous: args.anonymous.unwrap_or(subscriber.is_none()),
         hub_url: args.hub_url.clone(),
         publisher,
@@ -458,6 +475,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .as_ref()
             .filter(|_| args.jwt_public_key.is_none())
             .map(crate::dev::Dev::publisher_token),
+        ..defaults.clone()
     };
 
     let fanout = match args.replay_window_mib {
@@ -465,16 +483,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(0) => Fanout::with_recent(0, 0),
         Some(mib) => Fanout::with_recent(DEFAULT_RECENT_UPDATES, mib.saturating_mul(1024 * 1024)),
     };
-    let store: Arc<dyn Store> = match parse_store(store_setting)? {
-        StoreKind::Memory => Arc::new(MemoryStore::new(
-            args.history_max_updates.unwrap_or(100_000) as usize,
-            fanout.listener(),
-        )),
+    let (store, streams): (Arc<dyn Store>, Arc<dyn Log>) = match parse_store(store_setting)? {
+        StoreKind::Memory => (
+            Arc::new(MemoryStore::new(
+                args.history_max_updates.unwrap_or(100_000) as usize,
+                fanout.listener(),
+            )),
+            Arc::new(MemoryLog::new()),
+        ),
         StoreKind::Sqlite(path) => {
+            let streams = SqliteLog::open(&streams_file(&path))?;
             let mut sqlite = SqliteConfig::new(path);
             sqlite.max_updates = Some(args.history_max_updates.unwrap_or(1_000_000));
             sqlite.max_age = args.history_max_age.map(Duration::from_secs);
-            Arc::new(SqliteStore::open(sqlite, fanout.listener())?)
+            (Arc::new(SqliteStore::open(sqlite, fanout.listener())?), Arc::new(streams))
         }
         StoreKind::Redis(url) => {
             let mut redis = RedisConfig::new(url);
@@ -483,9 +505,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let Some(prefix) = &args.redis_prefix {
                 redis.prefix.clone_from(prefix);
             }
-            Arc::new(RedisStore::open(redis, fanout.listener()).await?)
+            let streams = RedisLog::open(&redis.url, &redis.prefix).await?;
+            (Arc::new(RedisStore::open(redis, fanout.listener()).await?), Arc::new(streams))
         }
     };
+    config.streams = Streams::new(streams, StreamLimits::default());
     let hub = Hub::new(store, fanout, hub_config);
 
     let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;

@@ -57,6 +57,15 @@ pub struct Config {
     /// Development mode's publisher token (`sluice serve --dev`), offered to the console at
     /// `/api/dev/token` when it is opened from the server's own machine.
     pub dev_publisher_token: Option<String>,
+    /// Durable Streams (`/v1/stream/...`), over the store's log.
+    pub streams: Arc<sluice_streams::Streams>,
+    /// Whether anyone may create, append to and read streams without a token.
+    pub open_streams: bool,
+    /// How long a long-poll read waits for new data before answering 204.
+    pub streams_long_poll: Duration,
+    /// How long an SSE read of a stream stays open before it is ended (the reader resumes
+    /// from its last offset): short enough for CDNs to collapse readers onto new requests.
+    pub streams_sse_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +92,13 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             tls: None,
             dev_publisher_token: None,
+            streams: sluice_streams::Streams::new(
+                Arc::new(sluice_streams::MemoryLog::new()),
+                sluice_streams::Limits::default(),
+            ),
+            open_streams: false,
+            streams_long_poll: Duration::from_secs(20),
+            streams_sse_lifetime: Duration::from_secs(60),
         }
     }
 }

@@ -19,7 +19,8 @@
 //! headers that make proxies pass each event through at once.
 //!
 //! Modules, by what they serve (data flows one way: routes → shared pieces → hub, llm):
-//! - routes: `mercure` (the hub), `gateway` (the AI protocols over one answer engine), `ops`,
+//! - routes: `mercure` (the hub), `gateway` (the AI protocols over one answer engine),
+//!   `durable` (Durable Streams), `ops`,
 //!   `openapi`, `ui`;
 //! - shared pieces: `answers` (the one answer engine every gateway protocol and the state
 //!   use), `api_schema` (pieces of the API document the routes share), `admission` (keys,
@@ -34,6 +35,7 @@ mod auth;
 mod body;
 mod config;
 mod conn;
+mod durable;
 mod error;
 mod form;
 mod gateway;
@@ -60,12 +62,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use auth::HUB_PATH;
 pub use auth::{Claims, DEFAULT_ISSUER, Grant, KeyError, TokenKind, Verifier, mint_hs256};
 pub use config::{Config, Timeouts, default_max_connections, max_connections_for_files};
 pub use conn::ClientAddr;
 pub use error::ApiError;
 pub use grants::{AccessGrant, MatchType, TopicMatcher, mint_access_hs256};
-pub use mercure::HUB_PATH;
 pub use state::AppState;
 pub use telemetry::prometheus;
 pub use tls::{CertificateSource, Tls, TlsError};
@@ -80,19 +82,18 @@ const MAX_HEADER_FIELDS: usize = 100;
 
 /// All routes, with CORS as configured, request limits and the access log.
 pub fn router(state: AppState) -> Router {
-    let cors = cors(&state.config().cors_origins);
-    let router = Router::new()
+    let routes = Router::new()
         .merge(mercure::routes())
         .merge(gateway::routes())
         .merge(ops::routes())
         .merge(openapi::routes())
-        .merge(ui::routes())
-        .fallback(not_found)
-        .with_state(state);
-    let router = match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
+        .merge(ui::routes());
+    let routes = match cors(&state.config().cors_origins) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
     };
+    // The streams have CORS of their own: other methods, and the protocol's headers.
+    let router = routes.merge(durable::routes(&state)).fallback(not_found).with_state(state);
     router.layer(middleware::from_fn(request_limits)).layer(middleware::from_fn(access_log))
 }
 
@@ -194,6 +195,7 @@ pub async fn serve(
     let stopping = state.clone();
     let on_shutdown = async move {
         stopping.begin_shutdown();
+        stopping.streams().shut_down();
         if let Err(error) = stopping.hub().shut_down().await {
             tracing::error!(%error, "closing the store failed");
         }

@@ -86,6 +86,11 @@ impl AppState {
         &self.0.admission
     }
 
+    /// The Durable Streams.
+    pub fn streams(&self) -> &Arc<sluice_streams::Streams> {
+        &self.0.config.streams
+    }
+
     pub(crate) fn answers(&self) -> &Arc<Answers> {
         &self.0.answers
     }

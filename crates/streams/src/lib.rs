@@ -19,7 +19,7 @@ pub mod testing;
 
 pub use body::BodyError;
 pub use log::{Log, LogError, MemoryLog, RedisLog, SqliteLog, Stored};
-pub use meta::{Closer, Expiry, Meta, ProducerState, essence, is_json, parse_rfc3339};
+pub use meta::{Closer, Expiry, ForkOf, Meta, ProducerState, essence, is_json, parse_rfc3339};
 pub use offset::{Offset, ReadFrom};
 pub use streams::{
     Append, Appended, Chunk, Create, Created, DEFAULT_CONTENT_TYPE, Error, ForkFrom, Head, Limits,

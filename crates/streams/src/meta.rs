@@ -24,8 +24,8 @@ pub struct Meta {
     pub producers: BTreeMap<String, ProducerState>,
     /// The highest `Stream-Seq` a writer gave.
     pub writer_seq: Option<String>,
-    /// The stream it was forked from, if it is a fork.
-    pub forked_from: Option<String>,
+    /// The stream it was forked from and where, if it is a fork.
+    pub forked_from: Option<ForkOf>,
     /// How many live forks were made from it: deleting it while any remain only hides it.
     pub forks: u64,
     /// Deleted while forks remained: hidden (410), its path not reusable, kept for them.
@@ -64,6 +64,17 @@ pub enum Expiry {
         /// Milliseconds since the Unix epoch.
         ms: i64,
     },
+}
+
+/// Where a fork branched off its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOf {
+    /// The source stream's path.
+    pub source: String,
+    /// The offset in the source it inherits up to.
+    pub offset: Offset,
+    /// The messages (JSON) or bytes past `offset` it inherits too.
+    pub sub_offset: u64,
 }
 
 /// Who closed a stream: an idempotent producer's stamp makes its retry a success.

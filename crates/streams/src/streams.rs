@@ -7,6 +7,7 @@
 //! which is what the protocol's producers need ("serialise validation + append per stream").
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use futures_util::StreamExt;
 
 use crate::body::{self, BodyError};
 use crate::log::{Log, LogError, Stored};
-use crate::meta::{Closer, Expiry, Meta, ProducerState, essence, is_json};
+use crate::meta::{Closer, Expiry, ForkOf, Meta, ProducerState, essence, is_json};
 use crate::offset::{Offset, ReadFrom};
 use crate::waiters::Waiters;
 
@@ -229,6 +230,7 @@ pub struct Streams {
     log: Arc<dyn Log>,
     waiters: Waiters,
     limits: Limits,
+    stopping: AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -239,7 +241,12 @@ impl Streams {
     /// Streams over `log`. A log shared with other processes tells this one of their
     /// writes, on a task spawned here (so call it inside a tokio runtime).
     pub fn new(log: Arc<dyn Log>, limits: Limits) -> Arc<Streams> {
-        let streams = Arc::new(Streams { log, waiters: Waiters::default(), limits });
+        let streams = Arc::new(Streams {
+            log,
+            waiters: Waiters::default(),
+            limits,
+            stopping: AtomicBool::new(false),
+        });
         if let Some(mut changes) = streams.log.changes() {
             let weak = Arc::downgrade(&streams);
             tokio::spawn(async move {
@@ -250,6 +257,14 @@ impl Streams {
             });
         }
         streams
+    }
+
+    /// Ends every live read at once, as if its wait had timed out, so that a server
+    /// stopping answers long-polls and ends SSE tails cleanly (their readers resume
+    /// elsewhere from their last offset) instead of cutting them off.
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.waiters.wake_all();
     }
 
     /// The limits it enforces.
@@ -327,8 +342,9 @@ impl Streams {
             if expiry == Expiry::Never {
                 expiry = source.expiry.clone();
             }
-            inherited = self.inherit(&fork.source, &source, fork).await?;
-            forked_from = Some(fork.source.clone());
+            let (offset, sub_offset) = fork_point(&source, fork)?;
+            inherited = self.inherit(&fork.source, &source, offset, sub_offset).await?;
+            forked_from = Some(ForkOf { source: fork.source.clone(), offset, sub_offset });
         }
         let content_type = content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
         let own = body::records(is_json(&content_type), &request.body, true)?;
@@ -356,21 +372,9 @@ impl Streams {
         &self,
         path: &str,
         source: &Meta,
-        fork: &ForkFrom,
+        at: Offset,
+        sub: u64,
     ) -> Result<Vec<Bytes>, Error> {
-        let at = match fork.offset.as_deref() {
-            None => source.tail,
-            Some(text) => Offset::parse(text)
-                .ok_or_else(|| Error::BadRequest(format!("{text:?} is not a fork offset")))?,
-        };
-        if at > source.tail {
-            return Err(Error::BadRequest("the fork offset is past the source's tail".into()));
-        }
-        let sub = match fork.sub_offset.as_deref() {
-            None => 0,
-            Some(text) => parse_integer(text)
-                .ok_or_else(|| Error::BadRequest(format!("{text:?} is not a sub-offset")))?,
-        };
         let mut records = self.read_all(path, 0, at.records).await?;
         if sub > 0 {
             let after = self.read_all(path, at.records, source.tail.records).await?;
@@ -419,8 +423,8 @@ impl Streams {
             meta.forks = meta.forks.saturating_add_signed(delta);
             if meta.deleted && meta.forks == 0 {
                 if self.log.remove(path, stored.version).await? {
-                    if let Some(source) = &stored.meta.forked_from {
-                        Box::pin(self.count_fork(source, -1)).await?;
+                    if let Some(fork) = &stored.meta.forked_from {
+                        Box::pin(self.count_fork(&fork.source, -1)).await?;
                     }
                     return Ok(());
                 }
@@ -481,8 +485,8 @@ impl Streams {
         if !self.log.remove(path, stored.version).await? {
             return Ok(false);
         }
-        if let Some(source) = &stored.meta.forked_from {
-            self.count_fork(source, -1).await?;
+        if let Some(fork) = &stored.meta.forked_from {
+            self.count_fork(&fork.source, -1).await?;
         }
         Ok(true)
     }
@@ -528,7 +532,10 @@ impl Streams {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let chunk = self.read(path, from).await?;
-            if !chunk.records.is_empty() || chunk.head.closed {
+            if !chunk.records.is_empty()
+                || chunk.head.closed
+                || self.stopping.load(Ordering::SeqCst)
+            {
                 return Ok(chunk);
             }
             // From here on, `now` means where the stream stood on the first look.
@@ -552,6 +559,24 @@ pub fn parse_integer(text: &str) -> Option<u64> {
     valid.then(|| text.parse().ok()).flatten().filter(|n| *n < 1 << 53)
 }
 
+/// Where a fork of `source` branches: the offset (its tail when not given) and sub-offset.
+fn fork_point(source: &Meta, fork: &ForkFrom) -> Result<(Offset, u64), Error> {
+    let at = match fork.offset.as_deref() {
+        None => source.tail,
+        Some(text) => Offset::parse(text)
+            .ok_or_else(|| Error::BadRequest(format!("{text:?} is not a fork offset")))?,
+    };
+    if at > source.tail {
+        return Err(Error::BadRequest("the fork offset is past the source's tail".into()));
+    }
+    let sub = match fork.sub_offset.as_deref() {
+        None => 0,
+        Some(text) => parse_integer(text)
+            .ok_or_else(|| Error::BadRequest(format!("{text:?} is not a sub-offset")))?,
+    };
+    Ok((at, sub))
+}
+
 /// A `PUT` on an existing stream succeeds if it asks for what is there.
 fn same_settings(meta: &Meta, request: &Create) -> Result<Head, Error> {
     if meta.deleted {
@@ -560,12 +585,22 @@ fn same_settings(meta: &Meta, request: &Create) -> Result<Head, Error> {
         ));
     }
     let content_type = request.content_type.as_deref().map(essence);
-    let fork_source = request.fork.as_ref().map(|f| f.source.as_str());
+    let same_fork = match (&request.fork, &meta.forked_from) {
+        (None, None) => true,
+        (Some(asked), Some(made)) => {
+            let offset = asked.offset.as_deref().map(Offset::parse);
+            let sub = asked.sub_offset.as_deref().map_or(Some(0), parse_integer);
+            asked.source == made.source
+                && offset.is_none_or(|o| o == Some(made.offset))
+                && sub == Some(made.sub_offset)
+        }
+        _ => false,
+    };
     let same = content_type.as_ref().is_none_or(|c| *c == essence(&meta.content_type))
         && (request.fork.is_some() || content_type.is_some() || is_default(&meta.content_type))
         && request.expiry == meta.expiry
         && request.closed == meta.closed.is_some()
-        && fork_source == meta.forked_from.as_deref();
+        && same_fork;
     if same {
         Ok(Head::of(meta))
     } else {

@@ -28,6 +28,13 @@ impl Waiters {
         notify
     }
 
+    /// Wakes everyone waiting on any stream.
+    pub(crate) fn wake_all(&self) {
+        for notify in self.by_path.lock().unwrap().values().filter_map(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+
     /// Wakes everyone waiting on the stream.
     pub(crate) fn changed(&self, path: &str) {
         let mut by_path = self.by_path.lock().unwrap();

@@ -23,7 +23,6 @@ use sluice_hub::{Draft, RESERVED_TOPIC_PREFIX};
 use url::Url;
 
 use crate::auth::{Protocol, TokenSource, find_token};
-use crate::config::Config;
 use crate::error::publish_error;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -35,31 +34,13 @@ pub(crate) use subscriptions::{
     __path_list_all, __path_list_matcher, __path_list_topic, __path_show_one,
 };
 
-/// The hub's URL path.
-pub const HUB_PATH: &str = "/.well-known/mercure";
+pub(crate) use crate::auth::{HUB_PATH, hub_url};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route(HUB_PATH, get(subscribe).post(publish))
         .route(metadata::PATH, get(protected_resource))
         .merge(subscriptions::routes())
-}
-
-/// The hub's URL: the configured one (`--hub-url`), else the one the request was sent to
-/// (`https` when the server speaks TLS). Relative URL patterns and topics resolve against it,
-/// and access tokens must name it as their audience unless one is configured.
-pub(crate) fn hub_url(config: &Config, headers: &HeaderMap, uri: &Uri) -> Url {
-    if let Some(url) = &config.hub_url {
-        return url.clone();
-    }
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()))
-        .unwrap_or("localhost");
-    Url::parse(&format!("{scheme}://{host}{HUB_PATH}"))
-        .unwrap_or_else(|_| Url::parse(&format!("{scheme}://localhost{HUB_PATH}")).expect("valid"))
 }
 
 /// The token in a request's query: draft-07's `authorization` parameter. An `access_token`

@@ -64,7 +64,8 @@ impl Log for MemoryLog {
         let Some(entry) = streams.get_mut(path).filter(|e| e.stored.version == version) else {
             return ready(Ok(false)).boxed();
         };
-        entry.stored = Stored { version: version + 1, meta: meta.clone(), accessed_ms: now_ms };
+        let accessed_ms = entry.stored.accessed_ms.max(now_ms);
+        entry.stored = Stored { version: version + 1, meta: meta.clone(), accessed_ms };
         entry.records.extend_from_slice(records);
         ready(Ok(true)).boxed()
     }
@@ -93,7 +94,7 @@ impl Log for MemoryLog {
 
     fn touch<'a>(&'a self, path: &'a str, now_ms: u64) -> BoxFuture<'a, Result<(), LogError>> {
         if let Some(entry) = self.streams.lock().unwrap().get_mut(path) {
-            entry.stored.accessed_ms = now_ms;
+            entry.stored.accessed_ms = entry.stored.accessed_ms.max(now_ms);
         }
         ready(Ok(())).boxed()
     }

@@ -66,7 +66,8 @@ pub trait Log: Send + Sync + std::fmt::Debug + 'static {
 
     /// Replaces the meta of the stream at `path` and appends `records` after its last, if
     /// it is still at `version`; `false` (and nothing written) when it is not, or is gone.
-    /// The records are numbered on from `meta.tail.records - records.len()`.
+    /// The records are numbered on from `meta.tail.records - records.len()`. The last use
+    /// moves to `now_ms` only if that is later (a touch since the load is not undone).
     fn update<'a>(
         &'a self,
         path: &'a str,

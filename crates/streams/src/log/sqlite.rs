@@ -183,7 +183,7 @@ impl Log for SqliteLog {
                 db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let updated = tx
                 .execute(
-                    "UPDATE streams SET version = version + 1, meta = ?3, accessed_ms = ?4
+                    "UPDATE streams SET version = version + 1, meta = ?3, accessed_ms = max(accessed_ms, ?4)
                      WHERE path = ?1 AND version = ?2",
                     params![path, version as i64, meta, now_ms as i64],
                 )
