@@ -66,6 +66,7 @@ describe('tokens govern streams as they govern topics', () => {
     await refused(await call('chat/j?offset=garbage', reader), 400, 'invalid_stream_request');
     await refused(await call('chat/j?offset=-1&live=forever', reader), 400, 'invalid_stream_request');
     await refused(await call('chat/j?live=long-poll', reader), 400, 'invalid_stream_request');
+    await refused(await call('chat/j?offset=-1&offset=now', reader), 400, 'invalid_stream_request');
     await refused(await json('chat/j', { method: 'POST', body: '{}', headers: { 'producer-id': 'p' } }), 400, 'invalid_producer');
     await refused(await json('chat/j', { method: 'PUT', body: '', headers: { 'stream-ttl': '03600' } }), 400, 'invalid_expiry');
     const big = new Uint8Array(9 * 1024 * 1024);

@@ -24,6 +24,13 @@ pub fn next(now_ms: u64, echoed: Option<&str>) -> String {
     }
 }
 
+/// The cursor for a later event of a response that already gave `given`: the current
+/// interval's, but never below `given` (one response's cursors only move forward).
+pub fn later(now_ms: u64, given: &str) -> String {
+    let current = now_ms.saturating_sub(EPOCH_MS) / INTERVAL_MS;
+    given.parse::<u64>().map_or(current, |given| given.max(current)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +45,7 @@ mod tests {
             let later: u64 = next(now, Some("1000")).parse().unwrap();
             assert!((1001..=1180).contains(&later), "{later}");
         }
+        assert_eq!(super::later(now, "1050"), "1050");
+        assert_eq!(super::later(now, "999"), "1000");
     }
 }

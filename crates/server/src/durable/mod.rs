@@ -6,7 +6,8 @@
 //! - **Who may.** A stream stands for the topic `/v1/stream/{path}`: a publisher token whose
 //!   `publish` selectors match it may create, append to and delete it; a subscriber token
 //!   whose `subscribe` selectors match it may read it (so `/v1/stream/chat/{id}` grants every
-//!   chat). Tokens come as the hub takes them (the `Authorization` header, the
+//!   chat). Under `answers/` are the answers' own streams (`gateway::durable_chat`): anyone
+//!   with the URL reads, nobody writes. Tokens come as the hub takes them (the `Authorization` header, the
 //!   `mercureAuthorization` cookie). With `--open-streams` anyone may do anything, for local
 //!   use and the protocol's conformance suite.
 //! - Every response carries the browser security headers the protocol lists; errors are the
@@ -40,6 +41,9 @@ const PATH_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'`')
     .add(b'{')
     .add(b'}');
+/// Where answers' own streams live (`gateway::durable_chat`): readable by whoever has the URL
+/// (the answer's random id is the capability), written by the server only.
+pub(crate) const ANSWERS: &str = "answers/";
 /// The longest stream path accepted.
 const MAX_PATH_BYTES: usize = 1024;
 
@@ -164,6 +168,14 @@ fn authorize(
     access: Access,
 ) -> Result<(), ApiError> {
     let config = state.config();
+    if path.starts_with(ANSWERS) {
+        return match access {
+            Access::Read => Ok(()),
+            Access::Write => Err(ApiError::forbidden(format!(
+                "streams under {ROOT}{ANSWERS} are the server's: answers are written there"
+            ))),
+        };
+    }
     if config.open_streams {
         return Ok(());
     }

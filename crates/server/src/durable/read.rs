@@ -212,7 +212,11 @@ fn sse(
             if chunk.records.is_empty() && !chunk.at_end() && !tail.first {
                 return None;
             }
-            let cursor = (!chunk.at_end()).then(|| cursor::next(now_ms(), tail.cursor.as_deref()));
+            // The first cursor answers the one the client echoed; later ones only move on.
+            let cursor = (!chunk.at_end()).then(|| match (&tail.cursor, tail.first) {
+                (Some(given), false) => cursor::later(now_ms(), given),
+                (echoed, _) => cursor::next(now_ms(), echoed.as_deref()),
+            });
             let frame = sse_frames(&chunk, text, cursor.as_deref());
             tail = Tail {
                 from: ReadFrom::At(chunk.next),

@@ -10,12 +10,16 @@
 //! - [`chat_stream`]: the one-shot `EventSource` form, `/api/chat/stream`;
 //! - [`responses`]: the OpenAI Responses API, `/v1/responses`;
 //! - [`messages`]: the Anthropic Messages API, `/v1/messages`;
-//! - [`ui_stream`]: the AI SDK's UI message stream, `/api/chat` (`useChat`).
+//! - [`ui_stream`]: the AI SDK's UI message stream, `/api/chat` (`useChat`);
+//! - [`durable_chat`]: the same chunks copied into a Durable Stream, `/api/durable-chat`
+//!   (`useChat` with `@durable-streams/aisdk-transport`); the one module built on another
+//!   ([`ui_stream`]'s requests and chunks), since it is that protocol over another transport.
 //!
 //! [`upstream`] is what they all do first: admit the caller, read the body, ask the providers.
 
 pub(crate) mod chat_completions;
 pub(crate) mod chat_stream;
+pub(crate) mod durable_chat;
 pub(crate) mod generations;
 pub(crate) mod messages;
 pub(crate) mod responses;
@@ -35,4 +39,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(responses::routes())
         .merge(messages::routes())
         .merge(ui_stream::routes())
+        .merge(durable_chat::routes())
 }

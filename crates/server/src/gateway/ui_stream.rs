@@ -212,54 +212,57 @@ enum Open {
 
 /// The UI message stream's chunks for an answer.
 #[derive(Debug, Default)]
-struct UiChunks {
+pub(super) struct UiChunks {
     open: Option<Open>,
     parts: u32,
     failed: bool,
 }
 
 impl UiChunks {
-    fn close(&mut self, out: &mut Vec<Bytes>) {
+    fn close(&mut self, out: &mut Vec<Value>) {
         match self.open.take() {
-            Some(Open::Text(id)) => out.push(chunk(&json!({"type": "text-end", "id": id}))),
+            Some(Open::Text(id)) => out.push(json!({"type": "text-end", "id": id})),
             Some(Open::Tool { id, name, input, .. }) => {
                 let input: Value = serde_json::from_str(&input).unwrap_or(json!({}));
-                out.push(chunk(&json!({"type": "tool-input-available", "toolCallId": id,
-                    "toolName": name, "input": input})));
+                out.push(json!({"type": "tool-input-available", "toolCallId": id,
+                    "toolName": name, "input": input}));
             }
             None => {}
         }
     }
 }
 
-impl Encoder for UiChunks {
-    fn event(&mut self, event: &AnswerEvent, _id: Option<&str>, out: &mut Vec<Bytes>) {
+impl UiChunks {
+    /// The chunks (as JSON values) an answer event makes, in order: what both the SSE body
+    /// and the durable stream of an answer carry.
+    pub(super) fn chunks(&mut self, event: &AnswerEvent) -> Vec<Value> {
+        let mut out = Vec::new();
         match event {
             AnswerEvent::Start(start) => {
-                out.push(chunk(&json!({"type": "start", "messageId": start["messageId"]})));
-                out.push(chunk(&json!({"type": "start-step"})));
+                out.push(json!({"type": "start", "messageId": start["messageId"]}));
+                out.push(json!({"type": "start-step"}));
             }
             AnswerEvent::Text(text) => {
                 let id = match &self.open {
                     Some(Open::Text(id)) => id.clone(),
                     _ => {
-                        self.close(out);
+                        self.close(&mut out);
                         self.parts += 1;
                         let id = format!("text-{}", self.parts);
-                        out.push(chunk(&json!({"type": "text-start", "id": id})));
+                        out.push(json!({"type": "text-start", "id": id}));
                         self.open = Some(Open::Text(id.clone()));
                         id
                     }
                 };
-                out.push(chunk(&json!({"type": "text-delta", "id": id, "delta": text})));
+                out.push(json!({"type": "text-delta", "id": id, "delta": text}));
             }
             AnswerEvent::ToolCall(part) => {
                 if !matches!(&self.open, Some(Open::Tool { index, .. }) if *index == part.index) {
-                    self.close(out);
+                    self.close(&mut out);
                     let id = part.id.clone().unwrap_or_else(|| format!("call-{}", part.index));
                     let name = part.name.clone().unwrap_or_default();
-                    out.push(chunk(&json!({"type": "tool-input-start", "toolCallId": id,
-                        "toolName": name})));
+                    out.push(json!({"type": "tool-input-start", "toolCallId": id,
+                        "toolName": name}));
                     self.open =
                         Some(Open::Tool { index: part.index, id, name, input: String::new() });
                 }
@@ -267,22 +270,22 @@ impl Encoder for UiChunks {
                     && !part.arguments.is_empty()
                 {
                     input.push_str(&part.arguments);
-                    out.push(chunk(&json!({"type": "tool-input-delta", "toolCallId": id,
-                        "inputTextDelta": part.arguments})));
+                    out.push(json!({"type": "tool-input-delta", "toolCallId": id,
+                        "inputTextDelta": part.arguments}));
                 }
             }
             AnswerEvent::Error(error) => {
                 self.failed = true;
-                self.close(out);
-                out.push(chunk(&json!({"type": "error", "errorText": error["message"]})));
+                self.close(&mut out);
+                out.push(json!({"type": "error", "errorText": error["message"]}));
             }
             AnswerEvent::Usage(_) => {}
             AnswerEvent::End(finish) => {
-                self.close(out);
+                self.close(&mut out);
                 if !self.failed {
-                    out.push(chunk(&json!({"type": "finish-step"})));
+                    out.push(json!({"type": "finish-step"}));
                 }
-                let last = match finish {
+                out.push(match finish {
                     Finish::Cancelled => json!({"type": "abort"}),
                     finish => json!({"type": "finish", "finishReason": match finish {
                         Finish::Length => "length",
@@ -291,12 +294,20 @@ impl Encoder for UiChunks {
                         Finish::Error => "error",
                         _ => "stop",
                     }}),
-                };
-                out.push(chunk(&last));
-                let mut done = BytesMut::new();
-                sluice_sse::Event::new("[DONE]").encode(&mut done);
-                out.push(done.freeze());
+                });
             }
+        }
+        out
+    }
+}
+
+impl Encoder for UiChunks {
+    fn event(&mut self, event: &AnswerEvent, _id: Option<&str>, out: &mut Vec<Bytes>) {
+        out.extend(self.chunks(event).iter().map(chunk));
+        if matches!(event, AnswerEvent::End(_)) {
+            let mut done = BytesMut::new();
+            sluice_sse::Event::new("[DONE]").encode(&mut done);
+            out.push(done.freeze());
         }
     }
 }
@@ -312,7 +323,7 @@ async fn stream_answer(state: &AppState, id: &str) -> Result<Response, ApiError>
 
 /// The running answer of the chat `id` names for this caller: its answer id, if it has not
 /// ended.
-async fn running(
+pub(super) async fn running(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
@@ -341,7 +352,18 @@ pub(crate) async fn chat(
     headers: HeaderMap,
     Admitted(body): Admitted,
 ) -> Result<Response, ApiError> {
-    let body: ChatBody = serde_json::from_slice(&body)
+    let answer = start_chat(&state, &headers, &body).await?;
+    stream_answer(&state, &answer).await
+}
+
+/// Starts the answer to a chat message (the transport's body), stopping the chat's answer
+/// still running: its answer id.
+pub(super) async fn start_chat(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    let body: ChatBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))?;
     let id = chat_id(&body.id)?;
     let model = body
@@ -352,9 +374,9 @@ pub(crate) async fn chat(
     let messages = messages(&body.messages)?;
     let chat =
         ChatRequest { model, messages, max_tokens: body.max_tokens, ..ChatRequest::default() };
-    let deltas = ask_lazily(&state, chat)?;
+    let deltas = ask_lazily(state, chat)?;
     // One answer per chat: a new message stops the one still running.
-    if let Some(previous) = running(&state, &headers, id).await? {
+    if let Some(previous) = running(state, headers, id).await? {
         state.answers().cancel(state.hub(), &previous).await?;
     }
     let message_id = match (body.trigger.as_deref(), body.message_id) {
@@ -366,10 +388,9 @@ pub(crate) async fn chat(
         start: json!({"messageId": message_id}),
         unread: Unread::CancelAfter(state.config().generation_grace),
         id: None,
-        key: Some(chat_key(&headers, id)),
+        key: Some(chat_key(headers, id)),
     };
-    let answer = state.answers().start(state.hub(), deltas, new).await?.id;
-    stream_answer(&state, &answer).await
+    Ok(state.answers().start(state.hub(), deltas, new).await?.id)
 }
 
 /// Resumes the chat's running answer: replayed from its first chunk, then live.
