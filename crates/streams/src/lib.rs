@@ -12,6 +12,7 @@ mod log;
 mod meta;
 mod offset;
 mod streams;
+mod tail;
 mod waiters;
 
 #[cfg(any(test, feature = "testing"))]

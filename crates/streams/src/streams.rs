@@ -17,10 +17,13 @@ use crate::body::{self, BodyError};
 use crate::log::{Log, LogError, Stored};
 use crate::meta::{Closer, Expiry, ForkOf, Meta, ProducerState, essence, is_json};
 use crate::offset::{Offset, ReadFrom};
-use crate::waiters::Waiters;
+use crate::tail::Tail;
+use crate::waiters::{Waiters, Watch};
 
 /// How often a write retries after losing a race to another writer of the same stream.
 const MAX_RACES: usize = 64;
+/// How many of its latest records a stream's tail starts with.
+const FRESH_TAIL_RECORDS: u64 = 32;
 /// The content type of a stream created without one.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
@@ -518,6 +521,9 @@ impl Streams {
 
     /// A live read: what [`Streams::read`] gives, or if that is nothing new on an open
     /// stream, what it gives once the stream changes; an empty chunk after `timeout`.
+    ///
+    /// The records come from the stream's [`Tail`] where it has them: after a wake, the first
+    /// reader to wake fetches what is new for all the others.
     pub async fn read_live(
         &self,
         path: &str,
@@ -525,13 +531,14 @@ impl Streams {
         timeout: Duration,
     ) -> Result<Chunk, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let notify = self.waiters.watch(path);
+        let watch = self.waiters.watch(path);
         let mut from = from;
+        let mut first = true;
         loop {
-            let notified = notify.notified();
+            let notified = watch.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let chunk = self.read(path, from).await?;
+            let chunk = self.read_tail(path, &watch, from, !first).await?;
             if !chunk.records.is_empty()
                 || chunk.head.closed
                 || self.stopping.load(Ordering::SeqCst)
@@ -540,8 +547,83 @@ impl Streams {
             }
             // From here on, `now` means where the stream stood on the first look.
             from = ReadFrom::At(chunk.start);
+            first = false;
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Ok(chunk);
+            }
+        }
+    }
+
+    /// A read from `from` served by the stream's [`Tail`], brought up to date first (if
+    /// `refresh`) when the stream changed since it was read; from the log when the tail is
+    /// behind or `from` is not within it. A stream with a sliding TTL is always read from the
+    /// log, since a read must count as one.
+    async fn read_tail(
+        &self,
+        path: &str,
+        watch: &Watch,
+        from: ReadFrom,
+        refresh: bool,
+    ) -> Result<Chunk, Error> {
+        let changes = watch.changes.load(Ordering::SeqCst);
+        let mut guard = watch.tail.lock().await;
+        let behind = guard.as_ref().is_none_or(|tail| tail.changes != changes);
+        if behind && refresh {
+            let stored = self.existing(path).await?;
+            let (end, previous) = (stored.meta.tail.records, guard.take());
+            // Continued from where the last tail ended, else from the stream's latest few
+            // records, which is where readers woken by a change stand.
+            let continues = previous.as_ref().is_some_and(|t| t.continued_by(&stored.meta));
+            let after = match &previous {
+                Some(tail) if continues => tail.end().records,
+                _ => end.saturating_sub(FRESH_TAIL_RECORDS),
+            };
+            let mut records = Vec::new();
+            if end > after {
+                records = self.log.records(path, after, self.limits.max_read_bytes).await?;
+                records.truncate((end - after) as usize);
+            }
+            let complete = records.len() as u64 == end - after;
+            let tail = match previous {
+                Some(mut tail) if continues && complete => {
+                    tail.extend(changes, stored.meta, records);
+                    tail
+                }
+                _ if complete => Tail::latest(changes, stored.meta, records),
+                // More than one read brings: readers further back read the log.
+                _ => Tail::latest(changes, stored.meta, Vec::new()),
+            };
+            *guard = Some(tail);
+        }
+        let tail = match guard.as_ref() {
+            Some(tail) if tail.changes == changes || refresh => tail,
+            _ => {
+                drop(guard);
+                return self.read(path, from).await;
+            }
+        };
+        let at = match from {
+            ReadFrom::Start => Offset::START,
+            ReadFrom::Now => tail.end(),
+            ReadFrom::At(offset) => offset,
+        };
+        let usable = match tail.meta.expiry {
+            Expiry::Never => true,
+            Expiry::Ttl(_) => false,
+            Expiry::At { ms, .. } => (now_ms() as i128) < ms as i128,
+        };
+        match tail.from(at).filter(|_| usable) {
+            Some(records) => {
+                let records = crate::log::take_fitting(
+                    records.iter().cloned().map(Ok::<_, Error>),
+                    self.limits.max_read_bytes,
+                )?;
+                let next = records.iter().fold(at, |at, r| at.after(r.len()));
+                Ok(Chunk { head: Head::of(&tail.meta), records, start: at, next })
+            }
+            None => {
+                drop(guard);
+                self.read(path, from).await
             }
         }
     }

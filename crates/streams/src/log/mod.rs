@@ -101,7 +101,7 @@ pub trait Log: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The leading records that fit in `max_bytes`, and always the first: one read's worth.
-fn take_fitting<E>(
+pub(crate) fn take_fitting<E>(
     records: impl Iterator<Item = Result<Bytes, E>>,
     max_bytes: usize,
 ) -> Result<Vec<Bytes>, E> {

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::log::MemoryLog;
+use crate::log::{Log, LogError, MemoryLog, Stored};
 
 fn streams() -> Arc<Streams> {
     Streams::new(Arc::new(MemoryLog::new()), Limits::default())
@@ -209,4 +209,105 @@ async fn reads_past_the_tail_are_refused_and_big_streams_come_in_chunks() {
     assert_eq!((second.body(), second.up_to_date()), (Bytes::from_static(b"def"), true));
     let beyond = Offset { records: 9, bytes: 99 };
     assert!(matches!(s.read("r", ReadFrom::At(beyond)).await, Err(Error::BadRequest(_))));
+}
+
+/// A memory log that counts its reads.
+#[derive(Debug, Default)]
+struct CountingLog {
+    inner: MemoryLog,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl Log for CountingLog {
+    fn load<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Stored>, LogError>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(path)
+    }
+    fn insert<'a>(
+        &'a self,
+        path: &'a str,
+        meta: &'a Meta,
+        records: &'a [Bytes],
+        now_ms: u64,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, LogError>> {
+        self.inner.insert(path, meta, records, now_ms)
+    }
+    fn update<'a>(
+        &'a self,
+        path: &'a str,
+        version: u64,
+        meta: &'a Meta,
+        records: &'a [Bytes],
+        now_ms: u64,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, LogError>> {
+        self.inner.update(path, version, meta, records, now_ms)
+    }
+    fn records<'a>(
+        &'a self,
+        path: &'a str,
+        after: u64,
+        max_bytes: usize,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Bytes>, LogError>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.records(path, after, max_bytes)
+    }
+    fn remove<'a>(
+        &'a self,
+        path: &'a str,
+        version: u64,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, LogError>> {
+        self.inner.remove(path, version)
+    }
+    fn touch<'a>(
+        &'a self,
+        path: &'a str,
+        now_ms: u64,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), LogError>> {
+        self.inner.touch(path, now_ms)
+    }
+}
+
+#[tokio::test]
+async fn live_readers_share_one_read_of_each_change() {
+    const READERS: usize = 200;
+    const APPENDS: usize = 10;
+    let log = Arc::new(CountingLog::default());
+    let s = Streams::new(Arc::clone(&log) as Arc<dyn Log>, Limits::default());
+    s.create("t", create("text/plain", "")).await.unwrap();
+    // Each reader follows the stream as an SSE reader does: a live read, then the next from
+    // where it ended, until it has every append.
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let (mut from, mut text) = (ReadFrom::Now, String::new());
+                while text.len() < APPENDS {
+                    let chunk = s.read_live("t", from, Duration::from_secs(30)).await.unwrap();
+                    text.push_str(std::str::from_utf8(&chunk.body()).unwrap());
+                    from = ReadFrom::At(chunk.next);
+                }
+                text
+            })
+        })
+        .collect();
+    // Every reader has made its first read (the creation made one too), so every one is
+    // waiting, or will find what was appended since, before the appends start.
+    while log.reads.load(Ordering::SeqCst) < READERS + 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = log.reads.load(Ordering::SeqCst);
+    for i in 0..APPENDS {
+        s.append("t", append(&i.to_string())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), "0123456789");
+    }
+    let reads = log.reads.load(Ordering::SeqCst) - before;
+    // Each append's own load, and one refresh (a load and a read) per change: not one per
+    // reader per change (which would be 4,000).
+    assert!(reads <= APPENDS * 4, "{reads} log reads for {APPENDS} appends to {READERS} readers");
 }
