@@ -19,7 +19,7 @@ mod waiters;
 pub mod testing;
 
 pub use body::BodyError;
-pub use log::{Log, LogError, MemoryLog, RedisLog, SqliteLog, Stored};
+pub use log::{Change, Log, LogError, MemoryLog, RedisLog, SqliteLog, Stored};
 pub use meta::{Closer, Expiry, ForkOf, Meta, ProducerState, essence, is_json, parse_rfc3339};
 pub use offset::{Offset, ReadFrom};
 pub use streams::{

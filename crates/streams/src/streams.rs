@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::body::{self, BodyError};
-use crate::log::{Log, LogError, Stored};
+use crate::log::{Change, Log, LogError, Stored};
 use crate::meta::{Closer, Expiry, ForkOf, Meta, ProducerState, essence, is_json};
 use crate::offset::{Offset, ReadFrom};
 use crate::tail::Tail;
@@ -253,9 +253,12 @@ impl Streams {
         if let Some(mut changes) = streams.log.changes() {
             let weak = Arc::downgrade(&streams);
             tokio::spawn(async move {
-                while let Some(path) = changes.next().await {
+                while let Some(change) = changes.next().await {
                     let Some(streams) = weak.upgrade() else { return };
-                    streams.waiters.changed(&path);
+                    match change {
+                        Change::Stream(path) => streams.waiters.changed(&path),
+                        Change::Any => streams.waiters.wake_all(),
+                    }
                 }
             });
         }

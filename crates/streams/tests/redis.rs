@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use sluice_hub::testing::RedisServer;
 use sluice_streams::testing::{log_conforms, meta};
-use sluice_streams::{Log, LogError, MemoryLog, Offset, RedisLog};
+use sluice_streams::{Change, Log, LogError, MemoryLog, Offset, RedisLog};
 
 const PATH: &str = "rooms/a:b/ünïcode";
 
@@ -43,16 +43,19 @@ async fn reads_take_what_fits_from_a_long_stream_as_memory_does() {
 
 /// Appends a record to the stream at its current version, until `changes` tells of it: a
 /// subscription is made when first polled, so the first writes may come before it.
-async fn append_until_heard(writer: &RedisLog, changes: &mut BoxStream<'static, String>) {
+async fn append_until_heard(writer: &RedisLog, changes: &mut BoxStream<'static, Change>) {
     for _ in 0..100 {
         let stored = writer.load(PATH).await.unwrap().expect("the stream exists");
         let tail = stored.meta.tail.after(1);
         let next = sluice_streams::Meta { tail, ..stored.meta };
         let record = [Bytes::from_static(b"x")];
         assert!(writer.update(PATH, stored.version, &next, &record, 1).await.unwrap());
-        if let Ok(heard) = tokio::time::timeout(Duration::from_millis(100), changes.next()).await {
-            assert_eq!(heard.as_deref(), Some(PATH));
-            return;
+        match tokio::time::timeout(Duration::from_millis(100), changes.next()).await {
+            Ok(Some(Change::Stream(path))) if path == PATH => return,
+            // Told to look again after subscribing again: what is written next is heard.
+            Ok(Some(Change::Any)) => {}
+            Ok(heard) => panic!("heard {heard:?}"),
+            Err(_) => {}
         }
     }
     panic!("the other node never heard of the writes");
@@ -77,7 +80,7 @@ async fn nodes_see_each_other_s_writes_and_race_at_one_version() {
     assert!(a.insert("own", &meta(Offset::START), &[], 1).await.unwrap());
     assert!(b.insert("theirs", &meta(Offset::START), &[], 1).await.unwrap());
     let next = tokio::time::timeout(Duration::from_secs(5), heard_by_a.next()).await.unwrap();
-    assert_eq!(next.as_deref(), Some("theirs"));
+    assert_eq!(next, Some(Change::Stream("theirs".to_owned())));
 
     // Two writers at one version: exactly one wins, and only its record is there.
     let stored = a.load(PATH).await.unwrap().unwrap();
@@ -149,6 +152,9 @@ async fn a_dead_redis_fails_fast_and_is_used_again_once_back() {
         }
     };
     assert_eq!(reloaded, Some(stored), "appendfsync always kept the stream");
-    // The other node subscribed again: it hears writes made after the restart.
+    // The other node subscribed again and says so (what was written meanwhile is lost
+    // news); then it hears writes made after the restart.
+    let look_again = tokio::time::timeout(Duration::from_secs(10), heard.next()).await;
+    assert_eq!(look_again.unwrap(), Some(Change::Any));
     append_until_heard(&log, &mut heard).await;
 }

@@ -37,6 +37,16 @@ pub enum LogError {
     Corrupt(String),
 }
 
+/// What [`Log::changes`] tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The stream at this path changed.
+    Stream(String),
+    /// Anything may have changed: news was lost (a connection to the other processes was
+    /// made again), so every live reader should look again.
+    Any,
+}
+
 /// A stream as loaded: its meta, the version to update it at, and when it was last used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -93,9 +103,9 @@ pub trait Log: Send + Sync + std::fmt::Debug + 'static {
     /// Notes a read or write at `now_ms`, for a sliding TTL.
     fn touch<'a>(&'a self, path: &'a str, now_ms: u64) -> BoxFuture<'a, Result<(), LogError>>;
 
-    /// The paths of streams that changed on other processes sharing this log, as they
-    /// change; `None` when no other process can share it.
-    fn changes(&self) -> Option<BoxStream<'static, String>> {
+    /// What changed on other processes sharing this log, as it changes; `None` when no other
+    /// process can share it.
+    fn changes(&self) -> Option<BoxStream<'static, Change>> {
         None
     }
 }

@@ -57,7 +57,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
 use redis::{Client, RedisResult, Script, ToRedisArgs};
 use tokio::sync::watch;
 
-use super::{Log, LogError, Stored};
+use super::{Change, Log, LogError, Stored};
 use crate::meta::Meta;
 
 /// How long any one command (or connecting) may take before the operation fails.
@@ -382,13 +382,14 @@ impl Log for RedisLog {
         .boxed()
     }
 
-    fn changes(&self) -> Option<BoxStream<'static, String>> {
+    fn changes(&self) -> Option<BoxStream<'static, Change>> {
         let subscriber = Subscriber {
             client: self.client.clone(),
             channel: self.keys.changed.clone(),
             origin: self.origin.clone(),
             messages: None,
             retry: Duration::ZERO,
+            subscribed: false,
         };
         let mut alive = self.alive.subscribe();
         let dropped = async move {
@@ -411,11 +412,14 @@ struct Subscriber {
     messages: Option<PubSubStream>,
     /// How long to wait before the next attempt to subscribe.
     retry: Duration,
+    /// Whether it subscribed before: news may have been lost between two subscriptions.
+    subscribed: bool,
 }
 
 impl Subscriber {
-    /// The next path another handle wrote, subscribing (again) as often as it takes.
-    async fn next(&mut self) -> String {
+    /// The next path another handle wrote, subscribing (again) as often as it takes; after
+    /// subscribing again, [`Change::Any`] first, for what was written meanwhile.
+    async fn next(&mut self) -> Change {
         loop {
             let Some(messages) = &mut self.messages else {
                 tokio::time::sleep(self.retry).await;
@@ -423,6 +427,9 @@ impl Subscriber {
                     Ok(messages) => {
                         self.messages = Some(messages);
                         self.retry = MIN_RETRY;
+                        if std::mem::replace(&mut self.subscribed, true) {
+                            return Change::Any;
+                        }
                     }
                     Err(error) => {
                         tracing::debug!(%error, channel = %self.channel, "subscribing again");
@@ -438,7 +445,7 @@ impl Subscriber {
                         && origin != self.origin.as_bytes()
                         && let Ok(path) = std::str::from_utf8(path)
                     {
-                        return path.to_owned();
+                        return Change::Stream(path.to_owned());
                     }
                 }
                 // The connection ended (Redis went away): subscribe again.
