@@ -51,11 +51,12 @@ pub const SUBSCRIBERS_PER_PROCESS: u64 = 9_000;
 pub enum ServerTarget {
     /// A running hub at this URL (`http://127.0.0.1:PORT/.well-known/mercure`).
     Url(Url),
-    /// Start one: `program args… --listen 127.0.0.1:PORT`, hub at `path`.
+    /// Start one: `program args… --listen 127.0.0.1:0 --ready-file FILE` (the port it gets is
+    /// read back from FILE), hub at `path`.
     Spawn {
         /// The server binary.
         program: PathBuf,
-        /// Its arguments (`serve --store memory …`); `--listen` is added.
+        /// Its arguments (`serve --store memory …`); `--listen` and `--ready-file` are added.
         args: Vec<String>,
         /// The hub's path on it.
         path: String,
