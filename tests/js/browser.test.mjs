@@ -16,7 +16,6 @@ import { CHROMIUM, CHROMIUM_ARGS } from './chromium.mjs';
 
 import {
   HUB_PATH,
-  freePort,
   mintToken,
   publishWithCli,
   publishWithCurl,
@@ -102,7 +101,6 @@ const PAGE = `<!doctype html>
 
 /** The page's origin: a plain HTTP server on another port than the hub's. */
 async function startPageServer() {
-  const port = await freePort();
   const server = http.createServer((req, res) => {
     if (req.method === 'GET' && new URL(req.url, 'http://x').pathname === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
@@ -113,10 +111,10 @@ async function startPageServer() {
   });
   await new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, '127.0.0.1', resolve);
+    server.listen(0, '127.0.0.1', resolve);
   });
   return {
-    origin: `http://127.0.0.1:${port}`,
+    origin: `http://127.0.0.1:${server.address().port}`,
     close: () => new Promise((resolve) => server.close(resolve)),
   };
 }

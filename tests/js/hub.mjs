@@ -1,9 +1,9 @@
-// Test helpers: run a real `sluice serve` on a free port, mint tokens with `sluice token`,
+// Test helpers: run a real `sluice serve` on a port of its own, mint tokens with `sluice token`,
 // publish with `curl`, `sluice publish` or fetch, and wait on conditions without sleeping
 // for fixed times.
 
 import { spawn, execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,7 +28,8 @@ function childEnv() {
   return env;
 }
 
-/** A port that was free a moment ago: bind port 0, read it, close. */
+/** A port that was free a moment ago: bind port 0, read it, close. For servers that cannot
+ * say which port they got from port 0 (`sluice serve` can: see `listenArgs`). */
 export function freePort() {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
@@ -45,6 +46,26 @@ export function freePort() {
 export async function tempDir(prefix) {
   const dir = await mkdtemp(path.join(os.tmpdir(), `sluice-${prefix}-`));
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * The flags that make `sluice serve` listen on `port` (0: whichever the kernel gives it) and
+ * write the address it bound to a ready file, and `boundPort()`, which resolves with that
+ * port once the file is written (null before). With port 0 no port is picked beforehand and
+ * then found taken by someone else before the server binds it.
+ */
+export async function listenArgs(port = 0) {
+  const { dir, remove } = await tempDir('ready');
+  const file = path.join(dir, 'address');
+  return {
+    args: ['--listen', `127.0.0.1:${port}`, '--ready-file', file],
+    async boundPort() {
+      const address = await readFile(file, 'utf8').catch(() => null);
+      if (address === null) return null;
+      await remove();
+      return Number(address.trim().split(':').pop());
+    },
+  };
 }
 
 /**
@@ -72,7 +93,7 @@ process.on('exit', () => {
 /**
  * Starts `sluice serve` and waits until /healthz answers 200.
  *
- * options: port (default: a free one), store (`memory` or `sqlite:PATH`), secret,
+ * options: port (default: the kernel's pick), store (`memory` or `sqlite:PATH`), secret,
  * anonymous (default true), corsOrigins (list), retry (ms), args (extra flags), env (extra
  * environment variables, e.g. the scripted provider's SLUICE_SCRIPTED_*).
  * Returns { port, origin, hubUrl, log(), stop() }; stop({ grace }) sends SIGTERM and resolves
@@ -80,21 +101,8 @@ process.on('exit', () => {
  * (gdb) in the log and sends SIGKILL.
  */
 export async function startHub(options = {}) {
-  const pinned = options.port !== undefined;
-  // A port picked by freePort() can be taken by someone else before the hub binds it: try a
-  // few times unless the caller pinned the port (a restart must keep its port).
-  for (let attempt = 1; ; attempt++) {
-    const port = pinned ? options.port : await freePort();
-    try {
-      return await launch(port, options);
-    } catch (err) {
-      if (pinned || attempt >= 3 || !err.exitedEarly) throw err;
-    }
-  }
-}
-
-async function launch(port, options) {
-  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--store', options.store ?? 'memory'];
+  const listen = await listenArgs(options.port);
+  const args = ['serve', ...listen.args, '--store', options.store ?? 'memory'];
   if (options.secret) args.push('--jwt-secret', options.secret);
   args.push('--anonymous', String(options.anonymous ?? true));
   if (options.corsOrigins?.length) {
@@ -128,14 +136,16 @@ async function launch(port, options) {
     });
   });
 
-  const origin = `http://127.0.0.1:${port}`;
+  let port = null;
+  let origin = null;
   const healthy = waitFor(
     async () => {
       if (exitStatus) {
-        const err = new Error(`sluice serve exited early (${JSON.stringify(exitStatus)}):\n${output}`);
-        err.exitedEarly = true;
-        throw err;
+        throw new Error(`sluice serve exited early (${JSON.stringify(exitStatus)}):\n${output}`);
       }
+      port ??= await listen.boundPort();
+      if (port === null) return false;
+      origin = `http://127.0.0.1:${port}`;
       try {
         const res = await fetch(`${origin}/healthz`);
         await res.arrayBuffer();
@@ -144,7 +154,7 @@ async function launch(port, options) {
         return false;
       }
     },
-    { timeout: 30_000, what: `sluice serve on ${origin} to answer /healthz`, describe: () => output },
+    { timeout: 30_000, what: 'sluice serve to answer /healthz', describe: () => `port ${port}; ${output}` },
   );
   try {
     await healthy;

@@ -1,4 +1,5 @@
-"""Fixtures: a real `sluice serve` on a free port, started and stopped around the tests.
+"""Fixtures: a real `sluice serve` on a port the kernel gives it, started and stopped around
+the tests.
 
 The binary is $SLUICE_BIN, else the workspace's debug build (target/debug/sluice).
 """
@@ -23,25 +24,30 @@ SLUICE_BIN = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "debug" / "slui
 
 
 def free_port() -> int:
-    """A port that was free a moment ago."""
+    """A port that was free a moment ago, for redis-server, which cannot say which port it got
+    (its `--port 0` turns TCP off); `sluice serve` binds port 0 and reads its port back."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 class Sluice:
-    """One `sluice serve` process; its output goes to a temporary file, shown on failure."""
+    """One `sluice serve` process on port 0: it writes the address it bound to a ready file,
+    which `wait_healthy` reads (so no port is picked beforehand and then found taken). Its
+    output goes to a temporary file, shown on failure."""
 
     def __init__(self, args: list[str], env: dict[str, str]):
-        self.port = free_port()
-        self.origin = f"http://127.0.0.1:{self.port}"
+        self.port: int | None = None
+        self.origin: str | None = None
         self._log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
         self._dir = tempfile.TemporaryDirectory(prefix="sluice-py-")
+        self._ready_file = Path(self._dir.name) / "address"
         # Our environment without SLUICE_* (a developer's settings must not leak in), plus
         # the test's own variables. The working directory is empty: no stray sluice.toml.
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
         child_env.update(env)
-        command = [str(SLUICE_BIN), "serve", "--listen", f"127.0.0.1:{self.port}", *args]
+        command = [str(SLUICE_BIN), "serve", "--listen", "127.0.0.1:0",
+                   "--ready-file", str(self._ready_file), *args]
         self.process = subprocess.Popen(
             command,
             env=child_env,
@@ -56,18 +62,24 @@ class Sluice:
         return self._log.read()[-64_000:]
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Waits for the ready file (the port), then for /healthz to answer 200."""
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise EarlyExit(f"sluice serve exited early ({self.process.returncode}):\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.origin}/healthz", timeout=5) as res:
-                    if res.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+                raise RuntimeError(f"sluice serve exited early ({self.process.returncode}):\n{self.log()}")
+            if self.origin is None and self._ready_file.is_file():
+                address = self._ready_file.read_text().strip()
+                self.port = int(address.rsplit(":", 1)[1])
+                self.origin = f"http://{address}"
+            if self.origin is not None:
+                try:
+                    with urllib.request.urlopen(f"{self.origin}/healthz", timeout=5) as res:
+                        if res.status == 200:
+                            return
+                except (urllib.error.URLError, OSError):
+                    pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"sluice serve on {self.origin} never answered /healthz:\n{self.log()}")
+                raise TimeoutError(f"sluice serve ({self.origin or 'no address yet'}) never answered /healthz:\n{self.log()}")
             time.sleep(0.025)
 
     def get(self, path: str) -> str:
@@ -86,27 +98,17 @@ class Sluice:
         self._dir.cleanup()
 
 
-class EarlyExit(RuntimeError):
-    """The server exited before answering /healthz (e.g. its port was taken meanwhile)."""
-
-
 def start(args: list[str], env: dict[str, str]) -> Sluice:
-    """Starts a server and waits for /healthz; retries on a fresh port if it exits early."""
+    """Starts a server and waits for /healthz."""
     if not SLUICE_BIN.is_file():
         raise FileNotFoundError(f"{SLUICE_BIN} is missing: build it with `cargo build -p sluice`")
-    for attempt in range(3):
-        server = Sluice(args, env)
-        try:
-            server.wait_healthy()
-            return server
-        except EarlyExit:
-            server.stop()
-            if attempt == 2:
-                raise
-        except BaseException:
-            server.stop()
-            raise
-    raise AssertionError("unreachable")
+    server = Sluice(args, env)
+    try:
+        server.wait_healthy()
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
 // Browser tests of the chat page and the hub console: a real `sluice serve` (memory store,
-// scripted model) on a free port, and Debian's chromium driven by playwright-core.
+// scripted model) on a port the kernel picks, and Debian's chromium driven by playwright-core.
 
 import { execFile, spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +11,7 @@ import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 
 import { CHROMIUM, CHROMIUM_ARGS } from '../../tests/js/chromium.mjs';
-import { freePort } from '../../tests/js/hub.mjs';
+import { listenArgs } from '../../tests/js/hub.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const run = promisify(execFile);
@@ -27,18 +26,6 @@ const children = new Set();
 process.on('exit', () => {
   for (const child of children) child.kill('SIGKILL');
 });
-
-/** Whether something accepts connections on `port`. */
-function listening(port) {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
 
 /** Polls `check` until it returns something truthy, which is returned. */
 export async function waitFor(check, { timeout = 20_000, interval = 25, what = 'condition' } = {}) {
@@ -56,7 +43,7 @@ export async function waitFor(check, { timeout = 20_000, interval = 25, what = '
  * (`text`, `tokensPerSecond`, `ttftMs`, `failAfter`) and extra flags; resolves when it answers.
  */
 export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, failAfter, args = [], port, tls = false, dev = false } = {}) {
-  port ??= await freePort();
+  const listen = await listenArgs(port);
   const env = { ...process.env };
   for (const key of Object.keys(env)) if (key.startsWith('SLUICE_')) delete env[key];
   if (text !== undefined) env.SLUICE_SCRIPTED_TEXT = text;
@@ -67,7 +54,7 @@ export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, fa
   const child = spawn(
     SLUICE_BIN,
     // Development mode (`--dev`) makes its own secret, in a data folder of a fresh directory.
-    ['serve', '--listen', `127.0.0.1:${port}`, '--store', 'memory', '--provider', 'scripted', ...(dev ? ['--dev'] : ['--jwt-secret', SECRET, '--anonymous']), ...(tls ? ['--tls-self-signed'] : []), ...args],
+    ['serve', ...listen.args, '--store', 'memory', '--provider', 'scripted', ...(dev ? ['--dev'] : ['--jwt-secret', SECRET, '--anonymous']), ...(tls ? ['--tls-self-signed'] : []), ...args],
     { env, stdio: ['ignore', 'ignore', 'pipe'], cwd: tls || dev ? await mkdtemp(path.join(os.tmpdir(), 'sluice-work-')) : undefined },
   );
   children.add(child);
@@ -76,19 +63,29 @@ export async function startServer({ text, tokensPerSecond = 20, ttftMs = 100, fa
     log += d;
   });
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  const origin = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   await waitFor(
     async () => {
       if (child.exitCode !== null) throw new Error(`sluice serve exited: ${log}`);
-      if (tls) return listening(port);
-      try {
-        return (await fetch(`${origin}/healthz`)).ok;
-      } catch {
-        return false;
-      }
+      port = await listen.boundPort();
+      return port !== null;
     },
-    { what: 'sluice serve to answer' },
+    { what: 'sluice serve to listen' },
   );
+  const origin = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+  // Over TLS the ready file is enough (fetch would refuse the self-signed certificate).
+  if (!tls) {
+    await waitFor(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`sluice serve exited: ${log}`);
+        try {
+          return (await fetch(`${origin}/healthz`)).ok;
+        } catch {
+          return false;
+        }
+      },
+      { what: 'sluice serve to answer' },
+    );
+  }
   return {
     port,
     origin,

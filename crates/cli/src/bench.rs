@@ -268,10 +268,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Gateway(args) => gateway(args).await,
         BenchCommand::FloorHub(args) => {
+            let listener = std::net::TcpListener::bind(args.listen)
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
             // One thread, as Nchan's one worker: its own current-thread runtime.
             tokio::task::spawn_blocking(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(sluice_loadgen::floor::serve(args.listen))
+                runtime.block_on(sluice_loadgen::floor::serve(listener))
             })
             .await??;
             Ok(ExitCode::SUCCESS)

@@ -35,6 +35,11 @@ pub(crate) struct Args {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "SLUICE_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Once listening, write the address bound (`IP:PORT`) to this file, removed again at a
+    /// clean exit: a script or test that asked for port 0 learns the port, and that the
+    /// server accepts connections, without picking a free port beforehand.
+    #[arg(long, env = "SLUICE_READY_FILE", value_name = "FILE")]
+    ready_file: Option<PathBuf>,
     /// Development mode, on a loopback address only: publishing on with a secret kept in the
     /// data folder (made once), a publisher token printed, and the console offered it.
     #[arg(long, env = "SLUICE_DEV", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -531,7 +536,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let (Some(dev), Some(token)) = (&dev, &config.dev_publisher_token) {
         dev.announce(&base, token);
     }
+    if let Some(file) = &args.ready_file {
+        write_ready_file(file, address)
+            .with_context(|| format!("cannot write --ready-file {}", file.display()))?;
+    }
     sluice_server::serve(listener, AppState::new(hub, config), stop_signal()).await?;
+    if let Some(file) = &args.ready_file {
+        // The file says the server listens; after a clean stop it no longer does. (After a
+        // crash it stays: whoever waits for it removes it before starting the server again.)
+        let _ = std::fs::remove_file(file);
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -549,6 +563,15 @@ fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Writes `address` and a newline to `file` under another name first, then renames it, so
+/// that a reader waiting for the file never sees it empty or half written.
+fn write_ready_file(file: &Path, address: SocketAddr) -> std::io::Result<()> {
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, format!("{address}\n"))?;
+    std::fs::rename(&partial, file)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -9,12 +9,18 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Server, free_port, publish, publisher_token};
+use common::{Server, publish, publisher_token};
 use futures_util::StreamExt;
 use sluice_client::{EventSource, Item};
 use sluice_hub::testing::RedisServer;
 
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A port nobody listens on now, for nginx: unlike `sluice serve`, it cannot say which port it
+/// got from port 0, so its port is picked (and may, rarely, be taken before it binds).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 /// nginx running `deploy/nginx.conf` with the nodes' ports, its own port and a short read
 /// timeout put in the lines marked `# test:`; stopped when dropped.

@@ -10,23 +10,20 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sluice_client::{EventSource, Item};
 
-use common::{SECRET, free_port, publisher_token, spawn_serve};
+use common::{SECRET, publisher_token, spawn_serve};
 
 fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().unwrap()
 }
 
-/// Starts `sluice serve --listen 127.0.0.1:PORT` with a publisher key, and waits for it.
-fn serve(port: u16, dir: &Path, extra: &[&str]) -> Child {
+/// Starts `sluice serve --listen 127.0.0.1:PORT` with a publisher key, and waits for it: the
+/// process and its port (the kernel's pick when PORT is 0).
+fn serve(port: u16, dir: &Path, extra: &[&str]) -> (Child, u16) {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["--listen", &listen, "--jwt-secret", SECRET, "--anonymous"];
     args.extend_from_slice(extra);
-    serve_with(port, dir, &args)
-}
-
-/// Starts `sluice serve ARGS` in `dir` and waits until it accepts on `port`.
-fn serve_with(port: u16, dir: &Path, args: &[&str]) -> Child {
-    spawn_serve(dir, port, args, &[])
+    let (child, address) = spawn_serve(dir, &args, &[]);
+    (child, address.port())
 }
 
 fn publish(port: u16, token: &str, data: &str) -> Option<String> {
@@ -56,8 +53,7 @@ async fn history_until(port: u16, last: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_update() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut server = serve(port, dir.path(), &[]);
+    let (mut server, port) = serve(0, dir.path(), &[]);
     let token = publisher_token();
 
     // Publish without pause from another thread; kill -9 the server mid-stream.
@@ -81,7 +77,7 @@ async fn kill_9_loses_no_acknowledged_update() {
     publishing.join().unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
 
-    let mut server = serve(port, dir.path(), &[]);
+    let (mut server, _) = serve(port, dir.path(), &[]);
     publish(port, &token, "after restart").expect("the restarted hub accepts updates");
     let history = history_until(port, "after restart").await;
     let kept: Vec<&str> = history.iter().map(|(id, _)| id.as_str()).collect();
@@ -99,8 +95,7 @@ async fn kill_9_loses_no_acknowledged_update() {
 #[test]
 fn sigterm_ends_streams_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut server = serve(port, dir.path(), &["--store", "memory"]);
+    let (mut server, port) = serve(0, dir.path(), &["--store", "memory"]);
     let url = format!("http://127.0.0.1:{port}/.well-known/mercure?topic=/t");
     let listener = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["listen", "--no-reconnect", &url])
@@ -131,17 +126,56 @@ fn wait_connected(mut listener: Child) -> Child {
     listener
 }
 
+#[tokio::test]
+async fn on_port_0_the_ready_file_and_the_start_line_name_the_port_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready_file = dir.path().join("address");
+    let server = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory", "--ready-file"])
+        .arg(&ready_file)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut written = None;
+    for _ in 0..600 {
+        written = std::fs::read_to_string(&ready_file).ok();
+        if written.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = written.expect("the ready file is written once the server listens");
+    assert!(written.ends_with('\n'), "{written:?}");
+    let address: std::net::SocketAddr = written.trim().parse().unwrap();
+    assert_eq!(address.ip().to_string(), "127.0.0.1");
+    assert_ne!(address.port(), 0);
+    let health = reqwest::get(format!("http://{address}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let kill = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let output = server.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains(&format!("hub http://{address}/.well-known/mercure")), "{log}");
+    assert!(!ready_file.exists(), "a clean exit removes the ready file");
+}
+
 #[test]
 fn settings_come_from_the_file_and_flags_win() {
     let dir = tempfile::tempdir().unwrap();
-    let (file_port, flag_port) = (free_port(), free_port());
+    // Two loopback addresses (all of 127.0.0.0/8 is loopback on Linux), each with port 0:
+    // the address the server reports having bound says which setting it took.
     std::fs::write(
         dir.path().join("sluice.toml"),
-        format!("listen = \"127.0.0.1:{file_port}\"\nstore = \"memory\"\nmax_topics = 1\n"),
+        "listen = \"127.0.0.2:0\"\nstore = \"memory\"\nmax_topics = 1\n",
     )
     .unwrap();
-    let mut from_file = serve_with(file_port, dir.path(), &[]);
-    let two_topics = format!("http://127.0.0.1:{file_port}/.well-known/mercure?topic=/a&topic=/b");
+    let (mut from_file, address) = spawn_serve(dir.path(), &[], &[]);
+    assert_eq!(address.ip().to_string(), "127.0.0.2", "the file's listen");
+    let two_topics = format!("http://{address}/.well-known/mercure?topic=/a&topic=/b");
     let output = sluice(&["listen", "--no-reconnect", &two_topics]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -151,9 +185,8 @@ fn settings_come_from_the_file_and_flags_win() {
     from_file.kill().unwrap();
     from_file.wait().unwrap();
 
-    let flag = format!("127.0.0.1:{flag_port}");
-    let mut from_flag = serve_with(flag_port, dir.path(), &["--listen", &flag]);
-    assert!(std::net::TcpStream::connect(("127.0.0.1", file_port)).is_err(), "the flag won");
+    let (mut from_flag, address) = spawn_serve(dir.path(), &["--listen", "127.0.0.1:0"], &[]);
+    assert_eq!(address.ip().to_string(), "127.0.0.1", "the flag won");
     from_flag.kill().unwrap();
     from_flag.wait().unwrap();
 
@@ -170,8 +203,7 @@ fn settings_come_from_the_file_and_flags_win() {
 #[test]
 fn sluice_chat_prints_the_answer_as_it_streams_and_its_speed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut server = serve(port, dir.path(), &["--store", "memory", "--provider", "scripted"]);
+    let (mut server, port) = serve(0, dir.path(), &["--store", "memory", "--provider", "scripted"]);
     let url = format!("http://127.0.0.1:{port}");
     let output = sluice(&["chat", "--url", &url, "--model", "scripted", "ça va? 你好"]);
     server.kill().unwrap();
@@ -204,10 +236,9 @@ async fn resuming_reads_the_window_of_recent_updates_unless_it_is_off() {
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut args = vec!["--store", "sqlite:history.db"];
         args.extend(window.iter().flat_map(|mib| ["--replay-window-mib", *mib]));
-        let mut server = serve(port, dir.path(), &args);
+        let (mut server, port) = serve(0, dir.path(), &args);
         let token = publisher_token();
         let first = publish(port, &token, "one").unwrap();
         publish(port, &token, "two").unwrap();

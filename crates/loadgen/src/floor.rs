@@ -11,7 +11,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,9 +24,11 @@ type Channels = Rc<RefCell<HashMap<String, Vec<TcpStream>>>>;
 /// The largest request head or publish body accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// Serves on `addr` until the process is stopped (on a current-thread runtime).
-pub async fn serve(addr: SocketAddr) -> Result<(), Error> {
-    let listener = TcpListener::bind(addr).await?;
+/// Serves on `listener` until the process is stopped (on a current-thread runtime). It takes
+/// a bound listener, not an address, so that a caller can bind port 0 and know the port.
+pub async fn serve(listener: std::net::TcpListener) -> Result<(), Error> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let channels: Channels = Rc::default();
     let local = tokio::task::LocalSet::new();
     local
@@ -152,19 +153,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_publish_reaches_every_subscriber_of_its_channel() {
-        let addr: SocketAddr = ([127, 0, 0, 1], crate::process::free_port().unwrap()).into();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            runtime.unwrap().block_on(serve(addr)).unwrap();
+            runtime.unwrap().block_on(serve(listener)).unwrap();
         });
         let mut subscribers = Vec::new();
         for channel in ["a", "a", "b"] {
-            let mut stream = loop {
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => break stream,
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                }
-            };
+            // Bound already: a connection waits in the backlog until the hub accepts it.
+            let mut stream = TcpStream::connect(addr).await.unwrap();
             let request = format!("GET /sub/{channel} HTTP/1.1\r\nHost: x\r\n\r\n");
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut head = Vec::new();

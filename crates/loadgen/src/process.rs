@@ -6,6 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::Url;
@@ -28,9 +29,9 @@ pub fn pinned(program: &Path, cpus: Option<&str>) -> Command {
     }
 }
 
-/// Starts `program args --listen 127.0.0.1:PORT` on a free port (pinned to `cpus`), waits
-/// until it accepts, and returns it with the URL of `path` on it. The child is killed when
-/// dropped.
+/// Starts `sluice serve` as `program args` on a loopback port of its own (pinned to `cpus`),
+/// waits until it accepts, and returns it with the URL of `path` on it. The child is killed
+/// when dropped.
 pub async fn spawn_server(
     program: &Path,
     args: &[String],
@@ -40,36 +41,47 @@ pub async fn spawn_server(
     spawn_server_with(pinned(program, cpus), args, path).await
 }
 
-/// Like [`spawn_server`], for a command already set up (pinning, environment).
+/// Like [`spawn_server`], for a command already set up (pinning, environment). The server
+/// listens on port 0 and writes the address it bound to a ready file, read back here: a port
+/// picked beforehand could be taken by another process before the server binds it.
 pub async fn spawn_server_with(
     mut command: Command,
     args: &[String],
     path: &str,
 ) -> Result<(Child, Url), Error> {
-    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    static SPAWNED: AtomicU64 = AtomicU64::new(0);
+    let ready_file = std::env::temp_dir().join(format!(
+        "sluice-bench-{}-{}.address",
+        std::process::id(),
+        SPAWNED.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&ready_file);
     command
         .args(args)
-        .arg("--listen")
-        .arg(addr.to_string())
+        .args(["--listen", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready_file)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| Error::Server(format!("cannot start: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
+    let addr: SocketAddr = loop {
+        if let Ok(written) = std::fs::read_to_string(&ready_file) {
+            let _ = std::fs::remove_file(&ready_file);
+            break written
+                .trim()
+                .parse()
+                .map_err(|e| Error::Server(format!("wrote {written:?} to its ready file: {e}")))?;
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(Error::Server(format!("exited at start: {status}")));
         }
         if Instant::now() > deadline {
-            return Err(Error::Server(format!("not listening on {addr} after 15 s")));
+            return Err(Error::Server("not listening after 15 s".into()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     let url = Url::parse(&format!("http://{addr}{path}"))
         .map_err(|e| Error::Config(format!("bad path {path:?}: {e}")))?;
     Ok((child, url))
@@ -89,7 +101,8 @@ pub async fn pin_self(cpus: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port (bound, read, released), for a peer that cannot say which port it got
+/// from port 0.
 pub fn free_port() -> Result<u16, Error> {
     Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }

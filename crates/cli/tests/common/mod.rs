@@ -1,8 +1,10 @@
-//! What the process-level tests share: a real `sluice serve` on a free port, in a directory
-//! of its own, that a test can stop, kill -9 and start again on the same port and files.
+//! What the process-level tests share: a real `sluice serve` on a port of its own (port 0,
+//! read back), in a directory of its own, that a test can stop, kill -9 and start again on the
+//! same port and files.
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,31 +18,35 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 /// The HS256 key of every test server.
 pub(crate) const SECRET: &str = "process-test-secret";
 
-/// A port nobody listens on now.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts `sluice serve ARGS` in `dir`, with `env` set, and waits until it accepts on `port`.
-pub(crate) fn spawn_serve(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let listen = format!("127.0.0.1:{port}");
+/// Starts `sluice serve ARGS` in `dir`, with `env` set, and waits until it listens: the
+/// process and the address it bound. ARGS should say `--listen`; with port 0 the kernel picks
+/// a free port as the server binds, and the server writes the address it got to a ready file
+/// read here, so no port is picked beforehand and then found taken.
+pub(crate) fn spawn_serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
+    let ready = tempfile::tempdir().unwrap();
+    let ready_file = ready.path().join("address");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .current_dir(dir)
         .arg("serve")
         .args(args)
+        .arg("--ready-file")
+        .arg(&ready_file)
         .envs(env.iter().copied())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     for _ in 0..600 {
-        if std::net::TcpStream::connect(&listen).is_ok() {
-            return child;
+        if let Ok(address) = std::fs::read_to_string(&ready_file) {
+            return (child, address.trim().parse().unwrap());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sluice serve {args:?} exited at start: {status}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    panic!("sluice serve did not start on {listen}");
+    panic!("sluice serve {args:?} did not start");
 }
 
 /// A `sluice serve` process.
@@ -53,8 +59,8 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts `sluice serve --listen 127.0.0.1:PORT --jwt-secret SECRET --anonymous ARGS` in
-    /// `dir` and waits until it accepts.
+    /// Starts `sluice serve --listen 127.0.0.1:0 --jwt-secret SECRET --anonymous ARGS` in
+    /// `dir` and waits until it accepts; its port is the one the kernel gave it.
     pub(crate) fn start(dir: &Path, args: &[&str]) -> Server {
         Server::start_with_env(dir, args, &[])
     }
@@ -62,7 +68,7 @@ impl Server {
     /// [`Server::start`], with these environment variables set for the process.
     pub(crate) fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut server = Server {
-            port: free_port(),
+            port: 0,
             dir: dir.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
@@ -72,7 +78,8 @@ impl Server {
         server
     }
 
-    /// Starts the process again (after a stop or a kill), on the same port and files.
+    /// Starts the process again (after a stop or a kill), on the same port and files (the
+    /// first start, with port 0, learns the port).
     pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is still running");
         let listen = format!("127.0.0.1:{}", self.port);
@@ -80,7 +87,9 @@ impl Server {
         args.extend(self.args.iter().map(String::as_str));
         let env: Vec<(&str, &str)> =
             self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.child = Some(spawn_serve(&self.dir, self.port, &args, &env));
+        let (child, address) = spawn_serve(&self.dir, &args, &env);
+        self.port = address.port();
+        self.child = Some(child);
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.
