@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-build test-js test-python test-web test-aisdk test-durable web setup build lint bench bench-peers fuzz soak conformance clean
+.PHONY: run test test-build test-js test-python test-web test-aisdk test-durable web setup build lint bench bench-peers bench-durable fuzz soak conformance clean
 
 ## Build and start the main job: `sluice serve --dev` on http://127.0.0.1:8080 (history and a
 ## development secret in ./sluice-data; it prints a publisher token, and the console has it).
@@ -101,6 +101,12 @@ bench: setup
 ## bench/results/peers/, plotted in bench/peers.svg. PRIORITY=-15 on a busy machine.
 bench-peers: setup build
 	NO_BUILD=1 SLUICE=$(SLUICE) bench/peers.sh
+
+## Sluice's Durable Streams beside the protocol's Node reference server, in one run: appends/s,
+## append → receipt with 1,000 SSE readers of one stream, memory per idle reader
+## (bench/durable.sh; about 7 minutes; tables in bench/results/durable/summary.md).
+bench-durable: setup build
+	NO_BUILD=1 SLUICE=$(SLUICE) bench/durable.sh
 
 ## Coverage-guided fuzzing of every parser of untrusted input (FUZZ_SECONDS per target, default
 ## 60): the SSE decoder, topic selectors, the publish form, token extraction, chat requests,

@@ -73,13 +73,13 @@ class Panel:
         frac = (v - lo) / (hi - lo)
         return MARGIN_T + (1 - frac) * (PANEL_H - MARGIN_T - MARGIN_B)
 
-    def frame(self):
+    def frame(self, x_ticks=True):
         o = self.out
         x0, x1 = self.x(self.xticks[0]), self.x(self.xticks[-1])
         y0, y1 = self.y(self.yticks[0]), self.y(self.yticks[-1])
         o.append(f'<text x="{(x0 + x1) / 2}" y="22" text-anchor="middle" font-weight="bold">'
                  f"{escape(self.title)}</text>")
-        for t in self.xticks:
+        for t in self.xticks if x_ticks else ():
             o.append(f'<line x1="{self.x(t)}" y1="{y0}" x2="{self.x(t)}" y2="{y0 + 4}" stroke="#333"/>')
             o.append(f'<text x="{self.x(t)}" y="{y0 + 17}" text-anchor="middle">{fmt(t)}</text>')
         for t in self.yticks:
@@ -116,6 +116,17 @@ class Panel:
                         f'fill="{colour}">'
                         f"{escape(label)}</text>")
 
+
+
+def write_svg(path, panels):
+    """Writes `panels` side by side, one row, as an SVG file, and says so on stderr."""
+    width = PANEL_W * len(panels)
+    body = "\n".join("\n".join(p.out) for p in panels)
+    with open(path, "w") as f:
+        f.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" '
+                f'viewBox="0 0 {width} {PANEL_H}" font-family="sans-serif" font-size="12">\n'
+                f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n')
+    print(f"wrote {path}", file=sys.stderr)
 
 def load(path):
     with open(path) as f:
@@ -216,14 +227,7 @@ def main():
         r.line(ns, kib, BLUE, "measured")
         panels.append(r)
 
-    width = PANEL_W * len(panels)
-    body = "\n".join("\n".join(p.out) for p in panels)
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" '
-           f'viewBox="0 0 {width} {PANEL_H}" font-family="sans-serif" font-size="12">\n'
-           f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n')
-    with open(args.svg, "w") as f:
-        f.write(svg)
-    print(f"wrote {args.svg}", file=sys.stderr)
+    write_svg(args.svg, panels)
     if run is not None:
         print(rate_tables(run) + "\n")
     if idle_runs:

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 
-from plot_hub import BLUE, GREY, ORANGE, PANEL_H, PANEL_W, RED, Panel
+from plot_hub import BLUE, GREY, ORANGE, PANEL_W, RED, Panel, write_svg
 
 HUBS = ("sluice", "nchan")
 LABELS = {"sluice": "Sluice", "nchan": "Nchan", "floor": "floor", "litellm": "LiteLLM",
@@ -325,13 +325,7 @@ def svg(fanout, idle, gateways, model, path):
         panels.append(p)
     if not panels:
         return
-    width = PANEL_W * len(panels)
-    body = "\n".join("\n".join(p.out) for p in panels)
-    with open(path, "w") as f:
-        f.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" '
-                f'viewBox="0 0 {width} {PANEL_H}" font-family="sans-serif" font-size="12">\n'
-                f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n')
-    print(f"wrote {path}", file=sys.stderr)
+    write_svg(path, panels)
 
 
 def main():

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from plot_hub import BLUE, GREY, ORANGE, PANEL_H, PANEL_W, Panel
+from plot_hub import BLUE, GREY, ORANGE, PANEL_W, Panel, write_svg
 
 
 def main():
@@ -62,14 +62,7 @@ def main():
                      f'fill="{GREY}">warm-up</text>')
         panels.append(p)
 
-    width = PANEL_W * len(panels)
-    body = "\n".join("\n".join(p.out) for p in panels)
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" '
-           f'viewBox="0 0 {width} {PANEL_H}" font-family="sans-serif" font-size="12">\n'
-           f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n')
-    with open(args.svg, "w") as f:
-        f.write(svg)
-    print(f"wrote {args.svg}", file=sys.stderr)
+    write_svg(args.svg, panels)
 
 
 if __name__ == "__main__":

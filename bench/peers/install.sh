@@ -6,7 +6,10 @@
 #   bench/peers/install.sh llama     # llama.cpp's llama-bench / llama-server / llama-cli,
 #                                    # built from the llama.cpp tree vendored in the PyPI
 #                                    # sdist of llama-cpp-python
-#   bench/peers/install.sh all       # nchan, litellm, llama
+#   bench/peers/install.sh durable   # the Durable Streams reference server (npm
+#                                    # @durable-streams/server) in bench/peers/durable,
+#                                    # as its package-lock.json pins it
+#   bench/peers/install.sh all       # nchan, litellm, llama, durable
 #
 # Idempotent: every step checks first and is skipped when already done. Installs Debian
 # packages with apt-get (through sudo when not root). Heavy compiles run with nice 19 in a
@@ -200,6 +203,30 @@ install_llama() {
     say "llama: ok ($LLAMA_BUILD/bin/{llama-bench,llama-server,llama-cli}) in $((SECONDS - t0)) s"
 }
 
+# ---------------------------------------------------------------------------------------
+install_durable() {
+    step "durable: npm @durable-streams/server as bench/peers/durable/package-lock.json pins it"
+    local t0=$SECONDS dir="$HERE/durable"
+    command -v node >/dev/null || die "no node (Node.js 20 or later)"
+    node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' \
+        || die "node $(node --version) is older than 20"
+    local want have=""
+    want="$(node -p 'require(process.argv[1]).dependencies["@durable-streams/server"]' "$dir/package.json")"
+    if [ -f "$dir/node_modules/@durable-streams/server/package.json" ]; then
+        have="$(node -p 'require(process.argv[1]).version' "$dir/node_modules/@durable-streams/server/package.json")"
+    fi
+    if [ "$have" = "$want" ]; then
+        say "@durable-streams/server $have already installed"
+    else
+        say "npm ci in $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $dir"
+    fi
+    # The file-backed mode needs LMDB's native module: load it once.
+    (cd "$dir" && node -e 'await import("lmdb")' --input-type=module) \
+        || die "the reference server's LMDB module does not load"
+    say "durable: ok (@durable-streams/server $want) in $((SECONDS - t0)) s"
+}
+
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2; }
 
 [ $# -ge 1 ] || usage
@@ -208,7 +235,8 @@ for what in "$@"; do
         nchan) install_nchan ;;
         litellm) install_litellm ;;
         llama) install_llama ;;
-        all) install_nchan; install_litellm; install_llama ;;
+        durable) install_durable ;;
+        all) install_nchan; install_litellm; install_llama; install_durable ;;
         -h|--help|help) usage ;;
         *) say "unknown peer: $what"; usage ;;
     esac

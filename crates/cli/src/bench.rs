@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use sluice_loadgen::durable::DurableBench;
 use sluice_loadgen::hub::{HubBench, Pinning, ServerTarget, StormPlan, summary};
 use sluice_loadgen::protocol::HubProtocol;
 use sluice_server::{Grant, HUB_PATH, mint_hs256};
@@ -33,6 +34,10 @@ enum BenchCommand {
     /// The floor hub: Nchan's wire form, one non-blocking write per subscriber and nothing
     /// else, for the kernel's and the load generator's own cost beside Sluice's (bench/peers.sh).
     FloorHub(FloorHubArgs),
+    /// A Durable Streams server (Sluice's /v1/stream, or the protocol's reference server):
+    /// appends/s from concurrent writers, append → receipt latency with many SSE readers of one
+    /// stream, and the server's memory per idle reader.
+    Durable(Box<DurableArgs>),
     /// A long churning load (subscribers coming and going, publishing, chat streams, answers
     /// cancelled) against a spawned server, its RSS and open files sampled throughout: what
     /// `make soak` runs.
@@ -59,6 +64,110 @@ struct SoakArgs {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// An environment variable for the server only, NAME=VALUE (repeatable): a heap
+    /// profiler's preload, say (bench/soak-heap.sh).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = name_and_value)]
+    server_env: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE` as a pair.
+fn name_and_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct DurableArgs {
+    /// The streams' root of a running server (a loopback http:// URL), e.g.
+    /// http://127.0.0.1:8080/v1/stream; every part runs against it.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "spawn_command",
+        required_unless_present = "spawn_command"
+    )]
+    target: Option<String>,
+    /// The pid of the server at --target, for its CPU and RSS.
+    #[arg(long, value_name = "PID", requires = "target")]
+    server_pid: Option<u32>,
+    /// Start the server with `sh -c CMD` for every part, afresh, pinned to --server-cpus, in a
+    /// process group of its own; it must listen on 127.0.0.1 at the port in
+    /// $SLUICE_BENCH_PORT (bench/peers/durable/serve.sh does).
+    #[arg(long, value_name = "CMD")]
+    spawn_command: Option<String>,
+    /// The streams' root on a --spawn-command server.
+    #[arg(long, default_value = "/v1/stream", value_name = "PATH", requires = "spawn_command")]
+    spawn_path: String,
+    /// The parts to run: appends (appends/s), live (read-to-live latency), idle (memory per
+    /// idle reader).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "appends,live,idle")]
+    parts: Vec<DurablePart>,
+    /// Concurrent writers of the appends part, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16", value_name = "W[,W2,...]")]
+    writers: Vec<usize>,
+    /// Whether the writers send idempotent producer headers.
+    #[arg(long, value_enum, default_value = "both", value_name = "P")]
+    producers: ProducerArg,
+    /// Seconds each appends run is measured, after a 2 s warm-up.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    append_seconds: u64,
+    /// SSE readers of one stream in the live part.
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    readers: u64,
+    /// Append rates of the live part, messages/s, one step each.
+    #[arg(long, value_delimiter = ',', default_value = "10,100", value_name = "R[,R2,...]")]
+    rate: Vec<f64>,
+    /// Seconds per live step.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    duration: u64,
+    /// Idle readers of the memory part, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1000", value_name = "N[,N2,...]")]
+    idle: Vec<u64>,
+    /// Seconds readers sit connected before the idle RSS is read.
+    #[arg(long, default_value_t = 3, value_name = "SECS")]
+    settle: u64,
+    /// Bytes of each JSON message (a send-time stamp, padded).
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    message_size: usize,
+    /// CPUs of a spawned server (`taskset -c` list).
+    #[arg(long, default_value = "0", value_name = "LIST")]
+    server_cpus: String,
+    /// CPUs of the load generator (`taskset -c` list).
+    #[arg(long, default_value = "1", value_name = "LIST")]
+    loadgen_cpus: String,
+    /// Do not pin anything.
+    #[arg(long)]
+    no_pin: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// A part of `bench durable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DurablePart {
+    /// Appends/s from concurrent writers.
+    Appends,
+    /// Append → receipt latency with many SSE readers of one stream.
+    Live,
+    /// The server's memory per idle SSE reader.
+    Idle,
+}
+
+/// Which producer settings `bench durable` runs its writers with.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProducerArg {
+    /// Plain appends.
+    Without,
+    /// Every writer an idempotent producer.
+    With,
+    /// One run each.
+    Both,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,8 +285,9 @@ struct HubArgs {
     /// The hub's path on a --spawn-command server.
     #[arg(long, default_value = "/", value_name = "PATH", requires = "spawn_command")]
     spawn_path: String,
-    /// How the hub is spoken to: `mercure` (Sluice) or `nchan` (`POST /pub/<channel>`, an
-    /// EventSource subscriber at `GET /sub/<channel>`).
+    /// How the hub is spoken to: `mercure` (Sluice), `nchan` (`POST /pub/<channel>`, an
+    /// EventSource subscriber at `GET /sub/<channel>`) or `durable` (a Durable Streams server
+    /// whose streams' root is the URL: one JSON stream, read over SSE from `now`).
     #[arg(long, default_value = "mercure", value_name = "P")]
     protocol: HubProtocol,
     /// Spread the subscribers over this many topics (subscriber i on topic i mod N) and
@@ -278,8 +388,54 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await??;
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Durable(args) => durable(*args).await,
         BenchCommand::Soak(args) => soak(args).await,
     }
+}
+
+async fn durable(args: DurableArgs) -> anyhow::Result<ExitCode> {
+    let program = std::env::current_exe().context("finding this binary")?;
+    let server = match (&args.target, &args.spawn_command) {
+        (Some(url), None) => {
+            ServerTarget::Url(url.parse().with_context(|| format!("--target {url:?}"))?)
+        }
+        (None, Some(command)) => {
+            ServerTarget::Command { command: command.clone(), path: args.spawn_path.clone() }
+        }
+        _ => bail!("give one of --target and --spawn-command"),
+    };
+    let part = |p: DurablePart| args.parts.contains(&p);
+    let bench = DurableBench {
+        server,
+        server_pid: args.server_pid,
+        pinning: (!args.no_pin).then(|| Pinning {
+            server_cpus: args.server_cpus.clone(),
+            loadgen_cpus: args.loadgen_cpus.clone(),
+        }),
+        message_size: args.message_size,
+        writers: if part(DurablePart::Appends) { args.writers.clone() } else { Vec::new() },
+        producers: match args.producers {
+            ProducerArg::Without => vec![false],
+            ProducerArg::With => vec![true],
+            ProducerArg::Both => vec![false, true],
+        },
+        append_duration: Duration::from_secs(args.append_seconds.max(1)),
+        readers: if part(DurablePart::Live) { args.readers } else { 0 },
+        rates: args.rate.clone(),
+        step_duration: Duration::from_secs(args.duration.max(1)),
+        idle: if part(DurablePart::Idle) { args.idle.clone() } else { Vec::new() },
+        settle: Duration::from_secs(args.settle),
+        progress: !args.quiet,
+        ..DurableBench::new(program, vec!["bench".into(), "hub-worker".into()])
+    };
+    let results = bench.run().await?;
+    println!("{}", sluice_loadgen::durable::summary(&results));
+    if let Some(path) = &args.json {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+        serde_json::to_writer_pretty(file, &results)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
@@ -301,6 +457,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
         publish_token: mint_hs256(secret.as_bytes(), &grant),
         jwt_secret: secret,
         verbose: true,
+        server_env: args.server_env,
     };
     eprintln!(
         "bench soak: {} s of {} churning subscribers, {} updates/s, {} chat loops…",
@@ -430,7 +587,7 @@ async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
     };
     let topic = args.topic.clone().unwrap_or_else(|| match args.protocol {
         HubProtocol::Mercure => "https://example.com/bench".to_owned(),
-        HubProtocol::Nchan => "bench".to_owned(),
+        HubProtocol::Nchan | HubProtocol::Durable => "bench".to_owned(),
     });
     let other_nodes = args
         .also_urls

@@ -127,3 +127,51 @@ fn bench_gateway_measures_a_peer_gateway_the_same_way() {
         assert_eq!(gateway["cancel"]["count"], 1, "{gateway}");
     }
 }
+
+#[test]
+fn bench_durable_runs_every_part_against_a_streams_server() {
+    // As bench/peers/durable/serve.sh starts it: told its port in the environment.
+    let server = format!(
+        "exec '{}' serve --store memory --open-streams --provider scripted \
+         --listen \"127.0.0.1:$SLUICE_BENCH_PORT\"",
+        env!("CARGO_BIN_EXE_sluice")
+    );
+    let results = bench_json(&[
+        "durable",
+        "--spawn-command",
+        &server,
+        "--no-pin",
+        "--quiet",
+        "--writers",
+        "2",
+        "--append-seconds",
+        "1",
+        "--readers",
+        "20",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--idle",
+        "10",
+        "--settle",
+        "0",
+    ]);
+    let appends = results["appends"].as_array().unwrap();
+    let producers: Vec<_> = appends.iter().map(|a| a["producers"].as_bool().unwrap()).collect();
+    assert_eq!(producers, [false, true], "{results}");
+    for run in appends {
+        assert!(run["appends"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["errors"], 0, "{run}");
+        assert_eq!(run["duplicates"], 0, "{run}");
+    }
+    let live = &results["live"];
+    assert_eq!(live["connect"]["connected"], 20, "{live}");
+    let step = &live["steps"][0];
+    assert!(step["published"].as_u64().unwrap() > 0, "{step}");
+    // Every reader got every message appended while it read.
+    assert_eq!(step["delivered"], step["expected"], "{step}");
+    let idle = &results["idle"][0]["idle"];
+    assert_eq!(idle["subscribers"], 10, "{idle}");
+    assert!(idle["server_rss_idle_kib"].as_u64().unwrap() > 0, "{idle}");
+}

@@ -1,5 +1,5 @@
 //! Load generation and measurement for a Server-Sent Events hub: what `sluice bench hub`
-//! runs.
+//! (and `gateway`, `durable`, `soak`) runs.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,13 +26,16 @@
 //! - [`procfs`]: CPU time and RSS of a process from `/proc`.
 //! - [`process`]: starting the measured servers, pinned to CPUs.
 //! - [`floor`]: the least a hub can do per delivery, measured like a peer for the floor.
-//! - [`protocol`]: how a Mercure hub and Nchan are subscribed and published to.
+//! - [`protocol`]: how a Mercure hub, Nchan and a Durable Streams server are subscribed
+//!   (read) and published (appended) to.
 //! - [`publisher`]: publishes at a set rate, each update stamped with its send time.
 //! - [`worker`]: a process holding thousands of lean subscribers on one thread.
 //! - [`gateway`]: `sluice bench gateway`: streamed answers through a gateway against straight
 //!   from its upstream.
 //! - [`hub`]: the coordinator: starts (or finds) the server, spreads subscribers over
 //!   worker processes, steps through publish rates, prints progress and a summary.
+//! - [`durable`]: `sluice bench durable`: a Durable Streams server's appends/s, read-to-live
+//!   latency with many SSE readers of one stream, and memory per idle reader.
 //! - [`soak`]: `sluice bench soak`: a long churning load, the server's memory and open files
 //!   sampled throughout.
 //!
@@ -42,6 +45,7 @@
 //! what is measured.
 
 pub mod chunked;
+pub mod durable;
 pub mod floor;
 pub mod gateway;
 pub mod hub;

@@ -152,11 +152,29 @@ impl Drop for Group {
     }
 }
 
-fn signal_group(pgid: u32, signal: &str) {
+/// Stops a server this benchmark started as it would be stopped in production (SIGTERM: it
+/// ends its streams and closes its store; a heap profiler preloaded into it writes its last
+/// records), killing it if it is still there after `grace`.
+pub async fn terminate(mut child: Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        signal(&pid.to_string(), "TERM");
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+fn signal_group(pgid: u32, signal_name: &str) {
+    signal(&format!("-{pgid}"), signal_name);
+}
+
+/// `kill -SIGNAL -- target` (a pid, or a process group as `-pgid`).
+fn signal(target: &str, signal: &str) {
     let _ = std::process::Command::new("kill")
         .arg(format!("-{signal}"))
         .arg("--")
-        .arg(format!("-{pgid}"))
+        .arg(target)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();

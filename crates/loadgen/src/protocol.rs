@@ -1,7 +1,8 @@
 //! The hubs the load generator drives, and how each is spoken to: Mercure (Sluice, or any
-//! Mercure hub) and Nchan (nginx's pub/sub module, Sluice's peer in BENCHMARKS.md).
+//! Mercure hub), Nchan (nginx's pub/sub module, Sluice's peer in BENCHMARKS.md) and Durable
+//! Streams (Sluice's `/v1/stream/`, or the protocol's reference server), read live over SSE.
 //!
-//! Both get the same subscribers (raw HTTP/1.1 `GET`s with `Accept: text/event-stream`), the
+//! All get the same subscribers (raw HTTP/1.1 `GET`s with `Accept: text/event-stream`), the
 //! same publish schedule and the same measurement: the publish time travels in each update's
 //! data, so only the way a topic is named, subscribed to and published to differs.
 //!
@@ -11,10 +12,18 @@
 //! assert_eq!(HubProtocol::Nchan.subscribe_path(&url, "bench", None), "/sub/bench");
 //! assert_eq!(HubProtocol::Nchan.subscribe_path(&url, "bench", Some(7)), "/sub/bench-7");
 //! assert_eq!(HubProtocol::Nchan.topic("bench", Some(7)), "bench-7");
+//! # let url: reqwest::Url = "http://127.0.0.1:8080/v1/stream".parse().unwrap();
+//! // A durable stream is read from an offset, which each reader appends.
+//! assert_eq!(
+//!     HubProtocol::Durable.subscribe_path(&url, "bench", None),
+//!     "/v1/stream/bench?live=sse&offset="
+//! );
 //! ```
 
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
+
+use crate::subscriber::stamped_data;
 
 /// How to subscribe and publish.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +37,11 @@ pub enum HubProtocol {
     /// location `POST /pub/<channel>` whose body is the data (as in
     /// `bench/peers/nchan.conf.template`). The hub URL's path is the prefix of both.
     Nchan,
+    /// A Durable Streams server whose streams live under the URL's path: the topic is a JSON
+    /// stream (`PUT` before anyone reads it), an update is a `POST` of one JSON message
+    /// ([`stamped_json`]), and a subscriber reads `GET <stream>?live=sse&offset=O` from `now`,
+    /// and after the server ends its response, from the last offset it was given.
+    Durable,
 }
 
 impl HubProtocol {
@@ -36,18 +50,22 @@ impl HubProtocol {
         match self {
             HubProtocol::Mercure => "mercure",
             HubProtocol::Nchan => "nchan",
+            HubProtocol::Durable => "durable",
         }
     }
 
-    /// The topic (Mercure) or channel id (Nchan) of topic number `index` of `base`, or of
-    /// `base` itself when there is one topic. Nchan takes its channel id from a path segment,
-    /// so anything but `[A-Za-z0-9._-]` becomes `_`.
+    /// The topic (Mercure), channel id (Nchan) or stream name (Durable Streams) of topic
+    /// number `index` of `base`, or of `base` itself when there is one topic. Nchan and
+    /// Durable Streams take it from a path segment, so anything but `[A-Za-z0-9._-]` becomes
+    /// `_`.
     pub fn topic(self, base: &str, index: Option<u64>) -> String {
         match (self, index) {
             (HubProtocol::Mercure, None) => base.to_owned(),
             (HubProtocol::Mercure, Some(n)) => format!("{base}/{n}"),
-            (HubProtocol::Nchan, None) => channel(base),
-            (HubProtocol::Nchan, Some(n)) => format!("{}-{n}", channel(base)),
+            (HubProtocol::Nchan | HubProtocol::Durable, None) => channel(base),
+            (HubProtocol::Nchan | HubProtocol::Durable, Some(n)) => {
+                format!("{}-{n}", channel(base))
+            }
         }
     }
 
@@ -79,7 +97,31 @@ impl HubProtocol {
                 }
             }
             HubProtocol::Nchan => format!("{}/sub/{topic}", url.path().trim_end_matches('/')),
+            HubProtocol::Durable => {
+                format!("{}?live=sse&offset=", stream_url(url, topic).path())
+            }
         }
+    }
+
+    /// What `data` (a stamp from [`stamped_data`], padded to the message size) is sent as:
+    /// itself, or for Durable Streams the JSON message [`stamped_json`] of the same size.
+    pub fn payload(self, sent_nanos: u64, step: u32, size: usize) -> String {
+        match self {
+            HubProtocol::Mercure | HubProtocol::Nchan => stamped_data(sent_nanos, step, size),
+            HubProtocol::Durable => stamped_json(sent_nanos, step, size),
+        }
+    }
+
+    /// The request that makes `topic` ready to be subscribed to, if it needs one: a Durable
+    /// stream is created (`PUT`, JSON mode; an existing one with the same settings is fine).
+    pub fn prepare(
+        self,
+        client: &reqwest::Client,
+        url: &Url,
+        topic: &str,
+    ) -> Option<reqwest::RequestBuilder> {
+        (self == HubProtocol::Durable)
+            .then(|| client.put(stream_url(url, topic)).header("content-type", "application/json"))
     }
 
     /// A publish request of `data` to `topic` (as made by [`HubProtocol::topic`]).
@@ -103,6 +145,10 @@ impl HubProtocol {
                 url.set_query(None);
                 client.post(url).header("content-type", "text/plain").body(data)
             }
+            HubProtocol::Durable => client
+                .post(stream_url(url, topic))
+                .header("content-type", "application/json")
+                .body(data),
         }
     }
 
@@ -119,9 +165,26 @@ impl std::str::FromStr for HubProtocol {
         match s {
             "mercure" | "sluice" => Ok(HubProtocol::Mercure),
             "nchan" => Ok(HubProtocol::Nchan),
-            other => Err(format!("unknown hub protocol {other:?} (mercure or nchan)")),
+            "durable" => Ok(HubProtocol::Durable),
+            other => Err(format!("unknown hub protocol {other:?} (mercure, nchan or durable)")),
         }
     }
+}
+
+/// The URL of the stream `name` under the streams' root `root` (`http://h/v1/stream`).
+pub fn stream_url(root: &Url, name: &str) -> Url {
+    let mut url = root.clone();
+    url.set_path(&format!("{}/{name}", root.path().trim_end_matches('/')));
+    url.set_query(None);
+    url
+}
+
+/// A Durable Streams message of `size` bytes (never shorter than its stamp):
+/// `{"stamp":"<send time in ns> <step> xxx…"}`, the stamp as [`stamped_data`] makes it.
+pub fn stamped_json(sent_nanos: u64, step: u32, size: usize) -> String {
+    const WRAPPING: usize = r#"{"stamp":""}"#.len();
+    let stamp = stamped_data(sent_nanos, step, size.saturating_sub(WRAPPING));
+    format!(r#"{{"stamp":"{stamp}"}}"#)
 }
 
 fn channel(topic: &str) -> String {
@@ -163,7 +226,28 @@ mod tests {
     }
 
     #[test]
+    fn durable_streams_are_created_then_read_from_an_offset() {
+        let url = Url::parse("http://127.0.0.1:8080/v1/stream/").unwrap();
+        let p = HubProtocol::Durable;
+        assert_eq!(p.topic("bench/a", None), "bench_a");
+        assert_eq!(p.subscribe_path(&url, "bench", None), "/v1/stream/bench?live=sse&offset=");
+        let client = reqwest::Client::new();
+        let create = p.prepare(&client, &url, "bench").unwrap().build().unwrap();
+        assert_eq!(create.method(), reqwest::Method::PUT);
+        assert_eq!(create.url().as_str(), "http://127.0.0.1:8080/v1/stream/bench");
+        let data = p.payload(1_000, 3, 100);
+        assert_eq!(data.len(), 100);
+        let message: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(crate::parse_stamp(message["stamp"].as_str().unwrap()), Some((1_000, 3)));
+        let append = p.publish(&client, &url, "bench", "", data).build().unwrap();
+        assert_eq!(append.url().as_str(), "http://127.0.0.1:8080/v1/stream/bench");
+        assert_eq!(append.headers()["content-type"], "application/json");
+        assert!(HubProtocol::Mercure.prepare(&client, &url, "bench").is_none());
+    }
+
+    #[test]
     fn parses_names() {
+        assert_eq!("durable".parse::<HubProtocol>().unwrap(), HubProtocol::Durable);
         assert_eq!("nchan".parse::<HubProtocol>().unwrap(), HubProtocol::Nchan);
         assert_eq!("mercure".parse::<HubProtocol>().unwrap(), HubProtocol::Mercure);
         assert!("redis".parse::<HubProtocol>().is_err());

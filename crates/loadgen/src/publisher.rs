@@ -1,5 +1,6 @@
 //! Publishers: updates at a set rate, over a few keep-alive connections, to a Mercure hub
-//! (form POSTs) or to Nchan (the data as the body), one topic or many in turn.
+//! (form POSTs), to Nchan (the data as the body) or to a durable stream (a JSON message), one
+//! topic or many in turn.
 //!
 //! A pacer hands out one job per tick; `connections` senders take them, stamp the data with
 //! the time of sending and POST it. When every sender is busy and the hand-off queue is
@@ -13,7 +14,7 @@ use reqwest::Url;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::protocol::HubProtocol;
-use crate::subscriber::{now_nanos, stamped_data};
+use crate::subscriber::now_nanos;
 
 /// One step of publishing.
 #[derive(Debug, Clone)]
@@ -85,14 +86,15 @@ pub async fn publish(client: &reqwest::Client, plan: &PublishPlan) -> PublishSta
                 let topic = plan
                     .protocol
                     .topic(&plan.topic, (plan.topics > 1).then_some(index % plan.topics.max(1)));
-                let data = stamped_data(now_nanos(), plan.step, plan.message_size);
+                let data = plan.protocol.payload(now_nanos(), plan.step, plan.message_size);
                 let result = plan
                     .protocol
                     .publish(&client, &plan.url, &topic, &plan.token, data)
                     .send()
                     .await;
                 let error = match result {
-                    // Mercure answers 200 with the id; Nchan 201 (subscribers) or 202 (none).
+                    // Mercure answers 200 with the id; Nchan 201 (subscribers) or 202 (none);
+                    // a durable stream 204 (or 200 to a producer).
                     Ok(response) if response.status().is_success() => {
                         // Read the body so the connection is reused.
                         match response.bytes().await {

@@ -47,6 +47,9 @@ pub struct SoakBench {
     pub publish_token: String,
     /// Print progress lines.
     pub verbose: bool,
+    /// Environment variables for the server only (not this process), e.g. a heap profiler's
+    /// `LD_PRELOAD` and output (bench/soak-heap.sh).
+    pub server_env: Vec<(String, String)>,
 }
 
 /// The load's counters, shared by its tasks.
@@ -120,6 +123,7 @@ impl SoakBench {
         .collect();
         let mut command = crate::process::pinned(&self.program, None);
         command.env("SLUICE_SCRIPTED_TOKENS_PER_SECOND", "200");
+        command.envs(self.server_env.iter().map(|(name, value)| (name, value)));
         let (server, hub) =
             crate::process::spawn_server_with(command, &args, "/.well-known/mercure").await?;
         let pid = server.id().ok_or_else(|| Error::Server("exited at start".into()))?;
@@ -176,7 +180,7 @@ impl SoakBench {
         for task in tasks {
             task.abort();
         }
-        drop(server);
+        crate::process::terminate(server, Duration::from_secs(30)).await;
         let settled: Vec<&SoakSample> =
             samples.iter().filter(|s| s.t_s >= WARM_UP * self.duration.as_secs_f64()).collect();
         let per_minute = |value: fn(&SoakSample) -> u64| {

@@ -114,6 +114,10 @@ pub struct WorkerReport {
     /// Subscribers connected again after a `reconnect` (a connect storm).
     #[serde(default)]
     pub reconnected: u64,
+    /// Durable stream reads that the server ended before the stream, read again from their
+    /// offset.
+    #[serde(default)]
+    pub resumed: u64,
     /// Events received since the start (all steps, plus events without a timestamp).
     pub received: u64,
     /// Events that carried no load-generator timestamp.
@@ -171,6 +175,7 @@ impl Aggregate {
             total.gave_up += w.gave_up;
             total.disconnects += w.disconnects;
             total.reconnected += w.reconnected;
+            total.resumed += w.resumed;
             total.received += w.received;
             total.untimed += w.untimed;
             total.last_connected_ns = total.last_connected_ns.max(w.last_connected_ns);

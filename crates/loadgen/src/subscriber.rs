@@ -10,6 +10,12 @@
 //! The coordinator may ask every subscriber to drop its connection and, later, to reconnect
 //! all at once (a connect storm): each then sends the last event id it saw as
 //! `Last-Event-ID`, so the hub replays what it missed.
+//!
+//! A reader of a durable stream ([`HubProtocol::Durable`]) gets `data` events holding JSON
+//! arrays of stamped messages ([`stamped_json`](crate::protocol::stamped_json)) and `control`
+//! events holding the offset to read on from; when the server ends its response (Sluice does
+//! every minute, as the protocol suggests) and the stream is not closed, it reads again from
+//! that offset, as the protocol's clients do.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -17,12 +23,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_sse::Decoder;
+use serde::Deserialize;
+use sluice_sse::{Decoder, MessageEvent};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::chunked::{Dechunker, Progress};
+use crate::protocol::HubProtocol;
 use crate::stats::{Latency, StepDelta, WorkerReport};
 
 /// The largest response head accepted.
@@ -150,6 +158,8 @@ pub(crate) struct Target {
     headers: String,
     /// Whether a reconnect sends the last event id seen.
     resume: bool,
+    /// Whether this reads a durable stream: the offset ends the path and query.
+    durable: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) attempts: u32,
 }
@@ -173,6 +183,7 @@ impl Target {
             path_and_query: path_and_query.to_owned(),
             headers,
             resume: true,
+            durable: false,
             connect_timeout,
             attempts: attempts.max(1),
         }
@@ -184,16 +195,26 @@ impl Target {
         self
     }
 
+    /// How the stream is read: as a hub's, or as a durable stream from an offset.
+    pub(crate) fn protocol(mut self, protocol: HubProtocol) -> Self {
+        self.durable = protocol == HubProtocol::Durable;
+        self
+    }
+
     /// The request of the subscriber to topic number `topic` (none: the path as given), with
-    /// `Last-Event-ID: last_id` when resuming and `last_id` is not empty.
+    /// `Last-Event-ID: last_id` when resuming and `last_id` is not empty; for a durable
+    /// stream, `last_id` is the offset to read from (`now` when empty), last in the query.
     fn request(&self, topic: Option<u64>, last_id: &str) -> Vec<u8> {
         let mut request = format!("GET {}", self.path_and_query);
         if let Some(topic) = topic {
             request.push_str(&topic.to_string());
         }
+        if self.durable {
+            request.push_str(if last_id.is_empty() { "now" } else { last_id });
+        }
         request.push_str(" HTTP/1.1\r\n");
         request.push_str(&self.headers);
-        if self.resume && !last_id.is_empty() {
+        if self.resume && !self.durable && !last_id.is_empty() {
             request.push_str(&format!("Last-Event-ID: {last_id}\r\n"));
         }
         request.push_str("\r\n");
@@ -279,16 +300,30 @@ pub(crate) async fn run(
                 stats.report.reconnected += 1;
             }
         }
-        let mut body = Body { dechunker: chunked.then(Dechunker::new), decoder: Decoder::new() };
+        let mut body = Body {
+            dechunker: chunked.then(Dechunker::new),
+            decoder: Decoder::new(),
+            durable: target.durable.then(|| DurableRead { offset: last_id.clone(), closed: false }),
+        };
         let ended = tokio::select! {
             result = read_stream(&stream, &shared, &leftover, &mut body) => Some(result),
             Ok(_) = control.wait_for(|c| c.disconnected) => None,
         };
-        last_id = body.decoder.last_event_id().to_owned();
+        last_id = match &body.durable {
+            Some(read) => read.offset.clone(),
+            None => body.decoder.last_event_id().to_owned(),
+        };
         drop(stream);
         if let Some(result) = ended {
             let mut stats = shared.stats.borrow_mut();
             stats.report.connected -= 1;
+            // A durable read the server ended before the stream did goes on from its offset.
+            if result.is_ok() && body.durable.as_ref().is_some_and(|read| !read.closed) {
+                stats.report.pending += 1;
+                stats.report.resumed += 1;
+                reconnecting = false;
+                continue;
+            }
             stats.report.disconnects += 1;
             stats.error(match result {
                 Ok(()) => "stream: ended by the server".to_owned(),
@@ -399,6 +434,54 @@ async fn read_stream(
 struct Body {
     dechunker: Option<Dechunker>,
     decoder: Decoder,
+    /// Where a durable read stands (none: a hub's stream).
+    durable: Option<DurableRead>,
+}
+
+/// A durable stream's read: the offset its last `control` event gave, and whether that said
+/// the stream is closed.
+struct DurableRead {
+    offset: String,
+    closed: bool,
+}
+
+/// A message of a durable stream's `data` event (its other fields are padding).
+#[derive(Deserialize)]
+struct StampedMessage<'a> {
+    #[serde(borrow)]
+    stamp: std::borrow::Cow<'a, str>,
+}
+
+/// A durable stream's `control` event.
+#[derive(Deserialize)]
+struct ControlEvent {
+    #[serde(rename = "streamNextOffset")]
+    next_offset: String,
+    #[serde(rename = "streamClosed", default)]
+    closed: bool,
+}
+
+impl DurableRead {
+    /// Records the messages of a `data` event, or takes the offset of a `control` event.
+    fn event(&mut self, event: &MessageEvent, now_nanos: u64, stats: &mut Stats) {
+        match &*event.event_type {
+            "data" => match serde_json::from_str::<Vec<StampedMessage<'_>>>(&event.data) {
+                Ok(messages) => {
+                    for message in messages {
+                        stats.event(&message.stamp, now_nanos);
+                    }
+                }
+                Err(_) => stats.event("", now_nanos),
+            },
+            "control" => {
+                if let Ok(control) = serde_json::from_str::<ControlEvent>(&event.data) {
+                    self.offset = control.next_offset;
+                    self.closed = control.closed;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Body {
@@ -409,10 +492,15 @@ impl Body {
         stats: &mut Stats,
     ) -> Result<Progress, Failure> {
         let decoder = &mut self.decoder;
+        let durable = &mut self.durable;
         let mut decode_error = None;
         let mut decode = |data: &[u8]| {
+            let on_event = |event: MessageEvent| match durable {
+                Some(read) => read.event(&event, now_nanos, stats),
+                None => stats.event(&event.data, now_nanos),
+            };
             if decode_error.is_none()
-                && let Err(error) = decoder.feed(data, |event| stats.event(&event.data, now_nanos))
+                && let Err(error) = decoder.feed(data, on_event)
             {
                 decode_error = Some(error);
             }
@@ -436,6 +524,7 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::stamped_json;
 
     #[test]
     fn stamps_round_trip_and_pad() {
@@ -449,7 +538,8 @@ mod tests {
     #[test]
     fn a_chunked_event_stream_records_latency_per_step() {
         let mut stats = Shared::new(1, 0).stats.into_inner();
-        let mut body = Body { dechunker: Some(Dechunker::new()), decoder: Decoder::new() };
+        let mut body =
+            Body { dechunker: Some(Dechunker::new()), decoder: Decoder::new(), durable: None };
         let event = format!("data: {}\n\n", stamped_data(1_000_000, 2, 40));
         let wire = format!("2\r\n:\n\r\n{:x}\r\n{event}\r\n", event.len());
         for piece in wire.as_bytes().chunks(7) {
@@ -471,7 +561,7 @@ mod tests {
     fn a_raw_nchan_stream_keeps_its_last_id_and_honours_the_floor() {
         let shared = Shared::new(1, 0);
         let mut stats = shared.stats.borrow_mut();
-        let mut body = Body { dechunker: None, decoder: Decoder::new() };
+        let mut body = Body { dechunker: None, decoder: Decoder::new(), durable: None };
         let wire = format!(
             ": hi\n\nid: 1795955849:0\ndata: {}\n\nid: 1795955849:1\ndata: {}\n\n",
             stamped_data(1_000_000, 0, 40),
@@ -492,6 +582,48 @@ mod tests {
         };
         assert!((1_999..=2_001).contains(&micros(0)));
         assert!((499..=501).contains(&micros(1)));
+    }
+
+    #[test]
+    fn a_durable_read_counts_each_message_and_keeps_its_offset() {
+        let mut stats = Shared::new(1, 0).stats.into_inner();
+        let read = DurableRead { offset: String::new(), closed: false };
+        let mut body = Body { dechunker: None, decoder: Decoder::new(), durable: Some(read) };
+        let (a, b) = (stamped_json(1_000_000, 0, 60), stamped_json(2_000_000, 0, 60));
+        // Sluice sends the messages read together as one array; the reference server one each.
+        let wire = format!(
+            "event: control\ndata:{{\"streamNextOffset\":\"0_0\",\"upToDate\":true}}\n\n\
+             event: data\ndata:[{a},{b}]\n\n\
+             event: control\ndata:{{\"streamNextOffset\":\"2_120\",\"streamCursor\":\"9\"}}\n\n"
+        );
+        body.consume(wire.as_bytes(), 3_000_000, &mut stats).unwrap();
+        let read = body.durable.as_ref().unwrap();
+        assert_eq!((read.offset.as_str(), read.closed), ("2_120", false));
+        let report = stats.take_report();
+        assert_eq!((report.received, report.untimed), (2, 0));
+        let buckets = &report.steps[0].buckets;
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 2);
+        let closing =
+            "event: control\ndata:{\"streamNextOffset\":\"2_120\",\"streamClosed\":true}\n\n";
+        body.consume(closing.as_bytes(), 3_000_000, &mut stats).unwrap();
+        assert!(body.durable.unwrap().closed);
+    }
+
+    #[test]
+    fn durable_reads_start_now_and_go_on_from_their_offset() {
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let path = HubProtocol::Durable.subscribe_path(
+            &"http://h/v1/stream".parse().unwrap(),
+            "bench",
+            None,
+        );
+        let target = Target::new(addr, "h", &path, None, Duration::from_secs(1), 1)
+            .protocol(HubProtocol::Durable);
+        let first = String::from_utf8(target.request(None, "")).unwrap();
+        assert!(first.starts_with("GET /v1/stream/bench?live=sse&offset=now HTTP/1.1\r\n"));
+        let again = String::from_utf8(target.request(None, "2_120")).unwrap();
+        assert!(again.starts_with("GET /v1/stream/bench?live=sse&offset=2_120 HTTP/1.1\r\n"));
+        assert!(!again.contains("Last-Event-ID"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::Error;
+use crate::protocol::HubProtocol;
 use crate::subscriber::{self, Control, Shared, Target};
 
 /// What a worker is asked to do.
@@ -47,6 +48,9 @@ pub struct WorkerConfig {
     /// Whether a reconnect sends `Last-Event-ID`.
     #[serde(default = "yes")]
     pub resume: bool,
+    /// How the subscribers read: a hub's event stream, or a durable stream from an offset.
+    #[serde(default)]
+    pub protocol: HubProtocol,
     /// A subscriber JWT, sent as `Authorization: Bearer`.
     pub token: Option<String>,
     /// How many subscribers to open.
@@ -142,7 +146,8 @@ async fn work(
             Duration::from_millis(config.connect_timeout_ms),
             config.connect_attempts,
         )
-        .resume(config.resume),
+        .resume(config.resume)
+        .protocol(config.protocol),
     );
     let shared = Rc::new(Shared::new(config.subscribers, config.storm_concurrency));
     let connects = Rc::new(tokio::sync::Semaphore::new(config.connect_concurrency.max(1)));
@@ -215,5 +220,6 @@ mod tests {
         let config: WorkerConfig = serde_json::from_str(line).unwrap();
         assert!(config.resume);
         assert_eq!(config.topics, 0);
+        assert_eq!(config.protocol, HubProtocol::Mercure);
     }
 }

@@ -171,6 +171,9 @@ impl HubBench {
         if let ServerTarget::Url(url) = &self.server {
             loopback_addr(url)?;
         }
+        if self.topics > 1 && self.protocol == HubProtocol::Durable {
+            return Err(Error::Config("durable streams are read one stream at a time".into()));
+        }
         if self.topics > 1 && !self.other_nodes.is_empty() {
             return Err(Error::Config("many topics over several nodes is not supported".into()));
         }
@@ -180,7 +183,7 @@ impl HubBench {
 }
 
 /// The socket address of a loopback `http` URL; anything else is refused.
-pub(super) fn loopback_addr(url: &Url) -> Result<SocketAddr, Error> {
+pub(crate) fn loopback_addr(url: &Url) -> Result<SocketAddr, Error> {
     if url.scheme() != "http" {
         return Err(Error::Config(format!("only http:// URLs are benchmarked, not {url}")));
     }

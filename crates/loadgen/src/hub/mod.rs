@@ -15,16 +15,17 @@
 //! 5. Stops the workers (and the server it started), waits for stragglers, and returns the
 //!    results; [`summary`] renders them as Markdown tables.
 //!
-//! The hub may be a Mercure hub (Sluice) or Nchan
-//! ([`HubProtocol`](crate::protocol::HubProtocol)); subscribers may share one topic (fan-out)
-//! or be spread over many (one subscriber per topic, updates published to each topic in turn).
+//! The hub may be a Mercure hub (Sluice), Nchan, or a Durable Streams server whose readers
+//! tail one stream over SSE ([`HubProtocol`](crate::protocol::HubProtocol)); subscribers may
+//! share one topic (fan-out) or, on a hub, be spread over many (one subscriber per topic,
+//! updates published to each topic in turn).
 //!
 //! Everything is bounded: connecting has a deadline, steps have a duration, workers exit by
 //! themselves after the planned run plus a margin, and children are killed if the
 //! coordinator stops early (Ctrl-C included).
 //!
 //! One file per job: [`HubBench`] and its checks (`config`), the run from start to stop
-//! (`run`), the connect storm (`storm`), the worker processes (`workers`), sampling and
+//! (`run`), the server measured (`server`), the connect storm (`storm`), the worker processes (`workers`), sampling and
 //! progress (`monitor`), what a run measured ([`HubResults`], `results`) and its Markdown
 //! ([`summary`]).
 
@@ -32,6 +33,7 @@ mod config;
 mod monitor;
 mod results;
 mod run;
+mod server;
 mod storm;
 mod summary;
 mod workers;
@@ -39,3 +41,7 @@ mod workers;
 pub use config::{HubBench, Pinning, SUBSCRIBERS_PER_PROCESS, ServerTarget, StormPlan};
 pub use results::{ConnectResult, HubResults, IdleResult, Machine, StepResult, StormResult};
 pub use summary::summary;
+
+pub(crate) use config::loopback_addr;
+pub(crate) use results::read_loadavg;
+pub(crate) use server::{RunningServer, prepare};

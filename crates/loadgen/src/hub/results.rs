@@ -21,7 +21,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub(super) fn read() -> Machine {
+    pub(crate) fn read() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Machine {
             cpus: cpuinfo.lines().filter(|l| l.starts_with("processor")).count(),
@@ -35,7 +35,7 @@ impl Machine {
     }
 }
 
-pub(super) fn read_loadavg() -> String {
+pub(crate) fn read_loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned()
 }
 
@@ -257,6 +257,8 @@ pub struct HubResults {
     pub saturated_at: Option<f64>,
     /// Streams that ended before the run did.
     pub disconnects: u64,
+    /// Durable stream reads the server ended, read again from their offset.
+    pub resumed: u64,
     /// The first subscriber error, as an example.
     pub first_error: Option<String>,
 }

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::Url;
 
-use super::config::{HubBench, SUBSCRIBERS_PER_PROCESS, ServerTarget, loopback_addr};
+use super::config::{HubBench, SUBSCRIBERS_PER_PROCESS, loopback_addr};
 use super::monitor::Monitor;
 use super::results::{ConnectResult, HubResults, IdleResult, Machine, StepResult, read_loadavg};
+use super::server::prepare;
 use crate::Error;
 use crate::process;
 use crate::procfs;
@@ -35,37 +36,15 @@ impl HubBench {
         }
 
         // The server.
-        let mut server_child = None;
-        let mut server_group = None;
         let cpus = self.pinning.as_ref().map(|p| p.server_cpus.as_str());
-        let (url, server_pid) = match &self.server {
-            ServerTarget::Url(url) => (url.clone(), self.server_pid),
-            ServerTarget::Spawn { program, args, path } => {
-                let (child, url) = process::spawn_server(program, args, cpus, path).await?;
-                let pid = child.id();
-                server_child = Some(child);
-                (url, pid)
-            }
-            ServerTarget::Command { command, path } => {
-                let group =
-                    process::spawn_command(command, cpus, &[], None, None, Duration::from_secs(30))
-                        .await?;
-                let url = Url::parse(&format!("http://{}{path}", group.addr))
-                    .map_err(|e| Error::Config(format!("bad path {path:?}: {e}")))?;
-                let pid = group.pgid;
-                server_group = Some(group);
-                (url, Some(pid))
-            }
-        };
+        let server = self.server.start(self.server_pid, cpus).await?;
+        let url = server.url.clone();
         let nodes: Vec<Url> =
             std::iter::once(url.clone()).chain(self.other_nodes.iter().cloned()).collect();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let group_pids = server_group.as_ref().map(process::Group::pids);
-        let server_pids: Vec<u32> = match &group_pids {
-            Some(pids) => pids.clone(),
-            None => server_pid.into_iter().chain(self.other_pids.iter().copied()).collect(),
-        };
-        let server_cpus = server_pid.and_then(procfs::allowed_cpus);
+        let server_pids = server.pids(&self.other_pids);
+        let server_cpus = server.pid.and_then(procfs::allowed_cpus);
+        let client = publisher::client(self.publish_connections)?;
+        prepare(self.protocol, &client, &url, &self.protocol.topic(&self.topic, None)).await?;
         let rss_before = procfs::sample_all(&server_pids).map(|s| s.rss_kib);
 
         // The workers.
@@ -101,6 +80,7 @@ impl HubBench {
                 first_topic,
                 storm_concurrency: 0,
                 resume: true,
+                protocol: self.protocol,
                 token: self.subscribe_token.clone(),
                 subscribers: share,
                 connect_concurrency: self.connect_concurrency,
@@ -171,7 +151,6 @@ impl HubBench {
             },
         };
 
-        let client = publisher::client(self.publish_connections)?;
         let storm = match &self.storm {
             Some(plan) => {
                 Some(self.storm(plan, &client, &url, &mut workers, &aggregate, &mut monitor).await?)
@@ -259,13 +238,7 @@ impl HubBench {
         for (index, step) in steps.iter_mut().enumerate() {
             step.finish(aggregate.step(index as u32), per_update, self.step_duration);
         }
-        if let Some(mut server) = server_child.take() {
-            let _ = server.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(5), server.wait()).await;
-        }
-        if let Some(group) = server_group.take() {
-            group.stop(Duration::from_secs(5)).await;
-        }
+        server.stop().await;
         let totals = aggregate.totals();
         Ok(HubResults {
             machine,
@@ -288,6 +261,7 @@ impl HubBench {
             steps,
             saturated_at,
             disconnects: totals.disconnects,
+            resumed: totals.resumed,
             first_error: totals.first_error,
         })
     }

@@ -106,6 +106,9 @@ pub fn summary(results: &HubResults) -> String {
         out.push_str(&format!("\nsaturated at {rate} updates/s: higher rates skipped"));
     }
     out.push_str(&format!("\nstreams ended early: {}", results.disconnects));
+    if results.resumed > 0 {
+        out.push_str(&format!(", reads resumed from their offset: {}", results.resumed));
+    }
     if let Some(error) = &results.first_error {
         out.push_str(&format!(" (first: {error})"));
     }
