@@ -78,6 +78,29 @@ fn name_and_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Where a benchmark pins the server it starts and itself, one core each by default.
+#[derive(Debug, clap::Args)]
+struct PinArgs {
+    /// CPUs of a spawned server (`taskset -c` list).
+    #[arg(long, default_value = "0", value_name = "LIST")]
+    server_cpus: String,
+    /// CPUs of the load generator (`taskset -c` list).
+    #[arg(long, default_value = "1", value_name = "LIST")]
+    loadgen_cpus: String,
+    /// Do not pin anything.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+impl PinArgs {
+    fn pinning(&self) -> Option<Pinning> {
+        (!self.no_pin).then(|| Pinning {
+            server_cpus: self.server_cpus.clone(),
+            loadgen_cpus: self.loadgen_cpus.clone(),
+        })
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct DurableArgs {
     /// The streams' root of a running server (a loopback http:// URL), e.g.
@@ -131,15 +154,8 @@ struct DurableArgs {
     /// Bytes of each JSON message (a send-time stamp, padded).
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
     message_size: usize,
-    /// CPUs of a spawned server (`taskset -c` list).
-    #[arg(long, default_value = "0", value_name = "LIST")]
-    server_cpus: String,
-    /// CPUs of the load generator (`taskset -c` list).
-    #[arg(long, default_value = "1", value_name = "LIST")]
-    loadgen_cpus: String,
-    /// Do not pin anything.
-    #[arg(long)]
-    no_pin: bool,
+    #[command(flatten)]
+    pin: PinArgs,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -346,15 +362,8 @@ struct HubArgs {
     /// Connection attempts in flight at once, per worker.
     #[arg(long, default_value_t = 256, value_name = "N")]
     connect_concurrency: usize,
-    /// CPUs of a spawned server (`taskset -c` list).
-    #[arg(long, default_value = "0", value_name = "LIST")]
-    server_cpus: String,
-    /// CPUs of the load generator (`taskset -c` list).
-    #[arg(long, default_value = "1", value_name = "LIST")]
-    loadgen_cpus: String,
-    /// Do not pin anything.
-    #[arg(long)]
-    no_pin: bool,
+    #[command(flatten)]
+    pin: PinArgs,
     /// An extra argument for a spawned `sluice serve` (repeatable).
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -408,10 +417,7 @@ async fn durable(args: DurableArgs) -> anyhow::Result<ExitCode> {
     let bench = DurableBench {
         server,
         server_pid: args.server_pid,
-        pinning: (!args.no_pin).then(|| Pinning {
-            server_cpus: args.server_cpus.clone(),
-            loadgen_cpus: args.loadgen_cpus.clone(),
-        }),
+        pinning: args.pin.pinning(),
         message_size: args.message_size,
         writers: if part(DurablePart::Appends) { args.writers.clone() } else { Vec::new() },
         producers: match args.producers {
@@ -615,10 +621,7 @@ async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
         publish_token,
         publish_connections: args.publishers.max(1),
         connect_concurrency: args.connect_concurrency.max(1),
-        pinning: (!args.no_pin).then(|| Pinning {
-            server_cpus: args.server_cpus.clone(),
-            loadgen_cpus: args.loadgen_cpus.clone(),
-        }),
+        pinning: args.pin.pinning(),
         settle: Duration::from_secs(args.settle),
         progress: !args.quiet,
         ..HubBench::new(program, vec!["bench".into(), "hub-worker".into()])
