@@ -52,8 +52,14 @@ fn backend(error: impl std::fmt::Display) -> LogError {
 }
 
 impl SqliteLog {
-    /// Opens (or creates) the file at `path` and brings its layout up to date.
+    /// Opens (or creates) the file at `path`, and the folders it is in, and brings its layout
+    /// up to date.
     pub fn open(path: &Path) -> Result<Self, LogError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                LogError::Backend(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
         let writer = Connection::open(path).map_err(backend)?;
         writer.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
         writer
@@ -261,5 +267,15 @@ mod tests {
         crate::testing::log_conforms(&SqliteLog::open(&file).unwrap()).await;
         let reopened = SqliteLog::open(&file).unwrap();
         assert!(reopened.load("a/b c/ünïcode").await.unwrap().is_some());
+    }
+
+    /// `sluice serve`'s default store is `./sluice-data/sluice.db`: on a first start the
+    /// folder is not there yet, and the streams' file beside the hub's may be opened first.
+    #[test]
+    fn makes_the_folders_it_is_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice-data/deeper/streams.db");
+        SqliteLog::open(&file).unwrap();
+        assert!(file.exists());
     }
 }
