@@ -140,6 +140,8 @@ pub(crate) struct ModelSettings<'a> {
     /// The local model's GGUF file.
     pub(crate) model: &'a Path,
     pub(crate) timeouts: UpstreamTimeouts,
+    /// Where traces of the answers go, if anywhere.
+    pub(crate) traces: Option<sluice_otlp::OtlpConfig>,
 }
 
 /// Loads the local model (a llama-family GGUF).
@@ -223,6 +225,9 @@ fn build(
 /// The router for these settings.
 pub(crate) fn router(settings: &ModelSettings<'_>) -> anyhow::Result<Router> {
     let mut router = Router::new();
+    if let Some(traces) = &settings.traces {
+        router.observe(sluice_otlp::start(traces.clone()));
+    }
     for config in settings.providers {
         let provider = build(config, settings.scripted, &settings.timeouts)?;
         router.add(provider, config.models.clone(), attempts(config, &settings.timeouts));

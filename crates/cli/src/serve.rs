@@ -210,6 +210,15 @@ pub(crate) struct Args {
     /// sluice-data/tls/self-signed.pem, so that clients can be told to trust it).
     #[arg(long, env = "SLUICE_TLS_SELF_SIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", conflicts_with = "tls_cert")]
     tls_self_signed: Option<bool>,
+    /// Send a trace of every answer to this OpenTelemetry receiver, its OTLP/HTTP base URL
+    /// (e.g. http://127.0.0.1:4318; spans go to /v1/traces as JSON): one span per answer with
+    /// the GenAI conventions (model, provider, tokens, finish reason), its time to the first
+    /// token and whether it was stopped.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<url::Url>,
+    /// The `service.name` of those traces [default: sluice].
+    #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    otlp_service_name: Option<String>,
     /// Upstream providers (`[[providers]]` tables; only in the settings file).
     #[arg(skip)]
     providers: Vec<ProviderConfig>,
@@ -453,6 +462,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_subscriptions_per_client: args.max_subscriptions_per_client,
         subscription_events: !args.no_subscription_events.unwrap_or(false),
         models: Arc::new(crate::providers::router(&ModelSettings {
+            traces: args.otlp_endpoint.clone().map(|endpoint| sluice_otlp::OtlpConfig {
+                endpoint,
+                service_name: args.otlp_service_name.clone().unwrap_or_else(|| "sluice".into()),
+            }),
             providers: &args.providers,
             extra: &args.provider,
             scripted: &args.scripted,

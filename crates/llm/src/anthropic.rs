@@ -136,6 +136,10 @@ impl Provider for Anthropic {
         &self.config.name
     }
 
+    fn system(&self) -> &'static str {
+        "anthropic"
+    }
+
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>> {
         async move {
             let url = format!("{}/messages", self.config.base_url.trim_end_matches('/'));

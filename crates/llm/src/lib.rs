@@ -10,6 +10,7 @@
 pub mod anthropic;
 #[cfg(feature = "local")]
 pub mod local;
+pub mod observe;
 pub mod openai;
 pub mod router;
 pub mod scripted;
@@ -21,6 +22,7 @@ mod upstream;
 pub use anthropic::{Anthropic, AnthropicConfig};
 #[cfg(feature = "local")]
 pub use local::{LoadError, LocalConfig, LocalModel, LocalStats};
+pub use observe::{AnswerRecord, Observer};
 pub use openai::{OpenAi, OpenAiConfig};
 pub use router::{Attempts, Router};
 pub use scripted::{Script, Scripted, ScriptedStats};

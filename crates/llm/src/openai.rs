@@ -53,6 +53,10 @@ impl Provider for OpenAi {
         &self.config.name
     }
 
+    fn system(&self) -> &'static str {
+        "openai"
+    }
+
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>> {
         async move {
             let mut body = serde_json::to_value(&request)

@@ -20,6 +20,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream;
 
+use crate::observe::{Observer, Watch};
 use crate::types::{ChatRequest, Delta, DeltaStream, Provider, ProviderError};
 
 /// How one provider is tried.
@@ -57,6 +58,7 @@ struct Route {
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    observer: Option<Observer>,
 }
 
 impl Router {
@@ -68,6 +70,11 @@ impl Router {
     /// Serves `models` with `provider`, after any provider added earlier for the same model.
     pub fn add(&mut self, provider: Arc<dyn Provider>, models: Vec<String>, attempts: Attempts) {
         self.routes.push(Route { provider, models, attempts });
+    }
+
+    /// Tells `observer` of every answer once it is over (traces, usage).
+    pub fn observe(&mut self, observer: Observer) {
+        self.observer = Some(observer);
     }
 
     /// Every model served, once, with the name of its first provider, in configuration order.
@@ -103,9 +110,17 @@ impl Router {
         if candidates.is_empty() {
             return Err(ProviderError::UnknownModel(request.model));
         }
-        let mut fallover = Fallover { request, candidates, last_error: None };
-        let (current, limits) = fallover.open_next().await?;
-        Ok(fallover.into_stream(current, limits))
+        let watch = self.observer.clone().map(|observer| Watch::new(observer, &request));
+        let mut fallover = Fallover { request, candidates, last_error: None, watch };
+        match fallover.open_next().await {
+            Ok((current, limits)) => Ok(fallover.into_stream(current, limits)),
+            Err(error) => {
+                if let Some(watch) = &mut fallover.watch {
+                    watch.end(Some(error.clone()));
+                }
+                Err(error)
+            }
+        }
     }
 }
 
@@ -121,6 +136,8 @@ struct Fallover {
     request: ChatRequest,
     candidates: VecDeque<Route>,
     last_error: Option<ProviderError>,
+    /// What the answer became, for the router's observer.
+    watch: Option<Watch>,
 }
 
 impl Fallover {
@@ -128,6 +145,9 @@ impl Fallover {
     /// configured.
     async fn open_next(&mut self) -> Result<(DeltaStream, Limits), ProviderError> {
         while let Some(route) = self.candidates.front() {
+            if let Some(watch) = &mut self.watch {
+                watch.serving(route.provider.name(), route.provider.system());
+            }
             let limits = Limits {
                 first_token: route.attempts.first_token_timeout,
                 gap: route.attempts.gap_timeout,
@@ -183,6 +203,14 @@ impl Fallover {
         Ok(())
     }
 
+    /// Shows the reader's next item to the watch, and passes it on.
+    fn saw(&mut self, item: Result<Delta, ProviderError>) -> Result<Delta, ProviderError> {
+        if let Some(watch) = &mut self.watch {
+            watch.saw(Some(&item));
+        }
+        item
+    }
+
     fn into_stream(self, current: DeltaStream, limits: Limits) -> DeltaStream {
         // `started`: whether the reader has seen a delta (then no fallover, and gaps apply).
         let state = (self, current, limits, false);
@@ -214,20 +242,28 @@ impl Fallover {
                             }
                             Err(error) => {
                                 let done: DeltaStream = stream::empty().boxed();
-                                return Some((Err(error), (fallover, done, limits, true)));
+                                let item = fallover.saw(Err(error));
+                                return Some((item, (fallover, done, limits, true)));
                             }
                         }
                     }
                     Some(Err(error)) => {
                         // The answer's error ends it: the upstream request is dropped now.
                         let done: DeltaStream = stream::empty().boxed();
-                        return Some((Err(error), (fallover, done, limits, true)));
+                        let item = fallover.saw(Err(error));
+                        return Some((item, (fallover, done, limits, true)));
                     }
                     Some(item) => {
                         started |= matches!(item, Ok(Delta::Text(_) | Delta::ToolCall { .. }));
+                        let item = fallover.saw(item);
                         return Some((item, (fallover, current, limits, started)));
                     }
-                    None => return None,
+                    None => {
+                        if let Some(watch) = &mut fallover.watch {
+                            watch.saw(None);
+                        }
+                        return None;
+                    }
                 }
             }
         })

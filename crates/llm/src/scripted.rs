@@ -130,6 +130,10 @@ impl Provider for Scripted {
         &self.name
     }
 
+    fn system(&self) -> &'static str {
+        "sluice.scripted"
+    }
+
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>> {
         let script = self.script.clone();
         let prompt = request.messages.iter().rev().find(|m| m.role == crate::Role::User);

@@ -203,6 +203,10 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// The provider's configured name (what `/v1/models` lists as owner).
     fn name(&self) -> &str;
 
+    /// The kind of model service it is, as OpenTelemetry's GenAI conventions name it in
+    /// `gen_ai.provider.name` (`openai`, `anthropic`, ...): what a trace groups answers by.
+    fn system(&self) -> &'static str;
+
     /// Starts an answer. Resolves once the upstream accepted the request (an error before
     /// that is an `Err` here, so it can still become an HTTP error status or a fallback).
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>>;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use sluice_llm::{
-    Anthropic, AnthropicConfig, Attempts, ChatRequest, Delta, DeltaStream, FinishReason, Message,
-    OpenAi, OpenAiConfig, Provider, ProviderError, Role, Router, Script, Scripted, Usage,
+    AnswerRecord, Anthropic, AnthropicConfig, Attempts, ChatRequest, Delta, DeltaStream,
+    FinishReason, Message, Observer, OpenAi, OpenAiConfig, Provider, ProviderError, Role, Router,
+    Script, Scripted, Usage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -323,6 +324,52 @@ async fn the_router_falls_over_before_the_first_token_only() {
     ));
     let models = router.models();
     assert_eq!(models, [("late".to_owned(), "scripted".to_owned())]);
+}
+
+#[tokio::test]
+async fn the_router_tells_its_observer_how_each_answer_ended() {
+    let records = Arc::new(std::sync::Mutex::new(Vec::<AnswerRecord>::new()));
+    let mut router = Router::new();
+    let seen = Arc::clone(&records);
+    router.observe(Observer::new(move |record| seen.lock().unwrap().push(record.clone())));
+    router.add(scripted("zero", Some(0)), vec!["m".into()], quick());
+    router.add(scripted("one two three", None), vec!["m".into()], quick());
+    router.add(scripted("one two three", Some(1)), vec!["fails".into()], quick());
+    let taken = || std::mem::take(&mut *records.lock().unwrap());
+
+    // Served by the second provider after the first failed: one record, the second's.
+    let answer =
+        collect(router.stream(ChatRequest { max_tokens: Some(9), ..request("m") }).await.unwrap())
+            .await;
+    let [record] = taken().try_into().unwrap();
+    assert_eq!(record.provider, "scripted");
+    assert_eq!(record.system, "sluice.scripted");
+    assert_eq!((record.model.as_str(), record.max_tokens), ("m", Some(9)));
+    assert_eq!(record.usage, answer.usage);
+    assert!(record.usage.is_some_and(|u| u.completion_tokens > 0));
+    assert_eq!(record.finish_reason, Some(FinishReason::Stop));
+    assert_eq!(record.deltas, 3);
+    assert!(record.time_to_first_token.is_some_and(|t| t <= record.duration));
+    assert!(!record.cancelled && record.error.is_none());
+
+    // The reader leaves after the first token: cancelled, with what it had.
+    let mut stream = router.stream(request("m")).await.unwrap();
+    while !matches!(stream.next().await, Some(Ok(Delta::Text(_)))) {}
+    assert!(taken().is_empty(), "nothing is told before the answer is over");
+    drop(stream);
+    let [record] = taken().try_into().unwrap();
+    assert!(record.cancelled);
+    assert_eq!((record.deltas, record.usage, record.finish_reason), (1, None, None));
+
+    // An error after the first token ends the answer with it.
+    let answer = collect(router.stream(request("fails")).await.unwrap()).await;
+    let [record] = taken().try_into().unwrap();
+    assert_eq!(record.error, answer.error);
+    assert!(record.error.is_some() && !record.cancelled);
+
+    // No provider for the model: told at once, with the error.
+    assert!(router.stream(request("nope")).await.is_err());
+    assert!(taken().is_empty(), "an unknown model is refused before any answer starts");
 }
 
 #[tokio::test]

@@ -463,6 +463,10 @@ impl Provider for LocalModel {
         &self.provider_name
     }
 
+    fn system(&self) -> &'static str {
+        "sluice.local"
+    }
+
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>> {
         let started = self.start(&request);
         Box::pin(async move { started })
