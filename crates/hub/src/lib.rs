@@ -64,8 +64,9 @@ pub use recent::DEFAULT_RECENT_UPDATES;
 pub use registry::Hangup;
 pub use selector::{Selector, SelectorError};
 pub use store::{
-    CommitListener, Heartbeat, MemoryStore, RedisConfig, RedisStore, Store, StoreError,
-    StreamControl, StreamRecord,
+    BudgetPeriod, Charge, Charged, CommitListener, Heartbeat, KeyLimits, KeyRecord, KeyUsage,
+    Ledger, Limit, MemoryStore, RedisConfig, RedisStore, Spend, Store, StoreError, StreamControl,
+    StreamRecord,
 };
 pub use store::{SqliteConfig, SqliteStats, SqliteStore, Synchronous};
 pub use update::{Draft, Update, now_ms};

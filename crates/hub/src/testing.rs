@@ -22,7 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::selector::Selector;
-use crate::store::{CommitListener, Store, StoreError, StreamRecord};
+use crate::store::{
+    BudgetPeriod, Charge, Charged, CommitListener, KeyLimits, KeyRecord, KeyUsage, Ledger, Limit,
+    Spend, Store, StoreError, StreamRecord,
+};
 use crate::update::{Draft, Update};
 
 /// A listener that remembers what it was told.
@@ -88,6 +91,12 @@ where
     concurrent_appends_get_one_order(store, &recorder).await;
     let (store, _) = fresh().await;
     stream_records_are_found_by_id_and_key(&*store).await;
+    let (store, _) = fresh().await;
+    keys_are_put_listed_and_revoked(store.ledger()).await;
+    let (store, _) = fresh().await;
+    charges_and_spends_follow_the_limits(store.ledger()).await;
+    let (store, _) = fresh().await;
+    concurrent_charges_admit_exactly_the_limit(store).await;
     let (store, _) = fresh().await;
     closing_refuses_appends(&*store).await;
 }
@@ -204,6 +213,130 @@ async fn stream_records_are_found_by_id_and_key(store: &dyn Store) {
     assert_eq!(latest("chat-a").await.as_deref(), Some("s4"), "the newest with the key");
     assert_eq!(latest("chat-b").await.as_deref(), Some("s3"));
     assert_eq!(latest("chat-c").await, None);
+}
+
+fn key_record(id: &str, name: &str, created_ms: u64) -> KeyRecord {
+    KeyRecord {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        hash: [7; 32],
+        prefix: format!("sk-{id}"),
+        limits: KeyLimits {
+            models: vec!["m".to_owned()],
+            requests_per_minute: Some(3),
+            token_budget: Some(1_000),
+            budget_period: BudgetPeriod::Day,
+            ..KeyLimits::default()
+        },
+        created_ms,
+        expires_ms: None,
+        revoked_ms: None,
+    }
+}
+
+async fn keys_are_put_listed_and_revoked(ledger: &dyn Ledger) {
+    ledger.put_key(key_record("k1", "team-a", 1)).await.unwrap();
+    ledger.put_key(key_record("k2", "team-b", 2)).await.unwrap();
+    let taken = ledger.put_key(key_record("k3", "team-a", 3)).await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "a live name is taken: {taken:?}");
+    let same_id = ledger.put_key(key_record("k1", "team-c", 3)).await;
+    assert!(matches!(same_id, Err(StoreError::Conflict(_))), "an id is taken: {same_id:?}");
+    assert_eq!(
+        ledger.keys().await.unwrap(),
+        [key_record("k1", "team-a", 1), key_record("k2", "team-b", 2)]
+    );
+
+    assert!(ledger.revoke_key("k1", 50).await.unwrap());
+    assert!(!ledger.revoke_key("k1", 60).await.unwrap(), "a key is revoked once");
+    assert!(!ledger.revoke_key("nope", 60).await.unwrap());
+    ledger.put_key(key_record("k3", "team-a", 3)).await.unwrap();
+    let keys = ledger.keys().await.unwrap();
+    let revoked: Vec<_> = keys.iter().map(|k| (k.id.as_str(), k.revoked_ms)).collect();
+    assert_eq!(revoked, [("k1", Some(50)), ("k2", None), ("k3", None)], "the name is free again");
+
+    let charge = Charge {
+        key: "k1".to_owned(),
+        minute: 1,
+        period: 1,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        token_budget: None,
+        revocable: true,
+    };
+    assert_eq!(ledger.charge(&charge).await.unwrap(), Charged::Revoked);
+    let unrevocable = Charge { revocable: false, ..charge };
+    assert_eq!(ledger.charge(&unrevocable).await.unwrap(), Charged::Admitted);
+}
+
+async fn charges_and_spends_follow_the_limits(ledger: &dyn Ledger) {
+    let charge = |minute, period| Charge {
+        key: "k".to_owned(),
+        minute,
+        period,
+        requests_per_minute: Some(2),
+        tokens_per_minute: Some(100),
+        token_budget: Some(150),
+        revocable: false,
+    };
+    let spend = |minute, period, prompt_tokens, cancelled| Spend {
+        key: "k".to_owned(),
+        minute,
+        period,
+        prompt_tokens,
+        completion_tokens: 10,
+        cancelled,
+    };
+    assert_eq!(ledger.charge(&charge(10, 1)).await.unwrap(), Charged::Admitted);
+    assert_eq!(ledger.charge(&charge(9, 1)).await.unwrap(), Charged::Admitted, "a late clock");
+    let over = ledger.charge(&charge(10, 1)).await.unwrap();
+    assert_eq!(over, Charged::Over(Limit::RequestsPerMinute));
+    assert_eq!(ledger.charge(&charge(11, 1)).await.unwrap(), Charged::Admitted, "a new minute");
+    ledger.spend(&spend(11, 1, 90, false)).await.unwrap();
+    let over = ledger.charge(&charge(11, 1)).await.unwrap();
+    assert_eq!(over, Charged::Over(Limit::TokensPerMinute));
+    ledger.spend(&spend(12, 1, 50, true)).await.unwrap();
+    assert_eq!(ledger.charge(&charge(12, 1)).await.unwrap(), Charged::Over(Limit::Budget));
+    assert_eq!(ledger.charge(&charge(13, 2)).await.unwrap(), Charged::Admitted, "a new period");
+
+    let usage = ledger.usage().await.unwrap();
+    let expected = KeyUsage {
+        requests: 4,
+        prompt_tokens: 140,
+        completion_tokens: 20,
+        cancelled: 1,
+        cancelled_tokens: 60,
+        minute: 13,
+        minute_requests: 1,
+        minute_tokens: 0,
+        period: 2,
+        period_tokens: 0,
+    };
+    assert_eq!(usage, [("k".to_owned(), expected)]);
+}
+
+async fn concurrent_charges_admit_exactly_the_limit(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let charge = Charge {
+                    key: "busy".to_owned(),
+                    minute: 5,
+                    period: 5,
+                    requests_per_minute: Some(25),
+                    tokens_per_minute: None,
+                    token_budget: None,
+                    revocable: false,
+                };
+                store.ledger().charge(&charge).await.unwrap()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += usize::from(task.await.unwrap() == Charged::Admitted);
+    }
+    assert_eq!(admitted, 25, "a limit holds however many ask at once");
 }
 
 async fn closing_refuses_appends(store: &dyn Store) {

@@ -338,6 +338,10 @@ impl Store for BrokenReads {
     fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
         self.inner.latest_stream(key)
     }
+
+    fn ledger(&self) -> &dyn sluice_hub::Ledger {
+        self.inner.ledger()
+    }
 }
 
 /// Issue 10, finding 6: a replay that fails ends the stream with a comment; it never goes

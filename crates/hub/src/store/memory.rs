@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 
-use super::{CommitListener, Store, StoreError, StreamRecord};
+use super::{
+    Charge, Charged, CommitListener, KeyRecord, KeyUsage, Ledger, Spend, Store, StoreError,
+    StreamRecord,
+};
 use crate::update::{Draft, Update, now_ms};
 
 /// Keeps the latest `capacity` updates (and stream records) in memory; nothing survives a
@@ -25,6 +28,9 @@ struct Inner {
     /// Stream records, and their ids oldest first (at most `capacity` are kept).
     streams: HashMap<String, StreamRecord>,
     stream_order: VecDeque<String>,
+    /// API keys, oldest first, and what each key used.
+    keys: Vec<KeyRecord>,
+    usage: HashMap<String, KeyUsage>,
     next_seq: u64,
     capacity: usize,
     closed: bool,
@@ -51,6 +57,8 @@ impl MemoryStore {
                 ids: HashMap::new(),
                 streams: HashMap::new(),
                 stream_order: VecDeque::new(),
+                keys: Vec::new(),
+                usage: HashMap::new(),
                 next_seq: 1,
                 capacity: capacity.max(1),
                 closed: false,
@@ -137,5 +145,64 @@ impl Store for MemoryStore {
         let newest = inner.stream_order.iter().rev().map(|id| &inner.streams[id]);
         let found = newest.into_iter().find(|r| r.key.as_deref() == Some(key)).cloned();
         ready(Ok(found)).boxed()
+    }
+
+    fn ledger(&self) -> &dyn Ledger {
+        self
+    }
+}
+
+impl Ledger for MemoryStore {
+    fn put_key(&self, key: KeyRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut inner = self.inner.lock().unwrap();
+        let taken = inner
+            .keys
+            .iter()
+            .any(|k| k.id == key.id || (k.name == key.name && k.revoked_ms.is_none()));
+        let result = if taken {
+            Err(StoreError::Conflict(key.name))
+        } else {
+            inner.keys.push(key);
+            Ok(())
+        };
+        ready(result).boxed()
+    }
+
+    fn keys(&self) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>> {
+        ready(Ok(self.inner.lock().unwrap().keys.clone())).boxed()
+    }
+
+    fn revoke_key<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut inner = self.inner.lock().unwrap();
+        let live = inner.keys.iter_mut().find(|k| k.id == id && k.revoked_ms.is_none());
+        let revoked = live.map(|key| key.revoked_ms = Some(now_ms)).is_some();
+        ready(Ok(revoked)).boxed()
+    }
+
+    fn charge<'a>(&'a self, charge: &'a Charge) -> BoxFuture<'a, Result<Charged, StoreError>> {
+        let mut inner = self.inner.lock().unwrap();
+        let revoked = charge.revocable
+            && inner.keys.iter().any(|k| k.id == charge.key && k.revoked_ms.is_some());
+        let charged = if revoked {
+            Charged::Revoked
+        } else {
+            inner.usage.entry(charge.key.clone()).or_default().charge(charge)
+        };
+        ready(Ok(charged)).boxed()
+    }
+
+    fn spend<'a>(&'a self, spend: &'a Spend) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.lock().unwrap().usage.entry(spend.key.clone()).or_default().spend(spend);
+        ready(Ok(())).boxed()
+    }
+
+    fn usage(&self) -> BoxFuture<'_, Result<Vec<(String, KeyUsage)>, StoreError>> {
+        let inner = self.inner.lock().unwrap();
+        let usage = inner.usage.iter().map(|(id, usage)| (id.clone(), usage.clone())).collect();
+        ready(Ok(usage)).boxed()
     }
 }

@@ -8,6 +8,7 @@
 //! Every implementation runs the same conformance suite (`sluice_hub::testing`, behind the
 //! `testing` feature).
 
+pub mod ledger;
 mod memory;
 mod redis_streams;
 pub mod sqlite;
@@ -18,6 +19,9 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
+pub use ledger::{
+    BudgetPeriod, Charge, Charged, KeyLimits, KeyRecord, KeyUsage, Ledger, Limit, Spend,
+};
 pub use memory::MemoryStore;
 pub use redis_streams::{RedisConfig, RedisStore};
 pub use sqlite::{SqliteConfig, SqliteStats, SqliteStore, Synchronous};
@@ -113,6 +117,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The record of the newest stream put with `key`, if it is still kept.
     fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>>;
+
+    /// The API keys made at run time and what every key used, as the processes sharing this
+    /// store see them.
+    fn ledger(&self) -> &dyn Ledger;
 
     /// Why the store cannot take writes now, as far as its latest calls tell, or `None`: for
     /// a readiness check, which sends traffic elsewhere meanwhile. Which calls count is the

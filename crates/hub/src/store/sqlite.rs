@@ -80,8 +80,9 @@
 //! # Layout
 //!
 //! One table `updates` (`seq INTEGER PRIMARY KEY`, `id TEXT UNIQUE`, the topics as a JSON
-//! array, `data`, `event_type`, `retry`, `private`, `published_ms`) and one table `meta`. The
-//! layout's version is SQLite's `PRAGMA user_version`; opening a file migrates it forward,
+//! array, `data`, `event_type`, `retry`, `private`, `published_ms`) and one table `meta`;
+//! `streams` holds answers' records, `api_keys` and `key_usage` the [`Ledger`]'s keys and
+//! counters. The layout's version is SQLite's `PRAGMA user_version`; opening a file migrates it forward,
 //! and a file from a newer version is refused.
 
 use std::fmt;
@@ -98,8 +99,11 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::{CommitListener, Store, StoreError, StreamRecord};
+use self::ledger::KeyWrite;
+use super::{CommitListener, Ledger, Store, StoreError, StreamRecord};
 use crate::update::{Draft, Update, now_ms};
+
+mod ledger;
 
 /// The most appends written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -150,6 +154,32 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE streams ADD COLUMN key TEXT; -- what a reader finds the stream by (a chat's id)
     CREATE INDEX streams_by_key ON streams (key, created_ms) WHERE key IS NOT NULL;
+",
+    "
+    CREATE TABLE api_keys (
+        id         TEXT    PRIMARY KEY,
+        name       TEXT    NOT NULL,
+        hash       BLOB    NOT NULL, -- SHA-256 of the key, never the key
+        prefix     TEXT    NOT NULL,
+        limits     TEXT    NOT NULL, -- JSON
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER,
+        revoked_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX api_keys_live_names ON api_keys (name) WHERE revoked_ms IS NULL;
+    CREATE TABLE key_usage (
+        id                TEXT    PRIMARY KEY, -- a key's id, of api_keys or of the settings
+        requests          INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cancelled         INTEGER NOT NULL,
+        cancelled_tokens  INTEGER NOT NULL,
+        minute            INTEGER NOT NULL,
+        minute_requests   INTEGER NOT NULL,
+        minute_tokens     INTEGER NOT NULL,
+        period            INTEGER NOT NULL,
+        period_tokens     INTEGER NOT NULL
+    ) WITHOUT ROWID;
 ",
 ];
 
@@ -255,6 +285,7 @@ enum Request {
     Append { draft: Draft, reply: Reply<Arc<Update>>, _room: OwnedSemaphorePermit },
     PutStream { record: StreamRecord, reply: Reply<()>, _room: OwnedSemaphorePermit },
     Retention { reply: Reply<u64> },
+    Keys(KeyWrite),
     Close { reply: Reply<()> },
 }
 
@@ -478,6 +509,10 @@ impl Store for SqliteStore {
         lock(&self.failure).clone()
     }
 
+    fn ledger(&self) -> &dyn Ledger {
+        self
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         // Taken now: appends called after `close` are refused even before it is polled.
         let sender = lock(&self.requests).take();
@@ -557,6 +592,7 @@ impl Writer {
                 Some(Request::Retention { reply }) => {
                     let _ = reply.send(self.retention_all());
                 }
+                Some(Request::Keys(write)) => write.apply(&mut self.conn),
                 Some(Request::Close { reply }) => {
                     let _ = reply.send(self.close());
                     break;
@@ -570,6 +606,7 @@ impl Writer {
                 Request::Append { reply, .. } => drop(reply.send(Err(StoreError::Closed))),
                 Request::PutStream { reply, .. } => drop(reply.send(Err(StoreError::Closed))),
                 Request::Retention { reply } => drop(reply.send(Err(StoreError::Closed))),
+                Request::Keys(write) => write.refuse(),
                 Request::Close { reply } => drop(reply.send(Ok(()))),
             }
         }

@@ -15,6 +15,10 @@ pub(super) struct Keys {
     pub(super) cancels: String,
     pub(super) readers: String,
     pub(super) cancel_channel: String,
+    pub(super) api_keys: String,
+    pub(super) key_names: String,
+    pub(super) revoked_keys: String,
+    pub(super) usage: String,
 }
 
 impl Keys {
@@ -33,6 +37,10 @@ impl Keys {
             cancels: key("cancels"),
             readers: key("readers"),
             cancel_channel: key("cancel"),
+            api_keys: key("apikeys"),
+            key_names: key("apikeys:names"),
+            revoked_keys: key("apikeys:revoked"),
+            usage: key("usage"),
         }
     }
 }

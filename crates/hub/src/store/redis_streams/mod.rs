@@ -61,12 +61,15 @@
 //! - `{P}:streams`, `{P}:streams:age`: stream records, and their creation times.
 //! - `{P}:leases`, `{P}:cancels`, `{P}:readers`, channel `{P}:cancel`: who produces which
 //!   stream, see [`StreamControl`].
+//! - `{P}:apikeys`, `{P}:apikeys:names`, `{P}:apikeys:revoked`, `{P}:usage`: API keys and
+//!   what each used, see [`Ledger`].
 
 mod codec;
 mod control;
 mod error;
 mod follower;
 mod keys;
+mod ledger;
 mod position;
 mod retention;
 mod scripts;
@@ -90,7 +93,7 @@ use self::keys::Keys;
 use self::position::Position;
 use self::retention::{Retention, retain_by_age};
 use self::scripts::{Scripts, new_epoch};
-use super::{CommitListener, Store, StoreError, StreamControl, StreamRecord};
+use super::{CommitListener, Ledger, Store, StoreError, StreamControl, StreamRecord};
 use crate::update::{Draft, Update, now_ms};
 
 /// Where the Redis store is and how it behaves.
@@ -462,6 +465,10 @@ impl Store for RedisStore {
 
     fn control(&self) -> Option<&dyn StreamControl> {
         Some(self)
+    }
+
+    fn ledger(&self) -> &dyn Ledger {
+        self
     }
 }
 

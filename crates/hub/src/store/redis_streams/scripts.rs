@@ -1,6 +1,6 @@
 //! The Lua scripts: every step that must be atomic in Redis (an append, a new epoch, age
-//! retention, a stream record, a producer's heartbeat, a cancel request), and the handles the
-//! store invokes them through.
+//! retention, a stream record, a producer's heartbeat, a cancel request, an API key, its
+//! charges and spends), and the handles the store invokes them through.
 
 use redis::Script;
 
@@ -119,12 +119,89 @@ redis.call('HSET', KEYS[2], ARGV[1], 1)
 return 1
 ";
 
+/// A new API key. KEYS: apikeys, apikeys:names. ARGV: id, name, the record as JSON. Returns
+/// 0 when the id is taken or a key not revoked has the name.
+const PUT_KEY: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return 1
+";
+
+/// Revokes an API key. KEYS: apikeys, apikeys:names, apikeys:revoked. ARGV: id, now ms.
+/// Returns 0 when no key not revoked has the id; frees its name.
+const REVOKE_KEY: &str = r"
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local name = cjson.decode(record).name
+if redis.call('HGET', KEYS[2], name) == ARGV[1] then redis.call('HDEL', KEYS[2], name) end
+return 1
+";
+
+/// Moves a key's window and period forward (never back), in its fields `{id}:{counter}` of
+/// the usage hash (KEYS[1]); ARGV[1] is the id, ARGV[2] the minute, ARGV[3] the period.
+/// Returns the counters of the current window and period: requests, tokens, period tokens.
+const ADVANCE: &str = r"
+local function field(name) return ARGV[1] .. ':' .. name end
+local now = redis.call('HMGET', KEYS[1], field('minute'), field('minute_requests'),
+  field('minute_tokens'), field('period'), field('period_tokens'))
+local requests, tokens, spent = tonumber(now[2] or '0'), tonumber(now[3] or '0'), tonumber(now[5] or '0')
+if tonumber(ARGV[2]) > tonumber(now[1] or '0') then
+  requests, tokens = 0, 0
+  redis.call('HSET', KEYS[1], field('minute'), ARGV[2], field('minute_requests'), 0, field('minute_tokens'), 0)
+end
+if tonumber(ARGV[3]) > tonumber(now[4] or '0') then
+  spent = 0
+  redis.call('HSET', KEYS[1], field('period'), ARGV[3], field('period_tokens'), 0)
+end
+";
+
+/// A charge (see `Ledger::charge`). KEYS: usage, apikeys:revoked. ARGV: id, minute, period,
+/// requests per minute, tokens per minute, token budget (each -1 for none), whether the key is
+/// revocable (1 or 0). Returns 0 (counted), 1, 2 or 3 (at the requests, tokens or budget
+/// limit) or -1 (revoked).
+const CHARGE: &str = r"
+if ARGV[7] == '1' and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
+ADVANCE
+local function at(limit, used) return limit >= 0 and used >= limit end
+if at(tonumber(ARGV[4]), requests) then return 1 end
+if at(tonumber(ARGV[5]), tokens) then return 2 end
+if at(tonumber(ARGV[6]), spent) then return 3 end
+redis.call('HINCRBY', KEYS[1], field('requests'), 1)
+redis.call('HINCRBY', KEYS[1], field('minute_requests'), 1)
+return 0
+";
+
+/// A spend (see `Ledger::spend`). KEYS: usage. ARGV: id, minute, period, prompt tokens,
+/// completion tokens, whether the answer was cancelled (1 or 0).
+const SPEND: &str = r"
+ADVANCE
+local prompt, completion = tonumber(ARGV[4]), tonumber(ARGV[5])
+local tokens = prompt + completion
+redis.call('HINCRBY', KEYS[1], field('prompt_tokens'), prompt)
+redis.call('HINCRBY', KEYS[1], field('completion_tokens'), completion)
+redis.call('HINCRBY', KEYS[1], field('minute_tokens'), tokens)
+redis.call('HINCRBY', KEYS[1], field('period_tokens'), tokens)
+if ARGV[6] == '1' then
+  redis.call('HINCRBY', KEYS[1], field('cancelled'), 1)
+  redis.call('HINCRBY', KEYS[1], field('cancelled_tokens'), tokens)
+end
+return 1
+";
+
 /// The scripts a store runs, each hashed once (Redis caches them by hash).
 pub(super) struct Scripts {
     pub(super) append: Script,
     pub(super) put_stream: Script,
     pub(super) heartbeat: Script,
     pub(super) request_cancel: Script,
+    pub(super) put_key: Script,
+    pub(super) revoke_key: Script,
+    pub(super) charge: Script,
+    pub(super) spend: Script,
 }
 
 impl Scripts {
@@ -135,6 +212,10 @@ impl Scripts {
             put_stream: Script::new(PUT_STREAM),
             heartbeat: Script::new(HEARTBEAT),
             request_cancel: Script::new(REQUEST_CANCEL),
+            put_key: Script::new(PUT_KEY),
+            revoke_key: Script::new(REVOKE_KEY),
+            charge: Script::new(&CHARGE.replace("ADVANCE", ADVANCE)),
+            spend: Script::new(&SPEND.replace("ADVANCE", ADVANCE)),
         }
     }
 }
