@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod dev;
+mod keys;
 mod listen;
 mod providers;
 mod publish;
@@ -31,6 +32,7 @@ enum Command {
     Chat(chat::Args),
     Token(token::Args),
     Bench(bench::Args),
+    Keys(keys::Args),
 }
 
 #[tokio::main]
@@ -50,6 +52,7 @@ async fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args).await,
         Command::Token(args) => Ok(token::run(args)),
         Command::Bench(args) => bench::run(args).await,
+        Command::Keys(args) => keys::run(args).await,
     };
     match result {
         Ok(code) => code,

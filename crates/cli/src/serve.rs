@@ -160,6 +160,10 @@ pub(crate) struct Args {
         hide_env_values = true
     )]
     api_keys: Vec<String>,
+    /// The admin API's key (`/admin/keys`, `/admin/usage`; see `sluice keys`); with one, the
+    /// gateway asks every caller for a key [default: no admin API].
+    #[arg(long, env = "SLUICE_ADMIN_KEY", value_name = "KEY", hide_env_values = true)]
+    admin_key: Option<String>,
     /// Gateway requests per minute per key (per address without keys) [default: unlimited].
     #[arg(long, env = "SLUICE_REQUESTS_PER_MINUTE", value_name = "N")]
     requests_per_minute: Option<u32>,
@@ -222,6 +226,9 @@ pub(crate) struct Args {
     /// Upstream providers (`[[providers]]` tables; only in the settings file).
     #[arg(skip)]
     providers: Vec<ProviderConfig>,
+    /// API keys with names and limits (`[[keys]]` tables; only in the settings file).
+    #[arg(skip)]
+    keys: Vec<sluice_server::keys::KeySpec>,
     /// The scripted provider's knobs (`[scripted]`; only in the settings file).
     #[arg(skip)]
     scripted: ScriptedConfig,
@@ -480,6 +487,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         })?),
         api_keys: args.api_keys.clone(),
+        keys: args
+            .keys
+            .iter()
+            .map(sluice_server::keys::KeySpec::record)
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("[[keys]]: {e}"))?,
+        admin_key: args.admin_key.clone(),
         requests_per_minute: args.requests_per_minute,
         generation_grace: seconds(args.generation_grace, defaults.generation_grace),
         timeouts: Timeouts {

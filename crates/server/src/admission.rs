@@ -1,10 +1,12 @@
-//! Who may use the gateway and how much: API keys, per-client request budgets, and
-//! per-client subscription counts.
+//! Who may use the gateway and how much: API keys and their limits ([`crate::keys`]),
+//! per-client request budgets, and per-client subscription counts.
 //!
-//! Keys are compared in constant time (`subtle`), so a client cannot learn a key byte by byte
-//! from response times. Budgets are token buckets (`governor`), keyed by API key, or by
-//! client address when no keys are configured; buckets full again are evicted now and then,
-//! so a stream of new addresses cannot grow the table without bound.
+//! Keys are compared by hash in constant time, so a client cannot learn a key byte by byte
+//! from response times. The server-wide budget (`requests_per_minute`) is a token bucket
+//! (`governor`), keyed by key name, or by client address when no keys are asked for; buckets
+//! full again are evicted now and then, so a stream of new addresses cannot grow the table
+//! without bound. A key's own limits are counted in the store instead, so that they hold
+//! across nodes and restarts.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use axum::http::{HeaderMap, StatusCode, header};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use subtle::ConstantTimeEq;
+use sluice_hub::{Charged, KeyRecord, Store};
 
 use crate::error::ApiError;
+use crate::keys::{Caller, Keys};
 
 /// Open subscriptions per client address.
 type Counts = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -28,7 +31,7 @@ const EVICT_EVERY: u64 = 4096;
 /// The gateway's gatekeeper: keys, budgets and subscription counts.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    keys: Vec<String>,
+    keys: Keys,
     budget: Option<(u32, DefaultKeyedRateLimiter<String>)>,
     checks: AtomicU64,
     subscriptions_per_client: Option<usize>,
@@ -36,10 +39,11 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    /// A gatekeeper for these keys (none: open), `requests_per_minute` per key or address,
-    /// and at most `subscriptions_per_client` open subscriptions per address.
+    /// A gatekeeper for these keys (none, and none to be made at run time: open),
+    /// `requests_per_minute` per key or address, and at most `subscriptions_per_client` open
+    /// subscriptions per address.
     pub(crate) fn new(
-        keys: Vec<String>,
+        keys: Keys,
         requests_per_minute: Option<u32>,
         subscriptions_per_client: Option<usize>,
     ) -> Self {
@@ -56,10 +60,37 @@ impl Admission {
         }
     }
 
-    /// Checks the request's API key (when keys are configured) and takes one request from
-    /// its budget.
-    pub(crate) fn admit(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), ApiError> {
-        let key = self.identify(headers, client)?;
+    /// The keys known.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Checks the request's API key (when keys are asked for), takes one request from the
+    /// server-wide budget, and charges the key in the store (its limits and budget).
+    pub(crate) async fn admit(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        store: &Arc<dyn Store>,
+    ) -> Result<Caller, ApiError> {
+        let now = sluice_hub::now_ms();
+        let key = self.identify(headers, client, &**store, now).await?;
+        let budget_key = key.as_ref().map_or_else(|| client.to_string(), |k| k.id.clone());
+        self.take_from_budget(budget_key)?;
+        let Some(key) = key else { return Ok(Caller::default()) };
+        let charged = store.ledger().charge(&crate::keys::charge(&key, now)).await;
+        match charged.map_err(crate::error::store_error)? {
+            Charged::Admitted => {
+                metrics::counter!("sluice_key_requests_total", "key" => key.name.clone())
+                    .increment(1);
+                Ok(Caller::new(key, Arc::clone(store)))
+            }
+            Charged::Over(limit) => Err(crate::keys::over(&key, limit, now)),
+            _ => Err(unknown_key(client)),
+        }
+    }
+
+    fn take_from_budget(&self, key: String) -> Result<(), ApiError> {
         let Some((per_minute, limiter)) = &self.budget else { return Ok(()) };
         if self.checks.fetch_add(1, Ordering::Relaxed) % EVICT_EVERY == EVICT_EVERY - 1 {
             limiter.retain_recent();
@@ -76,19 +107,18 @@ impl Admission {
         })
     }
 
-    /// The budget's key: the presented API key, or the client's address when there are none.
-    fn identify(&self, headers: &HeaderMap, client: IpAddr) -> Result<String, ApiError> {
-        if self.keys.is_empty() {
-            return Ok(client.to_string());
+    /// The presented key's record, or `None` when keys are not asked for.
+    async fn identify(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> Result<Option<KeyRecord>, ApiError> {
+        if !self.keys.required() {
+            return Ok(None);
         }
-        // `Authorization: Bearer`, or Anthropic's `x-api-key`.
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .map(str::trim);
-        let Some(presented) = presented else {
+        let Some(presented) = presented_key(headers) else {
             metrics::counter!("sluice_auth_failures_total").increment(1);
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -96,20 +126,8 @@ impl Admission {
                 "You didn't provide an API key.",
             ));
         };
-        // Every key is compared, so the time taken does not say which one nearly matched.
-        let known = self.keys.iter().fold(subtle::Choice::from(0), |found, key| {
-            found | key.as_bytes().ct_eq(presented.as_bytes())
-        });
-        if bool::from(known) {
-            return Ok(presented.to_owned());
-        }
-        metrics::counter!("sluice_auth_failures_total").increment(1);
-        tracing::info!(%client, "gateway request with an unknown API key");
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "Incorrect API key provided.",
-        ))
+        let found = self.keys.find(store, &crate::keys::hash(presented), now_ms).await?;
+        found.map(Some).ok_or_else(|| unknown_key(client))
     }
 
     /// Counts a subscription against its client's limit, or refuses it with 429.
@@ -129,6 +147,22 @@ impl Admission {
         *count += 1;
         Ok(ClientSlot { counts: Some((Arc::clone(&self.subscriptions), ip)) })
     }
+}
+
+/// The key a request presents: `Authorization: Bearer`, or Anthropic's `x-api-key`.
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+fn unknown_key(client: IpAddr) -> ApiError {
+    metrics::counter!("sluice_auth_failures_total").increment(1);
+    tracing::info!(%client, "gateway request with an unknown API key");
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided.")
 }
 
 /// One of a client address's subscriptions; frees itself when dropped.
@@ -153,7 +187,10 @@ impl Drop for ClientSlot {
 
 #[cfg(test)]
 mod tests {
+    use sluice_hub::{Fanout, KeyLimits, MemoryStore};
+
     use super::*;
+    use crate::keys::KeySpec;
 
     fn bearer(key: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -161,25 +198,43 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn a_budget_refuses_past_its_quota_and_says_how_long_to_wait() {
-        let admission = Admission::new(Vec::new(), Some(2), None);
-        let client: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(admission.admit(&HeaderMap::new(), client).is_ok());
-        assert!(admission.admit(&HeaderMap::new(), client).is_ok());
-        let refused = admission.admit(&HeaderMap::new(), client).unwrap_err();
-        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(admission.admit(&HeaderMap::new(), other).is_ok(), "budgets are per client");
+    fn store() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::new(10, Fanout::new().listener()))
     }
 
-    #[test]
-    fn only_a_configured_key_is_admitted() {
-        let admission = Admission::new(vec!["sk-abc".into()], None, None);
+    #[tokio::test]
+    async fn a_budget_refuses_past_its_quota_and_says_how_long_to_wait() {
+        let (admission, store) =
+            (Admission::new(Keys::new(Vec::new(), false), Some(2), None), store());
         let client: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(admission.admit(&bearer("sk-abc"), client).is_ok());
-        assert_eq!(admission.admit(&bearer("sk-abd"), client).unwrap_err().status(), 401);
-        assert_eq!(admission.admit(&bearer("sk-ab"), client).unwrap_err().status(), 401);
-        assert_eq!(admission.admit(&HeaderMap::new(), client).unwrap_err().status(), 401);
+        assert!(admission.admit(&HeaderMap::new(), client, &store).await.is_ok());
+        assert!(admission.admit(&HeaderMap::new(), client, &store).await.is_ok());
+        let refused = admission.admit(&HeaderMap::new(), client, &store).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let elsewhere = admission.admit(&HeaderMap::new(), other, &store).await;
+        assert!(elsewhere.is_ok(), "budgets are per client");
+    }
+
+    #[tokio::test]
+    async fn only_a_known_key_is_admitted_and_only_under_its_limits() {
+        let mut keys = KeySpec::unlimited(&["sk-abc".into()]);
+        let limits = KeyLimits { requests_per_minute: Some(1), ..KeyLimits::default() };
+        let spec =
+            KeySpec { name: "one".into(), key: Some("sk-one".into()), key_sha256: None, limits };
+        keys.push(spec.record().unwrap());
+        let (admission, store) = (Admission::new(Keys::new(keys, false), None, None), store());
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let status = |headers: HeaderMap| {
+            let (admission, store) = (&admission, &store);
+            async move { admission.admit(&headers, client, store).await.err().map(|e| e.status()) }
+        };
+        assert_eq!(status(bearer("sk-abc")).await, None);
+        assert_eq!(status(bearer("sk-abc")).await, None, "a key of the flat list has no limit");
+        assert_eq!(status(bearer("sk-abd")).await, Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(status(bearer("sk-ab")).await, Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(status(HeaderMap::new()).await, Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(status(bearer("sk-one")).await, None);
+        assert_eq!(status(bearer("sk-one")).await, Some(StatusCode::TOO_MANY_REQUESTS));
     }
 }

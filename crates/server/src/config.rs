@@ -45,6 +45,11 @@ pub struct Config {
     pub models: Arc<Router>,
     /// Keys clients must present to the gateway (`Authorization: Bearer`); none: open.
     pub api_keys: Vec<String>,
+    /// Keys with names and limits (`[[keys]]`), beside the flat list's.
+    pub keys: Vec<sluice_hub::KeyRecord>,
+    /// The key of the admin API (`/admin/...`: keys made at run time, usage); none: no admin
+    /// API. With one, the gateway asks every caller for a key, even while none exists yet.
+    pub admin_key: Option<String>,
     /// Gateway requests per minute per key (or per address without keys), if limited.
     pub requests_per_minute: Option<u32>,
     /// How long an answer goes on with no reader before it is cancelled.
@@ -87,6 +92,8 @@ impl Default for Config {
             subscription_events: true,
             models: Arc::new(Router::new()),
             api_keys: Vec::new(),
+            keys: Vec::new(),
+            admin_key: None,
             requests_per_minute: None,
             generation_grace: Duration::from_secs(30),
             timeouts: Timeouts::default(),

@@ -24,10 +24,12 @@
 //!   `openapi`, `ui`;
 //! - shared pieces: `answers` (the one answer engine every gateway protocol and the state
 //!   use), `api_schema` (pieces of the API document the routes share), `admission` (keys,
-//!   budgets, per-client counts), `auth` (JWTs), `grants`
+//!   budgets, per-client counts), `keys` (key records, their limits and usage), `admin` (the
+//!   admin API), `auth` (JWTs), `grants`
 //!   (draft-08 authorization details), `body`, `form`, `sse`, `error`, `telemetry`, `conn`
 //!   (connections and their timeouts), `state`, `config`.
 
+mod admin;
 mod admission;
 mod answers;
 mod api_schema;
@@ -40,6 +42,7 @@ mod error;
 mod form;
 mod gateway;
 mod grants;
+pub mod keys;
 mod mercure;
 mod openapi;
 mod ops;
@@ -86,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(mercure::routes())
         .merge(gateway::routes())
         .merge(ops::routes())
+        .merge(admin::routes())
         .merge(openapi::routes())
         .merge(ui::routes());
     let routes = match cors(&state.config().cors_origins) {

@@ -50,11 +50,11 @@ pub(crate) struct ActiveMatcher {
 impl AppState {
     /// The state for a hub and its settings.
     pub fn new(hub: Hub, config: Config) -> Self {
-        let admission = Admission::new(
-            config.api_keys.clone(),
-            config.requests_per_minute,
-            config.max_subscriptions_per_client,
-        );
+        let mut keys = crate::keys::KeySpec::unlimited(&config.api_keys);
+        keys.extend(config.keys.iter().cloned());
+        let keys = crate::keys::Keys::new(keys, config.admin_key.is_some());
+        let admission =
+            Admission::new(keys, config.requests_per_minute, config.max_subscriptions_per_client);
         let answers = Arc::default();
         crate::answers::coordinate(&answers, &hub);
         AppState(Arc::new(Shared {

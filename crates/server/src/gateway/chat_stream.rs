@@ -94,7 +94,8 @@ pub(crate) async fn one_shot(
             (id, Some(last))
         }
         None => {
-            state.admission().admit(&headers, client.0.ip())?;
+            let store = state.hub().store();
+            let caller = state.admission().admit(&headers, client.0.ip(), store).await?;
             let chat = one_shot_request(raw.as_deref(), state.default_model().as_deref())?;
             let new = NewAnswer {
                 kind: Kind::OneShot,
@@ -103,7 +104,7 @@ pub(crate) async fn one_shot(
                 id: None,
                 key: None,
             };
-            let deltas = ask_lazily(&state, chat)?;
+            let deltas = ask_lazily(&state, &caller, chat)?;
             (state.answers().start(state.hub(), deltas, new).await?.id, None)
         }
     };

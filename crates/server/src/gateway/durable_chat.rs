@@ -73,9 +73,9 @@ pub(crate) async fn send(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
-    Admitted(body): Admitted,
+    Admitted(body, caller): Admitted,
 ) -> Result<Response, ApiError> {
-    let answer = start_chat(&state, &headers, &body).await?;
+    let answer = start_chat(&state, &caller, &headers, &body).await?;
     let path = stream_path(&answer);
     let create = Create {
         content_type: Some(JSON.to_owned()),

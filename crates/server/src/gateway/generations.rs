@@ -76,10 +76,10 @@ pub(crate) struct Cancelling {
     security((), ("api_key" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    Admitted(body): Admitted,
+    Admitted(body, caller): Admitted,
 ) -> Result<Response, ApiError> {
     let chat = CompletionRequest::parse(&body)?.into_chat(state.default_model().as_deref())?;
-    let deltas = ask_lazily(&state, chat)?;
+    let deltas = ask_lazily(&state, &caller, chat)?;
     let new = NewAnswer {
         kind: Kind::Generation,
         start: Value::Null,

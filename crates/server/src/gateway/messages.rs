@@ -26,6 +26,7 @@ use super::upstream::{Admitted, ask, ask_lazily, provider_error};
 use crate::answers::events::{AnswerEvent, Encoder, Finish, Folded, encode, from_provider};
 use crate::answers::read::unstored;
 use crate::error::ApiError;
+use crate::keys::Caller;
 use crate::sse::{KeepAlive, event_stream};
 use crate::state::AppState;
 
@@ -482,11 +483,14 @@ pub(crate) async fn messages(
     State(state): State<AppState>,
     body: Result<Admitted, ApiError>,
 ) -> Response {
-    let answered = async { answer(&state, &body?.0).await };
+    let answered = async {
+        let Admitted(body, caller) = body?;
+        answer(&state, &caller, &body).await
+    };
     answered.await.unwrap_or_else(|error| anthropic_error(&error))
 }
 
-async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
+async fn answer(state: &AppState, caller: &Caller, body: &[u8]) -> Result<Response, ApiError> {
     let request = MessagesRequest::parse(body)?;
     if request.max_tokens.is_none_or(|n| n == 0) {
         return Err(invalid("max_tokens: Field required (a whole number of at least 1)"));
@@ -495,7 +499,7 @@ async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
     let chat = request.into_chat(state.default_model().as_deref())?;
     let (id, model) = (format!("msg_{}", uuid::Uuid::new_v4().simple()), chat.model.clone());
     if stream {
-        let events = unstored(from_provider(ask_lazily(state, chat)?));
+        let events = unstored(from_provider(ask_lazily(state, caller, chat)?));
         let encoder = MessageEvents {
             id,
             model,
@@ -508,7 +512,7 @@ async fn answer(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
         let keep_alive = KeepAlive { frame: ping, ..KeepAlive::from(state.config().keep_alive) };
         return Ok(event_stream(None, encode(events, encoder), keep_alive, None, ()));
     }
-    let answer = Folded::all(from_provider(ask(state, chat).await?)).await;
+    let answer = Folded::all(from_provider(ask(state, caller, chat).await?)).await;
     if let Some(error) = &answer.error {
         return Err(crate::answers::events::whole_answer_error(error));
     }

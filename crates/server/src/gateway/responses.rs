@@ -579,13 +579,13 @@ impl Encoder for ResponseEvents {
     security((), ("api_key" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    Admitted(body): Admitted,
+    Admitted(body, caller): Admitted,
 ) -> Result<Response, ApiError> {
     let request = CreateRequest::parse(&body)?;
     let (stream, background) = (request.stream, request.background);
     let stored = request.store != Some(false);
     let (chat, fields) = request.into_chat(state.default_model().as_deref())?;
-    let deltas = ask_lazily(&state, chat)?;
+    let deltas = ask_lazily(&state, &caller, chat)?;
     let id = random_id();
     if !stored {
         // Not kept: straight from the provider, read once.

@@ -33,6 +33,7 @@ use super::upstream::{Admitted, Allowed, ask_lazily};
 use crate::answers::events::{AnswerEvent, Encoder, Finish, encode};
 use crate::answers::{Kind, NewAnswer, Unread, random_id};
 use crate::error::ApiError;
+use crate::keys::Caller;
 use crate::sse::event_stream;
 use crate::state::AppState;
 
@@ -350,9 +351,9 @@ pub(super) async fn running(
 pub(crate) async fn chat(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Admitted(body): Admitted,
+    Admitted(body, caller): Admitted,
 ) -> Result<Response, ApiError> {
-    let answer = start_chat(&state, &headers, &body).await?;
+    let answer = start_chat(&state, &caller, &headers, &body).await?;
     stream_answer(&state, &answer).await
 }
 
@@ -360,6 +361,7 @@ pub(crate) async fn chat(
 /// still running: its answer id.
 pub(super) async fn start_chat(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<String, ApiError> {
@@ -374,7 +376,7 @@ pub(super) async fn start_chat(
     let messages = messages(&body.messages)?;
     let chat =
         ChatRequest { model, messages, max_tokens: body.max_tokens, ..ChatRequest::default() };
-    let deltas = ask_lazily(state, chat)?;
+    let deltas = ask_lazily(state, caller, chat)?;
     // One answer per chat: a new message stops the one still running.
     if let Some(previous) = running(state, headers, id).await? {
         state.answers().cancel(state.hub(), &previous).await?;

@@ -15,41 +15,48 @@ use sluice_llm::{ChatRequest, DeltaStream, ProviderError};
 
 use crate::conn::ClientAddr;
 use crate::error::ApiError;
+use crate::keys::Caller;
 use crate::state::AppState;
 
 /// A chat request's body, read once the caller passed the checks every chat request goes
-/// through: its key and rate limit, then the body's size and pace.
-pub(crate) struct Admitted(pub(crate) Bytes);
+/// through: its key and rate limits, then the body's size and pace; and who the caller is.
+pub(crate) struct Admitted(pub(crate) Bytes, pub(crate) Caller);
 
 impl FromRequest<AppState> for Admitted {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        admit(request.headers(), request.extensions(), state)?;
+        let caller = admit(request.headers(), request.extensions(), state).await?;
         let config = state.config();
         let limit = (config.max_body_bytes, config.timeouts.request_body);
-        crate::body::read_body(request.into_body(), limit.0, limit.1).await.map(Admitted)
+        let body = crate::body::read_body(request.into_body(), limit.0, limit.1).await?;
+        Ok(Admitted(body, caller))
     }
 }
 
-/// A request with no body that reads or stops an answer: the caller's key and rate limit.
+/// A request with no body that reads or stops an answer: the caller's key and rate limits
+/// (it counts as a request of its key).
 pub(crate) struct Allowed;
 
 impl FromRequestParts<AppState> for Allowed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        admit(&parts.headers, &parts.extensions, state).map(|()| Allowed)
+        admit(&parts.headers, &parts.extensions, state).await.map(|_| Allowed)
     }
 }
 
-fn admit(headers: &HeaderMap, extensions: &Extensions, state: &AppState) -> Result<(), ApiError> {
+async fn admit(
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    state: &AppState,
+) -> Result<Caller, ApiError> {
     let client = extensions
         .get::<ConnectInfo<ClientAddr>>()
         .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |ConnectInfo(ClientAddr(address))| {
             address.ip()
         });
-    state.admission().admit(headers, client)
+    state.admission().admit(headers, client, state.hub().store()).await
 }
 
 /// A provider's failure before anything was sent, as the HTTP error a client expects.
@@ -83,26 +90,39 @@ fn unknown_model(model: &str) -> ApiError {
 /// Asks the providers for `chat` and waits until one accepted it: for an answer given whole,
 /// where nothing can reach the client before the answer does, so a refusal is still an HTTP
 /// error status.
-pub(crate) async fn ask(state: &AppState, chat: ChatRequest) -> Result<DeltaStream, ApiError> {
-    state.config().models.stream(chat).await.map_err(provider_error)
+pub(crate) async fn ask(
+    state: &AppState,
+    caller: &Caller,
+    chat: ChatRequest,
+) -> Result<DeltaStream, ApiError> {
+    caller.allow(&chat.model)?;
+    let meter = caller.meter(&chat);
+    Ok(meter.wrap(state.config().models.stream(chat).await.map_err(provider_error)?))
 }
 
 /// Asks the providers for `chat` when the answer is first read: for a streamed answer, whose
 /// head (and keep-alives) go out at once however slow the upstream is to answer. A model no
 /// provider serves is refused here (404); anything the upstream says before its first token,
 /// refusals included, becomes the answer's error, bounded by the first-token timeout.
-pub(crate) fn ask_lazily(state: &AppState, chat: ChatRequest) -> Result<DeltaStream, ApiError> {
+pub(crate) fn ask_lazily(
+    state: &AppState,
+    caller: &Caller,
+    chat: ChatRequest,
+) -> Result<DeltaStream, ApiError> {
     let models = Arc::clone(&state.config().models);
     if !models.serves(&chat.model) {
         return Err(unknown_model(&chat.model));
     }
+    caller.allow(&chat.model)?;
+    let meter = caller.meter(&chat);
     let opened = stream::once(async move { models.stream(chat).await });
-    Ok(opened
+    let deltas = opened
         .flat_map(|opened| match opened {
             Ok(deltas) => deltas,
             Err(error) => stream::once(std::future::ready(Err(error))).boxed(),
         })
-        .boxed())
+        .boxed();
+    Ok(meter.wrap(deltas))
 }
 
 /// A token limit in a request body: a whole number of at least 1 (absent: none).

@@ -101,7 +101,7 @@ impl Encoder for Chunks {
     security((), ("api_key" = [])))]
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
-    Admitted(body): Admitted,
+    Admitted(body, caller): Admitted,
 ) -> Result<Response, ApiError> {
     let request = CompletionRequest::parse(&body)?;
     let (stream, include_usage) = (request.stream, request.include_usage());
@@ -109,11 +109,11 @@ pub(crate) async fn chat_completions(
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let chunker = Chunker::new(id, chat.model.clone(), include_usage);
     if stream {
-        let events = from_provider(ask_lazily(&state, chat)?);
+        let events = from_provider(ask_lazily(&state, &caller, chat)?);
         let frames = encode(unstored(events), Chunks::new(chunker));
         return Ok(event_stream(None, frames, state.config().keep_alive, None, ()));
     }
-    let answer = Folded::all(from_provider(ask(&state, chat).await?)).await;
+    let answer = Folded::all(from_provider(ask(&state, &caller, chat).await?)).await;
     if let Some(error) = &answer.error {
         return Err(whole_answer_error(error));
     }
