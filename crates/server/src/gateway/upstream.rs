@@ -95,9 +95,13 @@ pub(crate) async fn ask(
     caller: &Caller,
     chat: ChatRequest,
 ) -> Result<DeltaStream, ApiError> {
+    let models = &state.config().models;
+    if !models.serves(&chat.model) {
+        return Err(unknown_model(&chat.model));
+    }
     caller.allow(&chat.model)?;
     let meter = caller.meter(&chat);
-    Ok(meter.wrap(state.config().models.stream(chat).await.map_err(provider_error)?))
+    Ok(meter.wrap(models.stream(chat).await.map_err(provider_error)?))
 }
 
 /// Asks the providers for `chat` when the answer is first read: for a streamed answer, whose
