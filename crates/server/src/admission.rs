@@ -66,18 +66,23 @@ impl Admission {
     }
 
     /// Checks the request's API key (when keys are asked for), takes one request from the
-    /// server-wide budget, and charges the key in the store (its limits and budget).
+    /// server-wide budget, and, when `charged` (a request that starts an answer), charges the
+    /// key in the store (its limits and budget). Reading or stopping an answer is not
+    /// charged: a key at its limit can still stop what it started.
     pub(crate) async fn admit(
         &self,
         headers: &HeaderMap,
         client: IpAddr,
         store: &Arc<dyn Store>,
+        charged: bool,
     ) -> Result<Caller, ApiError> {
         let now = sluice_hub::now_ms();
         let key = self.identify(headers, client, &**store, now).await?;
-        let budget_key = key.as_ref().map_or_else(|| client.to_string(), |k| k.id.clone());
-        self.take_from_budget(budget_key)?;
+        self.take_from_budget(key.as_ref(), client)?;
         let Some(key) = key else { return Ok(Caller::default()) };
+        if !charged {
+            return Ok(Caller::new(key, Arc::clone(store)));
+        }
         let charged = store.ledger().charge(&crate::keys::charge(&key, now)).await;
         match charged.map_err(crate::error::store_error)? {
             Charged::Admitted => {
@@ -90,8 +95,10 @@ impl Admission {
         }
     }
 
-    fn take_from_budget(&self, key: String) -> Result<(), ApiError> {
+    /// Takes one request from the server-wide budget of `key`, or of `client` without one.
+    fn take_from_budget(&self, key: Option<&KeyRecord>, client: IpAddr) -> Result<(), ApiError> {
         let Some((per_minute, limiter)) = &self.budget else { return Ok(()) };
+        let key = key.map_or_else(|| client.to_string(), |k| k.id.clone());
         if self.checks.fetch_add(1, Ordering::Relaxed) % EVICT_EVERY == EVICT_EVERY - 1 {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -207,12 +214,12 @@ mod tests {
         let (admission, store) =
             (Admission::new(Keys::new(Vec::new(), false), Some(2), None), store());
         let client: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(admission.admit(&HeaderMap::new(), client, &store).await.is_ok());
-        assert!(admission.admit(&HeaderMap::new(), client, &store).await.is_ok());
-        let refused = admission.admit(&HeaderMap::new(), client, &store).await.unwrap_err();
+        assert!(admission.admit(&HeaderMap::new(), client, &store, true).await.is_ok());
+        assert!(admission.admit(&HeaderMap::new(), client, &store, true).await.is_ok());
+        let refused = admission.admit(&HeaderMap::new(), client, &store, true).await.unwrap_err();
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        let elsewhere = admission.admit(&HeaderMap::new(), other, &store).await;
+        let elsewhere = admission.admit(&HeaderMap::new(), other, &store, true).await;
         assert!(elsewhere.is_ok(), "budgets are per client");
     }
 
@@ -227,7 +234,7 @@ mod tests {
         let client: IpAddr = "192.0.2.1".parse().unwrap();
         let status = |headers: HeaderMap| {
             let (admission, store) = (&admission, &store);
-            async move { admission.admit(&headers, client, store).await.err().map(|e| e.status()) }
+            async move { admission.admit(&headers, client, store, true).await.err().map(|e| e.status()) }
         };
         assert_eq!(status(bearer("sk-abc")).await, None);
         assert_eq!(status(bearer("sk-abc")).await, None, "a key of the flat list has no limit");

@@ -49,6 +49,16 @@ const COUNTERS: &[(&str, &str)] = &[
     ("sluice_store_failures_total", "Store operations that failed (publish answered 503)."),
 ];
 
+/// Counters labelled by an API key's name (`key=…`): described here, each key's series
+/// appearing with its first request, since keys are made at run time.
+const KEY_COUNTERS: &[(&str, &str)] = &[
+    ("sluice_key_requests_total", "Gateway requests admitted, by API key name."),
+    ("sluice_key_rejected_total", "Gateway requests refused past a key's limit or budget."),
+    ("sluice_key_prompt_tokens_total", "Prompt tokens of answers, by API key name."),
+    ("sluice_key_completion_tokens_total", "Tokens answers generated, by API key name."),
+    ("sluice_key_cancelled_total", "Answers stopped before their end, by API key name."),
+];
+
 const GAUGES: &[(&str, &str)] = &[
     ("sluice_subscribers_connected", "Subscribers connected now."),
     ("sluice_generations_active", "Answers being generated now."),
@@ -86,6 +96,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
         for (name, help) in COUNTERS {
             metrics::describe_counter!(*name, *help);
             metrics::counter!(*name).increment(0);
+        }
+        for (name, help) in KEY_COUNTERS {
+            metrics::describe_counter!(*name, *help);
         }
         for (name, help) in GAUGES {
             metrics::describe_gauge!(*name, *help);

@@ -286,44 +286,6 @@ mod hex_hash {
 mod tests {
     use super::*;
 
-    fn charge(minute: u64, period: u64) -> Charge {
-        Charge {
-            key: "k".into(),
-            minute,
-            period,
-            requests_per_minute: Some(2),
-            tokens_per_minute: Some(100),
-            token_budget: Some(150),
-            revocable: false,
-        }
-    }
-
-    fn spend(minute: u64, period: u64, tokens: u64) -> Spend {
-        Spend {
-            key: "k".into(),
-            minute,
-            period,
-            prompt_tokens: tokens,
-            completion_tokens: 0,
-            cancelled: false,
-        }
-    }
-
-    #[test]
-    fn windows_start_again_forward_and_never_go_back() {
-        let mut usage = KeyUsage::default();
-        assert_eq!(usage.charge(&charge(10, 1)), Charged::Admitted);
-        assert_eq!(usage.charge(&charge(9, 1)), Charged::Admitted, "a late clock counts now");
-        assert_eq!(usage.charge(&charge(10, 1)), Charged::Over(Limit::RequestsPerMinute));
-        assert_eq!(usage.charge(&charge(11, 1)), Charged::Admitted, "a new minute");
-        usage.spend(&spend(11, 1, 100));
-        assert_eq!(usage.charge(&charge(11, 1)), Charged::Over(Limit::TokensPerMinute));
-        usage.spend(&spend(12, 1, 60));
-        assert_eq!(usage.charge(&charge(12, 1)), Charged::Over(Limit::Budget));
-        assert_eq!(usage.charge(&charge(13, 2)), Charged::Admitted, "a new period");
-        assert_eq!((usage.requests, usage.prompt_tokens, usage.period_tokens), (4, 160, 0));
-    }
-
     #[test]
     fn a_record_reads_back_from_its_json() {
         let record = KeyRecord {

@@ -95,7 +95,7 @@ pub(crate) async fn one_shot(
         }
         None => {
             let store = state.hub().store();
-            let caller = state.admission().admit(&headers, client.0.ip(), store).await?;
+            let caller = state.admission().admit(&headers, client.0.ip(), store, true).await?;
             let chat = one_shot_request(raw.as_deref(), state.default_model().as_deref())?;
             let new = NewAnswer {
                 kind: Kind::OneShot,

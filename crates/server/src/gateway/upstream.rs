@@ -26,7 +26,7 @@ impl FromRequest<AppState> for Admitted {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let caller = admit(request.headers(), request.extensions(), state).await?;
+        let caller = admit(request.headers(), request.extensions(), state, true).await?;
         let config = state.config();
         let limit = (config.max_body_bytes, config.timeouts.request_body);
         let body = crate::body::read_body(request.into_body(), limit.0, limit.1).await?;
@@ -34,15 +34,16 @@ impl FromRequest<AppState> for Admitted {
     }
 }
 
-/// A request with no body that reads or stops an answer: the caller's key and rate limits
-/// (it counts as a request of its key).
+/// A request with no body that reads or stops an answer: the caller's key and the
+/// server-wide rate limit (not the key's own limits, so that a key at its limit can still
+/// stop its answers).
 pub(crate) struct Allowed;
 
 impl FromRequestParts<AppState> for Allowed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        admit(&parts.headers, &parts.extensions, state).await.map(|_| Allowed)
+        admit(&parts.headers, &parts.extensions, state, false).await.map(|_| Allowed)
     }
 }
 
@@ -50,13 +51,14 @@ async fn admit(
     headers: &HeaderMap,
     extensions: &Extensions,
     state: &AppState,
+    charged: bool,
 ) -> Result<Caller, ApiError> {
     let client = extensions
         .get::<ConnectInfo<ClientAddr>>()
         .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |ConnectInfo(ClientAddr(address))| {
             address.ip()
         });
-    state.admission().admit(headers, client, state.hub().store()).await
+    state.admission().admit(headers, client, state.hub().store(), charged).await
 }
 
 /// A provider's failure before anything was sent, as the HTTP error a client expects.
