@@ -487,11 +487,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         })?),
         api_keys: args.api_keys.clone(),
-        keys: args
-            .keys
-            .iter()
-            .map(sluice_server::keys::KeySpec::record)
-            .collect::<Result<_, _>>()
+        keys: sluice_server::keys::KeySpec::records(&args.keys)
             .map_err(|e| anyhow::anyhow!("[[keys]]: {e}"))?,
         admin_key: args.admin_key.clone(),
         requests_per_minute: args.requests_per_minute,

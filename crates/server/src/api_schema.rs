@@ -37,10 +37,11 @@ pub(crate) use written_schema;
 const BODY_REFUSALS: &[(&str, &str)] = &[
     ("400", "A malformed request"),
     ("401", "A missing or wrong API key"),
+    ("403", "The API key may not use the model"),
     ("404", "No provider serves the model"),
     ("408", "The request body stalled"),
     ("413", "The request body is too large"),
-    ("429", "Rate limited or the model is busy (Retry-After)"),
+    ("429", "Rate limited, the key at a limit or its budget, or the model busy (Retry-After)"),
 ];
 
 /// The refusals of an operation on a stored answer.

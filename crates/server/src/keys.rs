@@ -53,6 +53,19 @@ impl KeySpec {
         Ok(configured(&self.name, hash, self.limits.clone()))
     }
 
+    /// The records of `specs`, or why one is not a valid key (two with one name included:
+    /// usage is counted by name).
+    pub fn records(specs: &[KeySpec]) -> Result<Vec<KeyRecord>, String> {
+        let mut names = std::collections::HashSet::new();
+        let mut unique = |spec: &KeySpec| {
+            names
+                .insert(spec.name.clone())
+                .then_some(())
+                .ok_or_else(|| format!("two keys are named {}", spec.name))
+        };
+        specs.iter().map(|spec| unique(spec).and_then(|()| spec.record())).collect()
+    }
+
     /// The older flat list's keys (`api_keys`), as records without limits named `api_keys[i]`.
     pub fn unlimited(keys: &[String]) -> Vec<KeyRecord> {
         let named = keys.iter().enumerate();
@@ -357,7 +370,9 @@ mod tests {
         let hashed = KeySpec { key: None, key_sha256: Some(hex), ..spec.clone() };
         assert_eq!(hashed.record().unwrap().hash, hash("sk-1"));
         assert!(KeySpec { key: None, ..spec.clone() }.record().is_err());
-        let both = KeySpec { key_sha256: Some("00".repeat(32)), ..spec };
+        let both = KeySpec { key_sha256: Some("00".repeat(32)), ..spec.clone() };
         assert!(both.record().is_err());
+        let twice = KeySpec::records(&[spec.clone(), spec]).unwrap_err();
+        assert!(twice.contains("two keys are named a"), "{twice}");
     }
 }

@@ -72,6 +72,7 @@ fn one_shot_request(
               (status = 204, description = "The answer has ended: stop reconnecting"),
               (status = 400, description = "No prompt, or no model", body = ErrorBody),
               (status = 401, description = "A missing or wrong API key", body = ErrorBody),
+              (status = 403, description = "The API key may not use the model", body = ErrorBody),
               (status = 404, description = "No such answer to resume, or no provider serves the model", body = ErrorBody),
               (status = 429, description = "Rate limited or the model is busy", body = ErrorBody),
               (status = 503, description = "The store is unavailable", body = ErrorBody)),

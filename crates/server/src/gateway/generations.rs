@@ -66,6 +66,7 @@ pub(crate) struct Cancelling {
     responses((status = 201, description = "Started", body = Created),
               (status = 400, description = "A malformed request", body = crate::error::ErrorBody),
               (status = 401, description = "A missing or wrong API key", body = crate::error::ErrorBody),
+              (status = 403, description = "The API key may not use the model", body = crate::error::ErrorBody),
               (status = 404, description = "No provider serves the model", body = crate::error::ErrorBody),
               (status = 408, description = "The request body stalled", body = crate::error::ErrorBody),
               (status = 413, description = "The request body is too large", body = crate::error::ErrorBody),
