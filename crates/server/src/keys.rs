@@ -46,7 +46,7 @@ impl KeySpec {
         }
         let hash = match (&self.key, &self.key_sha256) {
             (Some(key), None) if !key.is_empty() => hash(key),
-            (None, Some(hex)) => parse_hash(hex)
+            (None, Some(hex)) => sluice_hub::store::ledger::parse_hash(hex)
                 .ok_or_else(|| format!("key {}: key_sha256 is not 64 hex digits", self.name))?,
             _ => return Err(format!("key {}: give exactly one of key and key_sha256", self.name)),
         };
@@ -91,17 +91,6 @@ fn configured(name: &str, hash: [u8; 32], limits: KeyLimits) -> KeyRecord {
 /// SHA-256 of a key.
 pub(crate) fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
-}
-
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let mut hash = [0u8; 32];
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(hash)
 }
 
 /// Every key the gateway knows: those of the settings, and those of the store, cached.

@@ -270,16 +270,21 @@ mod hex_hash {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let text = String::deserialize(d)?;
-        let mut hash = [0u8; 32];
-        if text.len() != 64 {
-            return Err(D::Error::custom("a hash is 64 hex digits"));
-        }
-        for (i, byte) in hash.iter_mut().enumerate() {
-            let digits = text.get(2 * i..2 * i + 2).ok_or_else(|| D::Error::custom("not hex"))?;
-            *byte = u8::from_str_radix(digits, 16).map_err(D::Error::custom)?;
-        }
-        Ok(hash)
+        super::parse_hash(&text).ok_or_else(|| D::Error::custom("a hash is 64 hex digits"))
     }
+}
+
+/// A SHA-256 written as 64 hex digits, as [`KeyRecord`]'s JSON and the settings write one.
+pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    let mut hash = [0u8; 32];
+    // Hex digits only: `from_str_radix` alone would take a sign (`+f`).
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
 }
 
 #[cfg(test)]
