@@ -3,11 +3,14 @@
 
     python3 bench/plot_soak.py [--json bench/results/soak.json] [--svg bench/soak.svg]
                                [--also OTHER.json --also-label "window off"]
+                               [--heap HEAP.json [--also-heap OTHER-HEAP.json]]
 
 Two panels, each with the warm-up (the first fifth, left out of the slopes) shaded: resident
 memory in MiB and open file descriptors, against time. A server that leaks climbs; one that
 does not stays flat after the warm-up. With `--also`, a second run's RSS is drawn beside the
-first (the same soak with one setting changed).
+first (the same soak with one setting changed). With `--heap` (bench/soak-heap.sh's
+`*.heap-series.json`: the heap in use as heaptrack saw it, the most in each 10 s), a third
+panel shows the heap itself, which RSS only bounds from above.
 """
 
 import argparse
@@ -23,6 +26,8 @@ def main():
     ap.add_argument("--svg", default="bench/soak.svg")
     ap.add_argument("--also", help="a second soak's JSON, whose RSS is drawn too")
     ap.add_argument("--also-label", default="second run")
+    ap.add_argument("--heap", help="the heap in use over a soak (soak-heap.sh's heap-series)")
+    ap.add_argument("--also-heap", help="the second run's heap series")
     args = ap.parse_args()
     also = None
     if args.also:
@@ -62,7 +67,31 @@ def main():
                      f'fill="{GREY}">warm-up</text>')
         panels.append(p)
 
+    if args.heap:
+        panels.append(heap_panel(PANEL_W * len(panels), args, warm))
     write_svg(args.svg, panels)
+
+
+def heap_panel(x, args, warm):
+    """The heap in use against time, for one run and perhaps the second."""
+    runs = [(args.heap, BLUE, "heap")]
+    if args.also_heap:
+        runs.append((args.also_heap, GREY, f"{args.also_label}: heap"))
+    series = []
+    for path, colour, label in runs:
+        with open(path) as f:
+            points = json.load(f)
+        series.append(([t for t, _ in points], [b / 2**20 for _, b in points], colour, label))
+    ts = [t for s in series for t in s[0]]
+    ys = [y for s in series for y in s[1]]
+    p = Panel(x, "Heap in use (heaptrack)", "seconds", "MiB", [0] + ts, [0, max(ys) * 1.2])
+    p.frame()
+    for xs, values, colour, label in series:
+        p.line(xs, values, colour, f"{label}: {values[-1]:.1f} MiB at the end", dots=False,
+               label_at=len(xs) // 2)
+    p.out.append(f'<text x="{p.x(warm / 2)}" y="{p.y(p.yticks[0]) - 6}" text-anchor="middle" '
+                 f'fill="{GREY}">warm-up</text>')
+    return p
 
 
 if __name__ == "__main__":

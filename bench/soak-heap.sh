@@ -11,7 +11,8 @@
 # bench/results/NAME.heaptrack.zst (open it with heaptrack_print or heaptrack_gui; not
 # committed: it is large) and
 # bench/results/NAME.heap.txt (heaptrack_print's summary: peak heap, what was still held at
-# the end and where it was allocated). Builds the release binary first unless NO_BUILD=1.
+# the end and where it was allocated) and bench/results/NAME.heap-series.json (the heap in use,
+# the most in each 10 s: [[seconds, bytes], ...], which bench/plot_soak.py --heap draws). Builds the release binary first unless NO_BUILD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-3600}
@@ -37,5 +38,20 @@ target/release/sluice bench soak --duration "$DURATION" --json "$OUT/$NAME.json"
 wait "$interpreter"
 heaptrack_print --file "$OUT/$NAME.heaptrack.zst" --print-leaks 1 --print-peaks 1 \
     --print-allocators 0 --print-temporary 0 --peak-limit 10 >"$OUT/$NAME.heap.txt"
+# The heap in use over time, the most in each 10 s, from heaptrack's massif-format output.
+massif=$(mktemp)
+heaptrack_print --file "$OUT/$NAME.heaptrack.zst" -p 0 -a 0 -T 0 -l 0 -M "$massif" >/dev/null
+python3 - "$massif" "$OUT/$NAME.heap-series.json" <<'PY'
+import json, sys
+most, t = {}, 0.0
+for line in open(sys.argv[1]):
+    if line.startswith("time="):
+        t = float(line[5:])
+    elif line.startswith("mem_heap_B="):
+        bucket = int(t // 10) * 10
+        most[bucket] = max(most.get(bucket, 0), int(line[11:]))
+json.dump(sorted(most.items()), open(sys.argv[2], "w"))
+PY
+rm -f "$massif"
 grep -E "^(peak heap memory consumption|peak RSS|total memory leaked)" "$OUT/$NAME.heap.txt" >&2 || true
-echo "soak-heap: $OUT/$NAME.{json,heaptrack.zst,heap.txt}" >&2
+echo "soak-heap: $OUT/$NAME.{json,heaptrack.zst,heap.txt,heap-series.json}" >&2
