@@ -164,6 +164,12 @@ pub(crate) struct Args {
     /// gateway asks every caller for a key [default: no admin API].
     #[arg(long, env = "SLUICE_ADMIN_KEY", value_name = "KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// Accept end-user tokens (JWTs a back end mints for browsers, `sluice token --chat`) on
+    /// the chat routes, whose `aud` is this; they are checked with --jwt-secret or
+    /// --jwt-public-key, and the gateway then asks every caller for a key or a token
+    /// [default: not accepted].
+    #[arg(long, env = "SLUICE_CHAT_AUDIENCE", value_name = "AUDIENCE")]
+    chat_audience: Option<String>,
     /// Gateway requests per minute per key (per address without keys) [default: unlimited].
     #[arg(long, env = "SLUICE_REQUESTS_PER_MINUTE", value_name = "N")]
     requests_per_minute: Option<u32>,
@@ -375,6 +381,21 @@ fn connection_limit(asked: Option<usize>) -> usize {
     }
 }
 
+/// The verifier of end-user tokens, when --chat-audience asks for them: the hub's key, not a
+/// publisher's or subscriber's own.
+fn end_user_verifier(args: &Args) -> anyhow::Result<Option<Verifier>> {
+    let Some(audience) = &args.chat_audience else { return Ok(None) };
+    let verifier = match (&args.jwt_public_key, &args.jwt_secret) {
+        (Some(path), _) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Verifier::rs256_pem(&pem)?
+        }
+        (None, Some(secret)) => Verifier::hs256(secret.as_bytes()),
+        (None, None) => bail!("--chat-audience needs --jwt-secret or --jwt-public-key"),
+    };
+    Ok(Some(verifier.for_audience(Some(audience.clone()))))
+}
+
 fn verifiers(args: &Args, limits: Limits) -> anyhow::Result<(Option<Verifier>, Option<Verifier>)> {
     let audience =
         args.jwt_audience.clone().or_else(|| args.hub_url.as_ref().map(|u| u.to_string()));
@@ -490,6 +511,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         keys: sluice_server::keys::KeySpec::records(&args.keys)
             .map_err(|e| anyhow::anyhow!("[[keys]]: {e}"))?,
         admin_key: args.admin_key.clone(),
+        end_users: end_user_verifier(&args)?,
         requests_per_minute: args.requests_per_minute,
         generation_grace: seconds(args.generation_grace, defaults.generation_grace),
         timeouts: Timeouts {

@@ -1,11 +1,13 @@
 //! `sluice token`: mint an HS256 Mercure token, for scripts, tests and the console: a
-//! draft-07 JWT (`mercure` claim) by default, a draft-08 access token with `--access`.
+//! draft-07 JWT (`mercure` claim) by default, a draft-08 access token with `--access`, an
+//! end-user token for the chat routes with `--chat`.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_server::{
-    AccessGrant, DEFAULT_ISSUER, Grant, MatchType, TopicMatcher, mint_access_hs256, mint_hs256,
+    AccessGrant, ChatClaim, ChatGrant, ChatLimits, DEFAULT_ISSUER, Grant, MatchType, TopicMatcher,
+    mint_access_hs256, mint_chat_hs256, mint_hs256,
 };
 
 /// Mint a Mercure token (HS256) granting publish and subscribe matchers.
@@ -30,8 +32,28 @@ pub(crate) struct Args {
     subscribe_pattern: Vec<String>,
     /// Mint a draft-08 OAuth access token (`typ: at+jwt`, `authorization_details`) instead of
     /// a draft-07 one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "chat")]
     access: bool,
+    /// Mint an end-user token for the chat routes (the server's --chat-audience as `aud`,
+    /// --subject as `sub`, the limits below in a `sluice.chat` claim).
+    #[arg(long)]
+    chat: bool,
+    /// End-user tokens: the audience, the server's --chat-audience.
+    #[arg(long, value_name = "AUDIENCE", requires = "chat")]
+    chat_audience: Option<String>,
+    /// End-user tokens: a model the end user may use (comma-separated or repeated) [default:
+    /// every model].
+    #[arg(long = "models", value_name = "MODEL", value_delimiter = ',', requires = "chat")]
+    models: Vec<String>,
+    /// End-user tokens: the most tokens one answer may generate.
+    #[arg(long, value_name = "N", requires = "chat")]
+    max_tokens: Option<u32>,
+    /// End-user tokens: requests per minute.
+    #[arg(long = "rpm", value_name = "N", requires = "chat")]
+    requests_per_minute: Option<u64>,
+    /// End-user tokens: tokens (prompt and completion) per minute.
+    #[arg(long = "tpm", value_name = "N", requires = "chat")]
+    tokens_per_minute: Option<u64>,
     /// Access tokens: the issuer (`iss`), one the hub trusts (--jwt-issuer).
     #[arg(long, value_name = "ISSUER", default_value = DEFAULT_ISSUER, requires = "access")]
     issuer: String,
@@ -43,12 +65,12 @@ pub(crate) struct Args {
         requires = "access"
     )]
     audience: String,
-    /// Access tokens: the subject (`sub`).
-    #[arg(long, value_name = "SUBJECT", default_value = "sluice-token", requires = "access")]
+    /// Access and end-user tokens: the subject (`sub`).
+    #[arg(long, value_name = "SUBJECT", default_value = "sluice-token")]
     subject: String,
     /// Seconds until the token expires [default: never for draft-07 tokens, an hour for
-    /// access tokens, which must expire].
-    #[arg(long, value_name = "SECONDS")]
+    /// access and end-user tokens, which must expire].
+    #[arg(long, visible_alias = "ttl", value_name = "SECONDS")]
     expires_in: Option<u64>,
 }
 
@@ -58,7 +80,21 @@ pub(crate) fn run(args: Args) -> ExitCode {
             + Duration::from_secs(seconds))
         .as_secs()
     };
-    let token = if args.access {
+    let token = if args.chat {
+        let chat = ChatLimits {
+            models: args.models,
+            max_tokens: args.max_tokens,
+            requests_per_minute: args.requests_per_minute,
+            tokens_per_minute: args.tokens_per_minute,
+        };
+        let grant = ChatGrant {
+            subject: args.subject,
+            audience: args.chat_audience.unwrap_or_else(|| "sluice-chat".to_owned()),
+            exp: expiry(args.expires_in.unwrap_or(3600)),
+            sluice: ChatClaim { chat },
+        };
+        mint_chat_hs256(args.secret.as_bytes(), &grant)
+    } else if args.access {
         let matchers = |exact: Vec<String>, patterns: Vec<String>| {
             let exact =
                 exact.into_iter().map(|text| TopicMatcher { match_type: MatchType::Exact, text });

@@ -1,6 +1,7 @@
 //! The admin API, guarded by the admin key (`--admin-key`): API keys made at run time
 //! (`POST /admin/keys`, which shows the key once; `GET /admin/keys`, never a secret;
-//! `DELETE /admin/keys/{name}`) and what every key used (`GET /admin/usage`). Keys made here
+//! `DELETE /admin/keys/{name}`) and what every key and every end user's subject used
+//! (`GET /admin/usage`). Keys made here
 //! live in the store, so every node sharing it knows them; keys of `sluice.toml` are listed
 //! but cannot be revoked here (the file would bring them back).
 
@@ -162,21 +163,26 @@ async fn usage(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         .collect();
     let mut usage = ledger.usage().await.map_err(store_error)?;
     usage.sort_by(|a, b| a.0.cmp(&b.0));
-    let keys: Vec<Value> = usage
-        .iter()
-        .map(|(id, used)| {
-            json!({
-                "id": id, "name": names.get(id.as_str()),
-                "requests": used.requests,
-                "prompt_tokens": used.prompt_tokens,
-                "completion_tokens": used.completion_tokens,
-                "cancelled": used.cancelled,
-                "cancelled_tokens": used.cancelled_tokens,
-                "period_tokens": used.period_tokens,
-                "minute_requests": used.minute_requests,
-                "minute_tokens": used.minute_tokens,
-            })
-        })
-        .collect();
-    Ok(axum::Json(json!({"keys": keys})).into_response())
+    let (mut keys, mut subjects) = (Vec::new(), Vec::new());
+    for (id, used) in &usage {
+        let mut shown = json!({
+            "id": id,
+            "requests": used.requests,
+            "prompt_tokens": used.prompt_tokens,
+            "completion_tokens": used.completion_tokens,
+            "cancelled": used.cancelled,
+            "cancelled_tokens": used.cancelled_tokens,
+            "period_tokens": used.period_tokens,
+            "minute_requests": used.minute_requests,
+            "minute_tokens": used.minute_tokens,
+        });
+        if let Some(subject) = id.strip_prefix(crate::end_users::SUBJECT_PREFIX) {
+            shown["subject"] = json!(subject);
+            subjects.push(shown);
+        } else {
+            shown["name"] = json!(names.get(id.as_str()));
+            keys.push(shown);
+        }
+    }
+    Ok(axum::Json(json!({"keys": keys, "subjects": subjects})).into_response())
 }

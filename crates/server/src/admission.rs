@@ -19,6 +19,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use sluice_hub::{Charged, KeyRecord, Store};
 
+use crate::auth::{self, Verifier};
+use crate::end_users;
 use crate::error::ApiError;
 use crate::keys::{Caller, Keys};
 
@@ -32,6 +34,8 @@ const EVICT_EVERY: u64 = 4096;
 #[derive(Debug)]
 pub(crate) struct Admission {
     keys: Keys,
+    /// Verifies end-user tokens ([`crate::end_users`]), when they are accepted.
+    end_users: Option<Verifier>,
     budget: Option<(u32, DefaultKeyedRateLimiter<String>)>,
     checks: AtomicU64,
     subscriptions_per_client: Option<usize>,
@@ -39,11 +43,12 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    /// A gatekeeper for these keys (none, and none to be made at run time: open),
-    /// `requests_per_minute` per key or address, and at most `subscriptions_per_client` open
-    /// subscriptions per address.
+    /// A gatekeeper for these keys and end-user tokens (neither, and no keys to be made at
+    /// run time: open), `requests_per_minute` per key or address, and at most
+    /// `subscriptions_per_client` open subscriptions per address.
     pub(crate) fn new(
         keys: Keys,
+        end_users: Option<Verifier>,
         requests_per_minute: Option<u32>,
         subscriptions_per_client: Option<usize>,
     ) -> Self {
@@ -53,6 +58,7 @@ impl Admission {
         });
         Admission {
             keys,
+            end_users,
             budget,
             checks: AtomicU64::new(0),
             subscriptions_per_client,
@@ -78,10 +84,11 @@ impl Admission {
     ) -> Result<Caller, ApiError> {
         let now = sluice_hub::now_ms();
         let key = self.identify(headers, client, &**store, now).await?;
-        self.take_from_budget(key.as_ref(), client)?;
-        let Some(key) = key else { return Ok(Caller::default()) };
+        self.take_from_budget(key.as_ref().map(|(key, _)| key), client)?;
+        let Some((key, max_tokens)) = key else { return Ok(Caller::default()) };
+        let caller = |key| Caller::new(key, Arc::clone(store), max_tokens);
         if !charged {
-            return Ok(Caller::new(key, Arc::clone(store)));
+            return Ok(caller(key));
         }
         let charge = crate::keys::charge(&key, now);
         if charge.requests_per_minute.is_none()
@@ -91,21 +98,22 @@ impl Admission {
         {
             // Nothing to decide (a key of the settings without limits): the request is only
             // counted, off the request's path, so that such a key costs no store round trip.
-            metrics::counter!("sluice_key_requests_total", "key" => key.name.clone()).increment(1);
+            let label = crate::keys::label(&key);
+            metrics::counter!("sluice_key_requests_total", "key" => label).increment(1);
             let ledger_store = Arc::clone(store);
             tokio::spawn(async move {
                 if let Err(error) = ledger_store.ledger().charge(&charge).await {
                     tracing::warn!(%error, key = charge.key, "a request was not counted");
                 }
             });
-            return Ok(Caller::new(key, Arc::clone(store)));
+            return Ok(caller(key));
         }
         let charged = store.ledger().charge(&charge).await;
         match charged.map_err(crate::error::store_error)? {
             Charged::Admitted => {
-                metrics::counter!("sluice_key_requests_total", "key" => key.name.clone())
+                metrics::counter!("sluice_key_requests_total", "key" => crate::keys::label(&key))
                     .increment(1);
-                Ok(Caller::new(key, Arc::clone(store)))
+                Ok(caller(key))
             }
             Charged::Over(limit) => Err(crate::keys::over(&key, limit, now)),
             _ => Err(unknown_key(client)),
@@ -131,27 +139,38 @@ impl Admission {
         })
     }
 
-    /// The presented key's record, or `None` when keys are not asked for.
+    /// The presented key's record, or the record of the subject of the presented end-user
+    /// token with its most tokens per answer; `None` when neither is asked for.
     async fn identify(
         &self,
         headers: &HeaderMap,
         client: IpAddr,
         store: &dyn Store,
         now_ms: u64,
-    ) -> Result<Option<KeyRecord>, ApiError> {
-        if !self.keys.required() {
+    ) -> Result<Option<(KeyRecord, Option<u32>)>, ApiError> {
+        if !self.keys.required() && self.end_users.is_none() {
             return Ok(None);
         }
-        let Some(presented) = presented_key(headers) else {
+        // The cookie only when tokens are accepted: it holds nothing else.
+        let cookie =
+            || self.end_users.as_ref().and_then(|_| auth::cookie(headers, end_users::COOKIE));
+        let Some(presented) = presented_key(headers).map(str::to_owned).or_else(cookie) else {
             metrics::counter!("sluice_auth_failures_total").increment(1);
+            let what =
+                if self.end_users.is_some() { "an API key or a token" } else { "an API key" };
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing_api_key",
-                "You didn't provide an API key.",
+                format!("You didn't provide {what}."),
             ));
         };
-        let found = self.keys.find(store, &crate::keys::hash(presented), now_ms).await?;
-        found.map(Some).ok_or_else(|| unknown_key(client))
+        if let Some(verifier) = &self.end_users
+            && end_users::is_jwt(&presented)
+        {
+            return end_users::verify(verifier, &presented).map(|grant| Some(grant.record()));
+        }
+        let found = self.keys.find(store, &crate::keys::hash(&presented), now_ms).await?;
+        found.map(|key| Some((key, None))).ok_or_else(|| unknown_key(client))
     }
 
     /// Counts a subscription against its client's limit, or refuses it with 429.
@@ -229,7 +248,7 @@ mod tests {
     #[tokio::test]
     async fn a_budget_refuses_past_its_quota_and_says_how_long_to_wait() {
         let (admission, store) =
-            (Admission::new(Keys::new(Vec::new(), false), Some(2), None), store());
+            (Admission::new(Keys::new(Vec::new(), false), None, Some(2), None), store());
         let client: IpAddr = "192.0.2.1".parse().unwrap();
         assert!(admission.admit(&HeaderMap::new(), client, &store, true).await.is_ok());
         assert!(admission.admit(&HeaderMap::new(), client, &store, true).await.is_ok());
@@ -247,7 +266,8 @@ mod tests {
         let spec =
             KeySpec { name: "one".into(), key: Some("sk-one".into()), key_sha256: None, limits };
         keys.push(spec.record().unwrap());
-        let (admission, store) = (Admission::new(Keys::new(keys, false), None, None), store());
+        let (admission, store) =
+            (Admission::new(Keys::new(keys, false), None, None, None), store());
         let client: IpAddr = "192.0.2.1".parse().unwrap();
         let status = |headers: HeaderMap| {
             let (admission, store) = (&admission, &store);

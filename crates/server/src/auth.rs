@@ -333,6 +333,19 @@ impl Verifier {
         })
     }
 
+    /// The claims of an end-user token (see [`crate::end_users`]): it must be signed with this
+    /// key, name this verifier's audience, have a subject and an expiry, and be in force now.
+    /// Every refusal is 401 `invalid_token`, in the same words as the hub's.
+    pub(crate) fn verify_end_user(&self, token: &str) -> Result<Value, ApiError> {
+        let mut validation = self.validation();
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        validation.validate_aud = true;
+        validation.set_audience(&[self.audience.as_deref().unwrap_or_default()]);
+        let data = jsonwebtoken::decode::<Value>(token, &self.key, &validation)
+            .map_err(|e| self.refuse(e.kind()))?;
+        Ok(data.claims)
+    }
+
     fn refuse(&self, kind: &jsonwebtoken::errors::ErrorKind) -> ApiError {
         metrics::counter!("sluice_auth_failures_total").increment(1);
         let why = refusal(kind, self.algorithm);
@@ -361,7 +374,7 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind, accepted: Algorithm) -> Strin
             format!("its algorithm is not accepted (accepted: {accepted:?})")
         }
         ErrorKind::InvalidIssuer => "its issuer is not trusted".to_owned(),
-        ErrorKind::InvalidAudience => "its audience is not this hub".to_owned(),
+        ErrorKind::InvalidAudience => "its audience (aud) is not this server".to_owned(),
         ErrorKind::MissingRequiredClaim(claim) => format!("it lacks the {claim} claim"),
         _ => "it is not a well-formed JWT".to_owned(),
     }

@@ -155,32 +155,40 @@ impl Keys {
     }
 }
 
-/// Who made a request: a key, or nobody (an open gateway).
+/// Who made a request: a key, an end user's token (a subject, charged as a key is), or
+/// nobody (an open gateway).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Caller {
     key: Option<Arc<KeyRecord>>,
     store: Option<Arc<dyn Store>>,
+    /// The most tokens one answer may generate (an end-user token's `max_tokens`).
+    max_tokens: Option<u32>,
 }
 
 impl Caller {
-    pub(crate) fn new(key: KeyRecord, store: Arc<dyn Store>) -> Self {
-        Caller { key: Some(Arc::new(key)), store: Some(store) }
+    pub(crate) fn new(key: KeyRecord, store: Arc<dyn Store>, max_tokens: Option<u32>) -> Self {
+        Caller { key: Some(Arc::new(key)), store: Some(store), max_tokens }
     }
 
-    /// Refuses a model the key may not use: 403, since the model exists (an unknown model is
-    /// 404, as OpenAI answers).
-    pub(crate) fn allow(&self, model: &str) -> Result<(), ApiError> {
-        let Some(key) = &self.key else { return Ok(()) };
+    /// `chat` held to the caller's grant: a model it may not use is refused with 403, since
+    /// the model exists (an unknown model is 404, as OpenAI answers); a `max_tokens` above
+    /// the grant's, or none, becomes the grant's (clamped rather than refused, as `useChat`
+    /// sends none).
+    pub(crate) fn limit(&self, mut chat: ChatRequest) -> Result<ChatRequest, ApiError> {
+        let Some(key) = &self.key else { return Ok(chat) };
         let models = &key.limits.models;
-        if models.is_empty() || models.iter().any(|m| m == model) {
-            return Ok(());
+        if !models.is_empty() && !models.iter().any(|m| *m == chat.model) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "model_not_allowed",
+                format!("{} may not use the model `{}`.", who(key), chat.model),
+            )
+            .with_param("model"));
         }
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "model_not_allowed",
-            format!("The key {} may not use the model `{model}`.", key.name),
-        )
-        .with_param("model"))
+        if let Some(most) = self.max_tokens {
+            chat.max_tokens = Some(chat.max_tokens.map_or(most, |asked| asked.min(most)));
+        }
+        Ok(chat)
     }
 
     /// What counts the tokens of the answer to `chat` (see [`Meter::wrap`]).
@@ -238,7 +246,7 @@ impl Drop for Tally {
     fn drop(&mut self) {
         let (prompt_tokens, completion_tokens) =
             self.usage.unwrap_or((self.estimated_prompt, self.pieces));
-        let (name, cancelled) = (self.key.name.clone(), !self.finished);
+        let (name, cancelled) = (label(&self.key), !self.finished);
         metrics::counter!("sluice_key_prompt_tokens_total", "key" => name.clone())
             .increment(prompt_tokens);
         metrics::counter!("sluice_key_completion_tokens_total", "key" => name.clone())
@@ -274,13 +282,13 @@ pub(crate) fn charge(key: &KeyRecord, now_ms: u64) -> Charge {
         requests_per_minute: key.limits.requests_per_minute,
         tokens_per_minute: key.limits.tokens_per_minute,
         token_budget: key.limits.token_budget,
-        revocable: !key.id.starts_with("config:"),
+        revocable: !key.id.starts_with("config:") && !is_subject(key),
     }
 }
 
 /// The refusal of a request over `limit`, with how long to wait.
 pub(crate) fn over(key: &KeyRecord, limit: Limit, now_ms: u64) -> ApiError {
-    metrics::counter!("sluice_key_rejected_total", "key" => key.name.clone()).increment(1);
+    metrics::counter!("sluice_key_rejected_total", "key" => label(key)).increment(1);
     let (what, until_ms) = match limit {
         Limit::RequestsPerMinute => ("requests per minute", (minute(now_ms) + 1) * 60_000),
         Limit::TokensPerMinute => ("tokens per minute", (minute(now_ms) + 1) * 60_000),
@@ -289,9 +297,27 @@ pub(crate) fn over(key: &KeyRecord, limit: Limit, now_ms: u64) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limit_exceeded",
-        format!("The key {} reached its {what}.", key.name),
+        format!("{} reached its {what}.", who(key)),
     )
     .with_retry_after(until_ms.saturating_sub(now_ms).div_ceil(1000).max(1))
+}
+
+/// Whether `key` stands for an end user's subject (see [`crate::end_users`]).
+fn is_subject(key: &KeyRecord) -> bool {
+    key.id.starts_with(crate::end_users::SUBJECT_PREFIX)
+}
+
+/// The caller as its refusals name it.
+fn who(key: &KeyRecord) -> String {
+    let kind = if is_subject(key) { "end user" } else { "key" };
+    format!("The {kind} {}", key.name)
+}
+
+/// The `key` label of the per-key metrics: subjects share one, since an app has as many as
+/// it has users and a label per user would grow `/metrics` without bound (their usage is in
+/// the ledger, per subject).
+pub(crate) fn label(key: &KeyRecord) -> String {
+    if is_subject(key) { "end-user-tokens".to_owned() } else { key.name.clone() }
 }
 
 fn minute(now_ms: u64) -> u64 {

@@ -24,7 +24,8 @@
 //!   `openapi`, `ui`;
 //! - shared pieces: `answers` (the one answer engine every gateway protocol and the state
 //!   use), `api_schema` (pieces of the API document the routes share), `admission` (keys,
-//!   budgets, per-client counts), `keys` (key records, their limits and usage), `admin` (the
+//!   budgets, per-client counts), `keys` (key records, their limits and usage), `end_users`
+//!   (end-user tokens for browsers), `admin` (the
 //!   admin API), `auth` (JWTs), `grants`
 //!   (draft-08 authorization details), `body`, `form`, `sse`, `error`, `telemetry`, `conn`
 //!   (connections and their timeouts), `state`, `config`.
@@ -38,6 +39,7 @@ mod body;
 mod config;
 mod conn;
 mod durable;
+mod end_users;
 mod error;
 mod form;
 mod gateway;
@@ -69,6 +71,9 @@ pub use auth::HUB_PATH;
 pub use auth::{Claims, DEFAULT_ISSUER, Grant, KeyError, TokenKind, Verifier, mint_hs256};
 pub use config::{Config, Timeouts, default_max_connections, max_connections_for_files};
 pub use conn::ClientAddr;
+pub use end_users::{
+    COOKIE as CHAT_TOKEN_COOKIE, ChatClaim, ChatGrant, ChatLimits, mint_chat_hs256,
+};
 pub use error::ApiError;
 pub use grants::{AccessGrant, MatchType, TopicMatcher, mint_access_hs256};
 pub use state::AppState;

@@ -53,8 +53,12 @@ impl AppState {
         let mut keys = crate::keys::KeySpec::unlimited(&config.api_keys);
         keys.extend(config.keys.iter().cloned());
         let keys = crate::keys::Keys::new(keys, config.admin_key.is_some());
-        let admission =
-            Admission::new(keys, config.requests_per_minute, config.max_subscriptions_per_client);
+        let admission = Admission::new(
+            keys,
+            config.end_users.clone(),
+            config.requests_per_minute,
+            config.max_subscriptions_per_client,
+        );
         let answers = Arc::default();
         crate::answers::coordinate(&answers, &hub);
         AppState(Arc::new(Shared {

@@ -101,7 +101,7 @@ pub(crate) async fn ask(
     if !models.serves(&chat.model) {
         return Err(unknown_model(&chat.model));
     }
-    caller.allow(&chat.model)?;
+    let chat = caller.limit(chat)?;
     let meter = caller.meter(&chat);
     Ok(meter.wrap(models.stream(chat).await.map_err(provider_error)?))
 }
@@ -119,7 +119,7 @@ pub(crate) fn ask_lazily(
     if !models.serves(&chat.model) {
         return Err(unknown_model(&chat.model));
     }
-    caller.allow(&chat.model)?;
+    let chat = caller.limit(chat)?;
     let meter = caller.meter(&chat);
     let opened = stream::once(async move { models.stream(chat).await });
     let deltas = opened
