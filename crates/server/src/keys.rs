@@ -177,7 +177,7 @@ impl Caller {
     pub(crate) fn limit(&self, mut chat: ChatRequest) -> Result<ChatRequest, ApiError> {
         let Some(key) = &self.key else { return Ok(chat) };
         let models = &key.limits.models;
-        if !models.is_empty() && !models.iter().any(|m| *m == chat.model) {
+        if !models.is_empty() && !models.contains(&chat.model) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "model_not_allowed",
