@@ -1,0 +1,123 @@
+// End-user tokens as a browser's code meets them, through the official OpenAI SDK in its
+// browser mode (`dangerouslyAllowBrowser`, the token as `apiKey`): tokens minted with
+// `sluice token --chat`, an answer held to the token's max tokens, a model it was not granted
+// refused, its requests per minute a RateLimitError, a forged or other-audience token an
+// AuthenticationError saying why; and with two nodes on one Redis, a subject's requests per
+// minute spent on one node are spent on the other.
+
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import OpenAI, { AuthenticationError, PermissionDeniedError, RateLimitError } from 'openai';
+
+import { sluice, startHub, startRedis } from './hub.mjs';
+
+const SECRET = 'end-user-secret-for-tests';
+const AUDIENCE = 'sluice-chat';
+const MESSAGES = [{ role: 'user', content: 'hi' }];
+const SCRIPTED = {
+  SLUICE_SCRIPTED_TEXT: 'one two three four',
+  SLUICE_SCRIPTED_TOKENS_PER_SECOND: '0',
+  SLUICE_SCRIPTED_TTFT_MS: '0',
+};
+
+function node(store) {
+  const args = ['--provider', 'scripted', '--chat-audience', AUDIENCE];
+  return startHub({ store, secret: SECRET, args, env: SCRIPTED });
+}
+
+/** An end-user token for `subject`, minted as a back end would with the CLI. */
+function mint(subject, { secret = SECRET, audience = AUDIENCE, limits = [] } = {}) {
+  const args = ['token', '--secret', secret, '--chat', '--chat-audience', audience];
+  return sluice([...args, '--subject', subject, '--ttl', '300', ...limits]);
+}
+
+function browser(hub, token) {
+  return new OpenAI({ baseURL: `${hub.origin}/v1`, apiKey: token, dangerouslyAllowBrowser: true, maxRetries: 0 });
+}
+
+function ask(openai, extra = {}) {
+  return openai.chat.completions.create({ model: 'scripted', messages: MESSAGES, ...extra });
+}
+
+/** Runs `round(subject)`, again for a fresh subject should it fail in a minute that turned
+ * meanwhile (the limits' window is a fixed minute; it cannot turn twice in a few seconds). */
+async function withinOneMinute(prefix, round) {
+  for (let i = 0; i < 2; i++) {
+    const minute = Math.floor(Date.now() / 60_000);
+    try {
+      return await round(`${prefix}-${i}`);
+    } catch (err) {
+      if (Math.floor(Date.now() / 60_000) === minute) throw err;
+    }
+  }
+  throw new Error('the minute turned during both rounds');
+}
+
+describe('an end-user token, one node', () => {
+  let hub;
+  after(() => hub?.stop());
+
+  test('an answer is held to the max tokens, and only granted models answer', async () => {
+    hub = await node('memory');
+    const token = await mint('alice', { limits: ['--models', 'scripted', '--max-tokens', '2'] });
+    const answer = await ask(browser(hub, token));
+    assert.equal(answer.usage.completion_tokens, 2);
+    assert.equal(answer.choices[0].finish_reason, 'length');
+    const more = await ask(browser(hub, token), { max_tokens: 50 });
+    assert.equal(more.usage.completion_tokens, 2, 'a larger max_tokens is clamped to the grant');
+
+    const narrow = await mint('alice', { limits: ['--models', 'gpt-4o-mini'] });
+    await assert.rejects(ask(browser(hub, narrow)), (err) => {
+      assert.ok(err instanceof PermissionDeniedError, `a PermissionDeniedError, got ${err}`);
+      assert.equal(err.code, 'model_not_allowed');
+      return true;
+    });
+  });
+
+  test('past its requests per minute the SDK gets a RateLimitError', async () => {
+    await withinOneMinute('bob', async (subject) => {
+      const openai = browser(hub, await mint(subject, { limits: ['--rpm', '2'] }));
+      await ask(openai);
+      await ask(openai);
+      await assert.rejects(ask(openai), (err) => {
+        assert.ok(err instanceof RateLimitError, `a RateLimitError, got ${err}`);
+        assert.ok(Number(err.headers.get('retry-after')) >= 1);
+        assert.match(err.message, new RegExp(`end user ${subject} reached its requests per minute`));
+        return true;
+      });
+    });
+  });
+
+  test('a forged or other-audience token is an AuthenticationError that says why', async () => {
+    const forged = await mint('mallory', { secret: 'not-the-secret' });
+    await assert.rejects(ask(browser(hub, forged)), (err) => {
+      assert.ok(err instanceof AuthenticationError, `an AuthenticationError, got ${err}`);
+      assert.match(err.message, /signature does not verify/);
+      return true;
+    });
+    const elsewhere = await mint('mallory', { audience: 'another-app' });
+    await assert.rejects(ask(browser(hub, elsewhere)), /audience \(aud\) is not this server/);
+  });
+});
+
+describe('an end-user token on two nodes sharing one Redis', () => {
+  let redis;
+  const nodes = [];
+  after(async () => {
+    await Promise.all(nodes.map((n) => n.stop()));
+    await redis?.stop();
+  });
+
+  test("a subject's requests per minute spent on one node are spent on the other", async () => {
+    redis = await startRedis();
+    nodes.push(await node(redis.url), await node(redis.url));
+    const [a, b] = nodes;
+    await withinOneMinute('carol', async (subject) => {
+      const token = await mint(subject, { limits: ['--rpm', '2'] });
+      await ask(browser(a, token));
+      await ask(browser(b, token));
+      await assert.rejects(ask(browser(a, token)), RateLimitError);
+      await assert.rejects(ask(browser(b, token)), RateLimitError);
+    });
+  });
+});
