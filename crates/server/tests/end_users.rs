@@ -123,6 +123,12 @@ async fn a_token_reaches_only_its_models_and_answers_are_held_to_its_max_tokens(
     let request = client.post(&completions).header("cookie", cookie);
     let answered = request.json(&chat("scripted", None)).send().await.unwrap();
     assert_eq!(answered.status(), StatusCode::OK);
+    // useChat's route, with the cookie: a model not granted is refused before any stream.
+    let ui = json!({"id": "c1", "model": "other",
+        "messages": [{"role": "user", "parts": [{"type": "text", "text": "hi"}]}]});
+    let cookie = format!("sluiceChatToken={alice}");
+    let request = client.post(format!("{}/api/chat", server.url)).header("cookie", cookie);
+    assert_eq!(request.json(&ui).send().await.unwrap().status(), StatusCode::FORBIDDEN);
     let nothing = reqwest::Client::new().post(&completions).json(&chat("scripted", None));
     let refused = nothing.send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
