@@ -50,9 +50,9 @@ pub struct Config {
     /// The key of the admin API (`/admin/...`: keys made at run time, usage); none: no admin
     /// API. With one, the gateway asks every caller for a key, even while none exists yet.
     pub admin_key: Option<String>,
-    /// Verifies end-user tokens (see [`crate::end_users`]) with the hub's key, its audience
-    /// the `--chat-audience`; none: they are not accepted. With one, the gateway asks every
-    /// caller for a key or a token.
+    /// Verifies end-user tokens (JWTs a back end mints for browsers, `sluice token --chat`)
+    /// with the hub's key, its audience the `--chat-audience`; none: they are not accepted.
+    /// With one, the gateway asks every caller for a key or a token.
     pub end_users: Option<Verifier>,
     /// Gateway requests per minute per key (or per address without keys), if limited.
     pub requests_per_minute: Option<u32>,
