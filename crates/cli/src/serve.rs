@@ -634,3 +634,19 @@ async fn stop_signal() {
         () = terminate => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_user_tokens_need_the_hubs_key_to_be_checked() {
+        assert!(end_user_verifier(&Args::default()).unwrap().is_none(), "off unless asked for");
+        let asked = Args { chat_audience: Some("sluice-chat".into()), ..Args::default() };
+        let refused = end_user_verifier(&asked).unwrap_err().to_string();
+        assert!(refused.contains("--jwt-secret"), "{refused}");
+        let keyed = Args { jwt_secret: Some("secret".into()), ..asked };
+        let verifier = end_user_verifier(&keyed).unwrap().unwrap();
+        assert_eq!(verifier.audience(), Some("sluice-chat"));
+    }
+}
