@@ -93,7 +93,12 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A gateway API key, when the server is configured with keys"))
+                    .description(Some(
+                        "A gateway API key, when the server is configured with keys; or, with \
+                         --chat-audience, an end-user token (a JWT with `sub`, `aud`, `exp` and \
+                         a `sluice.chat` claim), also accepted in `x-api-key` or the \
+                         `sluiceChatToken` cookie",
+                    ))
                     .build(),
             ),
         );
