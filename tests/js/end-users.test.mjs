@@ -8,8 +8,10 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import OpenAI, { AuthenticationError, PermissionDeniedError, RateLimitError } from 'openai';
+import { chromium } from 'playwright-core';
 
-import { sluice, startHub, startRedis } from './hub.mjs';
+import { CHROMIUM, CHROMIUM_ARGS } from './chromium.mjs';
+import { sluice, startHub, startRedis, tempDir } from './hub.mjs';
 
 const SECRET = 'end-user-secret-for-tests';
 const AUDIENCE = 'sluice-chat';
@@ -119,5 +121,72 @@ describe('an end-user token on two nodes sharing one Redis', () => {
       await assert.rejects(ask(browser(a, token)), RateLimitError);
       await assert.rejects(ask(browser(b, token)), RateLimitError);
     });
+  });
+});
+
+describe('an end-user token in a browser', () => {
+  let hub;
+  let profile;
+  let context;
+  after(async () => {
+    await context?.close();
+    await hub?.stop();
+    await profile?.remove();
+  });
+
+  test('the cookie carries it: EventSource and fetch answers are held to its max tokens and models', async () => {
+    hub = await node('memory');
+    profile = await tempDir('chromium-end-users');
+    context = await chromium.launchPersistentContext(profile.dir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+    });
+    const token = await mint('dana', { limits: ['--models', 'scripted', '--max-tokens', '2'] });
+    const host = new URL(hub.origin).hostname;
+    await context.addCookies([{ name: 'sluiceChatToken', value: token, domain: host, path: '/' }]);
+    const page = await context.newPage();
+    await page.goto(`${hub.origin}/healthz`);
+
+    const streamed = await page.evaluate(
+      () =>
+        new Promise((resolve, reject) => {
+          const texts = [];
+          const source = new EventSource('/api/chat/stream?prompt=hi&model=scripted');
+          source.onmessage = (event) => {
+            const text = JSON.parse(event.data).choices?.[0]?.delta?.content;
+            if (text) texts.push(text);
+          };
+          source.addEventListener('end', (event) => {
+            source.close();
+            resolve({ texts, end: JSON.parse(event.data) });
+          });
+          source.onerror = () => {
+            source.close();
+            reject(new Error(`the stream failed after ${texts.length} pieces`));
+          };
+        }),
+    );
+    // Two tokens of the script (pieces may be merged for a slow reader, as answers allow).
+    assert.equal(streamed.texts.join(''), 'one two', JSON.stringify(streamed));
+    assert.equal(streamed.end.finish_reason, 'length');
+
+    // The page's code sets the cookie as a back end's answer would: a token for another model.
+    const narrow = await mint('dana', { limits: ['--models', 'gpt-4o-mini'] });
+    const answers = await page.evaluate(async (narrow) => {
+      const ask = () =>
+        fetch('/v1/chat/completions', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: 'scripted', messages: [{ role: 'user', content: 'hi' }] }),
+        }).then(async (res) => ({ status: res.status, body: await res.json() }));
+      const granted = await ask();
+      document.cookie = `sluiceChatToken=${narrow}; path=/`;
+      return [granted, await ask()];
+    }, narrow);
+    assert.equal(answers[0].status, 200);
+    assert.equal(answers[0].body.usage.completion_tokens, 2);
+    assert.equal(answers[1].status, 403);
+    assert.equal(answers[1].body.error.code, 'model_not_allowed');
   });
 });
