@@ -96,8 +96,9 @@ impl Admission {
             && charge.token_budget.is_none()
             && !charge.revocable
         {
-            // Nothing to decide (a key of the settings without limits): the request is only
-            // counted, off the request's path, so that such a key costs no store round trip.
+            // Nothing to decide (a key of the settings, or an end-user token, without limits):
+            // the request is only counted, off the request's path, so that it costs no store
+            // round trip.
             let label = crate::keys::label(&key);
             metrics::counter!("sluice_key_requests_total", "key" => label).increment(1);
             let ledger_store = Arc::clone(store);
