@@ -1,5 +1,7 @@
 //! Reading a request body with a bound on its size and on the wait between its pieces, so
-//! that a client sending half a body (or trickling it) cannot hold a request open.
+//! that a client sending half a body (or trickling it) cannot hold a request open. A body
+//! refused before its end closes the connection (its unread rest cannot be told from the next
+//! request), and the answer says so.
 
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ pub(crate) async fn read_body(body: Body, limit: usize, idle: Duration) -> Resul
             "body_too_large",
             format!("the request body exceeds {limit} bytes"),
         )
+        .closing()
     };
     let mut body = body;
     let mut collected = BytesMut::new();
@@ -32,7 +35,8 @@ pub(crate) async fn read_body(body: Body, limit: usize, idle: Duration) -> Resul
                     StatusCode::REQUEST_TIMEOUT,
                     "request_timeout",
                     format!("the request body stalled for {} s", idle.as_secs()),
-                ));
+                )
+                .closing());
             }
             Ok(None) => return Ok(collected.freeze()),
             Ok(Some(Err(error))) => {

@@ -19,6 +19,10 @@ pub struct ApiError {
     retry_after: Option<u64>,
     /// The `WWW-Authenticate` challenge (RFC 6750), for errors about the bearer token.
     challenge: Option<&'static str>,
+    /// Whether the answer ends the connection (`Connection: close`): the request's body was
+    /// left unread, so the connection cannot carry another request, and a client that reused
+    /// it would have its next request fail on a closed socket.
+    closes: bool,
 }
 
 #[derive(Serialize)]
@@ -69,6 +73,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             challenge: None,
+            closes: false,
         }
     }
 
@@ -86,6 +91,12 @@ impl ApiError {
     /// Sets `Retry-After`, in seconds.
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Ends the connection after this answer (a request body left unread).
+    pub(crate) fn closing(mut self) -> Self {
+        self.closes = true;
         self
     }
 
@@ -192,6 +203,10 @@ impl IntoResponse for ApiError {
         }
         if let Some(challenge) = self.challenge {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        if self.closes {
+            // HTTP/1.1 only: hyper leaves connection headers out of HTTP/2 answers.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
