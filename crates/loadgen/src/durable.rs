@@ -45,7 +45,8 @@ use tokio::time::Instant;
 use crate::chunked::{Dechunker, Progress};
 use crate::hub::{self, HubBench, HubResults, Machine, Pinning, RunningServer, ServerTarget};
 use crate::procfs::{self, ProcSample};
-use crate::protocol::{HubProtocol, stamped_json, stream_url};
+use crate::protocol::{HubProtocol, stream_url};
+use crate::stamp::stamped_json;
 use crate::stats::Latency;
 use crate::{Error, now_nanos, process};
 

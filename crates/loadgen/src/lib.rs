@@ -54,11 +54,12 @@ pub mod procfs;
 pub mod protocol;
 pub mod publisher;
 pub mod soak;
+mod stamp;
 pub mod stats;
 mod subscriber;
 pub mod worker;
 
-pub use subscriber::{now_nanos, parse_stamp, stamped_data};
+pub use stamp::{now_nanos, parse_stamp, stamped_data};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]

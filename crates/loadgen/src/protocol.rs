@@ -23,7 +23,7 @@
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::subscriber::stamped_data;
+use crate::stamp::{stamped_data, stamped_json};
 
 /// How to subscribe and publish.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,14 +177,6 @@ pub fn stream_url(root: &Url, name: &str) -> Url {
     url.set_path(&format!("{}/{name}", root.path().trim_end_matches('/')));
     url.set_query(None);
     url
-}
-
-/// A Durable Streams message of `size` bytes (never shorter than its stamp):
-/// `{"stamp":"<send time in ns> <step> xxx…"}`, the stamp as [`stamped_data`] makes it.
-pub fn stamped_json(sent_nanos: u64, step: u32, size: usize) -> String {
-    const WRAPPING: usize = r#"{"stamp":""}"#.len();
-    let stamp = stamped_data(sent_nanos, step, size.saturating_sub(WRAPPING));
-    format!(r#"{{"stamp":"{stamp}"}}"#)
 }
 
 fn channel(topic: &str) -> String {

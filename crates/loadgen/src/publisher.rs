@@ -14,7 +14,7 @@ use reqwest::Url;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::protocol::HubProtocol;
-use crate::subscriber::now_nanos;
+use crate::stamp::now_nanos;
 
 /// One step of publishing.
 #[derive(Debug, Clone)]

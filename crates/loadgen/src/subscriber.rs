@@ -12,7 +12,7 @@
 //! `Last-Event-ID`, so the hub replays what it missed.
 //!
 //! A reader of a durable stream ([`HubProtocol::Durable`]) gets `data` events holding JSON
-//! arrays of stamped messages ([`stamped_json`](crate::protocol::stamped_json)) and `control`
+//! arrays of stamped messages ([`stamped_json`](crate::stamp::stamped_json)) and `control`
 //! events holding the offset to read on from; when the server ends its response (Sluice does
 //! every minute, as the protocol suggests) and the stream is not closed, it reads again from
 //! that offset, as the protocol's clients do.
@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_sse::{Decoder, MessageEvent};
@@ -31,33 +31,11 @@ use tokio::sync::watch;
 
 use crate::chunked::{Dechunker, Progress};
 use crate::protocol::HubProtocol;
+use crate::stamp::{now_nanos, parse_stamp};
 use crate::stats::{Latency, StepDelta, WorkerReport};
 
 /// The largest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
-
-/// Nanoseconds since the Unix epoch: what publishers put first in `data`.
-pub fn now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// The payload a publisher sends: `"<send time in ns> <step> "`, padded with `x` to `size`
-/// bytes (never cut shorter than the stamp).
-pub fn stamped_data(sent_nanos: u64, step: u32, size: usize) -> String {
-    let mut data = format!("{sent_nanos} {step} ");
-    if data.len() < size {
-        data.extend(std::iter::repeat_n('x', size - data.len()));
-    }
-    data
-}
-
-/// Reads the stamp back: `(send time in ns, step)`.
-pub fn parse_stamp(data: &str) -> Option<(u64, u32)> {
-    let mut parts = data.splitn(3, ' ');
-    let sent = parts.next()?.parse().ok()?;
-    let step = parts.next()?.parse().ok()?;
-    Some((sent, step))
-}
 
 /// What every subscriber of a worker shares: its counters and histograms, and the read
 /// buffer. Single-threaded (a `LocalSet`), so plain `RefCell`s.
@@ -524,7 +502,7 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::stamped_json;
+    use crate::stamp::{stamped_data, stamped_json};
 
     #[test]
     fn stamps_round_trip_and_pad() {

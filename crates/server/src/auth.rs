@@ -15,14 +15,13 @@
 //! that says what was wrong in our own words, never the JWT library's (which would tell an
 //! attacker what the parser expected), and the token itself is never logged or echoed.
 
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_hub::{Limits, Selector};
 use url::Url;
 
-use crate::config::Config;
 use crate::error::ApiError;
 use crate::grants::{self, Grants};
 
@@ -333,7 +332,7 @@ impl Verifier {
         })
     }
 
-    /// The claims of an end-user token (see [`crate::end_users`]): it must be signed with this
+    /// The claims of an end-user token (see `end_users`): it must be signed with this
     /// key, name this verifier's audience, have a subject and an expiry, and be in force now.
     /// Every refusal is 401 `invalid_token`, in the same words as the hub's.
     pub(crate) fn verify_end_user(&self, token: &str) -> Result<Value, ApiError> {
@@ -407,26 +406,6 @@ pub fn mint_hs256(secret: &[u8], grant: &Grant) -> String {
         claims.insert("exp".into(), exp.into());
     }
     crate::signing::sign(secret, &jsonwebtoken::Header::new(Algorithm::HS256), &claims.into())
-}
-
-/// Where the hub is served: its URL is the audience of draft-08 access tokens.
-pub const HUB_PATH: &str = "/.well-known/mercure";
-
-/// The hub's URL: the configured one (`--hub-url`), else the one the request was sent to
-/// (`https` when the server speaks TLS). Relative URL patterns and topics resolve against it,
-/// and access tokens must name it as their audience unless one is configured.
-pub(crate) fn hub_url(config: &Config, headers: &HeaderMap, uri: &Uri) -> Url {
-    if let Some(url) = &config.hub_url {
-        return url.clone();
-    }
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()))
-        .unwrap_or("localhost");
-    Url::parse(&format!("{scheme}://{host}{HUB_PATH}"))
-        .unwrap_or_else(|_| Url::parse(&format!("{scheme}://localhost{HUB_PATH}")).expect("valid"))
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ mod error;
 mod form;
 mod gateway;
 mod grants;
+mod hub_url;
 pub mod keys;
 mod mercure;
 mod openapi;
@@ -67,7 +68,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use auth::HUB_PATH;
 pub use auth::{Claims, DEFAULT_ISSUER, Grant, KeyError, TokenKind, Verifier, mint_hs256};
 pub use config::{Config, Timeouts, default_max_connections, max_connections_for_files};
 pub use conn::ClientAddr;
@@ -76,6 +76,7 @@ pub use end_users::{
 };
 pub use error::ApiError;
 pub use grants::{AccessGrant, MatchType, TopicMatcher, mint_access_hs256};
+pub use hub_url::HUB_PATH;
 pub use state::AppState;
 pub use telemetry::prometheus;
 pub use tls::{CertificateSource, Tls, TlsError};

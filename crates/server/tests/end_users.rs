@@ -13,6 +13,8 @@ use sluice_server::{ChatClaim, ChatGrant, ChatLimits, Config, Verifier, mint_cha
 
 mod common;
 
+use common::usage::{Who, usage_when};
+
 const SECRET: &[u8] = b"chat-secret";
 const AUDIENCE: &str = "sluice-chat";
 const ADMIN: &str = "admin-secret";
@@ -73,26 +75,6 @@ async fn message(server: &str, token: &str) -> reqwest::Response {
     let client = reqwest::Client::new();
     let request = client.post(format!("{server}/v1/messages")).header("x-api-key", token);
     request.json(&body).send().await.unwrap()
-}
-
-/// The usage of `subject` in `GET /admin/usage` once it satisfies `done` (tokens are spent
-/// just after an answer ends, by a task of their own).
-async fn usage_when(url: &str, subject: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let client = reqwest::Client::new();
-    let mut last = Value::Null;
-    for _ in 0..600 {
-        let request = client.get(format!("{url}/admin/usage")).bearer_auth(ADMIN);
-        let usage: Value = request.send().await.unwrap().json().await.unwrap();
-        let subjects = usage["subjects"].as_array().unwrap();
-        if let Some(found) = subjects.iter().find(|s| s["subject"] == subject) {
-            if done(found) {
-                return found.clone();
-            }
-            last = found.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the usage of {subject} never got there: {last}");
 }
 
 #[tokio::test]
@@ -181,7 +163,8 @@ async fn a_subjects_tokens_are_counted_in_the_usage_and_limit_it() {
     let answered = post(&completions, &dave, &chat("scripted", Some(4))).await;
     assert_eq!(answered.status(), StatusCode::OK);
     let minute = now() / 60;
-    let used = usage_when(&server.url, "dave", |u| u["completion_tokens"] != 0).await;
+    let used =
+        usage_when(&server.url, ADMIN, Who::Subject("dave"), |u| u["completion_tokens"] != 0).await;
     assert_eq!((used["requests"].as_u64(), used["completion_tokens"].as_u64()), (Some(1), Some(4)));
     assert_eq!(used["id"], "sub:dave", "{used}");
     let refused = post(&completions, &dave, &chat("scripted", None)).await;

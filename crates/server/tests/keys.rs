@@ -15,6 +15,8 @@ use sluice_server::keys::KeySpec;
 
 mod common;
 
+use common::usage::{Who, usage_when};
+
 const ADMIN: &str = "admin-secret";
 
 async fn start(keys: Vec<KeySpec>, tokens_per_second: f64) -> common::Running {
@@ -56,28 +58,6 @@ async fn admin(method: reqwest::Method, url: &str, body: Option<Value>) -> reqwe
         None => request,
     };
     request.send().await.unwrap()
-}
-
-/// Waits until the usage of key `name` satisfies `done` (tokens are spent just after an answer
-/// ends, by a task of their own); returns it.
-async fn usage_when(url: &str, name: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..600 {
-        let usage: Value = admin(reqwest::Method::GET, &format!("{url}/admin/usage"), None)
-            .await
-            .json()
-            .await
-            .unwrap();
-        let keys = usage["keys"].as_array().unwrap();
-        if let Some(found) = keys.iter().find(|k| k["name"] == name) {
-            if done(found) {
-                return found.clone();
-            }
-            last = found.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the usage of {name} never got there: {last}");
 }
 
 #[tokio::test]
@@ -144,7 +124,8 @@ async fn a_budget_counts_the_tokens_of_an_answer_once_it_ends() {
 
     let whole = post(&completions, "sk-spender", &chat("scripted", false)).await;
     assert_eq!(whole.status(), StatusCode::OK);
-    let used = usage_when(&server.url, "spender", |u| u["completion_tokens"] != 0).await;
+    let used =
+        usage_when(&server.url, ADMIN, Who::Key("spender"), |u| u["completion_tokens"] != 0).await;
     assert_eq!(used["requests"], 1);
     assert!(used["prompt_tokens"].as_u64().unwrap() > 0, "{used}");
     let refused = post(&completions, "sk-spender", &chat("scripted", false)).await;
@@ -168,7 +149,7 @@ async fn a_stopped_answer_counts_its_tokens_until_the_stop_and_as_cancelled() {
         pieces += usize::from(text.is_some_and(|text| !text.is_empty()));
     }
     drop(source);
-    let used = usage_when(&server.url, "free", |u| u["cancelled"] == 1).await;
+    let used = usage_when(&server.url, ADMIN, Who::Key("free"), |u| u["cancelled"] == 1).await;
     let completion = used["completion_tokens"].as_u64().unwrap();
     assert!(completion >= 2, "the tokens read before the stop count: {used}");
     assert_eq!(used["cancelled_tokens"], used["prompt_tokens"].as_u64().unwrap() + completion);

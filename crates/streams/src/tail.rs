@@ -20,7 +20,7 @@ const MAX_RECORDS: usize = 1024;
 /// A stream's latest records, and the stream as it was when they were read.
 #[derive(Debug)]
 pub(crate) struct Tail {
-    /// The [`crate::waiters::Watch`] change count this was read at.
+    /// The change count (of the stream's `Watch`, in `waiters`) this was read at.
     pub(crate) changes: u64,
     /// The stream, as loaded then: `meta.tail` is where `records` end.
     pub(crate) meta: Meta,

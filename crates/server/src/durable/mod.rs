@@ -23,8 +23,9 @@ use axum::routing::get;
 use sluice_streams::{Error, Expiry, Head};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::{Protocol, find_token, hub_url};
+use crate::auth::{Protocol, find_token};
 use crate::error::ApiError;
+use crate::hub_url::hub_url;
 use crate::state::AppState;
 
 /// Where streams live; a stream's path is what follows.

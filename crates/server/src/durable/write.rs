@@ -12,8 +12,8 @@ use sluice_streams::{
 use super::{
     Access, ROOT, error_response, head_headers, permitted, refused, security_headers, value,
 };
-use crate::auth::hub_url;
 use crate::error::ApiError;
+use crate::hub_url::hub_url;
 use crate::state::AppState;
 
 /// A request header as text; a value that is not visible ASCII is malformed (400).

@@ -35,9 +35,9 @@ use super::ui_stream::{UiChunks, running, start_chat, stop};
 use super::upstream::{Admitted, Allowed};
 use crate::answers::events::AnswerEvent;
 use crate::answers::read::Piece;
-use crate::auth::hub_url;
 use crate::durable::{ANSWERS, ROOT};
 use crate::error::ApiError;
+use crate::hub_url::hub_url;
 use crate::state::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {

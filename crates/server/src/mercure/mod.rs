@@ -34,7 +34,7 @@ pub(crate) use subscriptions::{
     __path_list_all, __path_list_matcher, __path_list_topic, __path_show_one,
 };
 
-pub(crate) use crate::auth::{HUB_PATH, hub_url};
+pub(crate) use crate::hub_url::{HUB_PATH, hub_url};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

@@ -2,6 +2,7 @@
 //! it, stopped when the test drops its handle.
 
 pub(crate) mod events;
+pub(crate) mod usage;
 
 use std::sync::Arc;
 
