@@ -22,7 +22,7 @@ mod upstream;
 pub use anthropic::{Anthropic, AnthropicConfig};
 #[cfg(feature = "local")]
 pub use local::{LoadError, LocalConfig, LocalModel, LocalStats};
-pub use observe::{AnswerRecord, Observer};
+pub use observe::{AnswerRecord, Observer, Watch};
 pub use openai::{OpenAi, OpenAiConfig};
 pub use router::{Attempts, Router};
 pub use scripted::{Script, Scripted, ScriptedStats};

@@ -7,7 +7,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::types::{ChatRequest, Delta, FinishReason, ProviderError, Usage};
+use futures_util::{StreamExt, stream};
+
+use crate::types::{ChatRequest, Delta, DeltaStream, FinishReason, ProviderError, Usage};
 
 /// One answer, over.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,9 +62,12 @@ impl fmt::Debug for Observer {
     }
 }
 
-/// Follows one answer's deltas and tells the observer when the answer is over: at its end, at
-/// its error, or when it is dropped early (the reader left).
-pub(crate) struct Watch {
+/// Follows one answer's deltas and tells the observer when the answer is over: at its finish,
+/// at its error, at its end, or when it is dropped early (the reader left). The router keeps
+/// one per answer; a party of its own (a key's usage) can put another on an answer's stream
+/// with [`Watch::wrap`].
+#[derive(Debug)]
+pub struct Watch {
     observer: Observer,
     record: AnswerRecord,
     since: Instant,
@@ -70,7 +75,9 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn new(observer: Observer, request: &ChatRequest) -> Self {
+    /// A watch over the answer to `request`, for `observer`; the record's provider stays empty
+    /// unless the router names it.
+    pub fn new(observer: Observer, request: &ChatRequest) -> Self {
         Watch {
             observer,
             record: AnswerRecord {
@@ -107,7 +114,12 @@ impl Watch {
                 self.record.deltas += 1;
             }
             Some(Ok(Delta::Usage(usage))) => self.record.usage = Some(*usage),
-            Some(Ok(Delta::Finish(reason))) => self.record.finish_reason = Some(*reason),
+            // The finish is the answer's last word (usage comes before it): a reader that
+            // stops reading there did not cancel anything.
+            Some(Ok(Delta::Finish(reason))) => {
+                self.record.finish_reason = Some(*reason);
+                self.end(None);
+            }
             Some(Err(error)) => self.end(Some(error.clone())),
             None => self.end(None),
         }
@@ -122,6 +134,18 @@ impl Watch {
         self.record.error = error;
         self.record.duration = self.since.elapsed();
         (self.observer.0)(&self.record);
+    }
+}
+
+impl Watch {
+    /// `deltas`, watched: the observer is told of the answer once it is over.
+    pub fn wrap(self, deltas: DeltaStream) -> DeltaStream {
+        stream::unfold((deltas, self), |(mut deltas, mut watch)| async move {
+            let item = deltas.next().await;
+            watch.saw(item.as_ref());
+            item.map(|item| (item, (deltas, watch)))
+        })
+        .boxed()
     }
 }
 

@@ -12,11 +12,10 @@
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sluice_hub::{BudgetPeriod, Charge, KeyLimits, KeyRecord, Limit, Spend, Store};
-use sluice_llm::{ChatRequest, Delta, DeltaStream};
+use sluice_llm::{AnswerRecord, ChatRequest, DeltaStream, Observer, Watch};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
@@ -195,58 +194,47 @@ impl Caller {
     pub(crate) fn meter(&self, chat: &ChatRequest) -> Meter {
         let (Some(key), Some(store)) = (&self.key, &self.store) else { return Meter(None) };
         let prompt_bytes: usize = chat.messages.iter().map(|m| m.content.len()).sum();
-        Meter(Some(Tally {
+        let tally = Tally {
             key: Arc::clone(key),
             store: Arc::clone(store),
             estimated_prompt: (prompt_bytes as u64).div_ceil(4),
-            usage: None,
-            pieces: 0,
-            finished: false,
-        }))
+        };
+        Meter(Some(Watch::new(Observer::new(move |answer| tally.spend(answer)), chat)))
     }
 }
 
 /// Counts an answer's tokens for its key; nothing for a caller without one.
-pub(crate) struct Meter(Option<Tally>);
+pub(crate) struct Meter(Option<Watch>);
 
 impl Meter {
-    /// `deltas`, spending what they use on the key once the answer ends or is dropped (a
-    /// stopped answer's tokens until then count, and it counts as cancelled). Tokens are the
-    /// provider's count when it gave one; otherwise each piece of text is a token and the
-    /// prompt is a token per four bytes, as the answer was stopped before the count came.
+    /// `deltas`, spending what they use on the key once the answer is over or dropped (a
+    /// stopped answer's tokens until then count, and it counts as cancelled), as
+    /// a [`Watch`] reports it.
     pub(crate) fn wrap(self, deltas: DeltaStream) -> DeltaStream {
-        let Some(mut tally) = self.0 else { return deltas };
-        deltas.inspect(move |delta| tally.observe(delta)).boxed()
-    }
-}
-
-/// What one answer used so far; spent when dropped.
-struct Tally {
-    key: Arc<KeyRecord>,
-    store: Arc<dyn Store>,
-    estimated_prompt: u64,
-    usage: Option<(u64, u64)>,
-    pieces: u64,
-    finished: bool,
-}
-
-impl Tally {
-    fn observe(&mut self, delta: &Result<Delta, sluice_llm::ProviderError>) {
-        match delta {
-            Ok(Delta::Text(_) | Delta::ToolCall { .. }) => self.pieces += 1,
-            Ok(Delta::Usage(usage)) => {
-                self.usage = Some((usage.prompt_tokens.into(), usage.completion_tokens.into()));
-            }
-            Ok(Delta::Finish(_)) | Err(_) => self.finished = true,
+        match self.0 {
+            Some(watch) => watch.wrap(deltas),
+            None => deltas,
         }
     }
 }
 
-impl Drop for Tally {
-    fn drop(&mut self) {
+/// The key an answer is counted for.
+struct Tally {
+    key: Arc<KeyRecord>,
+    store: Arc<dyn Store>,
+    estimated_prompt: u64,
+}
+
+impl Tally {
+    /// Spends `answer`'s tokens on the key. Tokens are the provider's count when it gave one;
+    /// otherwise each piece of text is a token and the prompt is a token per four bytes, as
+    /// the answer was stopped before the count came.
+    fn spend(&self, answer: &AnswerRecord) {
         let (prompt_tokens, completion_tokens) =
-            self.usage.unwrap_or((self.estimated_prompt, self.pieces));
-        let (name, cancelled) = (label(&self.key), !self.finished);
+            answer.usage.map_or((self.estimated_prompt, u64::from(answer.deltas)), |usage| {
+                (usage.prompt_tokens.into(), usage.completion_tokens.into())
+            });
+        let (name, cancelled) = (label(&self.key), answer.cancelled);
         metrics::counter!("sluice_key_prompt_tokens_total", "key" => name.clone())
             .increment(prompt_tokens);
         metrics::counter!("sluice_key_completion_tokens_total", "key" => name.clone())
