@@ -361,6 +361,14 @@ async fn the_router_tells_its_observer_how_each_answer_ended() {
     assert!(record.cancelled);
     assert_eq!((record.deltas, record.usage, record.finish_reason), (1, None, None));
 
+    // A reader that stops at the finish, before the stream's end, cancelled nothing.
+    let mut stream = router.stream(request("m")).await.unwrap();
+    while !matches!(stream.next().await, Some(Ok(Delta::Finish(_)))) {}
+    drop(stream);
+    let [record] = taken().try_into().unwrap();
+    assert!(!record.cancelled);
+    assert_eq!(record.finish_reason, Some(FinishReason::Stop));
+
     // An error after the first token ends the answer with it.
     let answer = collect(router.stream(request("fails")).await.unwrap()).await;
     let [record] = taken().try_into().unwrap();
