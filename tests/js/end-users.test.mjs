@@ -3,9 +3,14 @@
 // `sluice token --chat`, an answer held to the token's max tokens, a model it was not granted
 // refused, its requests per minute a RateLimitError, a forged or other-audience token an
 // AuthenticationError saying why; and with two nodes on one Redis, a subject's requests per
-// minute spent on one node are spent on the other.
+// minute spent on one node are spent on the other. With --jwt-public-key, an RS256 token
+// that a back end signs with its own RSA key (node:crypto, no Sluice code) is taken, and one
+// signed with another key refused.
 
 import assert from 'node:assert/strict';
+import { generateKeyPairSync, sign } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import OpenAI, { AuthenticationError, PermissionDeniedError, RateLimitError } from 'openai';
 import { chromium } from 'playwright-core';
@@ -99,6 +104,50 @@ describe('an end-user token, one node', () => {
     });
     const elsewhere = await mint('mallory', { audience: 'another-app' });
     await assert.rejects(ask(browser(hub, elsewhere)), /audience \(aud\) is not this server/);
+  });
+});
+
+/** An RS256 JWT of `claims` signed with `privateKey`, as any JWT library makes one. */
+function signRs256(claims, privateKey) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const signed = `${part({ alg: 'RS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${signed}.${sign('sha256', Buffer.from(signed), privateKey).toString('base64url')}`;
+}
+
+describe('an end-user token signed with RS256', () => {
+  let hub;
+  let keys;
+  after(async () => {
+    await hub?.stop();
+    await keys?.remove();
+  });
+
+  test("a back end's own RSA key signs tokens the server takes; another key's are refused", async () => {
+    const pair = () => generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const [ours, theirs] = [pair(), pair()];
+    keys = await tempDir('rs256');
+    const publicPem = path.join(keys.dir, 'public.pem');
+    await writeFile(publicPem, ours.publicKey.export({ type: 'spki', format: 'pem' }));
+    const args = ['--provider', 'scripted', '--chat-audience', AUDIENCE, '--jwt-public-key', publicPem];
+    hub = await startHub({ store: 'memory', args, env: SCRIPTED });
+
+    const claims = {
+      sub: 'erin',
+      aud: AUDIENCE,
+      exp: Math.floor(Date.now() / 1000) + 300,
+      sluice: { chat: { models: ['scripted'], max_tokens: 3 } },
+    };
+    const answer = await ask(browser(hub, signRs256(claims, ours.privateKey)));
+    assert.equal(answer.usage.completion_tokens, 3, 'held to the max tokens the token grants');
+    assert.equal(answer.choices[0].message.content, 'one two three');
+
+    await assert.rejects(ask(browser(hub, signRs256(claims, theirs.privateKey))), (err) => {
+      assert.ok(err instanceof AuthenticationError, `an AuthenticationError, got ${err}`);
+      assert.match(err.message, /signature does not verify/);
+      return true;
+    });
+    // An HS256 token is not taken by a server that verifies RS256.
+    await assert.rejects(ask(browser(hub, await mint('erin'))), AuthenticationError);
   });
 });
 

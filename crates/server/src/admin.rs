@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use sluice_hub::{KeyLimits, KeyRecord, StoreError};
 use subtle::ConstantTimeEq;
 
+use crate::api_schema::AdminRefusals;
 use crate::error::{ApiError, store_error};
+use crate::gateway::chat_completions::wire::whole_number;
 use crate::state::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -27,17 +29,23 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/usage", get(usage))
 }
 
-/// Refuses a request without the admin key: 404 when there is no admin API at all.
+/// Refuses a request without the admin key: 401 without credentials, 404 with some when
+/// there is no admin API at all.
 fn guard(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let refused = || {
+        metrics::counter!("sluice_auth_failures_total").increment(1);
+        ApiError::unauthorized("the admin API needs the admin key (Authorization: Bearer)")
+    };
+    let Some(presented) = crate::admission::presented_key(headers) else {
+        return Err(refused());
+    };
     let Some(admin_key) = &state.config().admin_key else {
         return Err(ApiError::not_found("the admin API is off: start with --admin-key"));
     };
-    let presented = crate::admission::presented_key(headers).unwrap_or_default();
     if bool::from(crate::keys::hash(presented).ct_eq(&crate::keys::hash(admin_key))) {
         return Ok(());
     }
-    metrics::counter!("sluice_auth_failures_total").increment(1);
-    Err(ApiError::unauthorized("the admin API needs the admin key (Authorization: Bearer)"))
+    Err(refused())
 }
 
 /// A key to make: its name and limits.
@@ -47,12 +55,16 @@ struct NewKey {
     name: String,
     #[serde(default)]
     models: Vec<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     requests_per_minute: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
     tokens_per_minute: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
     token_budget: Option<u64>,
     #[serde(default)]
     budget_period: sluice_hub::BudgetPeriod,
     /// Seconds until it stops working.
+    #[serde(default, deserialize_with = "whole_number")]
     expires_in: Option<u64>,
 }
 
@@ -69,7 +81,18 @@ fn shown(key: &KeyRecord, source: &str) -> Value {
     })
 }
 
-async fn create(
+/// Makes a key with these limits; the key is in the answer, and only there.
+#[utoipa::path(post, path = "/admin/keys", operation_id = "create_key", tag = "admin",
+    request_body(content = doc::NewKey, content_type = "application/json",
+        description = "The key's name and limits"),
+    responses(
+        (status = 201, description = "The key made, with the key itself (shown this once)", body = doc::MadeKey),
+        (status = 400, description = "A malformed body or name", body = crate::error::ErrorBody),
+        (status = 409, description = "A key with this name exists", body = crate::error::ErrorBody),
+        AdminRefusals,
+    ),
+    security(("admin_key" = [])))]
+pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: bytes::Bytes,
@@ -77,9 +100,9 @@ async fn create(
     guard(&state, &headers)?;
     let new: NewKey = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))?;
-    let name = new.name.trim();
-    if name.is_empty() || name.len() > 128 || name.contains('/') {
-        let message = "name: 1 to 128 characters, no `/`";
+    let name = new.name.as_str();
+    if !is_key_name(name) {
+        let message = "name: 1 to 128 letters, digits, `.`, `_` or `-`";
         return Err(ApiError::bad_request("invalid_request", message).with_param("name"));
     }
     if state.admission().keys().configured().iter().any(|k| k.name == name) {
@@ -114,12 +137,26 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
+/// Whether `name` may name a key made here: it goes in URLs (`/admin/keys/{name}`) and in
+/// the metrics' `key` label as it is, so it is kept to characters that need no escaping.
+fn is_key_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 fn taken(name: &str) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "name_taken", format!("a key named {name} exists"))
         .with_param("name")
 }
 
-async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Every live key: those of the settings and those made here, never a key or its hash.
+#[utoipa::path(get, path = "/admin/keys", operation_id = "list_keys", tag = "admin",
+    responses((status = 200, description = "The keys", body = doc::KeyList), AdminRefusals),
+    security(("admin_key" = [])))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     guard(&state, &headers)?;
     let configured = state.admission().keys().configured().iter().map(|k| shown(k, "config"));
     let stored = state.hub().store().ledger().keys().await.map_err(store_error)?;
@@ -127,7 +164,16 @@ async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Respo
     Ok(axum::Json(json!({"keys": configured.chain(live).collect::<Vec<_>>()})).into_response())
 }
 
-async fn revoke(
+/// Revokes a key made through this API (a key of the settings file is removed there).
+#[utoipa::path(delete, path = "/admin/keys/{name}", operation_id = "revoke_key", tag = "admin",
+    params(("name" = String, Path, description = "The key's name")),
+    responses(
+        (status = 204, description = "Revoked: it is refused from now on, on every node"),
+        (status = 409, description = "The key comes from the settings file", body = crate::error::ErrorBody),
+        AdminRefusals,
+    ),
+    security(("admin_key" = [])))]
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -149,7 +195,14 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn usage(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// What every key and every end user's subject used.
+#[utoipa::path(get, path = "/admin/usage", operation_id = "usage", tag = "admin",
+    responses((status = 200, description = "Usage per key and per subject", body = doc::Usage), AdminRefusals),
+    security(("admin_key" = [])))]
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     guard(&state, &headers)?;
     let ledger = state.hub().store().ledger();
     let stored = ledger.keys().await.map_err(store_error)?;
@@ -185,4 +238,112 @@ async fn usage(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
         }
     }
     Ok(axum::Json(json!({"keys": keys, "subjects": subjects})).into_response())
+}
+
+/// The admin API's bodies, for the OpenAPI document.
+pub(crate) mod doc {
+    use serde_json::{Map, Value, json};
+
+    use crate::api_schema::written_schema;
+
+    /// `properties` as a JSON object's map.
+    fn object(properties: Value) -> Map<String, Value> {
+        match properties {
+            Value::Object(map) => map,
+            _ => unreachable!("properties are an object"),
+        }
+    }
+
+    /// The limits a key is made with and shown with (`null`: no limit).
+    pub(super) fn limits() -> Map<String, Value> {
+        let count = json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX});
+        object(json!({
+            "models": {"type": "array", "items": {"type": "string"},
+                "description": "The models it may use; empty: every model"},
+            "requests_per_minute": count,
+            "tokens_per_minute": count,
+            "token_budget": count,
+            "budget_period": {"enum": ["day", "month"],
+                "description": "The budget's period, a UTC calendar day or month"},
+        }))
+    }
+
+    /// A key as it is shown; `with_key`: just made, with the key itself.
+    pub(super) fn shown(with_key: bool) -> Value {
+        let mut properties = limits();
+        properties.extend(object(json!({
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "prefix": {"type": "string", "description": "The key's first characters"},
+            "source": {"enum": ["config", "admin"]},
+            "created_ms": {"type": "integer", "description": "ms since the epoch"},
+            "expires_ms": {"type": ["integer", "null"], "description": "ms since the epoch"},
+        })));
+        let mut required = vec!["id", "name", "prefix", "source", "models", "created_ms"];
+        if with_key {
+            properties.insert("key".into(), json!({"type": "string"}));
+            required.push("key");
+        }
+        json!({"type": "object", "required": required, "properties": properties})
+    }
+
+    /// What one key or subject used, named by `who`.
+    pub(super) fn used(who: &str, who_schema: Value) -> Value {
+        let counts = [
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cancelled",
+            "cancelled_tokens",
+            "period_tokens",
+            "minute_requests",
+            "minute_tokens",
+        ];
+        let mut properties: Map<String, Value> = counts
+            .iter()
+            .map(|c| ((*c).to_owned(), json!({"type": "integer", "minimum": 0})))
+            .collect();
+        properties.insert("id".into(), json!({"type": "string"}));
+        properties.insert(who.into(), who_schema);
+        let required: Vec<&str> = counts.iter().copied().chain(["id", who]).collect();
+        json!({"type": "object", "required": required, "properties": properties})
+    }
+
+    /// `POST /admin/keys`'s body.
+    pub(super) fn new_key() -> Value {
+        let mut properties = limits();
+        properties.extend(object(json!({
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$",
+                "description": "1 to 128 letters, digits, `.`, `_` or `-`"},
+            "expires_in": {"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX,
+                "description": "Seconds until it stops working"},
+        })));
+        json!({"type": "object", "required": ["name"], "additionalProperties": false,
+            "properties": properties})
+    }
+
+    written_schema!(
+        /// `POST /admin/keys`'s body.
+        NewKey,
+        new_key()
+    );
+    written_schema!(
+        /// A key just made, with the key.
+        MadeKey,
+        shown(true)
+    );
+    written_schema!(
+        /// `GET /admin/keys`'s answer.
+        KeyList,
+        json!({"type": "object", "required": ["keys"],
+            "properties": {"keys": {"type": "array", "items": shown(false)}}})
+    );
+    written_schema!(
+        /// `GET /admin/usage`'s answer.
+        Usage,
+        json!({"type": "object", "required": ["keys", "subjects"], "properties": {
+            "keys": {"type": "array", "items": used("name", json!({"type": ["string", "null"]}))},
+            "subjects": {"type": "array", "items": used("subject", json!({"type": "string"}))},
+        }})
+    );
 }

@@ -119,3 +119,17 @@ refusal_set!(
     "ErrorBody",
     UPSTREAM_FAILURES
 );
+
+/// The refusals of every admin operation.
+const ADMIN_REFUSALS: &[(&str, &str)] = &[
+    ("401", "A missing or wrong admin key"),
+    ("404", "The admin API is off (no --admin-key), or no such key"),
+    ("503", "The store is unavailable"),
+];
+
+refusal_set!(
+    /// [`ADMIN_REFUSALS`] with OpenAI's error body.
+    AdminRefusals,
+    "ErrorBody",
+    ADMIN_REFUSALS
+);

@@ -35,6 +35,10 @@ use crate::state::AppState;
         crate::gateway::ui_stream::chat,
         crate::gateway::ui_stream::resume,
         crate::gateway::ui_stream::stop,
+        crate::admin::create,
+        crate::admin::list,
+        crate::admin::revoke,
+        crate::admin::usage,
         crate::ops::render_metrics,
         crate::ops::healthz,
         crate::ops::readyz,
@@ -48,6 +52,7 @@ use crate::state::AppState;
          (name = "responses", description = "OpenAI's Responses API: stored, resumable, cancellable responses"),
          (name = "messages", description = "Anthropic's Messages API (errors in Anthropic's shape)"),
          (name = "ui-chat", description = "The AI SDK's UI message stream (useChat): resume and stop"),
+         (name = "admin", description = "API keys made at run time, and usage (with --admin-key)"),
          (name = "ops", description = "Health and metrics"))
 )]
 struct ApiDoc;
@@ -89,6 +94,15 @@ impl Modify for SecuritySchemes {
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("mercureAuthorization"))),
         );
         components.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The admin key (--admin-key)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "api_key",
             SecurityScheme::Http(
                 HttpBuilder::new()
@@ -123,7 +137,7 @@ mod tests {
     use std::collections::HashSet;
 
     #[test]
-    fn every_operation_has_its_own_id_and_the_gateway_protocols_are_documented() {
+    fn every_operation_has_its_own_id_and_the_gateway_protocols_and_admin_api_are_documented() {
         let document = serde_json::to_value(super::document()).unwrap();
         let mut ids = HashSet::new();
         for (path, item) in document["paths"].as_object().unwrap() {
@@ -131,6 +145,16 @@ mod tests {
                 let id = operation["operationId"].as_str().unwrap().to_owned();
                 assert!(ids.insert(id.clone()), "{method} {path}: operationId {id} twice");
             }
+        }
+        for (path, method) in [
+            ("/admin/keys", "post"),
+            ("/admin/keys", "get"),
+            ("/admin/keys/{name}", "delete"),
+            ("/admin/usage", "get"),
+        ] {
+            let operation = &document["paths"][path][method];
+            assert_eq!(operation["security"][0]["admin_key"], serde_json::json!([]), "{path}");
+            assert!(operation["responses"]["401"].is_object(), "{method} {path}");
         }
         for (path, method) in [
             ("/v1/responses", "post"),

@@ -51,6 +51,12 @@ async fn post(url: &str, key: &str, body: &Value) -> reqwest::Response {
     client.post(url).bearer_auth(key).json(body).send().await.unwrap()
 }
 
+/// A POST with the key as Anthropic's SDKs send it (`x-api-key`).
+async fn post_anthropic(url: &str, key: &str, body: &Value) -> reqwest::Response {
+    let client = reqwest::Client::new();
+    client.post(url).header("x-api-key", key).json(body).send().await.unwrap()
+}
+
 async fn admin(method: reqwest::Method, url: &str, body: Option<Value>) -> reqwest::Response {
     let request = reqwest::Client::new().request(method, url).bearer_auth(ADMIN);
     let request = match body {
@@ -81,14 +87,7 @@ async fn a_key_past_its_requests_per_minute_gets_429_with_retry_after() {
     // Anthropic's shape on /v1/messages, from the same count.
     let message = json!({"model": "scripted", "max_tokens": 10,
         "messages": [{"role": "user", "content": "hi"}]});
-    let client = reqwest::Client::new();
-    let refused = client
-        .post(format!("{}/v1/messages", server.url))
-        .header("x-api-key", "sk-team")
-        .json(&message)
-        .send()
-        .await
-        .unwrap();
+    let refused = post_anthropic(&format!("{}/v1/messages", server.url), "sk-team", &message).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.unwrap();
@@ -110,6 +109,15 @@ async fn a_model_not_granted_is_403_and_an_unknown_one_404() {
         let body: Value = refused.json().await.unwrap();
         assert_eq!(body["error"]["code"], "model_not_allowed", "{body}");
     }
+    // Counting a message's tokens is held to the grant too, in Anthropic's shape.
+    let count = json!({"model": "other", "messages": [{"role": "user", "content": "hi"}]});
+    let refused =
+        post_anthropic(&format!("{}/v1/messages/count_tokens", server.url), "sk-narrow", &count)
+            .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("`other`"), "{body}");
     let unknown = post(&completions, "sk-narrow", &chat("nope", false)).await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     let no_key = post(&completions, "sk-wrong", &chat("scripted", false)).await;

@@ -535,7 +535,10 @@ pub(crate) async fn count_tokens(
     body: Result<Admitted, ApiError>,
 ) -> Response {
     let counted = async {
-        let chat = MessagesRequest::parse(&body?.0)?.into_chat(state.default_model().as_deref())?;
+        let Admitted(body, caller) = body?;
+        // A model the caller was not granted is refused here as on /v1/messages (403).
+        let chat = MessagesRequest::parse(&body)?.into_chat(state.default_model().as_deref())?;
+        let chat = caller.limit(chat)?;
         match state.config().models.count_tokens(&chat) {
             Some(count) => Ok(json!({"input_tokens": count.map_err(provider_error)?})),
             None if !state.config().models.serves(&chat.model) => {
