@@ -10,7 +10,9 @@ use clap::Subcommand;
 use sluice_loadgen::durable::DurableBench;
 use sluice_loadgen::hub::{HubBench, Pinning, ServerTarget, StormPlan, summary};
 use sluice_loadgen::protocol::HubProtocol;
-use sluice_server::{Grant, HUB_PATH, mint_hs256};
+use sluice_server::{
+    ChatClaim, ChatGrant, ChatLimits, Grant, HUB_PATH, mint_chat_hs256, mint_hs256,
+};
 
 /// Measure a hub under load.
 #[derive(Debug, clap::Args)]
@@ -250,12 +252,59 @@ struct GatewayArgs {
     /// Completions, over the same upstream).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "P,…")]
     surfaces: Vec<SurfaceArg>,
+    /// Also measure Sluice with callers checked: a second gateway that asks for an API key
+    /// (a `[[keys]]` record with limits) or an end-user token, read with each (rows
+    /// `sluice/api-key` and `sluice/end-user`, beside the open gateway's `sluice`).
+    #[arg(long)]
+    callers: bool,
+    /// Sluice's store, where callers' requests and tokens are charged: `memory`, or `sqlite`
+    /// (the server's default; a file in a temporary folder).
+    #[arg(long, value_enum, default_value = "memory", value_name = "STORE")]
+    gateway_store: GatewayStoreArg,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// Sluice's store in `bench gateway`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GatewayStoreArg {
+    /// In memory.
+    Memory,
+    /// A SQLite file.
+    Sqlite,
+}
+
+/// A gateway key, a JWT secret and an end-user token for `bench gateway --callers`: limits
+/// on everything, and too high for the run to reach, so every request is checked and charged
+/// and none is refused.
+fn caller_checks() -> sluice_loadgen::gateway::CallerChecks {
+    let nonce = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let jwt_secret = format!("sluice-bench-{nonce}");
+    let grant = ChatGrant {
+        subject: "bench-user".to_owned(),
+        audience: sluice_loadgen::gateway::CHAT_AUDIENCE.to_owned(),
+        exp: (SystemTime::now() + Duration::from_secs(24 * 3600))
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+        sluice: ChatClaim {
+            chat: ChatLimits {
+                models: vec!["scripted".to_owned()],
+                max_tokens: Some(100_000),
+                requests_per_minute: Some(100_000_000),
+                tokens_per_minute: Some(100_000_000_000),
+            },
+        },
+    };
+    sluice_loadgen::gateway::CallerChecks {
+        api_key: format!("sk-bench-{nonce}"),
+        end_user_token: mint_chat_hs256(jwt_secret.as_bytes(), &grant),
+        jwt_secret,
+    }
 }
 
 /// A protocol `bench gateway` can measure Sluice through.
@@ -523,6 +572,11 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         peers: gateway_peers(&args),
         progress: !args.quiet,
         surfaces: args.surfaces.iter().map(|&s| s.into()).collect(),
+        store: match args.gateway_store {
+            GatewayStoreArg::Memory => sluice_loadgen::gateway::GatewayStore::Memory,
+            GatewayStoreArg::Sqlite => sluice_loadgen::gateway::GatewayStore::Sqlite,
+        },
+        callers: args.callers.then(caller_checks),
     };
     eprintln!(
         "bench gateway: {} streams × {} answers of {} tokens at {} tokens/s, straight, through Sluice{}…",

@@ -8,12 +8,17 @@
 //! the Responses API, the Messages API, the AI SDK's UI message stream) over the same
 //! upstream, so what a protocol costs beside Chat Completions is in the same run.
 //!
+//! With [`CallerChecks`], Sluice is measured again with the checks on who is asking: a gateway
+//! that asks every caller for an API key (a record with limits, charged in the store's ledger)
+//! or an end user's token (a JWT, verified and charged per subject), so that what the checks
+//! add to the first token is the difference from the open gateway's row of the same run.
+//!
 //! Measured per path: time to first token and the gaps between consecutive content chunks
 //! (HDR histograms); for each gateway: its RSS with every stream open against idle (memory per
 //! open stream) and its CPU; and how long after a client disconnects the upstream sees its
 //! request cancelled (polling the upstream's `sluice_upstream_cancelled_total`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -61,7 +66,38 @@ pub struct GatewayBench {
     pub progress: bool,
     /// Sluice's protocols other than Chat Completions to measure it through as well.
     pub surfaces: Vec<Surface>,
+    /// Sluice's store (`--store`): `memory`, or `sqlite` (a file in `work_dir`), where the
+    /// callers' limits are charged.
+    pub store: GatewayStore,
+    /// Measure Sluice again with callers checked, if set.
+    pub callers: Option<CallerChecks>,
 }
+
+/// Where Sluice's gateway keeps its history and its callers' counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayStore {
+    /// In memory.
+    Memory,
+    /// A SQLite file (the server's default store).
+    Sqlite,
+}
+
+/// The credentials of a gateway that checks its callers (see [`GatewayBench::callers`]).
+#[derive(Debug, Clone)]
+pub struct CallerChecks {
+    /// An API key the gateway is given as a `[[keys]]` record with limits (models, requests
+    /// and tokens per minute, a daily budget) that the run never reaches, so every request is
+    /// checked and charged and none refused.
+    pub api_key: String,
+    /// The gateway's `--jwt-secret`.
+    pub jwt_secret: String,
+    /// An end-user token signed with it for the audience [`CHAT_AUDIENCE`], with limits the
+    /// run never reaches.
+    pub end_user_token: String,
+}
+
+/// The `--chat-audience` of the gateway that checks its callers.
+pub const CHAT_AUDIENCE: &str = "sluice-chat";
 
 /// A protocol a client reads a streamed answer in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,26 +466,47 @@ fn scripted_text(tokens: usize) -> String {
     (0..tokens).map(|n| format!("w{n} ")).collect()
 }
 
-async fn start(
+async fn start<S: AsRef<str>>(
     bench: &GatewayBench,
-    args: &[&str],
+    args: &[S],
     envs: &[(&str, String)],
     cpus: Option<&str>,
 ) -> Result<(Child, Url), Error> {
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let args: Vec<String> = args.iter().map(|s| s.as_ref().to_owned()).collect();
     let mut command = process::pinned(&bench.program, cpus);
     command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
     process::spawn_server_with(command, &args, "/v1/chat/completions").await
 }
 
-fn write_gateway_settings(dir: &Path, upstream: &Url) -> Result<PathBuf, Error> {
-    let path = dir.join("gateway.toml");
+/// Writes the settings of a Sluice gateway in front of `upstream` (with `key` as a
+/// `[[keys]]` record whose limits no run reaches) and returns the arguments that start it.
+fn gateway_args(
+    bench: &GatewayBench,
+    name: &str,
+    upstream: &Url,
+    key: Option<&str>,
+) -> Result<Vec<String>, Error> {
+    let path = bench.work_dir.join(format!("{name}.toml"));
     let base = format!("http://{}/v1", upstream.authority());
-    let text = format!(
+    let mut text = format!(
         "[[providers]]\nname = \"upstream\"\nkind = \"openai\"\nbase_url = \"{base}\"\nmodels = [\"scripted\"]\nretries = 0\n"
     );
+    if let Some(key) = key {
+        text.push_str(&format!(
+            "\n[[keys]]\nname = \"bench\"\nkey = \"{key}\"\nmodels = [\"scripted\"]\n\
+             requests_per_minute = 100000000\ntokens_per_minute = 100000000000\n\
+             token_budget = 100000000000000\nbudget_period = \"day\"\n"
+        ));
+    }
     std::fs::write(&path, text)?;
-    Ok(path)
+    let store = match bench.store {
+        GatewayStore::Memory => "memory".to_owned(),
+        GatewayStore::Sqlite => {
+            format!("sqlite:{}", bench.work_dir.join(format!("{name}.db")).display())
+        }
+    };
+    let settings = path.to_string_lossy().into_owned();
+    Ok(["serve", "--store", &store, "--config", &settings].map(str::to_owned).to_vec())
 }
 
 /// The RSS and CPU time of a gateway's processes, summed.
@@ -476,10 +533,8 @@ impl GatewayBench {
         let direct_result = run_path(&direct, "direct", self).await;
         let cancel_direct = time_cancels(&direct, &metrics, self.cancels).await?;
 
-        let settings = write_gateway_settings(&self.work_dir, &direct.url)?;
-        let settings = settings.to_string_lossy().into_owned();
-        let gateway_args = ["serve", "--store", "memory", "--config", settings.as_str()];
-        let (gateway, through) = start(self, &gateway_args, &[], cpus(0)).await?;
+        let args = gateway_args(self, "gateway", &direct.url, None)?;
+        let (gateway, through) = start(self, &args, &[], cpus(0)).await?;
         let gateway_pid = gateway.id().ok_or_else(|| Error::Server("no gateway pid".into()))?;
         let sluice = Endpoint::chat(through.clone(), None);
         let mut gateways = vec![self.measure("sluice", &sluice, &[gateway_pid], &metrics).await?];
@@ -490,6 +545,22 @@ impl GatewayBench {
             gateways.push(self.measure(&name, &endpoint, &[gateway_pid], &metrics).await?);
         }
         drop(gateway);
+
+        if let Some(checks) = &self.callers {
+            let mut args = gateway_args(self, "checking", &direct.url, Some(&checks.api_key))?;
+            args.extend(
+                ["--jwt-secret", &checks.jwt_secret, "--chat-audience", CHAT_AUDIENCE]
+                    .map(str::to_owned),
+            );
+            let (gateway, through) = start(self, &args, &[], cpus(0)).await?;
+            let pid = gateway.id().ok_or_else(|| Error::Server("no gateway pid".into()))?;
+            for (name, credential) in
+                [("sluice/api-key", &checks.api_key), ("sluice/end-user", &checks.end_user_token)]
+            {
+                let endpoint = Endpoint::chat(through.clone(), Some(credential.clone()));
+                gateways.push(self.measure(name, &endpoint, &[pid], &metrics).await?);
+            }
+        }
 
         for peer in &self.peers {
             let upstream = format!("http://{}/v1", direct.url.authority());
