@@ -10,6 +10,9 @@
 #   gateway  straight to a scripted upstream (time to first token 0), through Sluice, through
 #            the LiteLLM proxy and through nginx as a plain unbuffered relay (the floor of what
 #            one more HTTP hop adds), at 1, 100 and 1,000 concurrent streams;
+#   capacity the same four paths at fixed request rates rising from 100/s (open loop, whole
+#            and streamed answers of 20 tokens) until what a gateway adds at p99 passes 1 ms:
+#            requests/s on one core;
 #   model    the built-in model and llama.cpp's llama-server on the same GGUF file, same chat,
 #            greedy, 1 and 2 threads.
 # The peers are installed first by bench/peers/install.sh (apt, a venv, a llama.cpp build:
@@ -17,7 +20,7 @@
 # bench/plot_peers.py draws bench/peers.svg and prints the tables of ratios.
 #
 #   bench/peers.sh                    # everything, about 12 minutes (make bench-peers)
-#   ONLY=hub bench/peers.sh           # one part: hub, gateway or model
+#   ONLY=hub bench/peers.sh           # one part: hub, gateway, capacity or model
 #   PRIORITY=-15 bench/peers.sh       # on a busy machine (see bench/hub.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +29,8 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-bench/results/peers}
 SLUICE=${SLUICE:-target/release/sluice}
-ONLY=${ONLY:-hub gateway model}
+ONLY=${ONLY:-hub gateway capacity model}
+CAPACITY_RATES=${CAPACITY_RATES:-100,250,500,1000,2000,3000,4000,5000,6000,8000,10000}
 STEP=${STEP:-10}
 RATES=${RATES:-1,10,30,50,100,200,400}
 TOPIC_RATES=${TOPIC_RATES:-100,1000,3000}
@@ -37,8 +41,15 @@ command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; ex
 if [ -z "${NO_BUILD:-}" ]; then
     cargo build --release --locked -p sluice
 fi
-scripts/fetch-model.sh
-bench/peers/install.sh nchan litellm llama
+# Only what the parts asked for: nginx (the Nchan hub and the relay), LiteLLM, llama.cpp.
+peers=()
+[[ " $ONLY " == *" hub "* || " $ONLY " == *" gateway "* || " $ONLY " == *" capacity "* ]] && peers+=(nchan)
+[[ " $ONLY " == *" gateway "* || " $ONLY " == *" capacity "* ]] && peers+=(litellm)
+if [[ " $ONLY " == *" model "* ]]; then
+    scripts/fetch-model.sh
+    peers+=(llama)
+fi
+bench/peers/install.sh "${peers[@]}"
 mkdir -p "$OUT"
 started=$SECONDS
 phase() { echo "=== [$(( (SECONDS - started) / 60 ))m$(( (SECONDS - started) % 60 ))s] $*" >&2; }
@@ -91,6 +102,15 @@ if [[ " $ONLY " == *" gateway "* ]]; then
             --relay-command "exec bench/peers/relay.sh" \
             --json "$OUT/gateway-$k.json" | tee "$OUT/gateway-$k.md"
     done
+fi
+
+if [[ " $ONLY " == *" capacity "* ]]; then
+    phase "capacity: whole and streamed answers at $CAPACITY_RATES requests/s"
+    "$SLUICE" bench gateway --rates "$CAPACITY_RATES" --step-seconds 5 --tokens 20 \
+        --peer-command "exec bench/peers/litellm.sh" --peer-name litellm \
+        --peer-ready-path /health/liveliness --peer-token sk-sluice-bench-local \
+        --relay-command "exec bench/peers/relay.sh" \
+        --json "$OUT/capacity.json" | tee "$OUT/capacity.md"
 fi
 
 if [[ " $ONLY " == *" model "* ]]; then

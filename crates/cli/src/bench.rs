@@ -32,7 +32,7 @@ enum BenchCommand {
     /// K concurrent streamed answers from a scripted upstream, straight and through a Sluice
     /// gateway: the time to first token and inter-chunk latency the gateway adds, its memory
     /// per open stream, and how fast a disconnect cancels the upstream.
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// The floor hub: Nchan's wire form, one non-blocking write per subscriber and nothing
     /// else, for the kernel's and the load generator's own cost beside Sluice's (bench/peers.sh).
     FloorHub(FloorHubArgs),
@@ -261,12 +261,42 @@ struct GatewayArgs {
     /// (the server's default; a file in a temporary folder).
     #[arg(long, value_enum, default_value = "memory", value_name = "STORE")]
     gateway_store: GatewayStoreArg,
+    /// Measure capacity instead: requests sent at these rates (requests/s, rising, one step
+    /// each, open loop) straight, through Sluice and through the peers, until what a gateway
+    /// adds at p99 passes --bound-ms.
+    #[arg(long, value_delimiter = ',', value_name = "R,…")]
+    rates: Vec<u32>,
+    /// Seconds each rate is sent for.
+    #[arg(long, default_value_t = 5, value_name = "SECS", requires = "rates")]
+    step_seconds: u64,
+    /// The added p99, in ms, past which a gateway's steps stop.
+    #[arg(long, default_value_t = 1.0, value_name = "MS", requires = "rates")]
+    bound_ms: f64,
+    /// The answers the capacity steps ask for: whole (non-streamed), streamed, or one run of
+    /// each.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "whole,streamed",
+        requires = "rates"
+    )]
+    answers: Vec<AnswerArg>,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// How `bench gateway --rates` asks for its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AnswerArg {
+    /// One JSON body.
+    Whole,
+    /// An event stream.
+    Streamed,
 }
 
 /// Sluice's store in `bench gateway`.
@@ -434,7 +464,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(sluice_loadgen::worker::run).await??;
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Gateway(args) => gateway(args).await,
+        BenchCommand::Gateway(args) => gateway(*args).await,
         BenchCommand::FloorHub(args) => {
             let listener = std::net::TcpListener::bind(args.listen)
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -578,6 +608,11 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         },
         callers: args.callers.then(caller_checks),
     };
+    if !args.rates.is_empty() {
+        let results = capacity(&bench, &args).await;
+        let _ = std::fs::remove_dir_all(&work_dir);
+        return results;
+    }
     eprintln!(
         "bench gateway: {} streams × {} answers of {} tokens at {} tokens/s, straight, through Sluice{}…",
         bench.streams,
@@ -594,6 +629,40 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         let file =
             std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
         serde_json::to_writer_pretty(file, &results)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench gateway --rates`: the capacity steps, one run per kind of answer.
+async fn capacity(
+    bench: &sluice_loadgen::gateway::GatewayBench,
+    args: &GatewayArgs,
+) -> anyhow::Result<ExitCode> {
+    use sluice_loadgen::gateway::capacity::{RatePlan, summary};
+    let mut rates = args.rates.clone();
+    rates.sort_unstable();
+    rates.dedup();
+    let mut runs = Vec::new();
+    for &answers in &args.answers {
+        let plan = RatePlan {
+            rates: rates.clone(),
+            step: Duration::from_secs(args.step_seconds.max(1)),
+            streamed: answers == AnswerArg::Streamed,
+            bound: Duration::from_secs_f64(args.bound_ms.max(0.0) / 1000.0),
+        };
+        eprintln!(
+            "bench gateway: capacity, {answers:?} answers of {} tokens at {rates:?} requests/s, straight, through Sluice{}…",
+            bench.tokens,
+            bench.peers.iter().map(|p| format!(", through {}", p.name)).collect::<String>()
+        );
+        let results = bench.run_capacity(&plan).await?;
+        println!("{}", summary(&results));
+        runs.push(results);
+    }
+    if let Some(path) = &args.json {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+        serde_json::to_writer_pretty(file, &runs)?;
     }
     Ok(ExitCode::SUCCESS)
 }

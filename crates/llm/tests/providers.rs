@@ -195,6 +195,26 @@ async fn an_error_chunk_mid_stream_is_an_error() {
     );
 }
 
+#[tokio::test]
+async fn odd_values_in_a_chunk_are_passed_over_and_escapes_read() {
+    let chunks = [
+        r#"{"choices":[{"index":0,"delta":null,"finish_reason":null}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"content":7},"finish_reason":3}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"content":{"parts":["x"]},"extra":[1,{"a":2}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"content":"say \"h\u00e9\"\n"}}],"x":{"y":[]}}"#,
+        r#"{"choices":null,"usage":{"prompt_tokens":2,"completion_tokens":"many"}}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+    ];
+    let mut body: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    body.push_str("data: [DONE]\n\n");
+    let url = choppy_upstream(200, "text/event-stream", body).await;
+    let answer = collect(openai(url).stream(request("m")).await.unwrap()).await;
+    assert_eq!(answer.error, None);
+    assert_eq!(answer.text, "say \"h\u{e9}\"\n");
+    assert_eq!(answer.usage, Some(Usage::new(2, 0)));
+    assert_eq!(answer.finish, Some(FinishReason::Length));
+}
+
 fn anthropic_body(text: &str) -> String {
     let mut events = vec![
         (

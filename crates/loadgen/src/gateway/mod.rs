@@ -13,6 +13,9 @@
 //! or an end user's token (a JWT, verified and charged per subject), so that what the checks
 //! add to the first token is the difference from the open gateway's row of the same run.
 //!
+//! [`capacity`] measures the other way: requests at fixed rising rates, until what a gateway
+//! adds passes a bound.
+//!
 //! Measured per path: time to first token and the gaps between consecutive content chunks
 //! (HDR histograms); for each gateway: its RSS with every stream open against idle (memory per
 //! open stream) and its CPU; and how long after a client disconnects the upstream sees its
@@ -32,6 +35,8 @@ use tokio::process::Child;
 
 use crate::Error;
 use crate::process;
+
+pub mod capacity;
 use crate::procfs::{self, ProcSample};
 use crate::stats::Latency;
 
@@ -563,19 +568,7 @@ impl GatewayBench {
         }
 
         for peer in &self.peers {
-            let upstream = format!("http://{}/v1", direct.url.authority());
-            let group = process::spawn_command(
-                &peer.command,
-                cpus(0),
-                &[(UPSTREAM_VAR.to_owned(), upstream)],
-                peer.ready_path.as_deref(),
-                peer.bearer.as_deref(),
-                Duration::from_secs(180),
-            )
-            .await?;
-            let url = Url::parse(&format!("http://{}/v1/chat/completions", group.addr))
-                .map_err(|e| Error::Config(e.to_string()))?;
-            let endpoint = Endpoint::chat(url, peer.bearer.clone());
+            let (group, endpoint) = self.start_peer(peer, &direct.url).await?;
             let run = self.measure(&peer.name, &endpoint, &group.pids(), &metrics).await;
             group.stop(Duration::from_secs(5)).await;
             gateways.push(run?);
@@ -587,6 +580,29 @@ impl GatewayBench {
             streams: self.streams,
             rounds: self.rounds,
         })
+    }
+
+    /// Starts `peer` (pinned like Sluice's gateway) in front of the upstream at `upstream`
+    /// (its Chat Completions URL), and returns it with its own Chat Completions endpoint.
+    async fn start_peer(
+        &self,
+        peer: &PeerGateway,
+        upstream: &Url,
+    ) -> Result<(process::Group, Endpoint), Error> {
+        let cpus = self.pinning.as_ref().map(|p| p[0].as_str());
+        let base = format!("http://{}/v1", upstream.authority());
+        let group = process::spawn_command(
+            &peer.command,
+            cpus,
+            &[(UPSTREAM_VAR.to_owned(), base)],
+            peer.ready_path.as_deref(),
+            peer.bearer.as_deref(),
+            Duration::from_secs(180),
+        )
+        .await?;
+        let url = Url::parse(&format!("http://{}/v1/chat/completions", group.addr))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok((group, Endpoint::chat(url, peer.bearer.clone())))
     }
 
     /// The answers through one gateway (processes `pids`), its memory and CPU, and how fast
