@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-build test-js test-python test-web test-aisdk test-durable web setup build lint bench bench-peers bench-durable fuzz soak conformance clean
+.PHONY: run test test-build test-js test-python test-web test-aisdk test-durable web setup build lint bench bench-peers bench-durable bench-callers fuzz soak conformance clean
 
 ## Build and start the main job: `sluice serve --dev` on http://127.0.0.1:8080 (history and a
 ## development secret in ./sluice-data; it prints a publisher token, and the console has it).
@@ -107,6 +107,12 @@ bench-peers: setup build
 ## (bench/durable.sh; about 7 minutes; tables in bench/results/durable/summary.md).
 bench-durable: setup build
 	NO_BUILD=1 SLUICE=$(SLUICE) bench/durable.sh
+
+## What checking callers (an API key, an end-user token) adds to the gateway's first token,
+## beside an open gateway, on the memory and SQLite stores (bench/callers.sh; about 4 minutes;
+## table in bench/results/callers/summary.md).
+bench-callers: setup build
+	NO_BUILD=1 SLUICE=$(SLUICE) bench/callers.sh
 
 ## Coverage-guided fuzzing of every parser of untrusted input (FUZZ_SECONDS per target, default
 ## 60): the SSE decoder, topic selectors, the publish form, token extraction, chat requests,

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sluice_sse::MessageEvent;
 
 use crate::types::{ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Usage};
@@ -62,12 +62,18 @@ impl Provider for OpenAi {
 
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>> {
         async move {
-            let mut body = serde_json::to_value(&request)
-                .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
-            body["stream"] = json!(true);
-            body["stream_options"] = json!({"include_usage": true});
+            let body = serde_json::to_vec(&Streamed {
+                request: &request,
+                stream: true,
+                stream_options: IncludeUsage { include_usage: true },
+            })
+            .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
             let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
-            let mut http = self.client.post(url).json(&body);
+            let mut http = self
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
             if let Some(key) = &self.config.api_key {
                 http = http.bearer_auth(key);
             }
@@ -76,6 +82,22 @@ impl Provider for OpenAi {
         }
         .boxed()
     }
+}
+
+/// The request as the upstream is asked it: streamed, with usage at the end. Written straight
+/// from the request rather than through a `serde_json::Value` of it.
+#[derive(Serialize)]
+struct Streamed<'a> {
+    #[serde(flatten)]
+    request: &'a ChatRequest,
+    stream: bool,
+    stream_options: IncludeUsage,
+}
+
+/// `stream_options`.
+#[derive(Serialize)]
+struct IncludeUsage {
+    include_usage: bool,
 }
 
 /// What has been seen of an OpenAI-compatible upstream's chunks.

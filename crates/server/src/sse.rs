@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt, StreamExt};
 use sluice_hub::DirectWrite;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
@@ -50,6 +50,7 @@ pub(crate) fn event_stream(
         idle: Box::pin(sleep(keep_alive.every)),
         keep_alive,
         deadline: deadline.map(|d| Box::pin(sleep_until(d))),
+        ended: false,
         _on_end: on_end,
     };
     // The counter's handle is looked up once per stream, not once per frame.
@@ -67,19 +68,48 @@ pub(crate) fn event_stream(
     response
 }
 
+/// The most bytes [`State::with_ready`] joins into one piece.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 struct State<G> {
     first: Option<Bytes>,
     frames: BoxStream<'static, Bytes>,
     keep_alive: KeepAlive,
     idle: std::pin::Pin<Box<Sleep>>,
     deadline: Option<std::pin::Pin<Box<Sleep>>>,
+    /// The frames have ended (seen while joining ready ones).
+    ended: bool,
     _on_end: G,
 }
 
 impl<G> State<G> {
+    /// `first` and the frames that are ready right after it, as one piece (up to
+    /// [`COALESCE_BYTES`]): a burst of events (an upstream's read holding many tokens, a
+    /// replay from history) goes out in one write instead of one per event. Writes were most
+    /// of a streamed answer's CPU, in the kernel's loopback path.
+    fn with_ready(&mut self, first: Bytes) -> Bytes {
+        let mut joined: Option<BytesMut> = None;
+        while joined.as_ref().map_or(first.len(), BytesMut::len) < COALESCE_BYTES {
+            let frame = match self.frames.next().now_or_never() {
+                Some(Some(frame)) => frame,
+                Some(None) => {
+                    // A stream must not be polled past its end: remember it.
+                    self.ended = true;
+                    break;
+                }
+                None => break,
+            };
+            joined.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&frame);
+        }
+        joined.map_or(first, BytesMut::freeze)
+    }
+
     async fn next(&mut self) -> Option<Bytes> {
         if let Some(first) = self.first.take() {
             return Some(first);
+        }
+        if self.ended {
+            return None;
         }
         let deadline = async {
             match self.deadline.as_mut() {
@@ -93,7 +123,7 @@ impl<G> State<G> {
             tokio::select! {
                 frame = self.frames.next() => {
                     self.idle.as_mut().reset(Instant::now() + every);
-                    return frame;
+                    return frame.map(|first| self.with_ready(first));
                 }
                 () = self.idle.as_mut() => {
                     let written = self.keep_alive.written_by.as_ref().and_then(|d| d.last_written());
@@ -135,4 +165,45 @@ pub(crate) fn opening(retry: Option<u64>) -> Bytes {
         None => sluice_sse::encode_comment("", &mut first),
     }
     first.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use futures_util::stream;
+    use http_body_util::BodyExt;
+
+    /// The body's pieces as they are handed to the connection, one per write.
+    async fn pieces(frames: Vec<&'static str>, pause_after: Option<usize>) -> Vec<String> {
+        // An unfold stream panics if polled past its end, as many streams do.
+        let frames = stream::unfold((frames, 0), move |(mut frames, n)| async move {
+            if pause_after == Some(n) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (!frames.is_empty()).then(|| (Bytes::from(frames.remove(0)), (frames, n + 1)))
+        });
+        let response = super::event_stream(None, frames.boxed(), Duration::from_secs(60), None, ());
+        let mut body = response.into_body();
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            out.push(String::from_utf8(data.to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_ready_together_go_out_as_one_piece_and_the_end_is_kept() {
+        assert_eq!(pieces(vec!["a\n\n", "b\n\n", "c\n\n"], None).await, ["a\n\nb\n\nc\n\n"]);
+        assert_eq!(pieces(vec!["a\n\n"], None).await, ["a\n\n"]);
+    }
+
+    #[tokio::test]
+    async fn a_frame_not_yet_ready_is_not_waited_for() {
+        let got = pieces(vec!["a\n\n", "b\n\n", "c\n\n"], Some(2)).await;
+        assert_eq!(got, ["a\n\nb\n\n", "c\n\n"]);
+    }
 }

@@ -117,6 +117,24 @@ async fn one(client: &reqwest::Client, endpoint: &super::Endpoint, body: &[u8]) 
     true
 }
 
+/// A request's turn, `total` times at `rate` a second from `started`, told by a thread of
+/// its own that sleeps between turns. The runtime's timer counts whole milliseconds, so at
+/// 4,000 a second it would send four requests at once every millisecond, and the last of
+/// each four would wait behind the others in any gateway: a burst a fixed rate does not have.
+fn pace(started: Instant, rate: u32, total: u64) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (turns, receiver) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for i in 0..total {
+            let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if turns.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
 /// Sends requests to `endpoint` at `rate` a second for `plan.step`; the step's figures.
 async fn step(
     client: &reqwest::Client,
@@ -130,11 +148,8 @@ async fn step(
     let before = sample(pids).ok();
     let started = Instant::now();
     let mut requests = JoinSet::new();
-    for i in 0..total {
-        // The timer's resolution is a millisecond: requests due within one go out together,
-        // each timed from its own start.
-        let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
-        tokio::time::sleep_until(due.into()).await;
+    let mut due = pace(started, rate, total);
+    while due.recv().await.is_some() {
         let (client, endpoint, body) = (client.clone(), endpoint.clone(), Arc::clone(body));
         requests.spawn(async move {
             let begun = Instant::now();

@@ -133,9 +133,9 @@ impl Encoder for OneShot {
             AnswerEvent::Text(text) => {
                 let mut chunk = self.chunker.text(text);
                 if std::mem::take(&mut self.first) {
-                    chunk["choices"][0]["delta"]["role"] = json!("assistant");
+                    chunk.choices[0].delta.role = Some("assistant");
                 }
-                (None, chunk)
+                (None, serde_json::to_value(&chunk).expect("a chunk always serializes"))
             }
             AnswerEvent::Error(error) => (Some("error"), json!({"error": error})),
             other => (Some(other.event_type()), other.data()),

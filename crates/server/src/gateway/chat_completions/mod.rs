@@ -47,18 +47,17 @@ impl Chunks {
 
 impl Encoder for Chunks {
     fn open(&mut self, out: &mut Vec<Bytes>) {
-        out.push(data_frame(&self.chunker.role().to_string()));
+        out.push(self.chunker.role().frame());
     }
 
     fn event(&mut self, event: &AnswerEvent, _id: Option<&str>, out: &mut Vec<Bytes>) {
         let chunker = &self.chunker;
         match event {
             AnswerEvent::Start(_) => {}
-            AnswerEvent::Text(text) => out.push(data_frame(&chunker.text(text).to_string())),
+            AnswerEvent::Text(text) => out.push(chunker.text(text).frame()),
             AnswerEvent::ToolCall(call) => {
                 let (id, name) = (call.id.as_deref(), call.name.as_deref());
-                let chunk = chunker.tool_call(call.index, id, name, &call.arguments);
-                out.push(data_frame(&chunk.to_string()));
+                out.push(chunker.tool_call(call.index, id, name, &call.arguments).frame());
             }
             AnswerEvent::Error(error) => {
                 // OpenAI's error event: the SDKs raise on it. Nothing follows it.
@@ -69,10 +68,10 @@ impl Encoder for Chunks {
             }
             AnswerEvent::Usage(usage) => self.usage = Some(*usage),
             AnswerEvent::End(finish) if !self.failed => {
-                out.push(data_frame(&chunker.finish(finish.as_str()).to_string()));
+                out.push(chunker.finish(finish.as_str()).frame());
                 if chunker.include_usage {
                     let usage = self.usage.unwrap_or_default();
-                    out.push(data_frame(&chunker.usage(usage).to_string()));
+                    out.push(chunker.usage(usage).frame());
                 }
                 out.push(data_frame("[DONE]"));
             }

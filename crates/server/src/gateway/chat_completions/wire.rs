@@ -311,43 +311,38 @@ impl Chunker {
         Chunker { id, created: unix_now(), model, include_usage }
     }
 
-    fn chunk(&self, delta: &Value, finish: Option<&str>) -> Value {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": "fp_sluice",
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish,
-            }],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
+    fn chunk<'a>(&'a self, delta: ChunkDelta<'a>, finish: Option<&'a str>) -> Chunk<'a> {
+        let choice = ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish };
+        Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: "fp_sluice",
+            choices: vec![choice],
+            usage: self.include_usage.then_some(None),
         }
-        chunk
     }
 
     /// The first chunk: the assistant's role and empty content.
-    pub(crate) fn role(&self) -> Value {
-        self.chunk(&json!({"role": "assistant", "content": ""}), None)
+    pub(crate) fn role(&self) -> Chunk<'_> {
+        let delta =
+            ChunkDelta { role: Some("assistant"), content: Some(""), ..ChunkDelta::default() };
+        self.chunk(delta, None)
     }
 
     /// A chunk of text.
-    pub(crate) fn text(&self, text: &str) -> Value {
-        self.chunk(&json!({"content": text}), None)
+    pub(crate) fn text<'a>(&'a self, text: &'a str) -> Chunk<'a> {
+        self.chunk(ChunkDelta { content: Some(text), ..ChunkDelta::default() }, None)
     }
 
-    pub(crate) fn tool_call(
-        &self,
+    pub(crate) fn tool_call<'a>(
+        &'a self,
         index: u32,
         id: Option<&str>,
         name: Option<&str>,
         arguments: &str,
-    ) -> Value {
+    ) -> Chunk<'a> {
         let mut call = json!({"index": index, "function": {"arguments": arguments}});
         if let Some(id) = id {
             call["id"] = json!(id);
@@ -356,24 +351,63 @@ impl Chunker {
         if let Some(name) = name {
             call["function"]["name"] = json!(name);
         }
-        self.chunk(&json!({"tool_calls": [call]}), None)
+        self.chunk(ChunkDelta { tool_calls: Some([call]), ..ChunkDelta::default() }, None)
     }
 
     /// The last choice chunk: an empty delta and the finish reason.
-    pub(crate) fn finish(&self, reason: &str) -> Value {
-        self.chunk(&json!({}), Some(reason))
+    pub(crate) fn finish<'a>(&'a self, reason: &'a str) -> Chunk<'a> {
+        self.chunk(ChunkDelta::default(), Some(reason))
     }
 
-    pub(crate) fn usage(&self, usage: Usage) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": "fp_sluice",
-            "choices": [],
-            "usage": usage,
-        })
+    pub(crate) fn usage(&self, usage: Usage) -> Chunk<'_> {
+        Chunk {
+            choices: Vec::new(),
+            usage: Some(Some(usage.into())),
+            ..self.chunk(ChunkDelta::default(), None)
+        }
+    }
+}
+
+/// A `chat.completion.chunk`, written straight from its fields: built as a
+/// `serde_json::Value` (a map per object) and then written, a chunk cost several times as
+/// much, once per token of every answer.
+#[derive(Serialize)]
+pub(crate) struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: &'static str,
+    pub(crate) choices: Vec<ChunkChoice<'a>>,
+    /// With `include_usage`: `null` on every chunk but the last, which carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<UsageBody>>,
+}
+
+/// A chunk's one choice.
+#[derive(Serialize)]
+pub(crate) struct ChunkChoice<'a> {
+    index: u32,
+    pub(crate) delta: ChunkDelta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+/// What a chunk adds.
+#[derive(Serialize, Default)]
+pub(crate) struct ChunkDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[Value; 1]>,
+}
+
+impl Chunk<'_> {
+    /// The chunk as one `data:` event.
+    pub(crate) fn frame(&self) -> Bytes {
+        data_frame(&serde_json::to_string(self).expect("a chunk always serializes"))
     }
 }
 
