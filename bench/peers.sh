@@ -10,7 +10,7 @@
 #   gateway  straight to a scripted upstream (time to first token 0), through Sluice, through
 #            the LiteLLM proxy and through nginx as a plain unbuffered relay (the floor of what
 #            one more HTTP hop adds), at 1, 100 and 1,000 concurrent streams;
-#   capacity the same four paths at fixed request rates rising from 100/s (open loop, whole
+#   capacity the same four paths at fixed request rates rising from 25/s (open loop, whole
 #            and streamed answers of 20 tokens) until what a gateway adds at p99 passes 1 ms:
 #            requests/s on one core;
 #   model    the built-in model and llama.cpp's llama-server on the same GGUF file, same chat,
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/peers}
 SLUICE=${SLUICE:-target/release/sluice}
 ONLY=${ONLY:-hub gateway capacity model}
-CAPACITY_RATES=${CAPACITY_RATES:-100,250,500,1000,2000,3000,4000,5000,6000,8000,10000}
+CAPACITY_RATES=${CAPACITY_RATES:-25,50,100,250,500,1000,2000,3000,4000,5000,6000,8000,10000}
 STEP=${STEP:-10}
 RATES=${RATES:-1,10,30,50,100,200,400}
 TOPIC_RATES=${TOPIC_RATES:-100,1000,3000}
@@ -106,7 +106,7 @@ fi
 
 if [[ " $ONLY " == *" capacity "* ]]; then
     phase "capacity: whole and streamed answers at $CAPACITY_RATES requests/s"
-    "$SLUICE" bench gateway --rates "$CAPACITY_RATES" --step-seconds 5 --tokens 20 \
+    "$SLUICE" bench gateway --rates "$CAPACITY_RATES" --step-seconds 10 --tokens 20 \
         --peer-command "exec bench/peers/litellm.sh" --peer-name litellm \
         --peer-ready-path /health/liveliness --peer-token sk-sluice-bench-local \
         --relay-command "exec bench/peers/relay.sh" \

@@ -49,6 +49,8 @@ pub struct RateStep {
     pub latency: Quantiles,
     /// The gateway's CPU over the step, % of one core (none straight to the upstream).
     pub cpu_percent: Option<f64>,
+    /// 2 when the first attempt at this rate passed the bound and this is the second.
+    pub attempts: u32,
 }
 
 impl RateStep {
@@ -181,6 +183,7 @@ async fn step(
         sent_rate: sent_rate.min(f64::from(rate) * 1.5),
         latency: Quantiles::of(&latency),
         cpu_percent: (!pids.is_empty()).then_some(cpu_percent).flatten(),
+        attempts: 1,
     }
 }
 
@@ -275,26 +278,37 @@ impl Runner<'_> {
                 },
                 None => None,
             };
-            let result = step(&client, endpoint, &self.body, rate, self.plan, pids).await;
-            let added = baseline.map(|b| result.latency.p99 as i64 - b as i64);
-            if self.progress {
-                let added =
-                    added.map_or(String::new(), |a| format!(", added {:+.2} ms", a as f64 / 1e3));
-                eprintln!(
-                    "  {name} at {rate}/s: p99 {:.2} ms{added}, {} answered, {} errors, sent at {:.0}/s",
-                    result.latency.p99 as f64 / 1e3,
-                    result.answered,
-                    result.errors,
-                    result.sent_rate
-                );
-            }
-            let within = match added {
-                Some(added) => added <= self.plan.bound.as_micros() as i64,
-                None => self.usable(&result),
+            // A step past the bound is run once more, and the second counts: on this shared
+            // machine a stall of tens of milliseconds now and then (seen through nginx as
+            // much as through Sluice) would otherwise end a run at a rate it holds.
+            let mut attempts = 0;
+            let (result, passed) = loop {
+                attempts += 1;
+                let mut result = step(&client, endpoint, &self.body, rate, self.plan, pids).await;
+                result.attempts = attempts;
+                let added = baseline.map(|b| result.latency.p99 as i64 - b as i64);
+                if self.progress {
+                    let added = added
+                        .map_or(String::new(), |a| format!(", added {:+.2} ms", a as f64 / 1e3));
+                    eprintln!(
+                        "  {name} at {rate}/s: p99 {:.2} ms{added}, {} answered, {} errors, sent at {:.0}/s",
+                        result.latency.p99 as f64 / 1e3,
+                        result.answered,
+                        result.errors,
+                        result.sent_rate
+                    );
+                }
+                let within = match added {
+                    Some(added) => added <= self.plan.bound.as_micros() as i64,
+                    None => self.usable(&result),
+                };
+                let passed = result.held() && within;
+                if passed || attempts == 2 {
+                    break (result, passed);
+                }
             };
-            let held = result.held();
             run.steps.push(result);
-            if !(held && within) {
+            if !passed {
                 break;
             }
             run.capacity = Some(rate);
