@@ -97,7 +97,7 @@ bench: setup
 
 ## Sluice side by side with the peers users would pick, in one run: the hub against Nchan, the
 ## gateway against LiteLLM, the local model against llama.cpp. bench/peers.sh installs them
-## first (about 10 minutes the first time), then runs for about 12 minutes; results in
+## first (about 10 minutes the first time), then runs for about 25 minutes; results in
 ## bench/results/peers/, plotted in bench/peers.svg. PRIORITY=-15 on a busy machine.
 bench-peers: setup build
 	NO_BUILD=1 SLUICE=$(SLUICE) bench/peers.sh

@@ -19,7 +19,7 @@
 # about 10 minutes the first time, seconds after). Results: $OUT/*.json and *.md, then
 # bench/plot_peers.py draws bench/peers.svg and prints the tables of ratios.
 #
-#   bench/peers.sh                    # everything, about 12 minutes (make bench-peers)
+#   bench/peers.sh                    # everything, about 25 minutes (make bench-peers)
 #   ONLY=hub bench/peers.sh           # one part: hub, gateway, capacity or model
 #   PRIORITY=-15 bench/peers.sh       # on a busy machine (see bench/hub.sh)
 set -euo pipefail
