@@ -77,21 +77,9 @@ fn bench_hub_storm_replays_what_everyone_missed_and_topics_get_their_own_updates
     assert_eq!(results["topics"], 30);
 }
 
-#[test]
-fn bench_gateway_measures_a_peer_gateway_the_same_way() {
-    // The peer here is a second Sluice gateway, started by the shell command as LiteLLM is in
-    // bench/peers.sh: told its port and its upstream in the environment.
-    let dir = tempfile::tempdir().unwrap();
-    let settings = dir.path().join("peer.toml");
-    let peer = format!(
-        "printf '[[providers]]\\nname = \"up\"\\nkind = \"openai\"\\nbase_url = \"%s\"\\n\
-         models = [\"scripted\"]\\n' \"$SLUICE_BENCH_UPSTREAM\" > '{settings}' && \
-         exec '{sluice}' serve --store memory --listen \"127.0.0.1:$SLUICE_BENCH_PORT\" \
-         --config '{settings}'",
-        settings = settings.display(),
-        sluice = env!("CARGO_BIN_EXE_sluice")
-    );
-    let results = bench_json(&[
+/// `sluice bench gateway` with 2 streams × 2 answers of 5 tokens, unpinned, and `args`.
+fn bench_streams(args: &[&str]) -> serde_json::Value {
+    let common = [
         "gateway",
         "--no-pin",
         "--quiet",
@@ -107,6 +95,25 @@ fn bench_gateway_measures_a_peer_gateway_the_same_way() {
         "0",
         "--cancels",
         "1",
+    ];
+    bench_json(&[&common[..], args].concat())
+}
+
+#[test]
+fn bench_gateway_measures_a_peer_gateway_the_same_way() {
+    // The peer here is a second Sluice gateway, started by the shell command as LiteLLM is in
+    // bench/peers.sh: told its port and its upstream in the environment.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("peer.toml");
+    let peer = format!(
+        "printf '[[providers]]\\nname = \"up\"\\nkind = \"openai\"\\nbase_url = \"%s\"\\n\
+         models = [\"scripted\"]\\n' \"$SLUICE_BENCH_UPSTREAM\" > '{settings}' && \
+         exec '{sluice}' serve --store memory --listen \"127.0.0.1:$SLUICE_BENCH_PORT\" \
+         --config '{settings}'",
+        settings = settings.display(),
+        sluice = env!("CARGO_BIN_EXE_sluice")
+    );
+    let results = bench_streams(&[
         "--peer-command",
         &peer,
         "--peer-name",
@@ -125,6 +132,57 @@ fn bench_gateway_measures_a_peer_gateway_the_same_way() {
         assert!(gateway["rss_idle_kib"].as_u64().unwrap() > 0, "{gateway}");
         // Both are Sluice, which cancels the upstream when its client goes.
         assert_eq!(gateway["cancel"]["count"], 1, "{gateway}");
+    }
+}
+
+#[test]
+fn bench_gateway_checks_callers_with_a_key_and_an_end_user_token() {
+    let results = bench_streams(&["--callers", "--gateway-store", "sqlite"]);
+    let gateways = results["gateways"].as_array().unwrap();
+    let names: Vec<_> = gateways.iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sluice", "sluice/api-key", "sluice/end-user"]);
+    // A credential the checking gateway refused would fail every answer.
+    for gateway in gateways {
+        assert_eq!(gateway["path"]["answers"], 4, "{gateway}");
+        assert_eq!(gateway["path"]["errors"], 0, "{gateway}");
+    }
+}
+
+#[test]
+fn bench_gateway_rates_steps_up_whole_and_streamed_answers() {
+    // A bound no run on a debug build can pass, so that both rates are run.
+    let runs = bench_json(&[
+        "gateway",
+        "--no-pin",
+        "--quiet",
+        "--tokens",
+        "5",
+        "--rates",
+        "40,20",
+        "--step-seconds",
+        "1",
+        "--bound-ms",
+        "5000",
+    ]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r["streamed"].as_bool().unwrap()).collect::<Vec<_>>(),
+        [false, true]
+    );
+    for run in runs {
+        let rates: Vec<_> =
+            run["direct"].as_array().unwrap().iter().map(|s| s["rate"].as_u64().unwrap()).collect();
+        assert_eq!(rates, [20, 40], "rising, whatever the order asked: {run}");
+        let sluice = &run["gateways"][0];
+        assert_eq!(sluice["name"], "sluice");
+        assert_eq!(sluice["capacity"], 40, "{run}");
+        for step in sluice["steps"].as_array().unwrap() {
+            // One second at each rate: every request sent and answered.
+            assert_eq!(step["answered"], step["rate"], "{step}");
+            assert_eq!(step["errors"], 0, "{step}");
+            // The gateway's CPU is sampled (in 10 ms ticks: a light second may read 0).
+            assert!(step["cpu_percent"].as_f64().is_some_and(|c| c >= 0.0), "{step}");
+        }
     }
 }
 
