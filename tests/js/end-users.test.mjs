@@ -16,7 +16,7 @@ import OpenAI, { AuthenticationError, PermissionDeniedError, RateLimitError } fr
 import { chromium } from 'playwright-core';
 
 import { CHROMIUM, CHROMIUM_ARGS } from './chromium.mjs';
-import { sluice, startHub, startRedis, tempDir } from './hub.mjs';
+import { nodesOnOneRedis, sluice, startHub, tempDir } from './hub.mjs';
 
 const SECRET = 'end-user-secret-for-tests';
 const AUDIENCE = 'sluice-chat';
@@ -152,17 +152,12 @@ describe('an end-user token signed with RS256', () => {
 });
 
 describe('an end-user token on two nodes sharing one Redis', () => {
-  let redis;
-  const nodes = [];
-  after(async () => {
-    await Promise.all(nodes.map((n) => n.stop()));
-    await redis?.stop();
-  });
+  let cluster;
+  after(() => cluster?.stop());
 
   test("a subject's requests per minute spent on one node are spent on the other", async () => {
-    redis = await startRedis();
-    nodes.push(await node(redis.url), await node(redis.url));
-    const [a, b] = nodes;
+    cluster = await nodesOnOneRedis(2, node);
+    const [a, b] = cluster.nodes;
     await withinOneMinute('carol', async (subject) => {
       const token = await mint(subject, { limits: ['--rpm', '2'] });
       await ask(browser(a, token));

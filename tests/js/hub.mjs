@@ -288,6 +288,24 @@ export async function publishWithFetch(hubUrl, token, { topic, data, id, type, i
   return body;
 }
 
+/** `count` Sluice nodes, each started by `start(redisUrl)`, on one throwaway `redis-server`;
+ * `stop()` stops the nodes, then Redis. A node that fails to start stops what had started. */
+export async function nodesOnOneRedis(count, start) {
+  const redis = await startRedis();
+  const nodes = [];
+  const stop = async () => {
+    await Promise.all(nodes.map((n) => n.stop()));
+    await redis.stop();
+  };
+  try {
+    for (let i = 0; i < count; i++) nodes.push(await start(redis.url));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { nodes, stop };
+}
+
 /** A throwaway `redis-server` (no persistence) on a free port, for several Sluice nodes;
  * `stop()` kills it and removes its directory, as does this process's exit. */
 export async function startRedis() {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import OpenAI, { AuthenticationError, RateLimitError } from 'openai';
 
-import { sluice, startHub, startRedis, waitFor } from './hub.mjs';
+import { nodesOnOneRedis, sluice, startHub, waitFor } from './hub.mjs';
 
 const ADMIN = 'admin-key-for-tests';
 const MESSAGES = [{ role: 'user', content: 'hi' }];
@@ -70,17 +70,12 @@ describe('a key with limits, one node', () => {
 });
 
 describe('a key on two nodes sharing one Redis', () => {
-  let redis;
-  const nodes = [];
-  after(async () => {
-    await Promise.all(nodes.map((n) => n.stop()));
-    await redis?.stop();
-  });
+  let cluster;
+  after(() => cluster?.stop());
 
   test('a budget spent on one node is spent on the other, and a revocation holds on both', async () => {
-    redis = await startRedis();
-    nodes.push(await node(redis.url), await node(redis.url));
-    const [a, b] = nodes;
+    cluster = await nodesOnOneRedis(2, node);
+    const [a, b] = cluster.nodes;
     const { key } = await createKey(a, 'shared', '--budget', '5', '--period', 'day');
 
     // Made on a, known on b; b's answer spends the budget (5 tokens: the prompt and four).

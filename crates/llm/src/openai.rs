@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_sse::MessageEvent;
@@ -167,7 +167,7 @@ impl Translate for Chunks {
         }
         let Some(choice) = chunk.choices.into_iter().flatten().next() else { return };
         let delta = choice.delta.unwrap_or_default();
-        if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+        if let Some(text) = delta.content.and_then(Lenient::text).filter(|t| !t.is_empty()) {
             out.push(Delta::Text(text.into_owned()));
         }
         for call in delta.tool_calls.as_ref().and_then(Value::as_array).into_iter().flatten() {
@@ -181,7 +181,7 @@ impl Translate for Chunks {
                 arguments: call["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
             });
         }
-        self.finish = match choice.finish_reason.as_deref() {
+        self.finish = match choice.finish_reason.and_then(Lenient::text).as_deref() {
             Some("stop") => Some(FinishReason::Stop),
             Some("length") => Some(FinishReason::Length),
             Some("tool_calls" | "function_call") => Some(FinishReason::ToolCalls),
@@ -212,84 +212,35 @@ struct Chunk<'a> {
 struct Choice<'a> {
     #[serde(default, borrow)]
     delta: Option<ChunkDelta<'a>>,
-    #[serde(default, borrow, deserialize_with = "text")]
-    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Lenient<'a>>,
 }
 
 /// A choice's delta.
 #[derive(Deserialize, Default)]
 struct ChunkDelta<'a> {
-    #[serde(default, borrow, deserialize_with = "text")]
-    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    content: Option<Lenient<'a>>,
     #[serde(default)]
     tool_calls: Option<Value>,
 }
 
-/// A string, or `None` for anything else (`null`, a number, an object): an upstream's odd
-/// value is passed over, as reading it from a `Value` with `as_str` did, rather than failing
-/// the chunk.
-fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    struct Text;
+/// A string, or anything else (a number, an object), which is passed over, as reading it from
+/// a `Value` with `as_str` did, rather than failing the chunk.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Other(IgnoredAny),
+}
 
-    impl<'de> Visitor<'de> for Text {
-        type Value = Option<Cow<'de, str>>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("any JSON value")
-        }
-
-        fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
-            Ok(Some(Cow::Borrowed(text)))
-        }
-
-        fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-            Ok(Some(Cow::Owned(text.to_owned())))
-        }
-
-        fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
-            Ok(Some(Cow::Owned(text)))
-        }
-
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
-            inner.deserialize_any(Text)
-        }
-
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(None)
+impl<'a> Lenient<'a> {
+    fn text(self) -> Option<Cow<'a, str>> {
+        match self {
+            Lenient::Text(text) => Some(text),
+            Lenient::Other(_) => None,
         }
     }
-
-    deserializer.deserialize_any(Text)
 }
 
 #[cfg(test)]

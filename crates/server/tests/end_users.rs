@@ -2,13 +2,12 @@
 //! held to its models and max tokens, its subject charged in the ledger whichever route it
 //! uses, and every bad token refused with 401 and a message that says what was wrong.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sluice_hub::HubConfig;
-use sluice_llm::{Attempts, Router, Script, Scripted};
+use sluice_llm::Script;
 use sluice_server::{ChatClaim, ChatGrant, ChatLimits, Config, Verifier, mint_chat_hs256};
 
 mod common;
@@ -26,11 +25,8 @@ async fn start() -> common::Running {
         time_to_first_token: Duration::ZERO,
         ..Script::default()
     };
-    let mut router = Router::new();
-    let models = vec!["scripted".into(), "other".into()];
-    router.add(Arc::new(Scripted::new("scripted", script)), models, Attempts::default());
     let config = Config {
-        models: Arc::new(router),
+        models: common::scripted_models(script),
         admin_key: Some(ADMIN.into()),
         end_users: Some(Verifier::hs256(SECRET).for_audience(Some(AUDIENCE.into()))),
         ..Config::default()

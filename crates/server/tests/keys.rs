@@ -2,14 +2,13 @@
 //! Retry-After, models a key was not granted, tokens spent when an answer ends or is
 //! stopped, and the admin API that makes, lists and revokes keys and shows usage.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sluice_hub::{HubConfig, KeyLimits};
-use sluice_llm::{Attempts, Router, Script, Scripted};
+use sluice_llm::Script;
 use sluice_server::Config;
 use sluice_server::keys::KeySpec;
 
@@ -26,11 +25,8 @@ async fn start(keys: Vec<KeySpec>, tokens_per_second: f64) -> common::Running {
         time_to_first_token: Duration::ZERO,
         ..Script::default()
     };
-    let mut router = Router::new();
-    let models = vec!["scripted".into(), "other".into()];
-    router.add(Arc::new(Scripted::new("scripted", script)), models, Attempts::default());
     let config = Config {
-        models: Arc::new(router),
+        models: common::scripted_models(script),
         keys: keys.iter().map(|k| k.record().unwrap()).collect(),
         admin_key: Some(ADMIN.into()),
         ..Config::default()

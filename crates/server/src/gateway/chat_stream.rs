@@ -135,7 +135,7 @@ impl Encoder for OneShot {
                 if std::mem::take(&mut self.first) {
                     chunk.choices[0].delta.role = Some("assistant");
                 }
-                (None, serde_json::to_value(&chunk).expect("a chunk always serializes"))
+                return out.push(event_frame(None, id, &chunk));
             }
             AnswerEvent::Error(error) => (Some("error"), json!({"error": error})),
             other => (Some(other.event_type()), other.data()),

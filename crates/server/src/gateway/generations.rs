@@ -157,9 +157,14 @@ impl Encoder for AnswersApi {
 }
 
 /// One SSE event, with an id when it has one.
-pub(crate) fn event_frame(event: Option<&str>, id: Option<&str>, data: &Value) -> Bytes {
+pub(crate) fn event_frame(
+    event: Option<&str>,
+    id: Option<&str>,
+    data: &impl serde::Serialize,
+) -> Bytes {
     let mut frame = BytesMut::new();
-    let mut out = sluice_sse::Event::new(data.to_string());
+    let data = serde_json::to_string(data).expect("an event's data always serializes");
+    let mut out = sluice_sse::Event::new(data);
     if let Some(id) = id {
         out = out.with_id(id).expect("answer ids are plain");
     }

@@ -34,6 +34,17 @@ impl Drop for Running {
     }
 }
 
+/// A router whose one scripted provider answers `script` as the models `scripted` and
+/// `other`: two models, so that a grant of one can be refused the other.
+#[allow(dead_code)] // for the tests of keys and end users
+pub(crate) fn scripted_models(script: sluice_llm::Script) -> Arc<sluice_llm::Router> {
+    let mut router = sluice_llm::Router::new();
+    let models = vec!["scripted".into(), "other".into()];
+    let provider = Arc::new(sluice_llm::Scripted::new("scripted", script));
+    router.add(provider, models, sluice_llm::Attempts::default());
+    Arc::new(router)
+}
+
 /// Serves `config` over a memory store (history of 100,000) with `hub_config`.
 pub(crate) async fn serve(config: Config, hub_config: HubConfig) -> Running {
     let fanout = Fanout::new();

@@ -311,17 +311,22 @@ impl Chunker {
         Chunker { id, created: unix_now(), model, include_usage }
     }
 
-    fn chunk<'a>(&'a self, delta: ChunkDelta<'a>, finish: Option<&'a str>) -> Chunk<'a> {
-        let choice = ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish };
+    /// A chunk of these choices; with `include_usage`, `usage` (`null` until the last chunk).
+    fn chunk_of<'a>(&'a self, choices: Vec<ChunkChoice<'a>>, usage: Option<Usage>) -> Chunk<'a> {
         Chunk {
             id: &self.id,
             object: "chat.completion.chunk",
             created: self.created,
             model: &self.model,
             system_fingerprint: "fp_sluice",
-            choices: vec![choice],
-            usage: self.include_usage.then_some(None),
+            choices,
+            usage: self.include_usage.then(|| usage.map(UsageBody::from)),
         }
+    }
+
+    fn chunk<'a>(&'a self, delta: ChunkDelta<'a>, finish: Option<&'a str>) -> Chunk<'a> {
+        let choice = ChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish };
+        self.chunk_of(vec![choice], None)
     }
 
     /// The first chunk: the assistant's role and empty content.
@@ -359,12 +364,9 @@ impl Chunker {
         self.chunk(ChunkDelta::default(), Some(reason))
     }
 
+    /// The chunk after the last choice, with the answer's usage (sent with `include_usage`).
     pub(crate) fn usage(&self, usage: Usage) -> Chunk<'_> {
-        Chunk {
-            choices: Vec::new(),
-            usage: Some(Some(usage.into())),
-            ..self.chunk(ChunkDelta::default(), None)
-        }
+        self.chunk_of(Vec::new(), Some(usage))
     }
 }
 
