@@ -207,4 +207,28 @@ async fn keys_made_through_the_admin_api_work_until_revoked() {
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
     let configured = admin(reqwest::Method::DELETE, &format!("{keys}/configured"), None).await;
     assert_eq!(configured.status(), StatusCode::CONFLICT);
+
+    // A count written as a whole-number float is a count, as JSON Schema's integer has it.
+    let float = json!({"name": "whole.number-1", "token_budget": 5.0, "expires_in": 60.0});
+    let made = admin(reqwest::Method::POST, &keys, Some(float)).await;
+    assert_eq!(made.status(), StatusCode::CREATED);
+    let made: Value = made.json().await.unwrap();
+    assert_eq!(made["token_budget"], 5, "{made}");
+    // A name goes into URLs and metric labels as it is: letters, digits, `.`, `_`, `-`.
+    let spaced = admin(reqwest::Method::POST, &keys, Some(json!({"name": "a b"}))).await;
+    assert_eq!(spaced.status(), StatusCode::BAD_REQUEST);
+    let spaced: Value = spaced.json().await.unwrap();
+    assert_eq!(spaced["error"]["param"], "name", "{spaced}");
+}
+
+#[tokio::test]
+async fn without_an_admin_key_the_admin_api_asks_for_credentials_then_says_it_is_off() {
+    let server = common::serve(Config::default(), HubConfig::default()).await;
+    let keys = format!("{}/admin/keys", server.url);
+    let anonymous = reqwest::get(&keys).await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let presented = reqwest::Client::new().get(&keys).bearer_auth("guess").send().await.unwrap();
+    assert_eq!(presented.status(), StatusCode::NOT_FOUND);
+    let body: Value = presented.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("--admin-key"), "{body}");
 }
