@@ -208,6 +208,26 @@ async fn greedy_is_deterministic_and_sensible() {
     println!("greedy answer: {:?} ({:?})", first.text, first.usage);
 }
 
+/// Two and three threads split each product by rows and attention by (token, head); every
+/// value is computed by the same code as on one thread, so the answer is the same to the
+/// character. (`make test` runs the model on one thread otherwise: this is where the team of
+/// threads is tested.)
+#[tokio::test]
+async fn more_threads_give_the_same_greedy_answer() {
+    let request = ChatRequest {
+        temperature: Some(0.0),
+        max_tokens: Some(30),
+        ..ask("Name three colours of the rainbow and say why the sky is blue.")
+    };
+    let one = run(&load(|c| c.threads = Some(1)), request.clone()).await;
+    for threads in [2, 3] {
+        let more = run(&load(|c| c.threads = Some(threads)), request.clone()).await;
+        assert_eq!(more.text, one.text, "{threads} threads");
+        assert_eq!(more.usage, one.usage, "{threads} threads");
+    }
+    assert!(!one.text.is_empty());
+}
+
 #[tokio::test]
 async fn a_stop_string_truncates_and_is_not_emitted() {
     let model = shared();

@@ -15,17 +15,30 @@
 //! answer may read differently from candle's after a few sentences.
 
 use std::io::{Read, Seek};
+use std::ops::Range;
+use std::sync::{PoisonError, RwLock};
 
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use rayon::ThreadPool;
-use rayon::prelude::*;
 
 use super::quant::{BLOCK, Matrix, Vectors};
+use super::team::{Team, Work};
 
 /// A llama-architecture model and the state of the sequence it is reading.
 #[derive(Debug)]
 pub(crate) struct Llama {
+    /// The threads that run the passes, and the weights and data their steps read.
+    team: Team<Model>,
+    /// Tokens in the cache.
+    cached: usize,
+    scratch: Scratch,
+}
+
+/// The weights, and what every thread of a pass reads: the input of the current product,
+/// the queries, and the key/value cache (written by the thread that runs the pass, between
+/// steps).
+#[derive(Debug)]
+struct Model {
     embedding: Matrix,
     /// The output projection when the file has its own; else the embedding is used.
     output: Option<Matrix>,
@@ -37,11 +50,13 @@ pub(crate) struct Llama {
     epsilon: f32,
     /// The rotary embedding's frequency for each pair of a head's values.
     frequencies: Vec<f32>,
-    /// Tokens in the cache.
-    cached: usize,
-    /// Threads for the matrix products; `None` multiplies on the caller's thread.
-    pool: Option<ThreadPool>,
-    scratch: Scratch,
+    /// The current product's input vectors, quantized.
+    input: RwLock<Vectors>,
+    /// The rotated query vectors of the tokens being read.
+    queries: RwLock<Vec<f32>>,
+    /// Per layer: the rotated keys and the values of every cached position,
+    /// `kv_heads × head_dim` each.
+    cache: RwLock<Vec<(Vec<f32>, Vec<f32>)>>,
 }
 
 #[derive(Debug)]
@@ -55,18 +70,37 @@ struct Layer {
     gate: Matrix,
     up: Matrix,
     down: Matrix,
-    /// Rotated keys of every cached position, `kv_heads × head_dim` each.
-    keys: Vec<f32>,
-    /// Values of every cached position.
-    values: Vec<f32>,
 }
 
-/// Buffers reused by every forward pass, sized for the longest chunk seen so far.
+/// One step of a pass, split between the team's threads.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A share of the rows of each of these products, for every input vector.
+    Multiply(Products),
+    /// Attention of a share of the (token, head) pairs of the queries over layer `layer`'s
+    /// cache; the first query is at position `position`.
+    Attend { layer: usize, position: usize },
+}
+
+/// Products that read the same input, and so are one step.
+#[derive(Debug, Clone, Copy)]
+enum Products {
+    /// Layer `n`'s query, key and value.
+    Qkv(usize),
+    AttentionOutput(usize),
+    /// Layer `n`'s gate and up.
+    GateUp(usize),
+    Down(usize),
+    /// The output projection.
+    Logits,
+}
+
+/// Buffers of the thread that runs the pass, reused by every pass and sized for the longest
+/// chunk seen so far.
 #[derive(Debug, Default)]
 struct Scratch {
     hidden: Vec<f32>,
     normed: Vec<f32>,
-    quantized: Vectors,
     queries: Vec<f32>,
     keys: Vec<f32>,
     values: Vec<f32>,
@@ -80,22 +114,12 @@ struct Scratch {
     logits: Vec<f32>,
 }
 
-/// A pool of `CANDLE_NUM_THREADS` threads, else `RAYON_NUM_THREADS`, else as many as this
-/// process may run on (its CPU affinity), or none for one thread. The pool is the model's own,
-/// so that its size follows those variables as the module docs describe. (candle's own
-/// `get_num_threads` reads only `RAYON_NUM_THREADS`.)
-fn thread_pool() -> Result<Option<ThreadPool>, String> {
+/// How many threads the model runs on: `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else
+/// as many as this process may run on (its CPU affinity). (The names are candle's and rayon's,
+/// which the model ran on before; they are what users of both set.)
+pub(crate) fn threads_from_env() -> usize {
     let available = std::thread::available_parallelism().map_or(1, usize::from);
-    let threads = thread_count(|name| std::env::var(name).ok(), available);
-    if threads < 2 {
-        return Ok(None);
-    }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("sluice-local-model-{i}"))
-        .build()
-        .map(Some)
-        .map_err(|e| format!("cannot start its threads: {e}"))
+    thread_count(|name| std::env::var(name).ok(), available)
 }
 
 /// How many threads the model runs on: `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS` (as
@@ -141,10 +165,12 @@ fn matrix<R: Read + Seek>(
 }
 
 impl Llama {
-    /// Reads the model's weights; `content` is the file's header, `reader` its data.
+    /// Reads the model's weights, to run on `threads` threads; `content` is the file's
+    /// header, `reader` its data.
     pub(crate) fn read<R: Read + Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
+        threads: usize,
     ) -> Result<Llama, String> {
         let number = |key: &str| {
             content
@@ -194,26 +220,24 @@ impl Llama {
                     down: matrix("ffn_down.weight")?,
                     attention_norm: vector(content, reader, &format!("blk.{i}.attn_norm.weight"))?,
                     ffn_norm: vector(content, reader, &format!("blk.{i}.ffn_norm.weight"))?,
-                    keys: Vec::new(),
-                    values: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
 
         let kv_width = kv_heads * head_dim;
-        let model = Llama {
+        let model = Model {
             embedding,
             output,
             norm,
+            cache: RwLock::new(vec![(Vec::new(), Vec::new()); layers.len()]),
             layers,
             heads,
             kv_heads,
             head_dim,
             epsilon,
             frequencies,
-            cached: 0,
-            pool: thread_pool()?,
-            scratch: Scratch::default(),
+            input: RwLock::default(),
+            queries: RwLock::default(),
         };
         let consistent = model.embedding.cols() == width
             && model.norm.len() == width
@@ -238,45 +262,33 @@ impl Llama {
         if !consistent || !width.is_multiple_of(BLOCK) {
             return Err("its tensors' shapes do not fit together".to_owned());
         }
-        Ok(model)
+        Ok(Llama { team: Team::new(model, threads)?, cached: 0, scratch: Scratch::default() })
     }
 
     /// Forgets the sequence read so far (keeping the cache's memory for the next one).
     pub(crate) fn clear(&mut self) {
         self.cached = 0;
-        for layer in &mut self.layers {
-            layer.keys.clear();
-            layer.values.clear();
+        for (keys, values) in write(&self.team.work().cache).iter_mut() {
+            keys.clear();
+            values.clear();
         }
     }
 
     /// Reads `tokens`, which follow the cached ones, and returns the logits for the token
     /// after the last of them.
     pub(crate) fn forward(&mut self, tokens: &[u32]) -> Result<&[f32], String> {
-        // The whole pass runs on the pool, so that each product is split from one of its
-        // threads; handing every product over from outside would wake a pool thread and put
-        // this one to sleep for each of them.
-        let pool = self.pool.take();
-        let outcome = match &pool {
-            Some(pool) => pool.install(|| self.pass(tokens, Some(pool))),
-            None => self.pass(tokens, None),
-        };
-        self.pool = pool;
-        outcome.map(|()| self.scratch.logits.as_slice())
-    }
-
-    /// [`forward`](Self::forward)'s work, with products split over `pool` if there is one.
-    fn pass(&mut self, tokens: &[u32], pool: Option<&ThreadPool>) -> Result<(), String> {
-        let width = self.embedding.cols();
+        let team = &self.team;
+        let model = team.work();
+        let width = model.embedding.cols();
         let count = tokens.len();
         let s = &mut self.scratch;
         s.hidden.resize(count * width, 0.0);
         for (&token, hidden) in tokens.iter().zip(s.hidden.chunks_exact_mut(width)) {
             let row = token as usize;
-            if row >= self.embedding.rows() {
+            if row >= model.embedding.rows() {
                 return Err(format!("token {token} is not in the vocabulary"));
             }
-            self.embedding.row_into(row, hidden);
+            model.embedding.row_into(row, hidden);
         }
 
         let position = self.cached;
@@ -284,97 +296,193 @@ impl Llama {
         for t in 0..count {
             let at = (position + t) as f32;
             s.rotations.extend(
-                self.frequencies.iter().map(|f| (at * f).sin_cos()).map(|(sin, cos)| (cos, sin)),
+                model.frequencies.iter().map(|f| (at * f).sin_cos()).map(|(sin, cos)| (cos, sin)),
             );
         }
-        let pairs = self.frequencies.len();
-        for layer in &mut self.layers {
+        let pairs = model.frequencies.len();
+        for (l, layer) in model.layers.iter().enumerate() {
             // Attention.
-            rms_norm(&s.hidden, &layer.attention_norm, self.epsilon, &mut s.normed);
-            s.quantized.quantize(&s.normed, count);
-            let products = [
-                (&layer.query, &mut s.queries),
-                (&layer.key, &mut s.keys),
-                (&layer.value, &mut s.values),
-            ];
-            multiply(products, &s.quantized, pool);
+            rms_norm(&s.hidden, &layer.attention_norm, model.epsilon, &mut s.normed);
+            model.multiply(
+                team,
+                &s.normed,
+                count,
+                Products::Qkv(l),
+                [&mut s.queries, &mut s.keys, &mut s.values],
+            )?;
             let tokens =
                 s.queries.chunks_exact_mut(width).zip(s.keys.chunks_exact_mut(layer.key.rows()));
             for ((queries, keys), rotation) in tokens.zip(s.rotations.chunks_exact(pairs)) {
                 rotate(queries, rotation);
                 rotate(keys, rotation);
             }
-            layer.keys.extend_from_slice(&s.keys);
-            layer.values.extend_from_slice(&s.values);
-            attend(
-                &s.queries,
-                &layer.keys,
-                &layer.values,
-                position,
-                (self.heads, self.kv_heads, self.head_dim),
-                &mut s.attention,
-                pool,
-            );
-            s.quantized.quantize(&s.attention, count);
-            multiply([(&layer.attention_output, &mut s.projected)], &s.quantized, pool);
+            std::mem::swap(&mut *write(&model.queries), &mut s.queries);
+            {
+                // Released before the step that reads it.
+                let mut cache = write(&model.cache);
+                let (keys, values) = &mut cache[l];
+                keys.extend_from_slice(&s.keys);
+                values.extend_from_slice(&s.values);
+            }
+            s.attention.resize(count * width, 0.0);
+            let head_dim = model.head_dim;
+            team.run(Step::Attend { layer: l, position }, |part, out| {
+                let pairs = share(count * model.heads, part, team.threads());
+                s.attention[pairs.start * head_dim..pairs.end * head_dim].copy_from_slice(out);
+            })?;
+            model.multiply(
+                team,
+                &s.attention,
+                count,
+                Products::AttentionOutput(l),
+                [&mut s.projected],
+            )?;
             add(&mut s.hidden, &s.projected);
 
             // Feed-forward.
-            rms_norm(&s.hidden, &layer.ffn_norm, self.epsilon, &mut s.normed);
-            s.quantized.quantize(&s.normed, count);
-            multiply([(&layer.gate, &mut s.gate), (&layer.up, &mut s.up)], &s.quantized, pool);
+            rms_norm(&s.hidden, &layer.ffn_norm, model.epsilon, &mut s.normed);
+            model.multiply(
+                team,
+                &s.normed,
+                count,
+                Products::GateUp(l),
+                [&mut s.gate, &mut s.up],
+            )?;
             for (gate, &up) in s.gate.iter_mut().zip(&s.up) {
                 *gate = *gate / ((-*gate).exp() + 1.0) * up;
             }
-            s.quantized.quantize(&s.gate, count);
-            multiply([(&layer.down, &mut s.projected)], &s.quantized, pool);
+            model.multiply(team, &s.gate, count, Products::Down(l), [&mut s.projected])?;
             add(&mut s.hidden, &s.projected);
         }
         self.cached += count;
 
         let last = &s.hidden[(count - 1) * width..];
-        rms_norm(last, &self.norm, self.epsilon, &mut s.normed);
-        s.quantized.quantize(&s.normed, 1);
-        let output = self.output.as_ref().unwrap_or(&self.embedding);
-        multiply([(output, &mut s.logits)], &s.quantized, pool);
-        Ok(())
+        rms_norm(last, &model.norm, model.epsilon, &mut s.normed);
+        model.multiply(team, &s.normed, 1, Products::Logits, [&mut s.logits])?;
+        Ok(&s.logits)
     }
 }
 
-/// For each `(matrix, out)`: `out` = `matrix` × each vector of `input`, on `pool`'s threads if
-/// there is a pool. One vector (a decoded token) is split by rows, several (a prompt) by
-/// vectors, so that each part writes one contiguous piece of an `out`; the parts of all the
-/// products go to the pool at once, because waking its threads for each product separately
-/// cost as much as the second thread gained.
-fn multiply<const N: usize>(
-    products: [(&Matrix, &mut Vec<f32>); N],
-    input: &Vectors,
-    pool: Option<&ThreadPool>,
-) {
-    let count = input.count();
-    let threads = pool.map_or(1, ThreadPool::current_num_threads);
-    let mut parts = Vec::with_capacity(N * threads);
-    for (matrix, out) in products {
-        let rows = matrix.rows();
-        out.resize(count * rows, 0.0);
-        if count == 1 {
-            let chunk = rows.div_ceil(threads);
-            for (i, out) in out.chunks_mut(chunk).enumerate() {
-                parts.push((matrix, i * chunk..i * chunk + out.len(), 0..1, out));
+/// `lock`, written; a poisoned lock's data is as good as any (every step rewrites what it
+/// reads from).
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `lock`, read.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Part `part` of `parts` of `0..len`: as even as they can be, in order.
+fn share(len: usize, part: usize, parts: usize) -> Range<usize> {
+    len * part / parts..len * (part + 1) / parts
+}
+
+impl Model {
+    /// The matrices of `products`.
+    fn matrices(&self, products: Products) -> impl Iterator<Item = &Matrix> {
+        let layer = |n: usize| &self.layers[n];
+        let matrices: [Option<&Matrix>; 3] = match products {
+            Products::Qkv(n) => [Some(&layer(n).query), Some(&layer(n).key), Some(&layer(n).value)],
+            Products::AttentionOutput(n) => [Some(&layer(n).attention_output), None, None],
+            Products::GateUp(n) => [Some(&layer(n).gate), Some(&layer(n).up), None],
+            Products::Down(n) => [Some(&layer(n).down), None, None],
+            Products::Logits => [Some(self.output.as_ref().unwrap_or(&self.embedding)), None, None],
+        };
+        matrices.into_iter().flatten()
+    }
+
+    /// `outs[i]` = the `i`th matrix of `products` × each of the `count` vectors of `input`,
+    /// split by rows between the team's threads.
+    fn multiply<const N: usize>(
+        &self,
+        team: &Team<Model>,
+        input: &[f32],
+        count: usize,
+        products: Products,
+        mut outs: [&mut Vec<f32>; N],
+    ) -> Result<(), String> {
+        write(&self.input).quantize(input, count);
+        for (matrix, out) in self.matrices(products).zip(outs.iter_mut()) {
+            out.resize(count * matrix.rows(), 0.0);
+        }
+        team.run(Step::Multiply(products), |part, mut piece| {
+            // The part holds, product after product, its rows for each vector in turn.
+            for (matrix, out) in self.matrices(products).zip(outs.iter_mut()) {
+                let rows = matrix.rows();
+                let mine = share(rows, part, team.threads());
+                let (this, rest) = piece.split_at(count * mine.len());
+                for (t, row) in this.chunks_exact(mine.len().max(1)).enumerate() {
+                    out[t * rows + mine.start..t * rows + mine.end].copy_from_slice(row);
+                }
+                piece = rest;
             }
-        } else {
-            let chunk = count.div_ceil(threads);
-            for (i, out) in out.chunks_mut(chunk * rows).enumerate() {
-                parts.push((matrix, 0..rows, i * chunk..i * chunk + out.len() / rows, out));
+        })
+    }
+
+    /// Causal attention of the queries (token `t` at `position + t`) in `pairs` of (token,
+    /// head), over `layer`'s cached keys and values, into `out` (`head_dim` values a pair);
+    /// heads share key/value heads in consecutive groups.
+    fn attend(&self, layer: usize, position: usize, pairs: Range<usize>, out: &mut Vec<f32>) {
+        let (heads, head_dim) = (self.heads, self.head_dim);
+        let kv_width = self.kv_heads * head_dim;
+        let group = heads / self.kv_heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let queries = read(&self.queries);
+        let cache = read(&self.cache);
+        let (keys, values) = &cache[layer];
+        out.clear();
+        out.resize(pairs.len() * head_dim, 0.0);
+        let mut scores = Vec::new();
+        for (i, out) in pairs.zip(out.chunks_exact_mut(head_dim)) {
+            let (t, h) = (i / heads, i % heads);
+            let query = &queries[i * head_dim..(i + 1) * head_dim];
+            let visible = position + t + 1;
+            let offset = h / group * head_dim;
+            scores.clear();
+            scores.extend(
+                keys.chunks_exact(kv_width)
+                    .take(visible)
+                    .map(|key| dot(query, &key[offset..offset + head_dim]) * scale),
+            );
+            let max = scores.iter().fold(f32::NEG_INFINITY, |max, &s| max.max(s));
+            let mut total = 0.0;
+            for score in scores.iter_mut() {
+                *score = (*score - max).exp();
+                total += *score;
+            }
+            for (&score, value) in scores.iter().zip(values.chunks_exact(kv_width)) {
+                let weight = score / total;
+                for (out, &v) in out.iter_mut().zip(&value[offset..offset + head_dim]) {
+                    *out += weight * v;
+                }
             }
         }
     }
-    let run = |(matrix, rows, vectors, out): (&Matrix, _, _, &mut [f32])| {
-        matrix.mul(rows, vectors, input, out);
-    };
-    match pool {
-        Some(pool) => pool.install(|| parts.into_par_iter().for_each(run)),
-        None => parts.into_iter().for_each(run),
+}
+
+impl Work for Model {
+    type Step = Step;
+
+    fn run(&self, step: Step, part: usize, parts: usize, out: &mut Vec<f32>) {
+        match step {
+            Step::Multiply(products) => {
+                let input = read(&self.input);
+                let count = input.count();
+                out.clear();
+                for matrix in self.matrices(products) {
+                    let rows = share(matrix.rows(), part, parts);
+                    let at = out.len();
+                    out.resize(at + count * rows.len(), 0.0);
+                    matrix.mul(rows, 0..count, &input, &mut out[at..]);
+                }
+            }
+            Step::Attend { layer, position } => {
+                let pairs = share(read(&self.queries).len() / self.head_dim, part, parts);
+                self.attend(layer, position, pairs, out);
+            }
+        }
     }
 }
 
@@ -400,61 +508,6 @@ fn rotate(vector: &mut [f32], rotation: &[(f32, f32)]) {
             let (x, y) = (pair[0], pair[1]);
             pair[0] = x * cos - y * sin;
             pair[1] = x * sin + y * cos;
-        }
-    }
-}
-
-/// Causal attention of each query vector (token `t` at `position + t`) over the cached keys
-/// and values; heads share key/value heads in consecutive groups. Every (token, head) pair is
-/// one task on `pool`'s threads, so its other threads work through attention too rather than
-/// fall asleep between two products and need waking.
-fn attend(
-    queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    position: usize,
-    (heads, kv_heads, head_dim): (usize, usize, usize),
-    out: &mut Vec<f32>,
-    pool: Option<&ThreadPool>,
-) {
-    let kv_width = kv_heads * head_dim;
-    let group = heads / kv_heads;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    out.clear();
-    out.resize(queries.len(), 0.0);
-    // `scores` is a buffer reused from one (token, head) to the next.
-    let head = |scores: &mut Vec<f32>, (i, (query, out)): (usize, (&[f32], &mut [f32]))| {
-        let (t, h) = (i / heads, i % heads);
-        let visible = position + t + 1;
-        let offset = h / group * head_dim;
-        scores.clear();
-        scores.extend(
-            keys.chunks_exact(kv_width)
-                .take(visible)
-                .map(|key| dot(query, &key[offset..offset + head_dim]) * scale),
-        );
-        let max = scores.iter().fold(f32::NEG_INFINITY, |max, &s| max.max(s));
-        let mut total = 0.0;
-        for score in scores.iter_mut() {
-            *score = (*score - max).exp();
-            total += *score;
-        }
-        for (&score, value) in scores.iter().zip(values.chunks_exact(kv_width)) {
-            let weight = score / total;
-            for (out, &v) in out.iter_mut().zip(&value[offset..offset + head_dim]) {
-                *out += weight * v;
-            }
-        }
-    };
-    match pool {
-        Some(pool) => {
-            let pairs = queries.par_chunks_exact(head_dim).zip(out.par_chunks_exact_mut(head_dim));
-            pool.install(|| pairs.enumerate().for_each_init(Vec::new, head));
-        }
-        None => {
-            let pairs = queries.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim));
-            let mut scores = Vec::new();
-            pairs.enumerate().for_each(|pair| head(&mut scores, pair));
         }
     }
 }

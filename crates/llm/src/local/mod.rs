@@ -60,19 +60,21 @@
 //!
 //! # Threads
 //!
-//! The matrix products run on a pool of `CANDLE_NUM_THREADS` threads, else
-//! `RAYON_NUM_THREADS`, else as many as the process may run on; with one there is no pool.
-//! The whole forward pass runs on the pool; a prompt is split between the threads by tokens,
-//! a decoded token by rows, the products that read the same input (query, key and value;
-//! gate and up) go to the pool together, and attention is split by (token, head). Even so the
-//! second thread adds a fifth to a third to decoding, not double: the pool's threads sleep
-//! between the five parallel steps of each layer and waking them is most of what the second
-//! core gives. Where the model shares a small machine, `CANDLE_NUM_THREADS=1` costs little.
+//! The model runs on `CANDLE_NUM_THREADS` threads (`LocalConfig::threads` when set), else
+//! `RAYON_NUM_THREADS`, else as many as the process may run on. The thread that runs a pass
+//! and its helpers (`team.rs`) split each of its steps: every product by rows (the products
+//! that read the same input, query, key and value, gate and up, as one step) and attention by
+//! (token, head). Between steps the helpers spin rather than sleep, as llama.cpp's threads do:
+//! a decoded token is some 150 steps, and a pool whose threads slept between them (rayon's,
+//! before) paid a wake-up for most. Every value is computed by the same code whatever the
+//! number of threads, so the answer does not depend on it. Spinning threads slow each other
+//! down when the machine is busy with other work; there, `CANDLE_NUM_THREADS=1` costs little.
 
 mod detok;
 mod llama;
 mod quant;
 mod sampler;
+mod team;
 mod template;
 mod tokenizer;
 
@@ -136,6 +138,9 @@ pub struct LocalConfig {
     pub default_temperature: f32,
     /// The nucleus mass when the request sets none.
     pub default_top_p: f32,
+    /// Threads the model runs on; `None` is `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`,
+    /// else as many as the process may run on.
+    pub threads: Option<usize>,
 }
 
 impl Default for LocalConfig {
@@ -157,6 +162,7 @@ impl LocalConfig {
             default_max_tokens: None,
             default_temperature: 0.2,
             default_top_p: 0.9,
+            threads: None,
         }
     }
 }
@@ -323,7 +329,8 @@ impl LocalModel {
             return Err(bad(format!("a context of {context} tokens is too small")));
         }
 
-        let model = Llama::read(&content, &mut reader).map_err(bad)?;
+        let threads = config.threads.unwrap_or_else(llama::threads_from_env);
+        let model = Llama::read(&content, &mut reader, threads).map_err(bad)?;
         let load_time = started.elapsed();
         tracing::info!(
             path = %config.path.display(),
