@@ -50,6 +50,8 @@ struct Model {
     epsilon: f32,
     /// The rotary embedding's frequency for each pair of a head's values.
     frequencies: Vec<f32>,
+    /// Threads in the team that runs it (what its steps are cut by).
+    threads: usize,
     /// The current product's input vectors, quantized.
     input: RwLock<Vectors>,
     /// The rotated query vectors of the tokens being read.
@@ -236,6 +238,7 @@ impl Llama {
             head_dim,
             epsilon,
             frequencies,
+            threads: threads.max(1),
             input: RwLock::default(),
             queries: RwLock::default(),
         };
@@ -326,8 +329,8 @@ impl Llama {
             }
             s.attention.resize(count * width, 0.0);
             let head_dim = model.head_dim;
-            team.run(Step::Attend { layer: l, position }, |part, out| {
-                let pairs = share(count * model.heads, part, team.threads());
+            team.run(Step::Attend { layer: l, position }, |piece, out| {
+                let pairs = model.pairs(count, piece);
                 s.attention[pairs.start * head_dim..pairs.end * head_dim].copy_from_slice(out);
             })?;
             model.multiply(
@@ -374,10 +377,19 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Part `part` of `parts` of `0..len`: as even as they can be, in order.
-fn share(len: usize, part: usize, parts: usize) -> Range<usize> {
-    len * part / parts..len * (part + 1) / parts
+/// How many of `len` things go to one piece of a step, for about [`PIECES_PER_THREAD`]
+/// pieces per thread and at least `least` things each.
+fn piece_size(len: usize, threads: usize, least: usize) -> usize {
+    len.div_ceil(threads * PIECES_PER_THREAD).max(least)
 }
+
+/// Pieces each thread of the team would take of a step if all ran alike: enough that one put
+/// aside by the kernel holds up a small part of the step, few enough that taking them costs
+/// little (each is a few atomic operations on a line the threads share).
+const PIECES_PER_THREAD: usize = 4;
+
+/// The fewest rows in a piece of a product.
+const LEAST_ROWS: usize = 16;
 
 impl Model {
     /// The matrices of `products`.
@@ -407,23 +419,45 @@ impl Model {
         for (matrix, out) in self.matrices(products).zip(outs.iter_mut()) {
             out.resize(count * matrix.rows(), 0.0);
         }
-        team.run(Step::Multiply(products), |part, mut piece| {
-            // The part holds, product after product, its rows for each vector in turn.
-            for (matrix, out) in self.matrices(products).zip(outs.iter_mut()) {
-                let rows = matrix.rows();
-                let mine = share(rows, part, team.threads());
-                let (this, rest) = piece.split_at(count * mine.len());
-                for (t, row) in this.chunks_exact(mine.len().max(1)).enumerate() {
-                    out[t * rows + mine.start..t * rows + mine.end].copy_from_slice(row);
-                }
-                piece = rest;
+        team.run(Step::Multiply(products), |piece, result| {
+            let (k, mine) = self.piece_rows(products, piece);
+            let out = &mut outs[k];
+            let rows = out.len() / count;
+            for (t, row) in result.chunks_exact(mine.len()).enumerate() {
+                out[t * rows + mine.start..t * rows + mine.end].copy_from_slice(row);
             }
         })
     }
 
+    /// Rows in one piece of a step of `products`.
+    fn rows_per_piece(&self, products: Products) -> usize {
+        let rows = self.matrices(products).map(Matrix::rows).sum();
+        piece_size(rows, self.threads, LEAST_ROWS)
+    }
+
+    /// Piece `piece` of a step of `products`: which of its matrices, and which rows.
+    fn piece_rows(&self, products: Products, mut piece: usize) -> (usize, Range<usize>) {
+        let size = self.rows_per_piece(products);
+        for (k, matrix) in self.matrices(products).enumerate() {
+            let pieces = matrix.rows().div_ceil(size);
+            if piece < pieces {
+                return (k, piece * size..((piece + 1) * size).min(matrix.rows()));
+            }
+            piece -= pieces;
+        }
+        unreachable!("a piece past the step's last")
+    }
+
+    /// The (token, head) pairs of piece `piece` of attention over `count` tokens.
+    fn pairs(&self, count: usize, piece: usize) -> Range<usize> {
+        let pairs = count * self.heads;
+        let size = piece_size(pairs, self.threads, 1);
+        piece * size..((piece + 1) * size).min(pairs)
+    }
+
     /// Causal attention of the queries (token `t` at `position + t`) in `pairs` of (token,
-    /// head), over `layer`'s cached keys and values, into `out` (`head_dim` values a pair);
-    /// heads share key/value heads in consecutive groups.
+    /// head), over `layer`'s cached keys and values, appended to `out` (`head_dim` values a
+    /// pair); heads share key/value heads in consecutive groups.
     fn attend(&self, layer: usize, position: usize, pairs: Range<usize>, out: &mut Vec<f32>) {
         let (heads, head_dim) = (self.heads, self.head_dim);
         let kv_width = self.kv_heads * head_dim;
@@ -432,10 +466,10 @@ impl Model {
         let queries = read(&self.queries);
         let cache = read(&self.cache);
         let (keys, values) = &cache[layer];
-        out.clear();
-        out.resize(pairs.len() * head_dim, 0.0);
+        let at = out.len();
+        out.resize(at + pairs.len() * head_dim, 0.0);
         let mut scores = Vec::new();
-        for (i, out) in pairs.zip(out.chunks_exact_mut(head_dim)) {
+        for (i, out) in pairs.zip(out[at..].chunks_exact_mut(head_dim)) {
             let (t, h) = (i / heads, i % heads);
             let query = &queries[i * head_dim..(i + 1) * head_dim];
             let visible = position + t + 1;
@@ -465,22 +499,33 @@ impl Model {
 impl Work for Model {
     type Step = Step;
 
-    fn run(&self, step: Step, part: usize, parts: usize, out: &mut Vec<f32>) {
+    fn pieces(&self, step: Step) -> usize {
+        match step {
+            Step::Multiply(products) => {
+                let size = self.rows_per_piece(products);
+                self.matrices(products).map(|m| m.rows().div_ceil(size)).sum()
+            }
+            Step::Attend { .. } => {
+                let pairs = read(&self.queries).len() / self.head_dim;
+                pairs.div_ceil(piece_size(pairs, self.threads, 1))
+            }
+        }
+    }
+
+    fn run(&self, step: Step, piece: usize, out: &mut Vec<f32>) {
         match step {
             Step::Multiply(products) => {
                 let input = read(&self.input);
                 let count = input.count();
-                out.clear();
-                for matrix in self.matrices(products) {
-                    let rows = share(matrix.rows(), part, parts);
-                    let at = out.len();
-                    out.resize(at + count * rows.len(), 0.0);
-                    matrix.mul(rows, 0..count, &input, &mut out[at..]);
-                }
+                let (k, rows) = self.piece_rows(products, piece);
+                let matrix = self.matrices(products).nth(k).expect("the piece's matrix");
+                let at = out.len();
+                out.resize(at + count * rows.len(), 0.0);
+                matrix.mul(rows, 0..count, &input, &mut out[at..]);
             }
             Step::Attend { layer, position } => {
-                let pairs = share(read(&self.queries).len() / self.head_dim, part, parts);
-                self.attend(layer, position, pairs, out);
+                let count = read(&self.queries).len() / (self.heads * self.head_dim);
+                self.attend(layer, position, self.pairs(count, piece), out);
             }
         }
     }
