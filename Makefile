@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SLUICE := target/release/sluice
 
-.PHONY: run test test-build test-js test-python test-web test-aisdk test-durable web setup build lint bench bench-peers bench-durable bench-callers fuzz soak conformance clean
+.PHONY: run screenshot-local-model test test-build test-js test-python test-web test-aisdk test-durable web setup build lint bench bench-peers bench-durable bench-callers fuzz soak conformance clean
 
 ## Build and start the main job: `sluice serve --dev` on http://127.0.0.1:8080 (history and a
 ## development secret in ./sluice-data; it prints a publisher token, and the console has it).
@@ -69,6 +69,11 @@ test-example: test-build $(EXAMPLE)/node_modules/.package-lock.json
 	cd $(EXAMPLE) && NEXT_TELEMETRY_DISABLED=1 SLUICE_BIN=$(SLUICE_TEST_BIN) npm test
 $(EXAMPLE)/node_modules/.package-lock.json: $(EXAMPLE)/package-lock.json
 	cd $(EXAMPLE) && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+
+## The chat page on the server `make run` started (another terminal), answering one question
+## with the built-in model: its time to first token and tokens/s, and docs/chat-local-model.png.
+screenshot-local-model: setup
+	cd web && node tests/screenshot-local-model.mjs
 
 ## The web UI (web/, Vite + TypeScript + React) built into web/dist, which the binary embeds.
 ## Rebuilt only when its sources change (web/dist/.built is the stamp).
