@@ -7,10 +7,10 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
-use tokio::sync::mpsc;
 
 use crate::direct::{DirectWrite, SocketWriter};
 use crate::filter::Filter;
+use crate::queue;
 use crate::recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_UPDATES, Recent};
 use crate::registry::{Cutoff, Hangup, Intake, Live, Registry, Subscriber};
 use crate::selector::Selector;
@@ -452,7 +452,7 @@ impl Hub {
             allowed_private: request.allowed_private,
         });
         let cutoff = Arc::new(OnceLock::new());
-        let (sender, receiver) = mpsc::channel(self.inner.config.queue_capacity.max(1));
+        let (sender, receiver) = queue::queue(self.inner.config.queue_capacity);
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let direct = match (request.direct, &request.until_event_type) {
             (Some(socket), None) => Some(Arc::new(DirectWrite::new(socket))),
@@ -517,7 +517,7 @@ struct Feed {
     subscriber: std::sync::Weak<Subscriber>,
     filter: Arc<Filter>,
     cutoff: Arc<OnceLock<Cutoff>>,
-    receiver: mpsc::Receiver<Live>,
+    receiver: queue::Receiver<Live>,
     /// Live updates up to this `seq` are skipped: they were committed before the subscriber
     /// registered, so they belong to the replay (or to no one, for a live-only cursor).
     live_after: u64,

@@ -22,10 +22,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use crate::direct::{DirectWrite, Round};
 use crate::filter::Filter;
+use crate::queue;
 use crate::recent::Recent;
 use crate::store::CommitListener;
 use crate::update::Update;
@@ -86,7 +85,7 @@ impl fmt::Debug for Hangup {
 pub(crate) struct Subscriber {
     pub(crate) key: u64,
     pub(crate) filter: Arc<Filter>,
-    sender: mpsc::Sender<Live>,
+    sender: queue::Sender<Live>,
     /// The last `seq` queued: an update matching through several topics is queued once.
     last_queued: AtomicU64,
     pub(crate) cutoff: Arc<OnceLock<Cutoff>>,
@@ -101,7 +100,7 @@ impl Subscriber {
     pub(crate) fn new(
         key: u64,
         filter: Arc<Filter>,
-        sender: mpsc::Sender<Live>,
+        sender: queue::Sender<Live>,
         cutoff: Arc<OnceLock<Cutoff>>,
         hangup: Option<Hangup>,
         direct: Option<Arc<DirectWrite>>,
