@@ -1,6 +1,7 @@
 //! HTTPS and HTTP/2: TLS from certificate files (re-read in place), HTTP/2 by ALPN and with
-//! prior knowledge, event streams over HTTP/2 (unbuffered, kept alive), and an HTTP/2 stream
-//! reset cancelling the upstream like a closed connection does.
+//! prior knowledge, event streams over HTTP/2 (unbuffered, kept alive), subscriptions over
+//! HTTP/1.1 and TLS served past hyper, and an HTTP/2 stream reset cancelling the upstream like
+//! a closed connection does.
 
 mod common;
 
@@ -31,11 +32,14 @@ fn certificate(
 }
 
 fn client_trusting(pem: &str) -> reqwest::Client {
+    trusting(pem).build().unwrap()
+}
+
+/// A client builder that trusts `pem` alone.
+fn trusting(pem: &str) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
         .tls_built_in_root_certs(false)
-        .build()
-        .unwrap()
 }
 
 fn scripted(tokens_per_second: f64) -> (Arc<Scripted>, Router) {
@@ -85,11 +89,7 @@ async fn https_speaks_http2_by_alpn_and_streams_events_unbuffered() {
 
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.version(), Version::HTTP_2, "h2 is chosen by ALPN");
-    let old = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let old = trusting(&pem).http1_only().build().unwrap();
     assert_eq!(
         old.get(format!("{base}/healthz")).send().await.unwrap().version(),
         Version::HTTP_11
@@ -116,6 +116,55 @@ async fn https_speaks_http2_by_alpn_and_streams_events_unbuffered() {
     }
     let idle = read_until(&mut body, ":\n").await;
     assert!(idle.starts_with(":"), "a keep-alive comment while idle: {idle:?}");
+}
+
+/// Over TLS with HTTP/1.1 (by ALPN), a connection that opens with a subscription is served
+/// past hyper, as a plain one is (`connection: close`, a body delimited by the close rather
+/// than chunked), and every other first request still reaches hyper whole, body included,
+/// with its connection kept alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_subscriber_over_tls_is_served_past_hyper_and_the_rest_by_hyper() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = certificate(dir.path(), "a");
+    let tls = Arc::new(Tls::new(CertificateSource::Files { cert, key }).unwrap());
+    let (_scripted, router) = scripted(0.0);
+    let server = common::serve(config(router, Some(tls)), HubConfig::default()).await;
+    let base = server.url.replace("http://", "https://");
+    let http1 = trusting(&pem).http1_only().build().unwrap();
+
+    let subscription =
+        http1.get(format!("{base}/.well-known/mercure?topic=/tls")).send().await.unwrap();
+    assert_eq!(subscription.version(), Version::HTTP_11);
+    assert_eq!(subscription.headers()["connection"], "close", "served past hyper");
+    assert!(!subscription.headers().contains_key("transfer-encoding"));
+    assert_eq!(subscription.headers()["content-type"], "text/event-stream");
+    let mut body = subscription.bytes_stream();
+    read_until(&mut body, ":").await;
+
+    // Publishing opens with a POST and a body: hyper's, with the bytes read to tell put back.
+    let token = mint_hs256(SECRET, &Grant { publish: vec!["*".into()], ..Grant::default() });
+    for n in 0..3 {
+        let published = http1
+            .post(format!("{base}/.well-known/mercure"))
+            .bearer_auth(&token)
+            .form(&[("topic", "/tls"), ("data", &format!("update {n}"))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), StatusCode::OK);
+        assert_eq!(published.version(), Version::HTTP_11);
+        assert!(!published.headers().contains_key("connection"), "kept alive");
+        read_until(&mut body, &format!("data: update {n}\n\n")).await;
+    }
+
+    // A refused subscription gets its JSON error the same way (on a new connection: the
+    // kept-alive one above is hyper's for good).
+    let fresh = trusting(&pem).http1_only().build().unwrap();
+    let refused = fresh.get(format!("{base}/.well-known/mercure")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(refused.headers()["connection"], "close");
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("topic"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

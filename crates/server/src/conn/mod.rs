@@ -20,8 +20,8 @@
 //!   closed with a frame waiting for [`Timeouts::write`] is reset, while the socket (and so
 //!   the connection's own write bound) still takes the other streams' frames ([`Watched`]).
 //!
-//! A plain HTTP/1.1 connection that opens with a subscription is served past hyper, straight
-//! on its socket ([`direct`]), under the same bounds.
+//! An HTTP/1.1 connection (plain or over TLS) that opens with a subscription is served past
+//! hyper, straight on its socket ([`direct`]), under the same bounds.
 //!
 //! Every bound that is hit is counted in `sluice_timeouts_total{wait=…}`. Past the connection
 //! limit, the server still accepts, answers 503 with `Retry-After` and closes, so clients
@@ -536,14 +536,31 @@ async fn serve_plain(stream: TcpStream, accepted: Accepted) {
     }
 }
 
-/// Serves a TLS connection with hyper, once its handshake (part of the request head's wait)
-/// is done.
+/// Serves a TLS connection, once its handshake (part of the request head's wait) is done:
+/// HTTP/2 with hyper; HTTP/1.1 like a plain connection, a first request that subscribes
+/// [directly](direct) and anything else with hyper.
 async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accepted) {
-    match tokio::time::timeout(accepted.timeouts.request_head, tls.acceptor().accept(stream)).await
-    {
-        Ok(Ok(stream)) => serve_connection(stream, accepted).await,
-        Ok(Err(error)) => tracing::debug!(%error, "a TLS handshake failed"),
-        Err(_) => count_timeout("request_head"),
+    // The handshake's state (6 KiB) and hyper's are boxed, as in `serve_plain`: inline, they
+    // would size the task of every connection, a direct subscriber's included, for its life.
+    let handshake =
+        tokio::time::timeout(accepted.timeouts.request_head, tls.acceptor().accept(stream));
+    let stream = match Box::pin(handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return tracing::debug!(%error, "a TLS handshake failed"),
+        Err(_) => return count_timeout("request_head"),
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return Box::pin(serve_connection(stream, accepted)).await;
+    }
+    let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
+    let opening = direct::open_tls(stream, addr, slot, &app, timeouts, direct_path);
+    match Box::pin(opening).await {
+        direct::Opening::Direct(mut answer) => answer.write().await,
+        direct::Opening::Hyper(stream, slot) => {
+            let accepted = Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
+            Box::pin(serve_connection(stream, accepted)).await;
+        }
+        direct::Opening::Done => {}
     }
 }
 
