@@ -61,6 +61,37 @@ fn config(router: Router, tls: Option<Arc<Tls>>) -> Config {
     }
 }
 
+/// Publishes `data` to `topic` with a publisher's token; the response, which was 200.
+async fn publish(
+    client: &reqwest::Client,
+    base: &str,
+    topic: &str,
+    data: &str,
+) -> reqwest::Response {
+    let token = mint_hs256(SECRET, &Grant { publish: vec!["*".into()], ..Grant::default() });
+    let published = client
+        .post(format!("{base}/.well-known/mercure"))
+        .bearer_auth(&token)
+        .form(&[("topic", topic), ("data", data)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), StatusCode::OK);
+    published
+}
+
+/// A server over TLS with a certificate of its own (in the returned directory): the server,
+/// its `https://` base URL and the certificate to trust.
+async fn serve_over_tls() -> (tempfile::TempDir, common::Running, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = certificate(dir.path(), "a");
+    let tls = Arc::new(Tls::new(CertificateSource::Files { cert, key }).unwrap());
+    let (_scripted, router) = scripted(0.0);
+    let server = common::serve(config(router, Some(tls)), HubConfig::default()).await;
+    let base = server.url.replace("http://", "https://");
+    (dir, server, base, pem)
+}
+
 /// Reads a response body until `needle` has arrived (bounded).
 async fn read_until(
     body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
@@ -79,12 +110,7 @@ async fn read_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_speaks_http2_by_alpn_and_streams_events_unbuffered() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, pem) = certificate(dir.path(), "a");
-    let tls = Arc::new(Tls::new(CertificateSource::Files { cert, key }).unwrap());
-    let (_scripted, router) = scripted(0.0);
-    let server = common::serve(config(router, Some(tls)), HubConfig::default()).await;
-    let base = server.url.replace("http://", "https://");
+    let (_dir, _server, base, pem) = serve_over_tls().await;
     let client = client_trusting(&pem);
 
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
@@ -102,16 +128,8 @@ async fn https_speaks_http2_by_alpn_and_streams_events_unbuffered() {
     assert_eq!(subscription.version(), Version::HTTP_2);
     let mut body = subscription.bytes_stream();
     read_until(&mut body, ":").await;
-    let token = mint_hs256(SECRET, &Grant { publish: vec!["*".into()], ..Grant::default() });
     for n in 0..3 {
-        let published = client
-            .post(format!("{base}/.well-known/mercure"))
-            .bearer_auth(&token)
-            .form(&[("topic", "/h2"), ("data", &format!("update {n}"))])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(published.status(), StatusCode::OK);
+        publish(&client, &base, "/h2", &format!("update {n}")).await;
         read_until(&mut body, &format!("data: update {n}\n\n")).await;
     }
     let idle = read_until(&mut body, ":\n").await;
@@ -124,12 +142,7 @@ async fn https_speaks_http2_by_alpn_and_streams_events_unbuffered() {
 /// with its connection kept alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_subscriber_over_tls_is_served_past_hyper_and_the_rest_by_hyper() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, pem) = certificate(dir.path(), "a");
-    let tls = Arc::new(Tls::new(CertificateSource::Files { cert, key }).unwrap());
-    let (_scripted, router) = scripted(0.0);
-    let server = common::serve(config(router, Some(tls)), HubConfig::default()).await;
-    let base = server.url.replace("http://", "https://");
+    let (_dir, _server, base, pem) = serve_over_tls().await;
     let http1 = trusting(&pem).http1_only().build().unwrap();
 
     let subscription =
@@ -142,16 +155,8 @@ async fn an_http1_subscriber_over_tls_is_served_past_hyper_and_the_rest_by_hyper
     read_until(&mut body, ":").await;
 
     // Publishing opens with a POST and a body: hyper's, with the bytes read to tell put back.
-    let token = mint_hs256(SECRET, &Grant { publish: vec!["*".into()], ..Grant::default() });
     for n in 0..3 {
-        let published = http1
-            .post(format!("{base}/.well-known/mercure"))
-            .bearer_auth(&token)
-            .form(&[("topic", "/tls"), ("data", &format!("update {n}"))])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(published.status(), StatusCode::OK);
+        let published = publish(&http1, &base, "/tls", &format!("update {n}")).await;
         assert_eq!(published.version(), Version::HTTP_11);
         assert!(!published.headers().contains_key("connection"), "kept alive");
         read_until(&mut body, &format!("data: update {n}\n\n")).await;

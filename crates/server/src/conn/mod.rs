@@ -525,12 +525,21 @@ async fn serve_plain(stream: TcpStream, accepted: Accepted) {
     let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
     // Both boxed: the opening's state (the router's, a head's) and hyper's would otherwise
     // size the task of every connection, for as long as a direct stream lasts.
-    let opening = direct::open(stream, addr, slot, &app, timeouts, direct_path);
-    match Box::pin(opening).await {
+    let opening = Box::pin(direct::open(stream, addr, slot, &app, timeouts, direct_path)).await;
+    let rest = |slot| Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
+    serve_opened(opening, rest).await;
+}
+
+/// Serves a connection as its opening left it: a subscription's answer directly, anything
+/// else with hyper (given back its slot, with the rest of what `rest` makes).
+async fn serve_opened<T: direct::Transport, H: Socket>(
+    opening: direct::Opening<T, H>,
+    rest: impl FnOnce(Slot) -> Accepted,
+) {
+    match opening {
         direct::Opening::Direct(mut answer) => answer.write().await,
         direct::Opening::Hyper(stream, slot) => {
-            let accepted = Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
-            Box::pin(serve_connection(stream, accepted)).await;
+            Box::pin(serve_connection(stream, rest(slot))).await;
         }
         direct::Opening::Done => {}
     }
@@ -554,14 +563,9 @@ async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accep
     }
     let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
     let opening = direct::open_tls(stream, addr, slot, &app, timeouts, direct_path);
-    match Box::pin(opening).await {
-        direct::Opening::Direct(mut answer) => answer.write().await,
-        direct::Opening::Hyper(stream, slot) => {
-            let accepted = Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
-            Box::pin(serve_connection(stream, accepted)).await;
-        }
-        direct::Opening::Done => {}
-    }
+    let opening = Box::pin(opening).await;
+    let rest = |slot| Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
+    serve_opened(opening, rest).await;
 }
 
 /// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.
