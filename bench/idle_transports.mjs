@@ -2,13 +2,15 @@
 // HTTP/1.1 over TLS, and HTTP/2 over TLS with one stream per connection and with many
 // streams sharing a connection, as a browser multiplexes its EventSources.
 //
-// Each case starts a fresh `sluice serve --tls-self-signed --store memory` (or without TLS),
+// Each case starts a fresh `sluice serve --tls-self-signed --store memory` (or without TLS;
+// `--server-args` replaces `--store memory`),
 // reads its RSS, opens the subscribers (each a GET of /.well-known/mercure?topic=idle/N with
 // `Accept: text/event-stream`, waiting for its 200), lets them sit, and reads the RSS again:
 // the difference over the subscribers is what one costs. Node's own built-in clients, so
 // nothing to install.
 //
 //   node bench/idle_transports.mjs [--sluice target/release/sluice] [--subscribers 2000]
+//        [--server-args="--store sqlite:idle.db"]
 //        [--streams 100] [--json out.json]
 
 import { spawn } from 'node:child_process';
@@ -31,6 +33,9 @@ const { values: args } = parseArgs({
     only: { type: 'string', default: '' },
     // A command to run the server under, e.g. "heaptrack -o /tmp/idle".
     wrap: { type: 'string', default: '' },
+    // More arguments for `sluice serve`, e.g. "--store sqlite:idle.db" (relative paths are
+    // in the server's own temporary directory).
+    'server-args': { type: 'string', default: '--store memory' },
   },
 });
 const SUBSCRIBERS = Number(args.subscribers);
@@ -44,7 +49,7 @@ async function serve({ tls: secure }) {
   const wrap = args.wrap.split(' ').filter(Boolean);
   const child = spawn(
     wrap[0] ?? path.resolve(args.sluice),
-    [...(wrap.length ? [...wrap.slice(1), path.resolve(args.sluice)] : []), 'serve', '--listen', '127.0.0.1:0', '--ready-file', ready, '--store', 'memory', '--anonymous', '--jwt-secret', 'idle-bench', ...(secure ? ['--tls-self-signed'] : [])],
+    [...(wrap.length ? [...wrap.slice(1), path.resolve(args.sluice)] : []), 'serve', '--listen', '127.0.0.1:0', '--ready-file', ready, ...args['server-args'].split(' ').filter(Boolean), '--anonymous', '--jwt-secret', 'idle-bench', ...(secure ? ['--tls-self-signed'] : [])],
     { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } },
   );
   for (;;) {
