@@ -29,7 +29,7 @@ const { values: args } = parseArgs({
     streams: { type: 'string', default: '100' },
     settle: { type: 'string', default: '3000' },
     json: { type: 'string' },
-    // Only the cases whose names contain this (e.g. "100 streams").
+    // Only the cases whose names match this regular expression (e.g. "100 streams", "^HTTP/1.1$").
     only: { type: 'string', default: '' },
     // A command to run the server under, e.g. "heaptrack -o /tmp/idle".
     wrap: { type: 'string', default: '' },
@@ -146,7 +146,7 @@ async function h2Streams(port, first, count) {
 
 /** One case: a fresh server, `subscribers` of them opened by `connect`, the RSS before and after. */
 async function measure(name, secure, connect) {
-  if (!name.includes(args.only)) return null;
+  if (!new RegExp(args.only).test(name)) return null;
   const server = await serve({ tls: secure });
   try {
     await sleep(500);
