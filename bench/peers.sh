@@ -14,13 +14,15 @@
 #            and streamed answers of 20 tokens) until what a gateway adds at p99 passes 1 ms:
 #            requests/s on one core;
 #   model    the built-in model and llama.cpp's llama-server on the same GGUF file, same chat,
-#            greedy, 1 and 2 threads.
+#            greedy, 1 and 2 threads;
+#   transports  Sluice's memory per idle subscriber over HTTP/1.1, HTTP/1.1 over TLS and HTTP/2
+#            (one and 100 streams a connection): bench/idle_transports.mjs.
 # The peers are installed first by bench/peers/install.sh (apt, a venv, a llama.cpp build:
 # about 10 minutes the first time, seconds after). Results: $OUT/*.json and *.md, then
 # bench/plot_peers.py draws bench/peers.svg and prints the tables of ratios.
 #
 #   bench/peers.sh                    # everything, about 25 minutes (make bench-peers)
-#   ONLY=hub bench/peers.sh           # one part: hub, gateway, capacity or model
+#   ONLY=hub bench/peers.sh           # one part: hub, gateway, capacity, model or transports
 #   PRIORITY=-15 bench/peers.sh       # on a busy machine (see bench/hub.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-bench/results/peers}
 SLUICE=${SLUICE:-target/release/sluice}
-ONLY=${ONLY:-hub gateway capacity model}
+ONLY=${ONLY:-hub gateway capacity model transports}
 CAPACITY_RATES=${CAPACITY_RATES:-25,50,100,250,500,1000,2000,3000,4000,5000,6000,8000,10000}
 STEP=${STEP:-10}
 RATES=${RATES:-1,10,30,50,100,200,400}
@@ -49,7 +51,7 @@ if [[ " $ONLY " == *" model "* ]]; then
     scripts/fetch-model.sh
     peers+=(llama)
 fi
-bench/peers/install.sh "${peers[@]}"
+if [ ${#peers[@]} -gt 0 ]; then bench/peers/install.sh "${peers[@]}"; fi
 mkdir -p "$OUT"
 started=$SECONDS
 phase() { echo "=== [$(( (SECONDS - started) / 60 ))m$(( (SECONDS - started) % 60 ))s] $*" >&2; }
@@ -117,6 +119,12 @@ if [[ " $ONLY " == *" model "* ]]; then
     phase "model: sluice and llama.cpp"
     python3 bench/peers/model.py --sluice "$SLUICE" --threads 1,2 --runs 5 \
         --json "$OUT/model.json" | tee "$OUT/model.md"
+fi
+
+if [[ " $ONLY " == *" transports "* ]]; then
+    phase "transports: memory per idle subscriber, by transport"
+    node bench/idle_transports.mjs --sluice "$SLUICE" --json "$OUT/transports.json" \
+        | tee "$OUT/transports.md"
 fi
 
 phase "done"

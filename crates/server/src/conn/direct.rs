@@ -89,7 +89,7 @@ pub(super) async fn open(
     mut stream: TcpStream,
     addr: SocketAddr,
     slot: Slot,
-    app: &Router,
+    app: Router,
     timeouts: Timeouts,
     path: &str,
 ) -> Opening<Arc<TcpStream>, TcpStream> {
@@ -112,7 +112,7 @@ pub(super) async fn open(
     let stream = Arc::new(stream);
     let socket = DirectSocket { stream: Arc::clone(&stream), control: Arc::clone(&control) };
     let socket = SubscriberSocket(Arc::new(socket));
-    let Some(response) = respond(request, app, addr, &control, Some(socket)).await else {
+    let Some(response) = respond(request, &app, addr, &control, Some(socket)).await else {
         return Opening::Done;
     };
     Answer::open(stream, response, control, timeouts, slot).await
@@ -124,7 +124,7 @@ pub(super) async fn open_tls(
     mut stream: TlsStream<TcpStream>,
     addr: SocketAddr,
     slot: Slot,
-    app: &Router,
+    app: Router,
     timeouts: Timeouts,
     path: &str,
 ) -> Opening<TlsStream<TcpStream>, Rewound<TlsStream<TcpStream>>> {
@@ -150,7 +150,7 @@ pub(super) async fn open_tls(
     }
     let control = Arc::new(Control::default());
     let request = timeout_at(head_due, read_request(&mut stream, head)).await;
-    let Some(response) = respond(request, app, addr, &control, None).await else {
+    let Some(response) = respond(request, &app, addr, &control, None).await else {
         return Opening::Done;
     };
     Answer::open(stream, response, control, timeouts, slot).await

@@ -525,18 +525,20 @@ async fn serve_plain(stream: TcpStream, accepted: Accepted) {
     let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
     // Both boxed: the opening's state (the router's, a head's) and hyper's would otherwise
     // size the task of every connection, for as long as a direct stream lasts.
-    let opening = Box::pin(direct::open(stream, addr, slot, &app, timeouts, direct_path)).await;
+    let opening = Box::pin(direct::open(stream, addr, slot, app.clone(), timeouts, direct_path));
     let rest = |slot| Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
     serve_opened(opening, rest).await;
 }
 
-/// Serves a connection as its opening left it: a subscription's answer directly, anything
-/// else with hyper (given back its slot, with the rest of what `rest` makes).
+/// Serves a connection as `opening` (boxed) finds it: a subscription's answer directly,
+/// anything else with hyper (given back its slot, with the rest of what `rest` makes). The
+/// opening is matched as it resolves, not first held in a variable: a task keeps a slot for
+/// every value it holds across an await, and an `Opening` is as large as a TLS connection.
 async fn serve_opened<T: direct::Transport, H: Socket>(
-    opening: direct::Opening<T, H>,
+    opening: Pin<Box<impl Future<Output = direct::Opening<T, H>>>>,
     rest: impl FnOnce(Slot) -> Accepted,
 ) {
-    match opening {
+    match opening.await {
         direct::Opening::Direct(mut answer) => answer.write().await,
         direct::Opening::Hyper(stream, slot) => {
             Box::pin(serve_connection(stream, rest(slot))).await;
@@ -562,8 +564,8 @@ async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accep
         return Box::pin(serve_connection(stream, accepted)).await;
     }
     let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
-    let opening = direct::open_tls(stream, addr, slot, &app, timeouts, direct_path);
-    let opening = Box::pin(opening).await;
+    let opening =
+        Box::pin(direct::open_tls(stream, addr, slot, app.clone(), timeouts, direct_path));
     let rest = |slot| Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
     serve_opened(opening, rest).await;
 }
