@@ -6,7 +6,8 @@
 #      memory per subscriber, and Redis's CPU;
 #   2. the same load per node on one node with the embedded store (SQLite), for comparison.
 # The nodes and Redis run on CPU 0, the load generator on CPU 1 (two cores in all: the nodes
-# share one). Results go to $OUT as JSON and Markdown.
+# share one). Results go to $OUT as JSON and Markdown; Redis's and SQLite's data go to a
+# temporary directory, removed at the end.
 #
 #   bench/scaleout.sh                         # about 4 minutes
 #   PER_NODE=5000 RATES=1,5 bench/scaleout.sh # smaller
@@ -25,16 +26,18 @@ STEP=${STEP:-10}
 SECRET=scaleout-$$
 command -v redis-server >/dev/null || { echo "redis-server is needed (scripts/setup.sh)" >&2; exit 1; }
 [ -n "${NO_BUILD:-}" ] || cargo build --release --locked -p sluice
-rm -rf "$OUT" && mkdir -p "$OUT/redis"
+mkdir -p "$OUT"
+DATA=$(mktemp -d -t sluice-scaleout-XXXXXX)
+mkdir -p "$DATA/redis"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
+trap 'cleanup; rm -rf "$DATA"' EXIT
 
 redis_port=$(free_port)
-taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$OUT/redis" \
+taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$DATA/redis" \
     --appendonly yes --appendfsync always --save '' >/dev/null &
 redis_pid=$!; pids+=("$redis_pid"); wait_port "$redis_port"
 
@@ -61,7 +64,7 @@ cleanup; pids=()
 echo "baseline: one node (SQLite) × $PER_NODE subscribers" >&2
 port=$(free_port)
 RUST_LOG=warn taskset -c 0 "$SLUICE" serve --listen "127.0.0.1:$port" \
-    --store "sqlite:$OUT/one.db" --jwt-secret "$SECRET" --anonymous --provider scripted &
+    --store "sqlite:$DATA/one.db" --jwt-secret "$SECRET" --anonymous --provider scripted &
 one=$!; pids+=("$one"); wait_port "$port"
 "$SLUICE" bench hub --url "http://127.0.0.1:$port/.well-known/mercure" --server-pid "$one" \
     --jwt-secret "$SECRET" --subscribers "$PER_NODE" --processes 2 --rate "$RATES" \
