@@ -50,8 +50,6 @@ struct Model {
     epsilon: f32,
     /// The rotary embedding's frequency for each pair of a head's values.
     frequencies: Vec<f32>,
-    /// Threads in the team that runs it (what its steps are cut by).
-    threads: usize,
     /// The current product's input vectors, quantized.
     input: RwLock<Vectors>,
     /// The rotated query vectors of the tokens being read.
@@ -77,11 +75,11 @@ struct Layer {
 /// One step of a pass, split between the team's threads.
 #[derive(Debug, Clone, Copy)]
 enum Step {
-    /// A share of the rows of each of these products, for every input vector.
-    Multiply(Products),
-    /// Attention of a share of the (token, head) pairs of the queries over layer `layer`'s
-    /// cache; the first query is at position `position`.
-    Attend { layer: usize, position: usize },
+    /// These products, for every input vector, `rows` rows of one matrix a piece.
+    Multiply { products: Products, rows: usize },
+    /// Attention of the queries over layer `layer`'s cache, `pairs` (token, head) pairs a
+    /// piece; the first query is at position `position`.
+    Attend { layer: usize, position: usize, pairs: usize },
 }
 
 /// Products that read the same input, and so are one step.
@@ -238,7 +236,6 @@ impl Llama {
             head_dim,
             epsilon,
             frequencies,
-            threads: threads.max(1),
             input: RwLock::default(),
             queries: RwLock::default(),
         };
@@ -329,8 +326,9 @@ impl Llama {
             }
             s.attention.resize(count * width, 0.0);
             let head_dim = model.head_dim;
-            team.run(Step::Attend { layer: l, position }, |piece, out| {
-                let pairs = model.pairs(count, piece);
+            let size = piece_size(count * model.heads, team.threads(), 1);
+            team.run(Step::Attend { layer: l, position, pairs: size }, |piece, out| {
+                let pairs = model.pairs(count, size, piece);
                 s.attention[pairs.start * head_dim..pairs.end * head_dim].copy_from_slice(out);
             })?;
             model.multiply(
@@ -419,8 +417,10 @@ impl Model {
         for (matrix, out) in self.matrices(products).zip(outs.iter_mut()) {
             out.resize(count * matrix.rows(), 0.0);
         }
-        team.run(Step::Multiply(products), |piece, result| {
-            let (k, mine) = self.piece_rows(products, piece);
+        let rows = self.matrices(products).map(Matrix::rows).sum();
+        let size = piece_size(rows, team.threads(), LEAST_ROWS);
+        team.run(Step::Multiply { products, rows: size }, |piece, result| {
+            let (k, mine) = self.piece_rows(products, size, piece);
             let out = &mut outs[k];
             let rows = out.len() / count;
             for (t, row) in result.chunks_exact(mine.len()).enumerate() {
@@ -429,15 +429,14 @@ impl Model {
         })
     }
 
-    /// Rows in one piece of a step of `products`.
-    fn rows_per_piece(&self, products: Products) -> usize {
-        let rows = self.matrices(products).map(Matrix::rows).sum();
-        piece_size(rows, self.threads, LEAST_ROWS)
-    }
-
-    /// Piece `piece` of a step of `products`: which of its matrices, and which rows.
-    fn piece_rows(&self, products: Products, mut piece: usize) -> (usize, Range<usize>) {
-        let size = self.rows_per_piece(products);
+    /// Piece `piece` of a step of `products` cut `size` rows a piece: which of its matrices,
+    /// and which rows.
+    fn piece_rows(
+        &self,
+        products: Products,
+        size: usize,
+        mut piece: usize,
+    ) -> (usize, Range<usize>) {
         for (k, matrix) in self.matrices(products).enumerate() {
             let pieces = matrix.rows().div_ceil(size);
             if piece < pieces {
@@ -448,10 +447,10 @@ impl Model {
         unreachable!("a piece past the step's last")
     }
 
-    /// The (token, head) pairs of piece `piece` of attention over `count` tokens.
-    fn pairs(&self, count: usize, piece: usize) -> Range<usize> {
+    /// The (token, head) pairs of piece `piece` of attention over `count` tokens, cut `size`
+    /// pairs a piece.
+    fn pairs(&self, count: usize, size: usize, piece: usize) -> Range<usize> {
         let pairs = count * self.heads;
-        let size = piece_size(pairs, self.threads, 1);
         piece * size..((piece + 1) * size).min(pairs)
     }
 
@@ -501,31 +500,29 @@ impl Work for Model {
 
     fn pieces(&self, step: Step) -> usize {
         match step {
-            Step::Multiply(products) => {
-                let size = self.rows_per_piece(products);
-                self.matrices(products).map(|m| m.rows().div_ceil(size)).sum()
+            Step::Multiply { products, rows } => {
+                self.matrices(products).map(|m| m.rows().div_ceil(rows)).sum()
             }
-            Step::Attend { .. } => {
-                let pairs = read(&self.queries).len() / self.head_dim;
-                pairs.div_ceil(piece_size(pairs, self.threads, 1))
+            Step::Attend { pairs, .. } => {
+                (read(&self.queries).len() / self.head_dim).div_ceil(pairs)
             }
         }
     }
 
     fn run(&self, step: Step, piece: usize, out: &mut Vec<f32>) {
         match step {
-            Step::Multiply(products) => {
+            Step::Multiply { products, rows } => {
                 let input = read(&self.input);
                 let count = input.count();
-                let (k, rows) = self.piece_rows(products, piece);
+                let (k, rows) = self.piece_rows(products, rows, piece);
                 let matrix = self.matrices(products).nth(k).expect("the piece's matrix");
                 let at = out.len();
                 out.resize(at + count * rows.len(), 0.0);
                 matrix.mul(rows, 0..count, &input, &mut out[at..]);
             }
-            Step::Attend { layer, position } => {
+            Step::Attend { layer, position, pairs } => {
                 let count = read(&self.queries).len() / (self.heads * self.head_dim);
-                self.attend(layer, position, self.pairs(count, piece), out);
+                self.attend(layer, position, self.pairs(count, pairs, piece), out);
             }
         }
     }

@@ -254,45 +254,44 @@ mod avx2 {
             || {
                 for r in rows {
                     let w = r * blocks..(r + 1) * blocks;
-                    let mut t = vectors.start;
-                    while t < vectors.end {
-                        let mut put = |t: usize, sums: &[f32]| {
-                            for (k, &sum) in sums.iter().enumerate() {
-                                out[(t + k - first_vector) * width + r - first_row] = sum;
-                            }
-                        };
-                        let whole = vectors.end - t >= TILE;
-                        match (&matrix.weights, whole) {
-                            (Weights::Q4_1 { scales, mins, nibbles }, true) => {
-                                let row = Q4_1Row(
-                                    &scales[w.clone()],
-                                    &mins[w.clone()],
-                                    &nibbles[w.clone()],
-                                );
-                                put(t, &tile::<_, TILE>(simd, row, input, t));
-                            }
-                            (Weights::Q4_1 { scales, mins, nibbles }, false) => {
-                                let row = Q4_1Row(
-                                    &scales[w.clone()],
-                                    &mins[w.clone()],
-                                    &nibbles[w.clone()],
-                                );
-                                put(t, &tile::<_, 1>(simd, row, input, t));
-                            }
-                            (Weights::Q8_0 { scales, quants }, true) => {
-                                let row = Q8_0Row(&scales[w.clone()], &quants[w.clone()]);
-                                put(t, &tile::<_, TILE>(simd, row, input, t));
-                            }
-                            (Weights::Q8_0 { scales, quants }, false) => {
-                                let row = Q8_0Row(&scales[w.clone()], &quants[w.clone()]);
-                                put(t, &tile::<_, 1>(simd, row, input, t));
-                            }
+                    let put = |t: usize, sums: &[f32]| {
+                        for (k, &sum) in sums.iter().enumerate() {
+                            out[(t + k - first_vector) * width + r - first_row] = sum;
                         }
-                        t += if whole { TILE } else { 1 };
+                    };
+                    match &matrix.weights {
+                        Weights::Q4_1 { scales, mins, nibbles } => {
+                            let row = Q4_1Row(&scales[w.clone()], &mins[w.clone()], &nibbles[w]);
+                            row_times(simd, row, vectors.clone(), input, put);
+                        }
+                        Weights::Q8_0 { scales, quants } => {
+                            let row = Q8_0Row(&scales[w.clone()], &quants[w]);
+                            row_times(simd, row, vectors.clone(), input, put);
+                        }
                     }
                 }
             },
         );
+    }
+
+    /// `row` · each of `vectors` of `input`, [`TILE`] at a time and then one by one, each
+    /// result handed to `put` with its first vector.
+    #[inline(always)]
+    fn row_times<R: Row>(
+        simd: V3,
+        row: R,
+        vectors: Range<usize>,
+        input: &Vectors,
+        mut put: impl FnMut(usize, &[f32]),
+    ) {
+        let mut t = vectors.start;
+        while vectors.end - t >= TILE {
+            put(t, &tile::<_, TILE>(simd, row, input, t));
+            t += TILE;
+        }
+        for t in t..vectors.end {
+            put(t, &tile::<_, 1>(simd, row, input, t));
+        }
     }
 
     /// One row of weights, as [`tile`] reads it block by block.

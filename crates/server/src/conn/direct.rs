@@ -158,10 +158,7 @@ pub(super) async fn open_tls(
 
 /// Whether `first` may still become a subscription's first bytes (`GET ` and `path`).
 fn wanted_prefix(first: &[u8], path: &str) -> bool {
-    let mut wanted = b"GET ".to_vec();
-    wanted.extend_from_slice(path.as_bytes());
-    let common = first.len().min(wanted.len());
-    first[..common] == wanted[..common]
+    first.iter().zip(b"GET ".iter().chain(path.as_bytes())).all(|(got, wanted)| got == wanted)
 }
 
 /// The answer to a subscription's `request` (or to the failure to read it) through `app`, with
@@ -674,6 +671,16 @@ mod tests {
         assert!(!is(b"GET /.well-known/mercurex HTTP/1.1"));
         assert!(!is(b"PRI * HTTP/2.0\r\n"));
         assert!(!is(b"GET /.well-known/merc"), "a partial first segment is hyper's");
+    }
+
+    #[test]
+    fn a_tls_opening_is_read_on_only_while_it_may_still_be_a_subscription() {
+        let may = |first: &[u8]| wanted_prefix(first, "/.well-known/mercure");
+        assert!(may(b"GE"));
+        assert!(may(b"GET /.well-known/merc"));
+        assert!(may(b"GET /.well-known/mercure?topic=a HTTP/1.1"));
+        assert!(!may(b"POST /"));
+        assert!(!may(b"GET /x"));
     }
 
     #[test]
