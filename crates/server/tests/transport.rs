@@ -80,14 +80,17 @@ async fn publish(
     published
 }
 
-/// A server over TLS with a certificate of its own (in the returned directory): the server,
-/// its `https://` base URL and the certificate to trust.
-async fn serve_over_tls() -> (tempfile::TempDir, common::Running, String, String) {
+/// A server over TLS with `timeouts` and a certificate of its own (in the returned
+/// directory): the server, its `https://` base URL and the certificate to trust.
+async fn serve_over_tls(
+    timeouts: Timeouts,
+) -> (tempfile::TempDir, common::Running, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, pem) = certificate(dir.path(), "a");
     let tls = Arc::new(Tls::new(CertificateSource::Files { cert, key }).unwrap());
     let (_scripted, router) = scripted(0.0);
-    let server = common::serve(config(router, Some(tls)), HubConfig::default()).await;
+    let config = Config { timeouts, ..config(router, Some(tls)) };
+    let server = common::serve(config, HubConfig::default()).await;
     let base = server.url.replace("http://", "https://");
     (dir, server, base, pem)
 }
@@ -110,7 +113,7 @@ async fn read_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_speaks_http2_by_alpn_and_streams_events_unbuffered() {
-    let (_dir, _server, base, pem) = serve_over_tls().await;
+    let (_dir, _server, base, pem) = serve_over_tls(Timeouts::default()).await;
     let client = client_trusting(&pem);
 
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
@@ -142,7 +145,7 @@ async fn https_speaks_http2_by_alpn_and_streams_events_unbuffered() {
 /// with its connection kept alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_subscriber_over_tls_is_served_past_hyper_and_the_rest_by_hyper() {
-    let (_dir, _server, base, pem) = serve_over_tls().await;
+    let (_dir, _server, base, pem) = serve_over_tls(Timeouts::default()).await;
     let http1 = trusting(&pem).http1_only().build().unwrap();
 
     let subscription =
@@ -170,6 +173,80 @@ async fn an_http1_subscriber_over_tls_is_served_past_hyper_and_the_rest_by_hyper
     assert_eq!(refused.headers()["connection"], "close");
     let error: serde_json::Value = refused.json().await.unwrap();
     assert!(error["error"]["message"].as_str().unwrap().contains("topic"), "{error}");
+}
+
+/// A TLS subscriber served past hyper that stops reading is reset at the write bound, as a
+/// plain one is (`http.rs`, `a_write_timeout_resets_the_connection`): its task neither waits
+/// on it for ever nor keeps its unsent records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_subscriber_that_stops_reading_is_reset_at_the_write_bound() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let timeouts = Timeouts { write: Duration::from_secs(1), ..Timeouts::default() };
+    let (_dir, _server, base, pem) = serve_over_tls(timeouts).await;
+    let client = trusting(&pem).build().unwrap();
+    const WRITE_TIMEOUTS: &str = r#"sluice_timeouts_total{wait="write"}"#;
+    let write_timeouts = || async {
+        let text =
+            client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.starts_with(WRITE_TIMEOUTS));
+        line.map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    };
+    let before = write_timeouts().await;
+
+    // A raw TLS client with a small receive buffer, which subscribes and then never reads.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(base.trim_start_matches("https://").parse().unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stalled =
+        tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap();
+    stalled
+        .write_all(b"GET /.well-known/mercure?topic=/stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !String::from_utf8_lossy(&head).contains("text/event-stream") {
+        let mut buffer = [0u8; 1024];
+        let n = stalled.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "closed before the head: {}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&buffer[..n]);
+    }
+    assert!(String::from_utf8_lossy(&head).contains("connection: close"), "served past hyper");
+
+    // More than the socket buffers hold, fewer than the subscriber's queue (1,024 updates).
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..200 {
+        publish(&client, &base, "/stall", &big).await;
+    }
+    let timed_out = async {
+        while write_timeouts().await < before + 1.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), timed_out).await.expect("the write times out");
+    let ended = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match stalled.read(&mut buffer).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(error) => return Some(error.kind()),
+            }
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(30), ended).await.expect("it ends");
+    assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset), "reset, not closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
