@@ -18,7 +18,7 @@ use sluice_sse::MessageEvent;
 use crate::types::{
     ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Role, Usage,
 };
-use crate::upstream::{Out, Translate, open_event_stream, translate};
+use crate::upstream::{Client, Out, Translate, translate};
 
 /// The API version header Sluice speaks.
 const API_VERSION: &str = "2023-06-01";
@@ -44,13 +44,13 @@ pub struct AnthropicConfig {
 #[derive(Debug, Clone)]
 pub struct Anthropic {
     config: AnthropicConfig,
-    client: reqwest::Client,
+    client: Client,
 }
 
 impl Anthropic {
     /// A provider for `config`.
     pub fn new(config: AnthropicConfig) -> Self {
-        let client = crate::upstream::client(config.connect_timeout);
+        let client = Client::new(config.connect_timeout);
         Anthropic { config, client }
     }
 }
@@ -143,15 +143,14 @@ impl Provider for Anthropic {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>> {
         async move {
             let url = format!("{}/messages", self.config.base_url.trim_end_matches('/'));
-            let mut http = self
-                .client
-                .post(url)
-                .header("anthropic-version", API_VERSION)
-                .json(&body(&request));
+            let body = serde_json::to_vec(&body(&request))
+                .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+            let mut headers = vec![("anthropic-version", API_VERSION)];
             if let Some(key) = &self.config.api_key {
-                http = http.header("x-api-key", key);
+                headers.push(("x-api-key", key));
             }
-            let events = open_event_stream(http, self.config.timeout).await?;
+            let events =
+                self.client.open_event_stream(&url, &headers, body, self.config.timeout).await?;
             Ok(translate(events, Events::default()))
         }
         .boxed()

@@ -12,6 +12,7 @@ pub mod anthropic;
 pub mod local;
 pub mod observe;
 pub mod openai;
+mod plain;
 pub mod router;
 pub mod scripted;
 #[cfg(all(feature = "testing", feature = "local"))]

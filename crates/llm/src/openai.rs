@@ -19,7 +19,7 @@ use serde_json::Value;
 use sluice_sse::MessageEvent;
 
 use crate::types::{ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Usage};
-use crate::upstream::{Out, Translate, open_event_stream, translate};
+use crate::upstream::{Client, Out, Translate, translate};
 
 /// Where an OpenAI-compatible upstream is and how to reach it.
 #[derive(Debug, Clone)]
@@ -40,13 +40,13 @@ pub struct OpenAiConfig {
 #[derive(Debug, Clone)]
 pub struct OpenAi {
     config: OpenAiConfig,
-    client: reqwest::Client,
+    client: Client,
 }
 
 impl OpenAi {
     /// A provider for `config`.
     pub fn new(config: OpenAiConfig) -> Self {
-        let client = crate::upstream::client(config.connect_timeout);
+        let client = Client::new(config.connect_timeout);
         OpenAi { config, client }
     }
 }
@@ -69,15 +69,11 @@ impl Provider for OpenAi {
             })
             .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
             let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
-            let mut http = self
-                .client
-                .post(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-            if let Some(key) = &self.config.api_key {
-                http = http.bearer_auth(key);
-            }
-            let events = open_event_stream(http, self.config.timeout).await?;
+            let bearer = self.config.api_key.as_ref().map(|key| format!("Bearer {key}"));
+            let headers: Vec<(&str, &str)> =
+                bearer.iter().map(|bearer| ("authorization", bearer.as_str())).collect();
+            let events =
+                self.client.open_event_stream(&url, &headers, body, self.config.timeout).await?;
             Ok(translate(events, Chunks::default()))
         }
         .boxed()

@@ -5,45 +5,118 @@
 //! on it; neither knows the other.
 
 use std::collections::VecDeque;
+use std::io;
 use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Url;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use serde_json::Value;
 use sluice_sse::{Decoder, EventStream, MessageEvent, StreamError};
 
+use crate::plain::PlainClient;
 use crate::types::{Delta, DeltaStream, FinishReason, ProviderError, Usage};
 
 /// The largest event an upstream may send. A chunk of an answer is a few hundred bytes; an
 /// upstream sending megabytes in one line is broken, and reading on would only hold memory.
 const MAX_UPSTREAM_EVENT: usize = 1024 * 1024;
+/// How long the rest of a finished answer's stream is read for ([`read_out`]).
+const READ_OUT_FOR: Duration = Duration::from_secs(1);
+/// The most of an error response's body read for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
-/// An HTTP client for upstreams: connecting gives up after `connect_timeout` (counted as
+/// The HTTP client every upstream provider uses: [`PlainClient`] for upstreams in the clear
+/// (it holds far less per streamed answer), reqwest for the rest (TLS, proxies). Connecting
+/// gives up after the connect timeout (counted as
 /// `sluice_timeouts_total{wait="upstream_connect"}`), and idle connections are reused.
-pub(crate) fn client(connect_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    plain: PlainClient,
+    general: reqwest::Client,
 }
 
-/// A request that failed before any response, as a [`ProviderError`].
-fn send_error(error: &reqwest::Error) -> ProviderError {
-    if error.is_connect() && error.is_timeout() {
-        metrics::counter!("sluice_timeouts_total", "wait" => "upstream_connect").increment(1);
+/// An upstream's event stream, as it is read.
+pub(crate) type Events = BoxStream<'static, Result<MessageEvent, StreamError<io::Error>>>;
+
+impl Client {
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
+        let general = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Client { plain: PlainClient::new(connect_timeout), general }
     }
-    ProviderError::Network(error.to_string())
+
+    /// POSTs `body` (JSON) to `url` with `headers`, and checks that the response (due within
+    /// `timeout`) opened an event stream.
+    pub(crate) async fn open_event_stream(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Events, ProviderError> {
+        let url = Url::parse(url).map_err(|e| ProviderError::Internal(format!("{url}: {e}")))?;
+        let opened = tokio::time::timeout(timeout, self.open(url, headers, body))
+            .await
+            .map_err(|_| ProviderError::Timeout(timeout))??;
+        let decoder = Decoder::new().with_max_event_size(MAX_UPSTREAM_EVENT);
+        Ok(EventStream::with_decoder(opened, decoder).boxed())
+    }
+
+    /// The response's body once it began with success; its refusal as a [`ProviderError`].
+    async fn open(
+        &self,
+        url: Url,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>, ProviderError> {
+        if PlainClient::serves(&url) {
+            let response = self.plain.post(&url, headers, &body).await.map_err(|error| {
+                if error.kind() == io::ErrorKind::TimedOut {
+                    count_connect_timeout();
+                }
+                ProviderError::Network(error.to_string())
+            })?;
+            if !(200..300).contains(&response.status) {
+                let message = response.body.text(MAX_ERROR_BODY).await;
+                return Err(refusal(response.status, response.retry_after.as_deref(), message));
+            }
+            return Ok(response.body.boxed());
+        }
+        let mut request = self.general.post(url).header(CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.body(body).send().await.map_err(|error| {
+            if error.is_connect() && error.is_timeout() {
+                count_connect_timeout();
+            }
+            ProviderError::Network(error.to_string())
+        })?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            let retry_after = response.headers().get(RETRY_AFTER).cloned();
+            let message = response.text().await.unwrap_or_default();
+            let retry_after = retry_after.as_ref().and_then(|v| v.to_str().ok());
+            return Err(refusal(status, retry_after, message));
+        }
+        Ok(response.bytes_stream().map(|piece| piece.map_err(io::Error::other)).boxed())
+    }
 }
 
-/// Maps an error response (before the stream started) to a [`ProviderError`].
-pub(crate) async fn error_from_response(response: reqwest::Response) -> ProviderError {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body = response.text().await.unwrap_or_default();
+fn count_connect_timeout() {
+    metrics::counter!("sluice_timeouts_total", "wait" => "upstream_connect").increment(1);
+}
+
+/// An error response (before the stream started) as a [`ProviderError`], with the message
+/// of its JSON `error` when it has one.
+fn refusal(status: u16, retry_after: Option<&str>, body: String) -> ProviderError {
+    let retry_after =
+        retry_after.and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
     let message = serde_json::from_str::<Value>(&body)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
@@ -56,27 +129,13 @@ pub(crate) async fn error_from_response(response: reqwest::Response) -> Provider
     }
 }
 
-/// Sends `request` and checks the response opened an event stream.
-pub(crate) async fn open_event_stream(
-    request: reqwest::RequestBuilder,
-    timeout: Duration,
-) -> Result<BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>, ProviderError> {
-    let response = tokio::time::timeout(timeout, request.send())
-        .await
-        .map_err(|_| ProviderError::Timeout(timeout))?
-        .map_err(|e| send_error(&e))?;
-    if !response.status().is_success() {
-        return Err(error_from_response(response).await);
-    }
-    let decoder = Decoder::new().with_max_event_size(MAX_UPSTREAM_EVENT);
-    Ok(EventStream::with_decoder(response.bytes_stream(), decoder).boxed())
-}
-
-/// The deltas a translator has ready, and whether the answer is over.
+/// The deltas a translator has ready, and whether the answer is over (and if so, whether it
+/// finished rather than failed).
 #[derive(Default)]
 pub(crate) struct Out {
     ready: VecDeque<Result<Delta, ProviderError>>,
     over: bool,
+    finished: bool,
 }
 
 impl Out {
@@ -94,6 +153,7 @@ impl Out {
     /// Ends the answer with its usage (when known) and finish reason.
     pub(crate) fn finish(&mut self, usage: Option<Usage>, finish: FinishReason) {
         self.over = true;
+        self.finished = true;
         if let Some(usage) = usage {
             self.push(Delta::Usage(usage));
         }
@@ -110,10 +170,7 @@ pub(crate) trait Translate: Send + 'static {
 }
 
 /// The deltas of an upstream's event stream, read through `translator`.
-pub(crate) fn translate<T: Translate>(
-    events: BoxStream<'static, Result<MessageEvent, StreamError<reqwest::Error>>>,
-    translator: T,
-) -> DeltaStream {
+pub(crate) fn translate<T: Translate>(events: Events, translator: T) -> DeltaStream {
     let state = (events, translator, Out::default());
     stream::unfold(state, |(mut events, mut translator, mut out)| async move {
         loop {
@@ -121,6 +178,9 @@ pub(crate) fn translate<T: Translate>(
                 return Some((item, (events, translator, out)));
             }
             if out.over {
+                if out.finished {
+                    tokio::spawn(read_out(events));
+                }
                 return None;
             }
             match events.next().await {
@@ -131,4 +191,12 @@ pub(crate) fn translate<T: Translate>(
         }
     })
     .boxed()
+}
+
+/// Reads what is left of a finished answer's stream (its body's last chunk, as a rule), for a
+/// little while at most, so that its connection is read to the end and can carry the next
+/// request. An answer that failed or was dropped closes its connection instead.
+async fn read_out(mut events: Events) {
+    let rest = async { while events.next().await.is_some() {} };
+    let _ = tokio::time::timeout(READ_OUT_FOR, rest).await;
 }

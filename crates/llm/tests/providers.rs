@@ -2,6 +2,7 @@
 //! purpose; the router's retries and fallover; cancellation by dropping the stream.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -545,5 +546,80 @@ async fn faulty_upstreams_end_the_answer_with_an_error_and_are_released() {
                 .expect("the upstream connection is closed")
                 .unwrap();
         }
+    }
+}
+
+/// An OpenAI-compatible upstream that answers each request on a connection with a chunked
+/// event stream of `text`, keeping the connection open for `per_connection` requests and then
+/// closing it without a word (as a server whose keep-alive ran out does). Returns its URL and
+/// the count of connections it accepted.
+async fn keep_alive_upstream(per_connection: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for _ in 0..per_connection {
+                    let head_end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut piece = [0u8; 4096];
+                        match socket.read(&mut piece).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&piece[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length: "))
+                        .map_or(0, |length| length.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        let mut piece = [0u8; 4096];
+                        match socket.read(&mut piece).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&piece[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                                Transfer-Encoding: chunked\r\n\r\n";
+                    socket.write_all(head.as_bytes()).await.unwrap();
+                    // One chunk per event, and one event cut across two chunks.
+                    let body = openai_body(TEXT, false);
+                    let (first, second) = body.split_at(body.len() / 2);
+                    for piece in [first, second] {
+                        let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                        socket.write_all(chunk.as_bytes()).await.unwrap();
+                    }
+                    socket.write_all(b"0\r\n\r\n").await.unwrap();
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// The plain HTTP/1.1 client reads chunked answers, reuses a kept-alive connection for the
+/// next answer, and replaces a pooled connection the upstream has closed meanwhile.
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_a_closed_one_is_replaced() {
+    for (per_connection, connections) in [(usize::MAX, 1), (1, 3)] {
+        let (url, accepted) = keep_alive_upstream(per_connection).await;
+        let provider = openai(url);
+        for _ in 0..3 {
+            let answer = collect(provider.stream(request("m")).await.unwrap()).await;
+            assert_eq!(answer.text, TEXT);
+            assert_eq!(answer.finish, Some(FinishReason::Stop), "{answer:?}");
+            // Let a closing upstream's close arrive before the next request, or not.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{per_connection} per connection");
     }
 }

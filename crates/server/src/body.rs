@@ -29,15 +29,7 @@ pub(crate) async fn read_body(body: Body, limit: usize, idle: Duration) -> Resul
     let mut collected = BytesMut::new();
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => {
-                count_timeout("request_body");
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    format!("the request body stalled for {} s", idle.as_secs()),
-                )
-                .closing());
-            }
+            Err(_) => return Err(stalled(idle)),
             Ok(None) => return Ok(collected.freeze()),
             Ok(Some(Err(error))) => {
                 tracing::debug!(%error, "malformed request body");
@@ -55,4 +47,16 @@ pub(crate) async fn read_body(body: Body, limit: usize, idle: Duration) -> Resul
             collected.extend_from_slice(&data);
         }
     }
+}
+
+/// A body that stalled for `idle` between two pieces (counted): 408, and the connection
+/// closes.
+pub(crate) fn stalled(idle: Duration) -> ApiError {
+    count_timeout("request_body");
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!("the request body stalled for {} s", idle.as_secs()),
+    )
+    .closing()
 }

@@ -200,7 +200,11 @@ pub async fn serve(
         max_connections: state.config().max_connections,
         timeouts: state.config().timeouts,
         tls: state.config().tls.clone(),
-        direct_path: mercure::HUB_PATH,
+        direct: conn::DirectPaths {
+            subscription: mercure::HUB_PATH,
+            answers: gateway::STREAMED_ANSWER_PATHS,
+        },
+        max_body_bytes: state.config().max_body_bytes,
     };
     let stopping = state.clone();
     let on_shutdown = async move {

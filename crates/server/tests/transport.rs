@@ -1,7 +1,8 @@
 //! HTTPS and HTTP/2: TLS from certificate files (re-read in place), HTTP/2 by ALPN and with
 //! prior knowledge, event streams over HTTP/2 (unbuffered, kept alive), subscriptions over
-//! HTTP/1.1 and TLS served past hyper, and an HTTP/2 stream reset cancelling the upstream like
-//! a closed connection does.
+//! HTTP/1.1 and TLS served past hyper, answers served past hyper on kept-alive HTTP/1.1
+//! connections (plain and TLS), and an HTTP/2 stream reset cancelling the upstream like a
+//! closed connection does.
 
 mod common;
 
@@ -11,9 +12,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{StatusCode, Version};
+use rustls::pki_types::pem::PemObject;
 use sluice_hub::HubConfig;
 use sluice_llm::{Attempts, Router, Script, Scripted};
 use sluice_server::{CertificateSource, Config, Grant, Timeouts, Tls, Verifier, mint_hs256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const SECRET: &[u8] = b"transport secret";
 
@@ -180,9 +183,6 @@ async fn an_http1_subscriber_over_tls_is_served_past_hyper_and_the_rest_by_hyper
 /// on it for ever nor keeps its unsent records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_subscriber_that_stops_reading_is_reset_at_the_write_bound() {
-    use rustls::pki_types::pem::PemObject;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let timeouts = Timeouts { write: Duration::from_secs(1), ..Timeouts::default() };
     let (_dir, _server, base, pem) = serve_over_tls(timeouts).await;
     let client = trusting(&pem).build().unwrap();
@@ -196,21 +196,7 @@ async fn a_tls_subscriber_that_stops_reading_is_reset_at_the_write_bound() {
     let before = write_timeouts().await;
 
     // A raw TLS client with a small receive buffer, which subscribes and then never reads.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(base.trim_start_matches("https://").parse().unwrap()).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut stalled =
-        tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap();
+    let mut stalled = raw_tls(&pem, &base, Some(4096)).await;
     stalled
         .write_all(b"GET /.well-known/mercure?topic=/stall HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -247,6 +233,209 @@ async fn a_tls_subscriber_that_stops_reading_is_reset_at_the_write_bound() {
     };
     let ended = tokio::time::timeout(Duration::from_secs(30), ended).await.expect("it ends");
     assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset), "reset, not closed");
+}
+
+/// A raw TLS connection (HTTP/1.1 by ALPN) to `base`, trusting `pem`, with a receive buffer
+/// of `recv_buffer` bytes when given.
+async fn raw_tls(
+    pem: &str,
+    base: &str,
+    recv_buffer: Option<u32>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let tcp = socket.connect(base.trim_start_matches("https://").parse().unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap()
+}
+
+/// A Chat Completions request as written on the wire, streamed or not.
+fn chat_request(stream: bool) -> Vec<u8> {
+    let body = serde_json::json!({"model": "scripted", "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads one response from `stream`, with `buf` holding what was read past the previous one:
+/// its head (lower-cased) and its body, de-chunked or of its length.
+async fn read_response(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> (String, Vec<u8>) {
+    async fn fill(stream: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) {
+        let mut piece = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut piece));
+        let n = read.await.expect("the response arrives").unwrap();
+        assert!(n > 0, "closed midway: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&piece[..n]);
+    }
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        fill(stream, buf).await;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    buf.drain(..head_end);
+    let mut body = Vec::new();
+    if head.contains("\r\ntransfer-encoding: chunked\r\n") {
+        loop {
+            let line_end = loop {
+                if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break end;
+                }
+                fill(stream, buf).await;
+            };
+            let size =
+                usize::from_str_radix(&String::from_utf8_lossy(&buf[..line_end]), 16).unwrap();
+            while buf.len() < line_end + 2 + size + 2 {
+                fill(stream, buf).await;
+            }
+            assert_eq!(
+                &buf[line_end + 2 + size..line_end + 4 + size],
+                b"\r\n",
+                "a chunk ends its line"
+            );
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 4 + size);
+            if size == 0 {
+                return (head, body);
+            }
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .map_or(0, |length| length.trim().parse::<usize>().unwrap());
+    while buf.len() < length {
+        fill(stream, buf).await;
+    }
+    body.extend(buf.drain(..length));
+    (head, body)
+}
+
+/// On one kept-alive HTTP/1.1 connection: a streamed answer (chunked, served past hyper), a
+/// whole one, a request pipelined behind a streamed answer (kept while it streams, served
+/// after it), and then a request that is hyper's, on the same connection.
+async fn answers_on_one_connection(mut connection: impl AsyncRead + AsyncWrite + Unpin) {
+    let mut buf = Vec::new();
+    connection.write_all(&chat_request(true)).await.unwrap();
+    let (head, body) = read_response(&mut connection, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(!head.contains("connection: close"), "kept alive: {head}");
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        body.contains(r#""delta":{"content":"#) && body.ends_with("data: [DONE]\n\n"),
+        "{body}"
+    );
+
+    connection.write_all(&chat_request(false)).await.unwrap();
+    let (head, body) = read_response(&mut connection, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
+    let whole: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(whole["object"], "chat.completion", "{whole}");
+
+    let mut two = chat_request(true);
+    two.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    connection.write_all(&two).await.unwrap();
+    let (_, streamed) = read_response(&mut connection, &mut buf).await;
+    assert!(streamed.ends_with(b"data: [DONE]\n\n"));
+    let (head, _) = read_response(&mut connection, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"), "the pipelined request is answered: {head}");
+
+    connection.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (head, _) = read_response(&mut connection, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"), "hyper answers on the same connection: {head}");
+    assert!(buf.is_empty(), "nothing more was sent: {:?}", String::from_utf8_lossy(&buf));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_served_past_hyper_on_a_kept_alive_connection() {
+    let (_scripted, router) = scripted(0.0);
+    let server = common::serve(config(router, None), HubConfig::default()).await;
+    let addr = server.url.trim_start_matches("http://");
+    answers_on_one_connection(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_served_past_hyper_on_a_kept_alive_tls_connection() {
+    let (_dir, _server, base, pem) = serve_over_tls(Timeouts::default()).await;
+    answers_on_one_connection(raw_tls(&pem, &base, None).await).await;
+}
+
+/// An answer's body that stops arriving midway is refused with its JSON 408 at the body's
+/// wait bound, and the connection closes; one asked to close does after its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_answer_body_is_refused_and_a_closing_client_is_closed() {
+    let (_scripted, router) = scripted(0.0);
+    let timeouts = Timeouts { request_body: Duration::from_millis(300), ..Timeouts::default() };
+    let server =
+        common::serve(Config { timeouts, ..config(router, None) }, HubConfig::default()).await;
+    let addr = server.url.trim_start_matches("http://");
+
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = chat_request(true);
+    stalled.write_all(&request[..request.len() - 5]).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = read_response(&mut stalled, &mut buf).await;
+    assert!(head.starts_with("http/1.1 408") && head.contains("connection: close"), "{head}");
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "request_timeout", "{error}");
+    assert_eq!(stalled.read(&mut [0u8; 16]).await.unwrap(), 0, "closed after");
+
+    let mut closing = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = String::from_utf8(chat_request(true)).unwrap();
+    let request = request.replacen("Host: x\r\n", "Host: x\r\nConnection: close\r\n", 1);
+    closing.write_all(request.as_bytes()).await.unwrap();
+    let mut whole = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), closing.read_to_end(&mut whole));
+    read.await.expect("the connection closes").unwrap();
+    let whole = String::from_utf8(whole).unwrap();
+    assert!(
+        whole.contains("connection: close\r\n") && whole.ends_with("data: [DONE]\n\n"),
+        "{whole}"
+    );
+}
+
+/// Shutdown waits for an answer served past hyper to finish, as it does for hyper's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_answer_in_flight_finish() {
+    let (scripted, router) = scripted(10.0);
+    let server = common::serve(config(router, None), HubConfig::default()).await;
+    let mut connection =
+        tokio::net::TcpStream::connect(server.url.trim_start_matches("http://")).await.unwrap();
+    connection.write_all(&chat_request(true)).await.unwrap();
+    let mut first = [0u8; 64];
+    assert!(connection.read(&mut first).await.unwrap() > 0, "the answer began");
+    let stopped = tokio::spawn(server.stop());
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), connection.read_to_end(&mut rest));
+    read.await.expect("the connection closes after the answer").unwrap();
+    assert!(
+        rest.ends_with(b"data: [DONE]\n\n\r\n0\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert_eq!(scripted.stats().finished(), 1, "the upstream ran to its end");
+    stopped.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,8 +20,9 @@
 //!   closed with a frame waiting for [`Timeouts::write`] is reset, while the socket (and so
 //!   the connection's own write bound) still takes the other streams' frames ([`Watched`]).
 //!
-//! An HTTP/1.1 connection (plain or over TLS) that opens with a subscription is served past
-//! hyper, straight on its socket ([`direct`]), under the same bounds.
+//! An HTTP/1.1 connection (plain or over TLS) whose request is a subscription, or asks for an
+//! answer of the AI protocols, is served past hyper, straight on its socket ([`direct`]),
+//! under the same bounds.
 //!
 //! Every bound that is hit is counted in `sluice_timeouts_total{wait=…}`. Past the connection
 //! limit, the server still accepts, answers 503 with `Retry-After` and closes, so clients
@@ -57,7 +58,7 @@ use crate::telemetry::count_timeout;
 
 mod direct;
 
-pub(crate) use direct::{DirectHandle, SubscriberSocket};
+pub(crate) use direct::{DirectHandle, DirectPaths, SubscriberSocket};
 
 /// How long to wait before accepting again after the OS refused (out of files, say).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -503,47 +504,58 @@ pub(crate) struct ServeConfig {
     pub(crate) timeouts: Timeouts,
     /// TLS (and so HTTP/2 by ALPN); without it, HTTP/1.1 and HTTP/2 with prior knowledge.
     pub(crate) tls: Option<Arc<crate::tls::Tls>>,
-    /// The path of the subscriptions served [directly](direct) on a plain connection (the
-    /// hub's): the router knows its routes, this layer only the one path it is told.
-    pub(crate) direct_path: &'static str,
+    /// The requests served [directly](direct) on an HTTP/1.1 connection.
+    pub(crate) direct: DirectPaths,
+    /// The server's bound on a request body.
+    pub(crate) max_body_bytes: usize,
 }
 
 /// An accepted connection, with what serving it needs.
 struct Accepted {
-    addr: SocketAddr,
     slot: Slot,
-    app: Router,
     builder: Arc<auto::Builder<StreamExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
-    timeouts: Timeouts,
-    direct_path: &'static str,
+    served: direct::Served,
 }
 
-/// Serves a plain connection: a first request that subscribes [directly](direct), anything
-/// else with hyper.
+/// A connection's request being read and served [directly](direct), boxed: its state (the
+/// router's, a head's) would otherwise size the task of every connection for as long as a
+/// direct answer lasts.
+type Opening<T> = Pin<Box<dyn Future<Output = direct::Opening<T>> + Send>>;
+
+/// Serves a plain connection: its requests [directly](direct) while they are subscriptions
+/// or answers, the rest with hyper.
 async fn serve_plain(stream: TcpStream, accepted: Accepted) {
-    let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
-    // Both boxed: the opening's state (the router's, a head's) and hyper's would otherwise
-    // size the task of every connection, for as long as a direct stream lasts.
-    let opening = Box::pin(direct::open(stream, addr, slot, app.clone(), timeouts, direct_path));
-    let rest = |slot| Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
-    serve_opened(opening, rest).await;
+    let Accepted { slot, builder, watcher, served } = accepted;
+    let wait = direct::Wait::Head(Instant::now() + served.timeouts.request_head);
+    let opening = direct::open(Arc::new(stream), Vec::new(), slot, served.clone(), wait);
+    serve_opened(Box::pin(opening), builder, watcher, served).await;
 }
 
-/// Serves a connection as `opening` (boxed) finds it: a subscription's answer directly,
-/// anything else with hyper (given back its slot, with the rest of what `rest` makes). The
-/// opening is matched as it resolves, not first held in a variable: a task keeps a slot for
-/// every value it holds across an await, and an `Opening` is as large as a TLS connection.
-async fn serve_opened<T: direct::Transport, H: Socket>(
-    opening: Pin<Box<impl Future<Output = direct::Opening<T, H>>>>,
-    rest: impl FnOnce(Slot) -> Accepted,
+/// Serves a connection as `opening` finds it: answers directly, one after the other while
+/// the connection stays open, until a request is hyper's (which is given the connection, and
+/// its slot, from there on). Each opening is matched as it resolves, not first held in a
+/// variable: a task keeps a slot for every value it holds across an await, and an `Opening`
+/// is as large as a TLS connection. Hyper's state is boxed for the same reason.
+async fn serve_opened<T: direct::Transport>(
+    mut opening: Opening<T>,
+    builder: Arc<auto::Builder<StreamExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    served: direct::Served,
 ) {
-    match opening.await {
-        direct::Opening::Direct(mut answer) => answer.write().await,
-        direct::Opening::Hyper(stream, slot) => {
-            Box::pin(serve_connection(stream, rest(slot))).await;
+    loop {
+        match opening.await {
+            direct::Opening::Direct(answer) => {
+                let Some((transport, read, slot)) = answer.write().await else { return };
+                let next = direct::open(transport, read, slot, served.clone(), direct::Wait::Idle);
+                opening = Box::pin(next);
+            }
+            direct::Opening::Hyper(stream, slot) => {
+                let accepted = Accepted { slot, builder, watcher, served };
+                return Box::pin(serve_connection(stream, accepted)).await;
+            }
+            direct::Opening::Done => return,
         }
-        direct::Opening::Done => {}
     }
 }
 
@@ -553,8 +565,8 @@ async fn serve_opened<T: direct::Transport, H: Socket>(
 async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accepted) {
     // The handshake's state (6 KiB) and hyper's are boxed, as in `serve_plain`: inline, they
     // would size the task of every connection, a direct subscriber's included, for its life.
-    let handshake =
-        tokio::time::timeout(accepted.timeouts.request_head, tls.acceptor().accept(stream));
+    let head = accepted.served.timeouts.request_head;
+    let handshake = tokio::time::timeout(head, tls.acceptor().accept(stream));
     let stream = match Box::pin(handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return tracing::debug!(%error, "a TLS handshake failed"),
@@ -563,16 +575,16 @@ async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accep
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         return Box::pin(serve_connection(stream, accepted)).await;
     }
-    let Accepted { addr, slot, app, builder, watcher, timeouts, direct_path } = accepted;
-    let opening =
-        Box::pin(direct::open_tls(stream, addr, slot, app.clone(), timeouts, direct_path));
-    let rest = |slot| Accepted { addr, slot, app, builder, watcher, timeouts, direct_path };
-    serve_opened(opening, rest).await;
+    let Accepted { slot, builder, watcher, served } = accepted;
+    let wait = direct::Wait::Head(Instant::now() + head);
+    let opening = direct::open(stream, Vec::new(), slot, served.clone(), wait);
+    serve_opened(Box::pin(opening), builder, watcher, served).await;
 }
 
 /// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.
 async fn serve_connection<S: Socket>(stream: S, accepted: Accepted) {
-    let Accepted { addr, slot, app, builder, watcher, timeouts, .. } = accepted;
+    let Accepted { slot, builder, watcher, served } = accepted;
+    let direct::Served { addr, app, timeouts, .. } = served;
     let control = Arc::new(Control::default());
     let io = TokioIo::new(Conn::new(stream, Arc::clone(&control), timeouts, slot));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -613,7 +625,7 @@ async fn accept_until(
     app: Router,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> GracefulShutdown {
+) -> (GracefulShutdown, Arc<direct::Drain>) {
     let mut builder = auto::Builder::new(StreamExecutor { write_timeout: config.timeouts.write });
     // The head bounds live in `Conn`, which also knows about kept-alive connections.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
@@ -622,12 +634,13 @@ async fn accept_until(
     let admission =
         Admission { open: Arc::new(AtomicUsize::new(0)), limit: config.max_connections };
     let graceful = GracefulShutdown::new();
+    let drain = Arc::new(direct::Drain::default());
     let mut last_accept_error: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => return graceful,
+            () = &mut shutdown => return (graceful, drain),
         };
         let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
@@ -648,15 +661,16 @@ async fn accept_until(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let accepted = Accepted {
+        let served = direct::Served {
             addr,
-            slot,
             app: app.clone(),
-            builder: Arc::clone(&builder),
-            watcher: graceful.watcher(),
             timeouts: config.timeouts,
-            direct_path: config.direct_path,
+            paths: config.direct,
+            max_body_bytes: config.max_body_bytes,
+            drain: Arc::clone(&drain),
         };
+        let accepted =
+            Accepted { slot, builder: Arc::clone(&builder), watcher: graceful.watcher(), served };
         match &config.tls {
             None => tokio::spawn(serve_plain(stream, accepted)),
             Some(tls) => tokio::spawn(serve_tls(stream, Arc::clone(tls), accepted)),
@@ -678,11 +692,12 @@ pub(crate) async fn serve_router(
     // a connection spawned from a worker starts on that worker's next turn, where one spawned
     // from outside costs a wake-up of a worker thread (an eventfd write, a futex and, on a
     // pinned server, a context switch) per connection.
-    let graceful = tokio::spawn(accept_until(listener, app, config, shutdown))
+    let (graceful, drain) = tokio::spawn(accept_until(listener, app, config, shutdown))
         .await
         .map_err(io::Error::other)?;
     on_shutdown.await;
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    let finished = async { tokio::join!(graceful.shutdown(), drain.close()) };
+    if tokio::time::timeout(SHUTDOWN_GRACE, finished).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown: closing them");
     }
     Ok(())

@@ -30,6 +30,11 @@ use axum::Router;
 
 use crate::state::AppState;
 
+/// The paths whose `POST` streams an answer: served past hyper on HTTP/1.1 connections
+/// (`conn::direct`), where an answer does not hold hyper's buffers while it streams.
+pub(crate) const STREAMED_ANSWER_PATHS: &[&str] =
+    &["/v1/chat/completions", "/v1/responses", "/v1/messages", "/api/chat"];
+
 /// Every protocol's routes.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
