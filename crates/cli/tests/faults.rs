@@ -157,7 +157,7 @@ async fn silent_slow_half_and_idle_connections_are_closed() {
             until_closed(&mut socket).await
         })
     };
-    // A subscription's head is read past hyper (conn/direct.rs), under the same bound.
+    // A subscription's head is read past hyper (conn/direct/), under the same bound.
     let slowloris = ["GET /healthz", "GET /.well-known/mercure?topic=/a"].map(|target| {
         let address = address.clone();
         tokio::spawn(async move {

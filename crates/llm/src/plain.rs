@@ -51,6 +51,8 @@ type Pool = Arc<Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>>;
 pub(crate) struct PlainClient {
     idle: Pool,
     connect_timeout: Duration,
+    /// Whether the environment names a proxy for `http` (which reqwest follows).
+    proxied: bool,
 }
 
 /// A response: its status, its `Retry-After`, and its body as it arrives.
@@ -62,16 +64,15 @@ pub(crate) struct Response {
 
 impl PlainClient {
     pub(crate) fn new(connect_timeout: Duration) -> Self {
-        PlainClient { idle: Pool::default(), connect_timeout }
+        const PROXIES: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+        let proxied =
+            PROXIES.iter().any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+        PlainClient { idle: Pool::default(), connect_timeout, proxied }
     }
 
-    /// Whether this client serves `url`: `http`, with no proxy set in the environment (which
-    /// reqwest follows).
-    pub(crate) fn serves(url: &Url) -> bool {
-        const PROXIES: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
-        url.scheme() == "http"
-            && url.host_str().is_some()
-            && PROXIES.iter().all(|name| std::env::var_os(name).is_none_or(|v| v.is_empty()))
+    /// Whether this client serves `url`: `http`, with no proxy set in the environment.
+    pub(crate) fn serves(&self, url: &Url) -> bool {
+        url.scheme() == "http" && url.host_str().is_some() && !self.proxied
     }
 
     /// POSTs `body` (JSON) to `url` with `headers`, and returns once the response's head is in.

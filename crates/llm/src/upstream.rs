@@ -74,7 +74,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<BoxStream<'static, io::Result<Bytes>>, ProviderError> {
-        if PlainClient::serves(&url) {
+        if self.plain.serves(&url) {
             let response = self.plain.post(&url, headers, &body).await.map_err(|error| {
                 if error.kind() == io::ErrorKind::TimedOut {
                     count_connect_timeout();

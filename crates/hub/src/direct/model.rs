@@ -11,9 +11,9 @@
 //! - the feed (`Feed::next_delivery` in `hub.rs`) replays the updates committed before the
 //!   subscriber registered, then, each time it looks at its queue, tells the hand-over it is
 //!   about to wait and takes what is queued, skipping what the replay sent;
-//! - the writer (`Answer::write_stream` in the server's `conn/direct.rs`) at each wake-up goes
-//!   busy (taking the leftover first), gathers what the feed has, writes, and goes idle with an
-//!   empty queue. The feed runs inside the writer's poll, as it does for real: a feed on a
+//! - the writer (`Answer::write_stream` in the server's `conn/direct/answer.rs`) at each
+//!   wake-up goes busy (taking the leftover first), gathers what the feed has, writes, and goes
+//!   idle with an empty queue. The feed runs inside the writer's poll, as it does for real: a feed on a
 //!   thread of its own would hand frames to the writer through a channel that does not exist,
 //!   and the protocol (rightly) does not cover frames in such a channel;
 //! - the client reads the socket, which frees room and wakes a writer waiting for it, and
