@@ -290,6 +290,12 @@ impl Socket for TcpStream {
     }
 }
 
+impl<S: Socket> Socket for Box<S> {
+    fn reset_on_close(&self) {
+        (**self).reset_on_close();
+    }
+}
+
 impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
     fn reset_on_close(&self) {
         let _ = self.get_ref().0.set_zero_linger();
@@ -524,12 +530,13 @@ struct Accepted {
 type Opening<T> = Pin<Box<dyn Future<Output = direct::Opening<T>> + Send>>;
 
 /// Serves a plain connection: its requests [directly](direct) while they are subscriptions
-/// or answers, the rest with hyper.
-async fn serve_plain(stream: TcpStream, accepted: Accepted) {
+/// or answers, the rest with hyper. Not itself async: an async fn's arguments stay in its
+/// future for as long as it runs, and this one's would in every connection's task.
+fn serve_plain(stream: TcpStream, accepted: Accepted) -> impl Future<Output = ()> + Send {
     let Accepted { slot, builder, watcher, served } = accepted;
     let wait = direct::Wait::Head(Instant::now() + served.timeouts.request_head);
-    let opening = direct::open(Arc::new(stream), Vec::new(), slot, served.clone(), wait);
-    serve_opened(Box::pin(opening), builder, watcher, served).await;
+    let opening = Box::pin(direct::open(Arc::new(stream), Vec::new(), slot, served.clone(), wait));
+    serve_opened(opening, builder, watcher, served)
 }
 
 /// Serves a connection as `opening` finds it: answers directly, one after the other while
@@ -545,10 +552,14 @@ async fn serve_opened<T: direct::Transport>(
 ) {
     loop {
         match opening.await {
-            direct::Opening::Direct(answer) => {
-                let Some((transport, read, slot)) = answer.write().await else { return };
-                let next = direct::open(transport, read, slot, served.clone(), direct::Wait::Idle);
-                opening = Box::pin(next);
+            direct::Opening::Direct(mut answer) => {
+                if !answer.write().await {
+                    return;
+                }
+                match next_request(*answer, &served) {
+                    Some(next) => opening = next,
+                    None => return,
+                }
             }
             direct::Opening::Hyper(stream, slot) => {
                 let accepted = Accepted { slot, builder, watcher, served };
@@ -559,26 +570,54 @@ async fn serve_opened<T: direct::Transport>(
     }
 }
 
-/// Serves a TLS connection, once its handshake (part of the request head's wait) is done:
-/// HTTP/2 with hyper; HTTP/1.1 like a plain connection, a first request that subscribes
-/// [directly](direct) and anything else with hyper.
-async fn serve_tls(stream: TcpStream, tls: Arc<crate::tls::Tls>, accepted: Accepted) {
-    // The handshake's state (6 KiB) and hyper's are boxed, as in `serve_plain`: inline, they
-    // would size the task of every connection, a direct subscriber's included, for its life.
-    let head = accepted.served.timeouts.request_head;
-    let handshake = tokio::time::timeout(head, tls.acceptor().accept(stream));
-    let stream = match Box::pin(handshake).await {
+/// The reading of a kept-alive connection's next request, once `answer` is written. Not
+/// async: what it unpacks is not kept in the connection's task.
+fn next_request<T: direct::Transport>(
+    answer: direct::Answer<T>,
+    served: &direct::Served,
+) -> Option<Opening<T>> {
+    let (transport, read, slot) = answer.kept_alive()?;
+    Some(Box::pin(direct::open(transport, read, slot, served.clone(), direct::Wait::Idle)))
+}
+
+/// Serves a TLS connection as a plain one, once its handshake is done ([`open_tls`]). Not
+/// itself async, as [`serve_plain`] is not.
+fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<crate::tls::Tls>,
+    accepted: Accepted,
+) -> impl Future<Output = ()> + Send {
+    let Accepted { slot, builder, watcher, served } = accepted;
+    let opening = Box::pin(open_tls(stream, tls, slot, served.clone()));
+    serve_opened(opening, builder, watcher, served)
+}
+
+/// The TLS handshake (part of the request head's wait), then HTTP/2 for hyper, and HTTP/1.1
+/// read like a plain connection. Boxed by its caller: the handshake's state (6 KiB) and the
+/// opening's would otherwise size the task of every connection for its life.
+async fn open_tls(
+    stream: TcpStream,
+    tls: Arc<crate::tls::Tls>,
+    slot: Slot,
+    served: direct::Served,
+) -> direct::Opening<tokio_rustls::server::TlsStream<TcpStream>> {
+    let head = served.timeouts.request_head;
+    let stream = match tokio::time::timeout(head, tls.acceptor().accept(stream)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return tracing::debug!(%error, "a TLS handshake failed"),
-        Err(_) => return count_timeout("request_head"),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "a TLS handshake failed");
+            return direct::Opening::Done;
+        }
+        Err(_) => {
+            count_timeout("request_head");
+            return direct::Opening::Done;
+        }
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        return Box::pin(serve_connection(stream, accepted)).await;
+        return direct::Opening::hyper(stream, Vec::new(), slot);
     }
-    let Accepted { slot, builder, watcher, served } = accepted;
     let wait = direct::Wait::Head(Instant::now() + head);
-    let opening = direct::open(stream, Vec::new(), slot, served.clone(), wait);
-    serve_opened(Box::pin(opening), builder, watcher, served).await;
+    direct::open(stream, Vec::new(), slot, served, wait).await
 }
 
 /// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.

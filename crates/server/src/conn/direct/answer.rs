@@ -118,23 +118,30 @@ impl<T: Transport> Answer<T> {
     }
 
     /// Writes the answer until it ends, the client closes, a write stalls past the write
-    /// timeout or the connection is hung up. Returns the connection for its next request when
-    /// it stays open: the transport, what the client sent meanwhile, and its slot.
-    pub(in crate::conn) async fn write(mut self) -> Option<(T, Vec<u8>, Slot)> {
+    /// timeout or the connection is hung up; true when it ended and the connection stays open
+    /// ([`Answer::kept_alive`]). Through `&mut self`, so that the task awaiting it holds the
+    /// answer once, not also in the future (a TLS connection is large).
+    pub(in crate::conn) async fn write(&mut self) -> bool {
         let outcome = self.write_stream().await;
         if let Some(direct) = &self.direct {
             direct.close();
         }
         match outcome {
-            Ok(()) => self.read.map(|read| (self.transport, read, self.slot)),
+            Ok(()) => self.read.is_some(),
             // Hung up, timed out or failed: reset rather than close, since the peer will not
             // read what is queued, so the kernel must not keep it.
             Err(error) => {
                 tracing::debug!(%error, "an answer ended with an error");
                 self.transport.reset_on_close();
-                None
+                false
             }
         }
+    }
+
+    /// The connection for its next request, once written: the transport, what the client
+    /// sent meanwhile, and its slot.
+    pub(in crate::conn) fn kept_alive(self) -> Option<(T, Vec<u8>, Slot)> {
+        self.read.map(|read| (self.transport, read, self.slot))
     }
 
     /// Writes `queue`, then `body`'s frames as they come, until the body ends, the client

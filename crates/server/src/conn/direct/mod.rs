@@ -126,10 +126,12 @@ pub(super) struct Served {
 
 /// How a connection's request was served.
 pub(super) enum Opening<T: Transport> {
-    /// Not here: the connection as hyper should read it, and its slot.
-    Hyper(Rewound<T::Socket>, Slot),
-    /// Answered here: what is left to write.
-    Direct(Answer<T>),
+    /// Not here: the connection as hyper should read it (boxed, like the answer), and its
+    /// slot.
+    Hyper(Box<Rewound<T::Socket>>, Slot),
+    /// Answered here: what is left to write (boxed: all a streaming connection's task then
+    /// holds of it is a pointer, however large its transport).
+    Direct(Box<Answer<T>>),
     /// Closed, timed out or failed before there was anything to answer.
     Done,
 }
@@ -181,7 +183,7 @@ pub(super) async fn open<T: Transport>(
             return match asked {
                 Asks::Subscription => subscribe(transport, read, slot, served, head_due).await,
                 Asks::Answer => answer(transport, read, slot, served, head_due).await,
-                Asks::Other | Asks::Unsure => to_hyper(transport, read, slot),
+                Asks::Other | Asks::Unsure => Opening::hyper(transport, read, slot),
             };
         }
         match timeout_at(head_due, read_more(&mut transport, &mut read)).await {
@@ -195,11 +197,13 @@ pub(super) async fn open<T: Transport>(
     }
 }
 
-/// The connection for hyper, with what was read of it put back in front.
-fn to_hyper<T: Transport>(transport: T, read: Vec<u8>, slot: Slot) -> Opening<T> {
-    match transport.rewound(Bytes::from(read)) {
-        Some(rewound) => Opening::Hyper(rewound, slot),
-        None => Opening::Done,
+impl<T: Transport> Opening<T> {
+    /// The connection for hyper, with what was read of it put back in front.
+    pub(super) fn hyper(transport: T, read: Vec<u8>, slot: Slot) -> Self {
+        match transport.rewound(Bytes::from(read)) {
+            Some(rewound) => Opening::Hyper(Box::new(rewound), slot),
+            None => Opening::Done,
+        }
     }
 }
 
@@ -220,7 +224,7 @@ async fn subscribe<T: Transport>(
     let socket = transport.subscriber_socket(&control);
     let response = respond(request, &served, &control, socket).await;
     let answer = Answer::open(transport, response, After::Close, control, served.timeouts, slot);
-    answer.await.map_or(Opening::Done, Opening::Direct)
+    answer.await.map_or(Opening::Done, |answer| Opening::Direct(Box::new(answer)))
 }
 
 /// Serves a request for an answer, when its body is plain enough to be read here; the
@@ -237,7 +241,7 @@ async fn answer<T: Transport>(
         let response = error.into_response();
         let answer =
             Answer::open(transport, response, After::Close, control, served.timeouts, slot);
-        answer.await.map_or(Opening::Done, Opening::Direct)
+        answer.await.map_or(Opening::Done, |answer| Opening::Direct(Box::new(answer)))
     };
     let (request, head_length) = match head_in_time(&mut transport, &mut read, head_due).await {
         None => return Opening::Done,
@@ -245,7 +249,7 @@ async fn answer<T: Transport>(
         Some(Ok(head)) => head,
     };
     let Some(length) = plain_body_length(&request, served.max_body_bytes) else {
-        return to_hyper(transport, read, slot);
+        return Opening::hyper(transport, read, slot);
     };
     let Some(draining) = served.drain.enter() else {
         return Opening::Done;
@@ -267,7 +271,9 @@ async fn answer<T: Transport>(
     };
     let after = if keep_alive { After::KeepAlive { read: rest } } else { After::Close };
     let answer = Answer::open(transport, response, after, control, served.timeouts, slot);
-    answer.await.map_or(Opening::Done, |answer| Opening::Direct(answer.draining(draining)))
+    answer
+        .await
+        .map_or(Opening::Done, |answer| Opening::Direct(Box::new(answer.draining(draining))))
 }
 
 /// Runs `work` while the client stays: `None` once it closes (which drops `work`, and so
@@ -321,7 +327,10 @@ enum Refusal {
 /// Reads into `buf` after what it holds; the bytes read (0: the client closed).
 async fn read_more<T: Transport>(transport: &mut T, buf: &mut Vec<u8>) -> io::Result<usize> {
     let start = buf.len();
-    buf.resize(buf.capacity().max(start + READ_STEP), 0);
+    // Into the room there is (a body's is reserved whole), but at most 64 KiB of it zeroed
+    // per read, and at least a step's.
+    let room = (buf.capacity() - start).clamp(READ_STEP, 64 * 1024);
+    buf.resize(start + room, 0);
     let outcome = poll_fn(|cx| {
         let mut read = ReadBuf::new(&mut buf[start..]);
         std::task::ready!(transport.poll_read_some(cx, &mut read))?;
