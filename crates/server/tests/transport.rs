@@ -415,6 +415,27 @@ async fn a_stalled_answer_body_is_refused_and_a_closing_client_is_closed() {
     );
 }
 
+/// A connection kept alive after an answer served past hyper, with no next request, is
+/// closed at the idle bound, as hyper's are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_with_no_next_request_closes_at_the_idle_bound() {
+    let (_scripted, router) = scripted(0.0);
+    let timeouts = Timeouts { idle_connection: Duration::from_millis(300), ..Timeouts::default() };
+    let server =
+        common::serve(Config { timeouts, ..config(router, None) }, HubConfig::default()).await;
+    let mut connection =
+        tokio::net::TcpStream::connect(server.url.trim_start_matches("http://")).await.unwrap();
+    connection.write_all(&chat_request(true)).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, _) = read_response(&mut connection, &mut buf).await;
+    assert!(!head.contains("connection: close"), "kept alive: {head}");
+    let started = std::time::Instant::now();
+    let mut rest = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(20), connection.read(&mut rest));
+    assert_eq!(read.await.expect("the server closes it").unwrap(), 0, "closed, nothing sent");
+    assert!(started.elapsed() >= Duration::from_millis(250), "not before the idle bound");
+}
+
 /// Shutdown waits for an answer served past hyper to finish, as it does for hyper's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_an_answer_in_flight_finish() {
