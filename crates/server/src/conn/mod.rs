@@ -556,6 +556,10 @@ async fn serve_opened<T: direct::Transport>(
                 if !answer.write().await {
                     return;
                 }
+                let idle = served.timeouts.idle_connection;
+                if !answer.wait_for_next(idle, &served.drain).await {
+                    return;
+                }
                 match next_request(*answer, &served) {
                     Some(next) => opening = next,
                     None => return,

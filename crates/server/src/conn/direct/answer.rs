@@ -22,7 +22,7 @@ use tokio::time::{Sleep, sleep};
 use tokio_rustls::server::TlsStream;
 
 use super::super::{Control, Slot, Socket, Timeouts};
-use super::{DirectHandle, Draining, MAX_HEAD_BYTES, SubscriberSocket};
+use super::{DirectHandle, Drain, Draining, MAX_HEAD_BYTES, SubscriberSocket};
 use sluice_hub::{DirectWrite, SocketWriter};
 
 use crate::telemetry::count_timeout;
@@ -135,6 +135,28 @@ impl<T: Transport> Answer<T> {
                 self.transport.reset_on_close();
                 false
             }
+        }
+    }
+
+    /// Waits, once written and kept alive, until the client sends its next request (or sent
+    /// it already): false when the connection should close instead, after
+    /// [`Timeouts::idle_connection`] of silence (counted) or once shutdown has begun. Waiting
+    /// here rather than in the next [`open`](super::open) keeps an idle connection's task to
+    /// this answer's remains: no request buffer, no opening.
+    pub(in crate::conn) async fn wait_for_next(&mut self, idle: Duration, drain: &Drain) -> bool {
+        if self.read.as_ref().is_some_and(|read| !read.is_empty()) {
+            return true;
+        }
+        let readable = poll_fn(|cx| self.transport.poll_readable(cx));
+        tokio::select! {
+            readable = tokio::time::timeout(idle, readable) => match readable {
+                Ok(readable) => readable.is_ok(),
+                Err(_) => {
+                    count_timeout("idle_connection");
+                    false
+                }
+            },
+            () = drain.closing() => false,
         }
     }
 
@@ -350,6 +372,9 @@ pub(in crate::conn) trait Transport: Send + Sized + 'static {
     /// Writes out what it holds (the TLS records of what was handed over).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
+    /// Ready once the socket has bytes to read (or has closed), without reading them.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
     /// Makes closing reset the connection.
     fn reset_on_close(&self);
 
@@ -401,6 +426,10 @@ impl Transport for Arc<TcpStream> {
         Poll::Ready(Ok(()))
     }
 
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+
     fn reset_on_close(&self) {
         let _ = self.set_zero_linger();
     }
@@ -438,6 +467,12 @@ impl Transport for TlsStream<TcpStream> {
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self).poll_flush(cx)
+    }
+
+    /// The socket under TLS: rustls holds no plaintext unread here, since the answer's
+    /// writer read all the client sent into its own buffer.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
     }
 
     fn reset_on_close(&self) {

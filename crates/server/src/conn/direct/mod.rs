@@ -530,7 +530,7 @@ impl Drain {
     }
 
     /// Resolves once shutdown has begun.
-    async fn closing(&self) {
+    pub(super) async fn closing(&self) {
         self.wait_for(|drain| drain.closing.load(Ordering::Acquire)).await;
     }
 
