@@ -541,9 +541,10 @@ fn serve_plain(stream: TcpStream, accepted: Accepted) -> impl Future<Output = ()
 
 /// Serves a connection as `opening` finds it: answers directly, one after the other while
 /// the connection stays open, until a request is hyper's (which is given the connection, and
-/// its slot, from there on). Each opening is matched as it resolves, not first held in a
-/// variable: a task keeps a slot for every value it holds across an await, and an `Opening`
-/// is as large as a TLS connection. Hyper's state is boxed for the same reason.
+/// its slot, from there on). A task keeps a slot for every value it holds across an await, for
+/// as long as it lives: so the opening's result holds its answer or its connection boxed, a
+/// kept-alive connection waits for its next request with only the answer's remains, and
+/// hyper's state is boxed too.
 async fn serve_opened<T: direct::Transport>(
     mut opening: Opening<T>,
     builder: Arc<auto::Builder<StreamExecutor>>,
