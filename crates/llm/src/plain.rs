@@ -16,6 +16,7 @@
 //! stays with reqwest: [`PlainClient::serves`] says which.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -178,7 +179,7 @@ fn encode_request(url: &Url, upstream: &str, headers: &[(&str, &str)], body: &[u
         body.len()
     );
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(request, "{name}: {value}\r\n");
     }
     request.push_str("\r\n");
     let mut bytes = request.into_bytes();

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
-use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use sluice_sse::{Decoder, EventStream, MessageEvent, StreamError};
 
@@ -179,7 +179,7 @@ pub(crate) fn translate<T: Translate>(events: Events, translator: T) -> DeltaStr
             }
             if out.over {
                 if out.finished {
-                    tokio::spawn(read_out(events));
+                    read_out(events);
                 }
                 return None;
             }
@@ -195,8 +195,18 @@ pub(crate) fn translate<T: Translate>(events: Events, translator: T) -> DeltaStr
 
 /// Reads what is left of a finished answer's stream (its body's last chunk, as a rule), for a
 /// little while at most, so that its connection is read to the end and can carry the next
-/// request. An answer that failed or was dropped closes its connection instead.
-async fn read_out(mut events: Events) {
-    let rest = async { while events.next().await.is_some() {} };
-    let _ = tokio::time::timeout(READ_OUT_FOR, rest).await;
+/// request. An answer that failed or was dropped closes its connection instead. What has
+/// already arrived (as a rule, all of it) is read at once, and only the rest by a task.
+fn read_out(mut events: Events) {
+    loop {
+        match events.next().now_or_never() {
+            Some(Some(_)) => {}
+            Some(None) => return,
+            None => break,
+        }
+    }
+    tokio::spawn(async move {
+        let rest = async { while events.next().await.is_some() {} };
+        let _ = tokio::time::timeout(READ_OUT_FOR, rest).await;
+    });
 }

@@ -534,8 +534,8 @@ type Opening<T> = Pin<Box<dyn Future<Output = direct::Opening<T>> + Send>>;
 /// future for as long as it runs, and this one's would in every connection's task.
 fn serve_plain(stream: TcpStream, accepted: Accepted) -> impl Future<Output = ()> + Send {
     let Accepted { slot, builder, watcher, served } = accepted;
-    let wait = direct::Wait::Head(Instant::now() + served.timeouts.request_head);
-    let opening = Box::pin(direct::open(Arc::new(stream), Vec::new(), slot, served.clone(), wait));
+    let due = Instant::now() + served.timeouts.request_head;
+    let opening = Box::pin(direct::open(Arc::new(stream), Vec::new(), slot, served.clone(), due));
     serve_opened(opening, builder, watcher, served)
 }
 
@@ -582,7 +582,8 @@ fn next_request<T: direct::Transport>(
     served: &direct::Served,
 ) -> Option<Opening<T>> {
     let (transport, read, slot) = answer.kept_alive()?;
-    Some(Box::pin(direct::open(transport, read, slot, served.clone(), direct::Wait::Idle)))
+    let due = Instant::now() + served.timeouts.request_head;
+    Some(Box::pin(direct::open(transport, read, slot, served.clone(), due)))
 }
 
 /// Serves a TLS connection as a plain one, once its handshake is done ([`open_tls`]). Not
@@ -621,8 +622,7 @@ async fn open_tls(
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         return direct::Opening::hyper(stream, Vec::new(), slot);
     }
-    let wait = direct::Wait::Head(Instant::now() + head);
-    direct::open(stream, Vec::new(), slot, served, wait).await
+    direct::open(stream, Vec::new(), slot, served, Instant::now() + head).await
 }
 
 /// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.

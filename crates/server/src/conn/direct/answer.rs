@@ -68,7 +68,9 @@ pub(in crate::conn) struct Answer<T> {
     control: Arc<Control>,
     write_timeout: Duration,
     slot: Slot,
-    _draining: Option<Draining>,
+    /// Counts the answer in flight, for shutdown to wait for, until it is written (not while
+    /// its connection then waits for the next request).
+    draining: Option<Draining>,
 }
 
 impl<T: Transport> Answer<T> {
@@ -81,6 +83,7 @@ impl<T: Transport> Answer<T> {
         control: Arc<Control>,
         timeouts: Timeouts,
         slot: Slot,
+        draining: Option<Draining>,
     ) -> Option<Answer<T>> {
         let direct =
             response.extensions().get::<DirectHandle>().map(|handle| Arc::clone(&handle.0));
@@ -103,7 +106,7 @@ impl<T: Transport> Answer<T> {
                 control,
                 write_timeout: timeouts.write,
                 slot,
-                _draining: None,
+                draining,
             }),
             Err(error) => {
                 tracing::debug!(%error, "a response body failed before it was sent");
@@ -112,17 +115,13 @@ impl<T: Transport> Answer<T> {
         }
     }
 
-    /// Counts the answer in flight (for shutdown) until it is written.
-    pub(super) fn draining(self, draining: Draining) -> Self {
-        Answer { _draining: Some(draining), ..self }
-    }
-
     /// Writes the answer until it ends, the client closes, a write stalls past the write
     /// timeout or the connection is hung up; true when it ended and the connection stays open
     /// ([`Answer::kept_alive`]). Through `&mut self`, so that the task awaiting it holds the
     /// answer once, not also in the future (a TLS connection is large).
     pub(in crate::conn) async fn write(&mut self) -> bool {
         let outcome = self.write_stream().await;
+        self.draining = None;
         if let Some(direct) = &self.direct {
             direct.close();
         }

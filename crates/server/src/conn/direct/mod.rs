@@ -136,47 +136,19 @@ pub(super) enum Opening<T: Transport> {
     Done,
 }
 
-/// Where a connection is when its next request is read.
-pub(super) enum Wait {
-    /// New: the request head is due by then.
-    Head(Instant),
-    /// Kept alive after an answer: it closes after [`Timeouts::idle_connection`] without a
-    /// byte, and the head is due [`Timeouts::request_head`] after its first.
-    Idle,
-}
-
-/// Reads a request from `transport` (with `read` read already) and serves it if it is one of
-/// the [`DirectPaths`]; hands the connection to hyper otherwise. Only the returned [`Answer`]
-/// lives on for as long as the answer streams: the caller boxes this future, so that the
-/// router's state and the head's buffer are freed once it is done.
+/// Reads a request from `transport` (with `read` read already), its head due by `head_due`,
+/// and serves it if it is one of the [`DirectPaths`]; hands the connection to hyper otherwise.
+/// A kept-alive connection comes here once its next request's first bytes have arrived
+/// ([`Answer::wait_for_next`]). Only the returned [`Answer`] lives on for as long as the
+/// answer streams: the caller boxes this future, so that the router's state and the head's
+/// buffer are freed once it is done.
 pub(super) async fn open<T: Transport>(
     mut transport: T,
     mut read: Vec<u8>,
     slot: Slot,
     served: Served,
-    wait: Wait,
+    head_due: Instant,
 ) -> Opening<T> {
-    let head_due = match wait {
-        Wait::Head(due) => due,
-        Wait::Idle => {
-            if read.is_empty() {
-                let idle = served.timeouts.idle_connection;
-                let first = tokio::select! {
-                    first = timeout(idle, read_more(&mut transport, &mut read)) => first,
-                    () = served.drain.closing() => return Opening::Done,
-                };
-                match first {
-                    Ok(Ok(1..)) => {}
-                    Ok(_) => return Opening::Done,
-                    Err(_) => {
-                        count_timeout("idle_connection");
-                        return Opening::Done;
-                    }
-                }
-            }
-            Instant::now() + served.timeouts.request_head
-        }
-    };
     loop {
         let asked = asks(&read, &served.paths);
         if asked != Asks::Unsure {
@@ -223,8 +195,30 @@ async fn subscribe<T: Transport>(
     let control = Arc::new(Control::default());
     let socket = transport.subscriber_socket(&control);
     let response = respond(request, &served, &control, socket).await;
-    let answer = Answer::open(transport, response, After::Close, control, served.timeouts, slot);
-    answer.await.map_or(Opening::Done, |answer| Opening::Direct(Box::new(answer)))
+    let written = Written { after: After::Close, control, timeouts: served.timeouts, slot };
+    written.open(transport, response, None).await
+}
+
+/// What an answer is written with, besides its transport and response.
+struct Written {
+    after: After,
+    control: Arc<Control>,
+    timeouts: Timeouts,
+    slot: Slot,
+}
+
+impl Written {
+    /// `response` to be written on `transport` (counted in `draining` until it is).
+    async fn open<T: Transport>(
+        self,
+        transport: T,
+        response: Response<Body>,
+        draining: Option<Draining>,
+    ) -> Opening<T> {
+        let Written { after, control, timeouts, slot } = self;
+        let answer = Answer::open(transport, response, after, control, timeouts, slot, draining);
+        answer.await.map_or(Opening::Done, |answer| Opening::Direct(Box::new(answer)))
+    }
 }
 
 /// Serves a request for an answer, when its body is plain enough to be read here; the
@@ -236,12 +230,11 @@ async fn answer<T: Transport>(
     served: Served,
     head_due: Instant,
 ) -> Opening<T> {
-    let refuse = |transport, error: ApiError, slot| async move {
+    let timeouts = served.timeouts;
+    let refuse = |transport, error: ApiError, slot| {
         let control = Arc::new(Control::default());
-        let response = error.into_response();
-        let answer =
-            Answer::open(transport, response, After::Close, control, served.timeouts, slot);
-        answer.await.map_or(Opening::Done, |answer| Opening::Direct(Box::new(answer)))
+        let written = Written { after: After::Close, control, timeouts, slot };
+        written.open(transport, error.into_response(), None)
     };
     let (request, head_length) = match head_in_time(&mut transport, &mut read, head_due).await {
         None => return Opening::Done,
@@ -270,10 +263,8 @@ async fn answer<T: Transport>(
         return Opening::Done;
     };
     let after = if keep_alive { After::KeepAlive { read: rest } } else { After::Close };
-    let answer = Answer::open(transport, response, after, control, served.timeouts, slot);
-    answer
-        .await
-        .map_or(Opening::Done, |answer| Opening::Direct(Box::new(answer.draining(draining))))
+    let written = Written { after, control, timeouts, slot };
+    written.open(transport, response, Some(draining)).await
 }
 
 /// Runs `work` while the client stays: `None` once it closes (which drops `work`, and so
