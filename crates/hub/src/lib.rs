@@ -45,7 +45,7 @@
 mod direct;
 mod filter;
 mod hub;
-mod queue;
+pub mod queue;
 mod recent;
 mod registry;
 pub mod selector;

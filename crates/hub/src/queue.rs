@@ -1,5 +1,6 @@
-//! A subscriber's queue of live updates: bounded, fed by the fan-out, read by the
-//! subscription's feed, and small while it is empty.
+//! A bounded queue that is small while it is empty: a subscriber's queue of live updates (fed
+//! by the fan-out, read by the subscription's feed), and whatever else waits in many such
+//! queues at once (the server hands a new answer's events to its creator in one).
 //!
 //! tokio's bounded channel, which this replaces, allocates its shared state and a first block
 //! of 32 slots when it is made: about 1 KiB per subscriber that an idle one never uses (a
@@ -17,7 +18,7 @@ use std::task::{Poll, Waker};
 const KEEP: usize = 16;
 
 /// A queue of at most `capacity` items: its sending and its receiving end.
-pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+pub fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         capacity: capacity.max(1),
         state: Mutex::new(State {
@@ -55,15 +56,15 @@ impl<T> Shared<T> {
 
 /// The fan-out's end. Dropping it ends the receiver's stream once what is queued is read.
 #[derive(Debug)]
-pub(crate) struct Sender<T>(Arc<Shared<T>>);
+pub struct Sender<T>(Arc<Shared<T>>);
 
 /// The feed's end. Dropping it makes every later send fail.
 #[derive(Debug)]
-pub(crate) struct Receiver<T>(Arc<Shared<T>>);
+pub struct Receiver<T>(Arc<Shared<T>>);
 
 impl<T> Sender<T> {
     /// Queues `item`, unless the queue is full or its receiver is gone: then gives it back.
-    pub(crate) fn try_send(&self, item: T) -> Result<(), T> {
+    pub fn try_send(&self, item: T) -> Result<(), T> {
         let mut state = self.0.state();
         if state.receiver_gone || state.items.len() >= self.0.capacity {
             return Err(item);
@@ -92,7 +93,7 @@ impl<T> Drop for Sender<T> {
 
 impl<T> Receiver<T> {
     /// The next item, waiting for one; `None` once the sender is gone and nothing is left.
-    pub(crate) async fn recv(&mut self) -> Option<T> {
+    pub async fn recv(&mut self) -> Option<T> {
         poll_fn(|cx| {
             let mut state = self.0.state();
             if let Some(item) = state.items.pop_front() {
@@ -113,7 +114,7 @@ impl<T> Receiver<T> {
     }
 
     /// Whether nothing is queued now.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.0.state().items.is_empty()
     }
 }

@@ -28,6 +28,9 @@ struct Inner {
     /// Stream records, and their ids oldest first (at most `capacity` are kept).
     streams: HashMap<String, StreamRecord>,
     stream_order: VecDeque<String>,
+    /// The newest stream record of each key, by id: a chat's latest answer is looked up on
+    /// every message, so not by scanning every record kept.
+    latest: HashMap<String, String>,
     /// API keys, oldest first, and what each key used.
     keys: Vec<KeyRecord>,
     usage: HashMap<String, KeyUsage>,
@@ -57,6 +60,7 @@ impl MemoryStore {
                 ids: HashMap::new(),
                 streams: HashMap::new(),
                 stream_order: VecDeque::new(),
+                latest: HashMap::new(),
                 keys: Vec::new(),
                 usage: HashMap::new(),
                 next_seq: 1,
@@ -124,11 +128,17 @@ impl Store for MemoryStore {
             Err(StoreError::Conflict(record.id))
         } else {
             inner.stream_order.push_back(record.id.clone());
+            if let Some(key) = &record.key {
+                inner.latest.insert(key.clone(), record.id.clone());
+            }
             inner.streams.insert(record.id.clone(), record);
             if inner.stream_order.len() > inner.capacity
                 && let Some(oldest) = inner.stream_order.pop_front()
+                && let Some(StreamRecord { key: Some(key), id, .. }) = inner.streams.remove(&oldest)
+                && inner.latest.get(&key) == Some(&id)
             {
-                inner.streams.remove(&oldest);
+                // The oldest record is its key's newest: none of that key is left.
+                inner.latest.remove(&key);
             }
             Ok(())
         };
@@ -140,10 +150,8 @@ impl Store for MemoryStore {
     }
 
     fn latest_stream(&self, key: &str) -> BoxFuture<'_, Result<Option<StreamRecord>, StoreError>> {
-        // Newest first: records are kept in the order they were put.
         let inner = self.inner.lock().unwrap();
-        let newest = inner.stream_order.iter().rev().map(|id| &inner.streams[id]);
-        let found = newest.into_iter().find(|r| r.key.as_deref() == Some(key)).cloned();
+        let found = inner.latest.get(key).and_then(|id| inner.streams.get(id)).cloned();
         ready(Ok(found)).boxed()
     }
 
@@ -204,5 +212,31 @@ impl Ledger for MemoryStore {
         let inner = self.inner.lock().unwrap();
         let usage = inner.usage.iter().map(|(id, usage)| (id.clone(), usage.clone())).collect();
         ready(Ok(usage)).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Fanout;
+
+    #[tokio::test]
+    async fn a_keys_latest_record_goes_with_the_last_record_of_that_key() {
+        let store = MemoryStore::new(2, Fanout::new().listener());
+        let record = |id: &str, key: &str| StreamRecord {
+            id: id.to_owned(),
+            token_hash: [0; 32],
+            kind: "test".to_owned(),
+            created_ms: 1,
+            key: Some(key.to_owned()),
+        };
+        let latest = async |key| store.latest_stream(key).await.unwrap().map(|r| r.id);
+        store.put_stream(record("s1", "chat-a")).await.unwrap();
+        store.put_stream(record("s2", "chat-a")).await.unwrap();
+        store.put_stream(record("s3", "chat-b")).await.unwrap();
+        assert_eq!(latest("chat-a").await.as_deref(), Some("s2"), "s1 went; s2 is kept");
+        store.put_stream(record("s4", "chat-b")).await.unwrap();
+        assert_eq!(latest("chat-a").await, None, "no record of chat-a is kept");
+        assert_eq!(latest("chat-b").await.as_deref(), Some("s4"));
     }
 }

@@ -24,6 +24,11 @@
 //! `error` and `end` for a while, and the readers following it here are told to reconnect, so
 //! no reader waits forever on an answer that will not end.
 //!
+//! The request that starts an answer reads it from its pump directly: each event is handed to
+//! it once it is stored, through a queue of its own rather than the hub's fan-out
+//! ([`Answers::read_new`]). Any later reader, and the creator itself once it falls behind,
+//! reads from the hub; both see the same events under the same ids.
+//!
 //! With a store several nodes share (Redis), an answer runs on the node that started it and is
 //! read, resumed and cancelled from any node ([`cluster`]).
 
@@ -40,7 +45,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_hub::{
-    Draft, Hub, PublishError, RESERVED_TOPIC_PREFIX, StoreError, StreamRecord, now_ms,
+    Draft, Hub, PublishError, RESERVED_TOPIC_PREFIX, StoreError, StreamRecord, now_ms, queue,
 };
 use sluice_llm::DeltaStream;
 use subtle::ConstantTimeEq;
@@ -48,6 +53,7 @@ use tokio::sync::Notify;
 
 pub(crate) use cluster::coordinate;
 use events::AnswerEvent;
+use read::Piece;
 
 use crate::error::{ApiError, store_unavailable};
 
@@ -133,11 +139,12 @@ pub(crate) struct NewAnswer {
     pub(crate) key: Option<String>,
 }
 
-/// A new answer: its id and the capability token to give its creator.
-#[derive(Debug)]
+/// A new answer: its id, the capability token to give its creator, and its events as they
+/// are stored, for its creator to read ([`Answers::read_new`]).
 pub(crate) struct Started {
     pub(crate) id: String,
     pub(crate) token: String,
+    feed: queue::Receiver<Piece>,
 }
 
 /// The answers running in this process, and the readers it serves.
@@ -230,13 +237,16 @@ impl Answers {
         store.put_stream(record).await.map_err(store_unavailable)?;
         let start = AnswerEvent::Start(new.start);
         publish(hub, &id, start_id(&id), &start).await.map_err(publish_failure)?;
+        let (feed, fed) = queue::queue(hub.config().queue_capacity);
+        // A new queue has room for its first item.
+        let _ = feed.try_send(Piece::Event(Some(start_id(&id)), start));
         if let Some(control) = store.control() {
             // Claimed now, so that nodes where its readers land see it live at once.
             control.heartbeat(std::slice::from_ref(&id), &[]).await.map_err(store_unavailable)?;
         }
         let running = Arc::new(Running::default());
         self.running.lock().unwrap().insert(id.clone(), Arc::clone(&running));
-        let pump = pump::Pump::new(hub.clone(), id.clone());
+        let pump = pump::Pump::new(hub.clone(), id.clone(), feed);
         let (answers, answer) = (Arc::clone(self), id.clone());
         let store = Arc::clone(store);
         tokio::spawn(async move {
@@ -250,7 +260,7 @@ impl Answers {
             }
             metrics::gauge!("sluice_generations_active").decrement(1.0);
         });
-        Ok(Started { id, token })
+        Ok(Started { id, token, feed: fed })
     }
 
     /// The record of answer `id` made by `kind`: 404 when there is none (or another kind made

@@ -1,26 +1,31 @@
-//! The pump: one task per running answer, writing its provider's events into the hub.
+//! The pump: one task per running answer, writing its provider's events into the hub and
+//! handing each to the answer's creator.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
-use sluice_hub::{Hub, PublishError, StoreError};
+use sluice_hub::{Hub, PublishError, StoreError, queue};
 use sluice_llm::{DeltaStream, Usage};
 
 use super::events::{AnswerEvent, Finish, from_provider};
-use super::{Running, Unread, end_id, event_id, publish};
+use super::read::Piece;
+use super::{Running, Unread, end_id, event_id};
 
 /// How long a pump keeps trying to end an answer in a store that fails.
 const END_RETRY_FOR: Duration = Duration::from_secs(30);
 /// How long another node's report of readers keeps an answer from being abandoned.
 pub(super) const READ_ELSEWHERE_FOR: Duration = Duration::from_secs(5);
 
-/// Writes one answer's events into the hub.
+/// Writes one answer's events into the hub, and hands each one stored to the answer's creator
+/// ([`Feed`]).
 pub(super) struct Pump {
     hub: Hub,
     id: String,
     next: u64,
+    /// The creator's feed, until it is behind, gone, or missed an event.
+    feed: Option<queue::Sender<Piece>>,
 }
 
 /// Why a pump stopped reading its provider.
@@ -34,14 +39,32 @@ enum Stop {
 }
 
 impl Pump {
-    pub(super) fn new(hub: Hub, id: String) -> Self {
-        Pump { hub, id, next: 0 }
+    pub(super) fn new(hub: Hub, id: String, feed: queue::Sender<Piece>) -> Self {
+        Pump { hub, id, next: 0, feed: Some(feed) }
     }
 
-    async fn publish(&mut self, event: &AnswerEvent) -> Result<(), PublishError> {
+    /// Stores `event` under the answer's next number and feeds it to the creator.
+    async fn publish(&mut self, event: AnswerEvent) -> Result<(), PublishError> {
         let id = event_id(&self.id, self.next);
         self.next += 1;
-        super::publish(&self.hub, &self.id, id, event).await
+        self.store(id, event).await
+    }
+
+    /// Stores `event` under `event_id`, then feeds it to the creator. Once an event is not
+    /// fed (the creator is behind or gone, or the store refused it), the feed stops for good:
+    /// its creator reads on from the hub after the last event it was fed, so it still gets
+    /// every event once, in order.
+    async fn store(&mut self, event_id: String, event: AnswerEvent) -> Result<(), PublishError> {
+        let stored = super::publish(&self.hub, &self.id, event_id.clone(), &event).await;
+        let fed = stored.is_ok()
+            && self
+                .feed
+                .as_ref()
+                .is_some_and(|feed| feed.try_send(Piece::Event(Some(event_id), event)).is_ok());
+        if !fed {
+            self.feed = None;
+        }
+        stored
     }
 
     pub(super) async fn run(mut self, deltas: DeltaStream, running: &Running, unread: Unread) {
@@ -73,7 +96,7 @@ impl Pump {
                     }
                     Some(event) => {
                         texts += u32::from(matches!(event, AnswerEvent::Text(_)));
-                        self.publish(&event).await
+                        self.publish(event).await
                     }
                     None => break (Stop::Ended, Finish::Error),
                 },
@@ -114,6 +137,7 @@ impl Pump {
         // ended, or settle it), and keep trying to end it for a while.
         running.abandoned.store(true, Ordering::Release);
         running.abandoned_notify.notify_waiters();
+        self.feed = None;
         let give_up = tokio::time::Instant::now() + END_RETRY_FOR;
         let mut backoff = Duration::from_millis(100);
         let error = error.unwrap_or_else(|| {
@@ -134,7 +158,7 @@ impl Pump {
     /// retry after a partial failure writes only what is missing, and a second `end` is a
     /// conflict, which is success.
     async fn close(
-        &self,
+        &mut self,
         error: Option<&serde_json::Value>,
         usage: Usage,
         finish: Finish,
@@ -145,7 +169,7 @@ impl Pump {
             (end_id(&self.id), AnswerEvent::End(finish)),
         ];
         for (event_id, event) in error.into_iter().chain(rest) {
-            match publish(&self.hub, &self.id, event_id, &event).await {
+            match self.store(event_id, event).await {
                 Ok(()) | Err(PublishError::Store(StoreError::Conflict(_))) => {}
                 Err(e) => return Err(e),
             }

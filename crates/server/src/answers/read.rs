@@ -8,10 +8,10 @@ use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
-use sluice_hub::{Cursor, Delivery, Hub, Selector, SubscribeRequest, Update};
+use sluice_hub::{Cursor, Delivery, Hub, Selector, SubscribeRequest, Update, queue};
 
 use super::events::AnswerEvent;
-use super::{Answers, Reader, Running, answer_of, end_id, start_id, topic};
+use super::{Answers, Reader, Running, Started, answer_of, end_id, start_id, topic};
 use crate::error::{ApiError, store_unavailable};
 
 /// What a reader is sent: an answer event (with its id in the hub, when it has one), or a
@@ -70,6 +70,76 @@ impl Answers {
         after: Option<String>,
         merge: bool,
     ) -> Result<(BoxStream<'static, Piece>, Reader), ApiError> {
+        let reader = self.reader(id);
+        let pieces = self.pieces(hub, id, after, reader.running().cloned()).await?;
+        let pieces = if merge { merged(pieces) } else { pieces };
+        Ok((pieces, reader))
+    }
+
+    /// Follows a new answer as the request that started it: the events its pump hands over
+    /// as it stores them, without the hub's fan-out in between (a thread and a queue per
+    /// event); then, if that feed stops before `end` (this reader fell behind, or the store
+    /// refused an event), on from the hub after the last event fed, as [`Answers::follow`]
+    /// reads. Either way every event arrives once, in order, under the id a later reader
+    /// sees.
+    pub(crate) fn read_new(
+        self: &Arc<Self>,
+        hub: &Hub,
+        started: Started,
+        merge: bool,
+    ) -> (BoxStream<'static, Piece>, Reader) {
+        let reader = self.reader(&started.id);
+        let fallback = Fallback {
+            answers: Arc::clone(self),
+            hub: hub.clone(),
+            id: started.id,
+            running: reader.running().cloned(),
+        };
+        let source = Source::Fed { feed: started.feed, last: None };
+        let pieces = stream::unfold((source, fallback), |(mut source, fallback)| async move {
+            loop {
+                source = match source {
+                    Source::Fed { mut feed, mut last } => match feed.recv().await {
+                        Some(piece) => {
+                            let mut ended = false;
+                            if let Piece::Event(Some(fed), event) = &piece {
+                                ended = matches!(event, AnswerEvent::End(_));
+                                last.get_or_insert_default().clone_from(fed);
+                            }
+                            let next =
+                                if ended { Source::Done } else { Source::Fed { feed, last } };
+                            return Some((piece, (next, fallback)));
+                        }
+                        None => match fallback.pieces_after(last).await {
+                            Ok(pieces) => Source::Hub(pieces),
+                            Err(_) => {
+                                let failed = Piece::Frame(Delivery::ReplayFailed.frame());
+                                return Some((failed, (Source::Done, fallback)));
+                            }
+                        },
+                    },
+                    Source::Hub(mut pieces) => {
+                        let piece = pieces.next().await?;
+                        return Some((piece, (Source::Hub(pieces), fallback)));
+                    }
+                    Source::Done => return None,
+                }
+            }
+        });
+        let pieces = if merge { merged(pieces.boxed()) } else { pieces.boxed() };
+        (pieces, reader)
+    }
+
+    /// Answer `id` after event `after` (or from its start), replayed then live, ending after
+    /// `end`; cut short if the pump, running here, gives up on the store. An answer that
+    /// nothing produces any more is ended first.
+    async fn pieces(
+        &self,
+        hub: &Hub,
+        id: &str,
+        after: Option<String>,
+        running: Option<Arc<Running>>,
+    ) -> Result<BoxStream<'static, Piece>, ApiError> {
         self.settle(hub, id).await?;
         // From the start: the `start` event, looked up by its id, then what follows it (so the
         // replay reads from the answer's first event rather than from the earliest kept).
@@ -89,11 +159,10 @@ impl Answers {
             hangup: None,
             direct: None,
         };
-        let reader = self.reader(id);
         let deliveries = hub.deliveries(request).await.map_err(crate::error::subscribe_error)?;
         // If the answer's pump gives up on the store, its readers here are told to reconnect.
-        let deliveries = match reader.running() {
-            Some(running) => until_abandoned(deliveries.stream, Arc::clone(running)),
+        let deliveries = match running {
+            Some(running) => until_abandoned(deliveries.stream, running),
             None => deliveries.stream,
         };
         let first = stream::iter(first.map(Delivery::Update));
@@ -105,9 +174,35 @@ impl Answers {
                 other => Some(Piece::Frame(other.frame())),
             })
         });
-        let pieces = if merge { merged(pieces.boxed()) } else { pieces.boxed() };
-        Ok((pieces, reader))
+        Ok(pieces.boxed())
     }
+}
+
+/// What a new answer's creator needs to read on from the hub when its feed stops short.
+struct Fallback {
+    answers: Arc<Answers>,
+    hub: Hub,
+    id: String,
+    running: Option<Arc<Running>>,
+}
+
+impl Fallback {
+    async fn pieces_after(
+        &self,
+        last: Option<String>,
+    ) -> Result<BoxStream<'static, Piece>, ApiError> {
+        self.answers.pieces(&self.hub, &self.id, last, self.running.clone()).await
+    }
+}
+
+/// Where a new answer's creator reads it from ([`Answers::read_new`]).
+enum Source {
+    /// The pump's feed, and the id of the last event it gave.
+    Fed { feed: queue::Receiver<Piece>, last: Option<String> },
+    /// The hub, after the last event fed.
+    Hub(BoxStream<'static, Piece>),
+    /// Past `end`.
+    Done,
 }
 
 /// What is stored of answer `id` so far, in order (for an answer that runs, what it said up to
@@ -179,10 +274,114 @@ pub(crate) fn merged(pieces: BoxStream<'static, Piece>) -> BoxStream<'static, Pi
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+    use sluice_hub::{Fanout, HubConfig, MemoryStore};
+    use sluice_llm::{Delta, DeltaStream, ProviderError};
+    use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
     use super::*;
+    use crate::answers::{Kind, NewAnswer, Unread};
+
+    /// A hub over a memory store, whose subscribers (and answers' creators) may have
+    /// `queue_capacity` updates waiting.
+    fn hub(queue_capacity: usize) -> Hub {
+        let fanout = Fanout::new();
+        let store = Arc::new(MemoryStore::new(10_000, fanout.listener()));
+        Hub::new(store, fanout, HubConfig { queue_capacity, ..HubConfig::default() })
+    }
+
+    fn new_answer() -> NewAnswer {
+        NewAnswer {
+            kind: Kind::Generation,
+            start: Value::Null,
+            unread: Unread::RunOn,
+            id: None,
+            key: None,
+        }
+    }
+
+    /// An upstream the test speaks for: what it sends, the answer's deltas say.
+    fn upstream() -> (UnboundedSender<Result<Delta, ProviderError>>, DeltaStream) {
+        let (sender, receiver) = unbounded_channel();
+        let deltas = stream::unfold(receiver, |mut r| async { Some((r.recv().await?, r)) });
+        (sender, deltas.boxed())
+    }
 
     fn text(n: u64, text: &str) -> Piece {
         Piece::Event(Some(format!("#a.{n}")), AnswerEvent::Text(text.to_owned()))
+    }
+
+    /// Each piece as `id kind` (`text:…` for text), or `frame`.
+    fn described(pieces: &[Piece]) -> Vec<String> {
+        pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Event(id, AnswerEvent::Text(text)) => format!("{id:?} text:{text}"),
+                Piece::Event(id, event) => format!("{id:?} {}", event.event_type()),
+                Piece::Frame(_) => "frame".to_owned(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_creator_that_keeps_up_is_fed_without_subscribing_to_the_hub() {
+        let (hub, answers) = (hub(16), Arc::new(Answers::default()));
+        let (upstream, deltas) = upstream();
+        let started = answers.start(&hub, deltas, new_answer()).await.unwrap();
+        let id = started.id.clone();
+        let (mut creator, _reader) = answers.read_new(&hub, started, false);
+        upstream.send(Ok(Delta::Text("hello".to_owned()))).unwrap();
+        let first_two = vec![creator.next().await.unwrap(), creator.next().await.unwrap()];
+        assert_eq!(
+            described(&first_two),
+            [format!("Some(\"#{id}.start\") start"), format!("Some(\"#{id}.0\") text:hello")]
+        );
+        assert_eq!(hub.subscriber_count(), 0, "the creator reads its feed, not the hub");
+        drop(upstream);
+        let rest = described(&creator.collect::<Vec<_>>().await);
+        assert_eq!(
+            rest,
+            [format!("Some(\"#{id}.usage\") usage"), format!("Some(\"#{id}.end\") end")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_creator_that_falls_behind_reads_on_from_the_hub_and_misses_nothing() {
+        // Room for two events waiting: the creator, not reading until the answer has ended,
+        // is fed the first two and reads the other 50 from the hub.
+        let (hub, answers) = (hub(2), Arc::new(Answers::default()));
+        let deltas = stream::iter((0..50).map(|n| Ok(Delta::Text(format!("{n} ")))));
+        let started = answers.start(&hub, deltas.boxed(), new_answer()).await.unwrap();
+        let id = started.id.clone();
+        let (creator, _reader) = answers.read_new(&hub, started, false);
+        while !answers.ended(&hub, &id).await.unwrap() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let creator = described(&creator.collect::<Vec<_>>().await);
+        let (later, _reader) = answers.follow(&hub, &id, None, false).await.unwrap();
+        let later = described(&later.collect::<Vec<_>>().await);
+        assert_eq!(creator.len(), 53, "start, 50 texts, usage, end: {creator:?}");
+        assert_eq!(creator, later, "the creator reads what any later reader reads");
+    }
+
+    #[tokio::test]
+    async fn a_creator_is_told_to_reconnect_as_soon_as_the_store_fails() {
+        let (hub, answers) = (hub(16), Arc::new(Answers::default()));
+        let (upstream, deltas) = upstream();
+        let started = answers.start(&hub, deltas, new_answer()).await.unwrap();
+        let id = started.id.clone();
+        let (mut creator, _reader) = answers.read_new(&hub, started, false);
+        upstream.send(Ok(Delta::Text("stored".to_owned()))).unwrap();
+        assert_eq!(
+            described(&[creator.next().await.unwrap(), creator.next().await.unwrap()]).len(),
+            2
+        );
+        hub.store().close().await.unwrap();
+        upstream.send(Ok(Delta::Text("refused".to_owned()))).unwrap();
+        assert!(matches!(creator.next().await, Some(Piece::Frame(_))), "a comment saying why");
+        // Told while the pump still tries to end the answer, not once it gives up.
+        assert!(answers.running.lock().unwrap().contains_key(&id));
+        assert!(creator.next().await.is_none());
     }
 
     #[tokio::test]

@@ -85,14 +85,15 @@ pub(crate) async fn one_shot(
 ) -> Result<Response, ApiError> {
     // A reconnection names its answer in Last-Event-ID (`#{answer}.{n}`): resume it, never
     // start a new one. Its id is 128 random bits, known only to its reader.
-    let (id, after) = match cursor(&headers, None) {
+    let (id, (pieces, reader)) = match cursor(&headers, None) {
         Some(last) => {
             let id = answer_of(&last).to_owned();
             state.answers().authorize(state.hub(), &id, Kind::OneShot, None).await?;
             if ended_at(state.hub(), &last).await? {
                 return Ok(no_content());
             }
-            (id, Some(last))
+            let read = state.answers().follow(state.hub(), &id, Some(last), true).await?;
+            (id, read)
         }
         None => {
             let store = state.hub().store();
@@ -106,10 +107,10 @@ pub(crate) async fn one_shot(
                 key: None,
             };
             let deltas = ask_lazily(&state, &caller, chat)?;
-            (state.answers().start(state.hub(), deltas, new).await?.id, None)
+            let started = state.answers().start(state.hub(), deltas, new).await?;
+            (started.id.clone(), state.answers().read_new(state.hub(), started, true))
         }
     };
-    let (pieces, reader) = state.answers().follow(state.hub(), &id, after, true).await?;
     let chunker = Chunker::new(format!("chatcmpl-{id}"), String::new(), false);
     let frames = encode(pieces, OneShot { chunker, first: true });
     Ok(event_stream(None, frames, state.config().keep_alive, None, reader))

@@ -75,7 +75,8 @@ pub(crate) async fn send(
     uri: Uri,
     Admitted(body, caller): Admitted,
 ) -> Result<Response, ApiError> {
-    let answer = start_chat(&state, &caller, &headers, &body).await?;
+    let started = start_chat(&state, &caller, &headers, &body).await?;
+    let answer = started.id.clone();
     let path = stream_path(&answer);
     let create = Create {
         content_type: Some(JSON.to_owned()),
@@ -86,7 +87,7 @@ pub(crate) async fn send(
     };
     // Made before the answer is pointed to, so that the first read finds it.
     state.streams().create(&path, create).await.map_err(|e| stream_failure(&e))?;
-    let (pieces, reader) = state.answers().follow(state.hub(), &answer, None, true).await?;
+    let (pieces, reader) = state.answers().read_new(state.hub(), started, true);
     let streams = std::sync::Arc::clone(state.streams());
     tokio::spawn(async move {
         let _reading = reader;

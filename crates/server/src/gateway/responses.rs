@@ -603,18 +603,19 @@ pub(crate) async fn create(
         Unread::CancelAfter(state.config().generation_grace)
     };
     let new = NewAnswer { kind: Kind::Response, start: fields, unread, id: Some(id), key: None };
-    let id = state.answers().start(state.hub(), deltas, new).await?.id;
+    let started = state.answers().start(state.hub(), deltas, new).await?;
+    let id = started.id.clone();
     // Without `background`, the answer is this request's: it stops when the client leaves.
     let leaving = (!background).then(|| CancelOnLeave { state: state.clone(), id: id.clone() });
     if stream {
-        let (pieces, reader) = state.answers().follow(state.hub(), &id, None, false).await?;
+        let (pieces, reader) = state.answers().read_new(state.hub(), started, false);
         let frames = encode(pieces, ResponseEvents::new(&id, None));
         return Ok(event_stream(None, frames, state.config().keep_alive, None, (reader, leaving)));
     }
     if background {
         return Ok(axum::Json(current(&state, &id).await?).into_response());
     }
-    let (pieces, _reader) = state.answers().follow(state.hub(), &id, None, false).await?;
+    let (pieces, _reader) = state.answers().read_new(state.hub(), started, false);
     let response = whole(&id, pieces).await;
     drop(leaving);
     Ok(axum::Json(response).into_response())

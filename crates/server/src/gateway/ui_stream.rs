@@ -23,6 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -31,7 +32,8 @@ use sluice_llm::{ChatRequest, Message, Role};
 use super::generations::no_content;
 use super::upstream::{Admitted, Allowed, ask_lazily};
 use crate::answers::events::{AnswerEvent, Encoder, Finish, encode};
-use crate::answers::{Kind, NewAnswer, Unread, random_id};
+use crate::answers::read::Piece;
+use crate::answers::{Kind, NewAnswer, Reader, Started, Unread, random_id};
 use crate::error::ApiError;
 use crate::keys::Caller;
 use crate::sse::event_stream;
@@ -313,13 +315,12 @@ impl Encoder for UiChunks {
     }
 }
 
-/// The chat's answer from its first chunk, then live, as a UI message stream.
-async fn stream_answer(state: &AppState, id: &str) -> Result<Response, ApiError> {
-    let (pieces, reader) = state.answers().follow(state.hub(), id, None, true).await?;
+/// A chat's answer from its first chunk, then live, as a UI message stream.
+fn ui_stream(pieces: BoxStream<'static, Piece>, reader: Reader, state: &AppState) -> Response {
     let frames = encode(pieces, UiChunks::default());
     let mut response = event_stream(None, frames, state.config().keep_alive, None, reader);
     response.headers_mut().insert("x-vercel-ai-ui-message-stream", HeaderValue::from_static("v1"));
-    Ok(response)
+    response
 }
 
 /// The running answer of the chat `id` names for this caller: its answer id, if it has not
@@ -353,18 +354,19 @@ pub(crate) async fn chat(
     headers: HeaderMap,
     Admitted(body, caller): Admitted,
 ) -> Result<Response, ApiError> {
-    let answer = start_chat(&state, &caller, &headers, &body).await?;
-    stream_answer(&state, &answer).await
+    let started = start_chat(&state, &caller, &headers, &body).await?;
+    let (pieces, reader) = state.answers().read_new(state.hub(), started, true);
+    Ok(ui_stream(pieces, reader, &state))
 }
 
 /// Starts the answer to a chat message (the transport's body), stopping the chat's answer
-/// still running: its answer id.
+/// still running.
 pub(super) async fn start_chat(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<String, ApiError> {
+) -> Result<Started, ApiError> {
     let body: ChatBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))?;
     let id = chat_id(&body.id)?;
@@ -392,7 +394,7 @@ pub(super) async fn start_chat(
         id: None,
         key: Some(chat_key(headers, id)),
     };
-    Ok(state.answers().start(state.hub(), deltas, new).await?.id)
+    state.answers().start(state.hub(), deltas, new).await
 }
 
 /// Resumes the chat's running answer: replayed from its first chunk, then live.
@@ -412,7 +414,10 @@ pub(crate) async fn resume(
     _: Allowed,
 ) -> Result<Response, ApiError> {
     match running(&state, &headers, &id).await? {
-        Some(answer) => stream_answer(&state, &answer).await,
+        Some(answer) => {
+            let (pieces, reader) = state.answers().follow(state.hub(), &answer, None, true).await?;
+            Ok(ui_stream(pieces, reader, &state))
+        }
         None => Ok(no_content()),
     }
 }
