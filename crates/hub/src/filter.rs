@@ -9,6 +9,11 @@ use crate::update::Update;
 /// template selectors never match them; only an exact selector does.
 pub const RESERVED_TOPIC_PREFIX: &str = "/.well-known/sluice/";
 
+/// Topics under this prefix are Mercure's subscription events (`/.well-known/mercure/
+/// subscriptions/{topic}/{subscriber}`, and draft-08's with a match type): the window of
+/// recent updates does not keep them.
+pub const SUBSCRIPTIONS_TOPIC_PREFIX: &str = "/.well-known/mercure/subscriptions/";
+
 /// What a subscriber receives: shared by its registry entry (for live fan-out) and its
 /// subscription (for filtering the replay from history).
 #[derive(Debug)]
@@ -33,6 +38,18 @@ impl Filter {
         wanted
             && (!update.private()
                 || self.allowed_private.iter().any(|s| topics.iter().any(|t| selects(s, t))))
+    }
+}
+
+impl Filter {
+    /// Whether this subscriber might receive a private update on a topic under `prefix`: both
+    /// a selector and a private grant might match such a topic (an exact one starts with the
+    /// prefix; any other might match anything).
+    pub(crate) fn may_receive_under(&self, prefix: &str) -> bool {
+        let reaches = |selectors: &[Selector]| {
+            selectors.iter().any(|s| s.exact().is_none_or(|topic| topic.starts_with(prefix)))
+        };
+        reaches(&self.selectors) && reaches(&self.allowed_private)
     }
 }
 

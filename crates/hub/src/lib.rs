@@ -56,7 +56,7 @@ mod update;
 mod url_pattern;
 
 pub use direct::{DirectWrite, SocketWriter};
-pub use filter::RESERVED_TOPIC_PREFIX;
+pub use filter::{RESERVED_TOPIC_PREFIX, SUBSCRIPTIONS_TOPIC_PREFIX};
 pub use hub::{
     Cursor, Deliveries, Delivery, Fanout, Hub, HubConfig, LimitError, Limits, PublishError,
     RESET_EVENT_TYPE, SubscribeError, SubscribeRequest, Subscription,

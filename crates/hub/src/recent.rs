@@ -11,15 +11,23 @@
 //! whose selectors are all exact topics reads only the updates on those topics; any other is
 //! matched against the recent updates in place, a bounded slice at a time.
 //!
-//! The window holds every committed update with `seq` in `(floor, last]`, in order: it is fed by
-//! the store's [`CommitListener`](crate::CommitListener) calls, in commit order, before the
-//! registry's `committed` mark moves, so a subscriber's replay bound never passes what is here
-//! unless it was evicted (then the store serves it, as before).
+//! The window holds every committed update with `seq` in `(floor, last]`, in order, but the
+//! subscription events ([`kept_out`]): it is fed by the store's
+//! [`CommitListener`](crate::CommitListener) calls, in commit order, before the registry's
+//! `committed` mark moves, so a subscriber's replay bound never passes what is here unless it
+//! was evicted (then the store serves it, as before).
+//!
+//! Subscription events are kept out because they were most of it and almost nobody replays
+//! them: each subscriber that comes or goes publishes one per selector, and a node sharing a
+//! store (Redis) receives every node's. On a node of three with 5,000 subscribers each, the
+//! window held 15,000 of them, about 4 KiB per subscriber of the node (`bench/scaleout.sh`).
+//! A subscriber that could receive one (its selectors and its private grants both reach the
+//! subscriptions' topics: a console watching every topic, say) replays from the store.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::filter::Filter;
+use crate::filter::{Filter, SUBSCRIPTIONS_TOPIC_PREFIX};
 use crate::update::{Update, allocation};
 
 /// Updates kept at most, by default.
@@ -40,13 +48,21 @@ pub(crate) struct Recent {
 
 #[derive(Debug, Default)]
 struct Window {
-    /// Every committed update with `seq` above this is in `updates`.
+    /// Every committed update with `seq` above this is in `updates`, but those kept out.
     floor: u64,
+    /// The `seq` of the last update pushed, kept or kept out.
+    pushed: u64,
     updates: VecDeque<Arc<Update>>,
     /// The same updates by topic, each list in `seq` order.
     by_topic: HashMap<String, VecDeque<Arc<Update>>>,
     /// The heap all this holds, as [`held_by`] and [`topic_entry`] count it.
     bytes: usize,
+}
+
+/// Whether `update` is kept out of the window: a private update on the subscriptions' topics
+/// only (a subscription event), which no subscriber but one watching those topics receives.
+fn kept_out(update: &Update) -> bool {
+    update.private() && update.topics().iter().all(|t| t.starts_with(SUBSCRIPTIONS_TOPIC_PREFIX))
 }
 
 /// The heap one kept update costs the window: the update itself, and its place in the list of
@@ -95,6 +111,10 @@ impl Recent {
             if update.seq() <= window.last() {
                 continue;
             }
+            window.pushed = update.seq();
+            if kept_out(update) {
+                continue;
+            }
             window.bytes += held_by(update);
             for topic in update.topics() {
                 // A topic already indexed is not copied again (`entry` would need it owned).
@@ -115,7 +135,8 @@ impl Recent {
 
     /// Up to `limit` updates with `seq` in `(after, until]` that `filter` receives, in order;
     /// `None` when the window does not hold all of `(after, until]` up to its last update
-    /// (evicted, or never seen): then the store must be read.
+    /// (evicted, never seen, or kept out and maybe for this filter): then the store must be
+    /// read.
     pub(crate) fn read(
         &self,
         after: u64,
@@ -125,7 +146,10 @@ impl Recent {
     ) -> Option<Page> {
         let window = self.window.lock().unwrap();
         let to = until.min(window.last());
-        if after < window.floor || to <= after {
+        if after < window.floor
+            || to <= after
+            || filter.may_receive_under(SUBSCRIPTIONS_TOPIC_PREFIX)
+        {
             return None;
         }
         let page = match filter.exact_topics() {
@@ -137,9 +161,9 @@ impl Recent {
 }
 
 impl Window {
-    /// The `seq` of the last update here, or the floor when there is none.
+    /// The `seq` of the last update pushed, or the floor when none was since.
     fn last(&self) -> u64 {
-        self.updates.back().map_or(self.floor, |u| u.seq())
+        self.pushed.max(self.floor)
     }
 
     fn evict_oldest(&mut self) {
@@ -221,5 +245,45 @@ impl Window {
             }
         }
         Page { updates, read_to }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::Selector;
+    use crate::update::Draft;
+
+    fn update(seq: u64, topic: &str, private: bool) -> Arc<Update> {
+        let draft = Draft { id: Some(format!("u{seq}")), private, ..Draft::new(topic, "d") };
+        Arc::new(Update::new(seq, 0, draft).unwrap())
+    }
+
+    fn filter(selectors: &[&str], allowed_private: &[&str]) -> Filter {
+        let parse = |texts: &[&str]| texts.iter().map(|t| Selector::parse(t).unwrap()).collect();
+        Filter { selectors: parse(selectors), allowed_private: parse(allowed_private) }
+    }
+
+    #[test]
+    fn subscription_events_are_passed_over_not_kept() {
+        let recent = Recent::new(100, 1 << 20);
+        let event = "/.well-known/mercure/subscriptions/%2Fa/urn%3Auuid%3A1";
+        recent.push(&[update(1, "/a", false), update(2, event, true), update(3, "/a", true)]);
+        recent.push(&[update(4, event, true)]);
+        let window = recent.window.lock().unwrap();
+        assert_eq!(window.updates.iter().map(|u| u.seq()).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!((window.last(), window.by_topic.len()), (4, 1), "seen, not kept");
+        drop(window);
+        // Whoever cannot receive them reads past them here (a selector or a grant that
+        // does not reach them)...
+        for (selectors, allowed) in [(&["*"], &["/a"]), (&["/a"], &["*"])] {
+            let page = recent.read(0, 4, &filter(selectors, allowed), 10).unwrap();
+            assert_eq!(page.updates.iter().map(|u| u.seq()).collect::<Vec<_>>(), [1, 3]);
+            assert_eq!(page.read_to, 4);
+        }
+        // ...whoever might receive them is sent to the store.
+        for (selectors, allowed) in [(&["*"][..], &["*"][..]), (&["/a", event], &[event])] {
+            assert!(recent.read(0, 4, &filter(selectors, allowed), 10).is_none(), "{selectors:?}");
+        }
     }
 }

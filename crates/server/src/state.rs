@@ -10,6 +10,7 @@ use sluice_hub::Hub;
 use crate::admission::Admission;
 use crate::answers::Answers;
 use crate::config::Config;
+use crate::mercure::announcer::Announcer;
 
 /// The state behind every route; cheap to clone.
 #[derive(Debug, Clone)]
@@ -23,6 +24,7 @@ struct Shared {
     shutting_down: AtomicBool,
     admission: Admission,
     answers: Arc<Answers>,
+    announcer: Arc<Announcer>,
 }
 
 /// A connected subscriber, as the subscription API shows it.
@@ -68,6 +70,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             admission,
             answers,
+            announcer: Arc::default(),
         }))
     }
 
@@ -97,6 +100,11 @@ impl AppState {
 
     pub(crate) fn answers(&self) -> &Arc<Answers> {
         &self.0.answers
+    }
+
+    /// Where subscription events wait to be published.
+    pub(crate) fn announcer(&self) -> &Arc<Announcer> {
+        &self.0.announcer
     }
 
     /// Marks the server as stopping: `/readyz` fails, no more subscription events.

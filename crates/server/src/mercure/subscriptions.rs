@@ -96,27 +96,21 @@ fn announce(state: &AppState, active: &ActiveSubscription, is_active: bool) {
     if !state.config().subscription_events || state.is_shutting_down() {
         return;
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-    for matcher in &active.matchers {
+    let drafts = active.matchers.iter().map(|matcher| {
         let (data, event_type) = match active.protocol {
             Protocol::Draft07 => (json!(draft07_document(matcher, active, is_active)), None),
             Protocol::Draft08 => {
                 (json!(draft08_document(matcher, active, is_active)), Some("mercure".to_owned()))
             }
         };
-        let update = Draft {
+        Draft {
             topics: vec![subscription_topic(matcher, &active.subscriber)],
             private: true,
             event_type,
             ..Draft::new("", data.to_string())
-        };
-        let hub = state.hub().clone();
-        runtime.spawn(async move {
-            if let Err(error) = hub.publish(update).await {
-                tracing::debug!(%error, "subscription event not published");
-            }
-        });
-    }
+        }
+    });
+    state.announcer().announce(state.hub(), drafts);
 }
 
 /// A draft-07 subscription, as its events and the API show it (JSON-LD).
@@ -487,5 +481,9 @@ mod tests {
         );
         let percent = ActiveMatcher { text: "a%20b".into(), match_type: None, ..matcher };
         assert_eq!(subscription_topic(&percent, "s"), format!("{SUBSCRIPTIONS_PATH}/a%2520b/s"));
+        // The hub keeps these events out of its window of recent updates by this prefix.
+        for topic in [topic, subscription_topic(&percent, "s")] {
+            assert!(topic.starts_with(sluice_hub::SUBSCRIPTIONS_TOPIC_PREFIX), "{topic}");
+        }
     }
 }
