@@ -4,6 +4,8 @@
 //! queues the batch: matching updates against subscriptions runs on a thread of its own (the
 //! dispatcher), never on the thread or task that commits and acknowledges writes, so no
 //! subscription, however costly its selectors, can hold up a publisher's acknowledgement.
+//! The one exception costs a lookup: a batch of an AI answer's events that no subscriber
+//! reads is passed over where it is committed ([`Registry::pass_over_unread`]).
 //!
 //! The dispatcher hands each update to every subscriber allowed to see it by a non-blocking
 //! send into that subscriber's bounded queue. A subscriber whose queue is full is cut off at
@@ -23,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::direct::{DirectWrite, Round};
-use crate::filter::Filter;
+use crate::filter::{Filter, RESERVED_TOPIC_PREFIX};
 use crate::queue;
 use crate::recent::Recent;
 use crate::store::CommitListener;
@@ -174,8 +176,9 @@ pub(crate) struct Registry {
 
 #[derive(Debug, Default)]
 struct State {
-    /// The id of the last update fanned out, for the subscription API's `lastEventID`.
-    last_id: Option<String>,
+    /// The `seq` and id of the last update fanned out (or passed over as unread), for the
+    /// subscription API's `lastEventID`.
+    last: Option<(u64, String)>,
     exact: HashMap<String, HashMap<u64, Arc<Subscriber>>>,
     others: HashMap<u64, Arc<Subscriber>>,
     count: usize,
@@ -212,8 +215,8 @@ impl State {
         mut write_now: Option<&mut Round>,
         cut: &mut Vec<Arc<Subscriber>>,
     ) {
-        self.last_id = Some(update.id().to_owned());
         let seq = update.seq();
+        self.saw(update);
         // Found through the exact index, a public update is wanted by construction: its
         // topic is one of the subscriber's selectors. Only the rest needs the full check.
         let exact = update.topics().iter().filter_map(|topic| self.exact.get(topic));
@@ -235,6 +238,14 @@ impl State {
 }
 
 impl State {
+    /// Notes `update` as the last one out, unless a later one is (one passed over by its
+    /// committer can go out before the batches the dispatcher has yet to take).
+    fn saw(&mut self, update: &Update) {
+        if self.last.as_ref().is_none_or(|(seq, _)| *seq < update.seq()) {
+            self.last = Some((update.seq(), update.id().to_owned()));
+        }
+    }
+
     /// Every subscriber, once each.
     fn all(&self) -> Vec<Arc<Subscriber>> {
         let mut all: HashMap<u64, Arc<Subscriber>> = self.others.clone();
@@ -284,6 +295,34 @@ impl Registry {
         Some(self.committed.load(Ordering::SeqCst))
     }
 
+    /// Whether `updates` were passed over here rather than handed to the dispatcher, because
+    /// nobody reads them now: each is on reserved topics only (an AI answer's events, which
+    /// only an exact selector receives), and none of those topics has a subscriber. That is
+    /// every event of an answer read by the request that started it, which its pump hands
+    /// over itself; waking the dispatcher for each cost the gateway about a sixth of its CPU
+    /// (`perf record -g`: the channel's futex waits and wake-ups). No gap follows: `committed`
+    /// was raised first, so a subscriber registering from now on replays them.
+    ///
+    /// Only when the registry's lock is free: a committer never waits on a fan-out round.
+    fn pass_over_unread(&self, updates: &[Arc<Update>]) -> bool {
+        let reserved = |update: &Arc<Update>| {
+            update.topics().iter().all(|topic| topic.starts_with(RESERVED_TOPIC_PREFIX))
+        };
+        if !updates.iter().all(reserved) {
+            return false;
+        }
+        let Ok(mut state) = self.state.try_lock() else { return false };
+        if updates.iter().flat_map(|u| u.topics()).any(|topic| state.exact.contains_key(topic)) {
+            return false;
+        }
+        if let Some(last) = updates.last() {
+            state.saw(last);
+        }
+        drop(state);
+        metrics::counter!("sluice_updates_published_total").increment(updates.len() as u64);
+        true
+    }
+
     /// Removes a subscriber (its connection ended).
     pub(crate) fn unregister(&self, subscriber: &Subscriber) {
         self.state.lock().unwrap().remove(subscriber);
@@ -292,7 +331,7 @@ impl Registry {
 
     /// The id of the last update fanned out since this process started, if any.
     pub(crate) fn last_id(&self) -> Option<String> {
-        self.state.lock().unwrap().last_id.clone()
+        self.state.lock().unwrap().last.as_ref().map(|(_, id)| id.clone())
     }
 
     /// How many subscribers are registered.
@@ -414,6 +453,9 @@ impl CommitListener for Intake {
         if let Some(last) = updates.last() {
             self.registry.committed.fetch_max(last.seq(), Ordering::SeqCst);
         }
+        if self.registry.pass_over_unread(updates) {
+            return;
+        }
         // Fails only when the dispatcher is gone, which happens with the intake itself.
         let _ = self.batches.send(Batch::Committed(updates.to_vec()));
     }
@@ -424,5 +466,47 @@ impl CommitListener for Intake {
         self.registry.recent.reset(seq);
         self.registry.committed.fetch_max(seq, Ordering::SeqCst);
         let _ = self.batches.send(Batch::Reset(seq));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::Selector;
+    use crate::update::Draft;
+
+    fn update(seq: u64, topic: &str) -> Arc<Update> {
+        let draft = Draft { id: Some(format!("u{seq}")), private: true, ..Draft::new(topic, "d") };
+        Arc::new(Update::new(seq, 0, draft).unwrap())
+    }
+
+    #[test]
+    fn an_answers_events_nobody_reads_are_passed_over_where_committed() {
+        let (batches, dispatcher) = sync_channel(8);
+        let intake = Intake { registry: Arc::new(Registry::new(Recent::new(0, 0))), batches };
+        let answer = "/.well-known/sluice/generations/a";
+        let handed_over = |dispatcher: &Receiver<Batch>| match dispatcher.try_recv() {
+            Ok(Batch::Committed(updates)) => updates.iter().map(|u| u.seq()).collect(),
+            _ => Vec::new(),
+        };
+        intake.committed(&[update(1, answer)]);
+        assert_eq!(handed_over(&dispatcher), Vec::<u64>::new(), "nobody reads it");
+        assert_eq!(intake.registry.last_id().as_deref(), Some("u1"));
+        assert_eq!(
+            intake.registry.committed.load(Ordering::SeqCst),
+            1,
+            "a later reader replays it"
+        );
+        intake.committed(&[update(2, "/not/reserved")]);
+        assert_eq!(handed_over(&dispatcher), [2], "any other topic goes to the dispatcher");
+        // A reader of the answer's topic: its events go to the dispatcher, for it.
+        let selector = Selector::parse(answer).unwrap();
+        let filter = Filter { selectors: vec![selector.clone()], allowed_private: vec![selector] };
+        let (sender, _receiver) = queue::queue(8);
+        let reader =
+            Arc::new(Subscriber::new(1, Arc::new(filter), sender, Arc::default(), None, None));
+        assert_eq!(intake.registry.register(&reader), Some(2));
+        intake.committed(&[update(3, answer)]);
+        assert_eq!(handed_over(&dispatcher), [3]);
     }
 }
