@@ -115,6 +115,53 @@ fn sigterm_ends_streams_and_exits_cleanly() {
     assert!(output.status.success(), "the stream ended normally: {output:?}");
 }
 
+/// SIGTERM while answers stream: a Chat Completions answer, relayed straight, runs to its
+/// end before the process exits; a Responses answer, kept in the hub so that it can be resumed
+/// elsewhere, ends as the hub's subscriptions do; the process exits 0.
+#[test]
+fn sigterm_lets_a_streamed_answer_finish_and_exits_cleanly() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let words = (1..=30).map(|n| format!("w{n}")).collect::<Vec<_>>().join(" ");
+    let args = ["--listen", "127.0.0.1:0", "--store", "memory", "--provider", "scripted"];
+    let env =
+        [("SLUICE_SCRIPTED_TEXT", words.as_str()), ("SLUICE_SCRIPTED_TOKENS_PER_SECOND", "20")];
+    let (mut server, address) = spawn_serve(dir.path(), &args, &env);
+    let ask = |path: &str, body: &str| {
+        let mut socket = std::net::TcpStream::connect(address).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        socket.write_all(format!("{head}{body}").as_bytes()).unwrap();
+        // Read until the first word has arrived: the answer is under way.
+        let mut read = Vec::new();
+        let mut buffer = [0; 4096];
+        while !String::from_utf8_lossy(&read).contains("w1") {
+            let n = socket.read(&mut buffer).unwrap();
+            assert!(n > 0, "the answer ended early: {}", String::from_utf8_lossy(&read));
+            read.extend_from_slice(&buffer[..n]);
+        }
+        (socket, read)
+    };
+    let message = r#"[{"role": "user", "content": "hi"}]"#;
+    let chat = format!(r#"{{"model": "scripted", "stream": true, "messages": {message}}}"#);
+    let (mut relayed, mut relayed_read) = ask("/v1/chat/completions", &chat);
+    let response = r#"{"model": "scripted", "stream": true, "input": "hi"}"#;
+    let (mut kept, mut kept_read) = ask("/v1/responses", response);
+
+    let kill = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    relayed.read_to_end(&mut relayed_read).unwrap();
+    let relayed = String::from_utf8(relayed_read).unwrap();
+    assert!(relayed.contains("w30") && relayed.contains("[DONE]"), "{relayed}");
+    // Ends, possibly with a comment saying to reconnect; a stream left open would block here.
+    kept.read_to_end(&mut kept_read).unwrap();
+    assert!(String::from_utf8(kept_read).unwrap().contains("response.created"));
+    assert!(server.wait().unwrap().success(), "sluice serve exits 0 on SIGTERM");
+}
+
 /// Waits until `sluice listen` says it is connected, then hands the process back.
 fn wait_connected(mut listener: Child) -> Child {
     use std::io::{BufRead, BufReader};

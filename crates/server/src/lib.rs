@@ -210,6 +210,7 @@ pub async fn serve(
     let on_shutdown = async move {
         stopping.begin_shutdown();
         stopping.streams().shut_down();
+        stopping.answers().shut_down();
         if let Err(error) = stopping.hub().shut_down().await {
             tracing::error!(%error, "closing the store failed");
         }

@@ -153,6 +153,9 @@ pub(crate) struct Answers {
     running: Mutex<HashMap<String, Arc<Running>>>,
     /// Readers connected here, per answer (whichever node produces it).
     reading: Mutex<HashMap<String, usize>>,
+    /// Set when the server begins to stop: the creators reading their answers' feeds stop
+    /// as the hub's subscribers do.
+    closing: Latch,
 }
 
 /// A running answer's controls.
@@ -162,8 +165,7 @@ pub(crate) struct Running {
     readers: AtomicUsize,
     readers_changed: Notify,
     /// Set when the pump gave up on the store: its readers here should reconnect.
-    abandoned: AtomicBool,
-    abandoned_notify: Notify,
+    abandoned: Latch,
     /// When another node last reported readers of this answer.
     read_elsewhere: Mutex<Option<tokio::time::Instant>>,
 }
@@ -171,9 +173,29 @@ pub(crate) struct Running {
 impl Running {
     /// Resolves once the answer's pump has given up on the store.
     pub(crate) async fn abandoned(&self) {
+        self.abandoned.wait().await;
+    }
+}
+
+/// A flag set once, and a wait for it.
+#[derive(Debug, Default)]
+struct Latch {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Latch {
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once the flag is set (at once if it is).
+    async fn wait(&self) {
         loop {
-            let notified = self.abandoned_notify.notified();
-            if self.abandoned.load(Ordering::Acquire) {
+            // Made before the flag is read: a `set` between the two still wakes it.
+            let notified = self.notify.notified();
+            if self.set.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
@@ -306,6 +328,17 @@ impl Answers {
         }
         *self.reading.lock().unwrap().entry(id.to_owned()).or_default() += 1;
         Reader { answers: Arc::clone(self), id: id.to_owned(), running }
+    }
+
+    /// The server is stopping: ends the streams of the creators reading their answers'
+    /// feeds, as [`Hub::shut_down`] ends every subscription (their clients resume elsewhere).
+    pub(crate) fn shut_down(&self) {
+        self.closing.set();
+    }
+
+    /// Resolves once [`Answers::shut_down`] was called.
+    async fn closing(&self) {
+        self.closing.wait().await;
     }
 
     /// Stops answer `id` if it runs here; false if it does not.

@@ -135,8 +135,7 @@ impl Pump {
         }
         // The store fails: tell the readers here to reconnect (they will find the answer
         // ended, or settle it), and keep trying to end it for a while.
-        running.abandoned.store(true, Ordering::Release);
-        running.abandoned_notify.notify_waiters();
+        running.abandoned.set();
         self.feed = None;
         let give_up = tokio::time::Instant::now() + END_RETRY_FOR;
         let mut backoff = Duration::from_millis(100);
