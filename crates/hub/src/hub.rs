@@ -490,10 +490,16 @@ impl Hub {
         Ok((reset, Deliveries { resumed_after, stream: feed.into_stream() }, direct))
     }
 
-    /// Ends every subscription (clients reconnect elsewhere) and closes the store, which
+    /// Ends every subscription (clients reconnect elsewhere) and refuses new ones; the store
+    /// still takes writes (an answer in flight can finish).
+    pub fn end_subscriptions(&self) {
+        self.inner.registry.shut_down();
+    }
+
+    /// Ends every subscription, as [`Hub::end_subscriptions`], and closes the store, which
     /// finishes its pending writes.
     pub async fn shut_down(&self) -> Result<(), StoreError> {
-        self.inner.registry.shut_down();
+        self.end_subscriptions();
         self.inner.store.close().await
     }
 }

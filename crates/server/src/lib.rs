@@ -187,9 +187,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(layer.allow_origin(AllowOrigin::list(list)).allow_credentials(true))
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, ends every event stream (clients
-/// reconnect elsewhere), waits (a bounded time) for open requests, and closes the store
-/// (flushing it).
+/// Serves until `shutdown` resolves, then stops accepting, ends every subscription (clients
+/// reconnect elsewhere), waits (a bounded time) for open requests, answers in flight among
+/// them, and closes the store (flushing it).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -210,10 +210,15 @@ pub async fn serve(
     let on_shutdown = async move {
         stopping.begin_shutdown();
         stopping.streams().shut_down();
-        stopping.answers().shut_down();
-        if let Err(error) = stopping.hub().shut_down().await {
+        stopping.hub().end_subscriptions();
+    };
+    let hub = state.hub().clone();
+    // Closed once the answers in flight have finished (or the grace is over): until then
+    // their pumps still store what they say.
+    let close = async move {
+        if let Err(error) = hub.shut_down().await {
             tracing::error!(%error, "closing the store failed");
         }
     };
-    conn::serve_router(listener, router(state), config, shutdown, on_shutdown).await
+    conn::serve_router(listener, router(state), config, shutdown, on_shutdown, close).await
 }

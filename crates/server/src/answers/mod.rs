@@ -153,9 +153,6 @@ pub(crate) struct Answers {
     running: Mutex<HashMap<String, Arc<Running>>>,
     /// Readers connected here, per answer (whichever node produces it).
     reading: Mutex<HashMap<String, usize>>,
-    /// Set when the server begins to stop: the creators reading their answers' feeds stop
-    /// as the hub's subscribers do.
-    closing: Latch,
 }
 
 /// A running answer's controls.
@@ -328,17 +325,6 @@ impl Answers {
         }
         *self.reading.lock().unwrap().entry(id.to_owned()).or_default() += 1;
         Reader { answers: Arc::clone(self), id: id.to_owned(), running }
-    }
-
-    /// The server is stopping: ends the streams of the creators reading their answers'
-    /// feeds, as [`Hub::shut_down`] ends every subscription (their clients resume elsewhere).
-    pub(crate) fn shut_down(&self) {
-        self.closing.set();
-    }
-
-    /// Resolves once [`Answers::shut_down`] was called.
-    async fn closing(&self) {
-        self.closing.wait().await;
     }
 
     /// Stops answer `id` if it runs here; false if it does not.

@@ -723,14 +723,15 @@ async fn accept_until(
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, runs
-/// `on_shutdown` (which ends the event streams), and gives open connections
-/// [`SHUTDOWN_GRACE`] to finish.
+/// `on_shutdown` (which ends the subscriptions), gives open connections [`SHUTDOWN_GRACE`] to
+/// finish, and runs `after` (which closes the store).
 pub(crate) async fn serve_router(
     listener: TcpListener,
     app: Router,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_shutdown: impl Future<Output = ()> + Send,
+    after: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     // The accept loop runs as a task of the runtime, not on the thread that awaits `serve`:
     // a connection spawned from a worker starts on that worker's next turn, where one spawned
@@ -744,5 +745,6 @@ pub(crate) async fn serve_router(
     if tokio::time::timeout(SHUTDOWN_GRACE, finished).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown: closing them");
     }
+    after.await;
     Ok(())
 }
