@@ -112,7 +112,8 @@ impl Answers {
                         }
                         None => match fallback.pieces_after(last).await {
                             Ok(pieces) => Source::Hub(pieces),
-                            Err(_) => {
+                            Err(error) => {
+                                tracing::debug!(?error, "a creator could not read on from the hub");
                                 let failed = Piece::Frame(Delivery::ReplayFailed.frame());
                                 return Some((failed, (Source::Done, fallback)));
                             }
