@@ -135,8 +135,9 @@ pub(crate) struct Args {
     #[arg(long, env = "SLUICE_QUEUE_CAPACITY", value_name = "N")]
     queue_capacity: Option<usize>,
     /// MiB of memory for the latest updates (all they hold, not only their encoded events; at
-    /// most 65,536 updates), so that a subscriber resuming from a recent Last-Event-ID is
-    /// replayed without reading the store [default: 64; 0: replays always read the store].
+    /// most 65,536 updates; subscription events are not kept), so that a subscriber resuming
+    /// from a recent Last-Event-ID is replayed without reading the store [default: 64; 0:
+    /// replays always read the store].
     #[arg(long, env = "SLUICE_REPLAY_WINDOW_MIB", value_name = "MIB")]
     replay_window_mib: Option<usize>,
     /// Do not publish subscription events.
