@@ -32,6 +32,7 @@
 
 mod admin;
 mod admission;
+mod announcer;
 mod answers;
 mod api_schema;
 mod auth;

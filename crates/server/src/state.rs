@@ -10,7 +10,7 @@ use sluice_hub::Hub;
 use crate::admission::Admission;
 use crate::answers::Answers;
 use crate::config::Config;
-use crate::mercure::announcer::Announcer;
+use crate::announcer::Announcer;
 
 /// The state behind every route; cheap to clone.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@
 //! - `subscriptions`: subscription events and the subscription API, in each version's shape;
 //! - `metadata`: draft-08's protected resource metadata (RFC 9728).
 
-pub(crate) mod announcer;
 mod metadata;
 mod subscribe;
 mod subscriptions;

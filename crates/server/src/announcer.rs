@@ -1,4 +1,5 @@
-//! Subscription events, published in the background a few at a time.
+//! Subscription events, published in the background a few at a time (the subscription API
+//! in `mercure/` makes them; the state every route shares holds this queue).
 //!
 //! Every subscriber that connects or leaves announces itself with an event per matcher. A
 //! task per event, all publishing at once, was what a connect burst cost most: a heap profile
