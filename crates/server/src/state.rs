@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use sluice_hub::Hub;
 
 use crate::admission::Admission;
+use crate::announcer::Announcer;
 use crate::answers::Answers;
 use crate::config::Config;
-use crate::announcer::Announcer;
 
 /// The state behind every route; cheap to clone.
 #[derive(Debug, Clone)]

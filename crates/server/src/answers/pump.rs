@@ -19,7 +19,7 @@ const END_RETRY_FOR: Duration = Duration::from_secs(30);
 pub(super) const READ_ELSEWHERE_FOR: Duration = Duration::from_secs(5);
 
 /// Writes one answer's events into the hub, and hands each one stored to the answer's creator
-/// ([`Feed`]).
+/// (read by [`Answers::read_new`](super::Answers::read_new)).
 pub(super) struct Pump {
     hub: Hub,
     id: String,
@@ -55,12 +55,15 @@ impl Pump {
     /// its creator reads on from the hub after the last event it was fed, so it still gets
     /// every event once, in order.
     async fn store(&mut self, event_id: String, event: AnswerEvent) -> Result<(), PublishError> {
-        let stored = super::publish(&self.hub, &self.id, event_id.clone(), &event).await;
+        // The id goes into the stored update; a copy, only while there is a feed to hand it to.
+        let fed_id = self.feed.is_some().then(|| event_id.clone());
+        let stored = super::publish(&self.hub, &self.id, event_id, &event).await;
         let fed = stored.is_ok()
             && self
                 .feed
                 .as_ref()
-                .is_some_and(|feed| feed.try_send(Piece::Event(Some(event_id), event)).is_ok());
+                .zip(fed_id)
+                .is_some_and(|(feed, id)| feed.try_send(Piece::Event(Some(id), event)).is_ok());
         if !fed {
             self.feed = None;
         }
