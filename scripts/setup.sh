@@ -24,6 +24,8 @@ fi
 # downloaded browser), Node.js 20 or later, and the npm packages pinned in the lock file.
 apt_missing=()
 command -v curl >/dev/null || apt_missing+=(curl)
+# The TLS tests (tests/js/tls.test.mjs) make their certificate with openssl.
+command -v openssl >/dev/null || apt_missing+=(openssl)
 if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q 'install ok installed'; then
     apt_missing+=(chromium)
 fi

@@ -4,6 +4,7 @@
 
 import { spawn, execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -95,7 +96,8 @@ process.on('exit', () => {
  *
  * options: port (default: the kernel's pick), store (`memory` or `sqlite:PATH`), secret,
  * anonymous (default true), corsOrigins (list), retry (ms), args (extra flags), env (extra
- * environment variables, e.g. the scripted provider's SLUICE_SCRIPTED_*).
+ * environment variables, e.g. the scripted provider's SLUICE_SCRIPTED_*), ca (the PEM file of
+ * the certificate a hub given `--tls-cert` presents: its origin is then `https://`).
  * Returns { port, origin, hubUrl, log(), stop() }; stop({ grace }) sends SIGTERM and resolves
  * with the exit { code, signal }; after `grace` ms (10 s) it records the threads' backtraces
  * (gdb) in the log and sends SIGKILL.
@@ -145,8 +147,9 @@ export async function startHub(options = {}) {
       }
       port ??= await listen.boundPort();
       if (port === null) return false;
-      origin = `http://127.0.0.1:${port}`;
+      origin = `${options.ca ? 'https' : 'http'}://127.0.0.1:${port}`;
       try {
+        if (options.ca) return (await httpsStatus(`${origin}/healthz`, options.ca)) === 200;
         const res = await fetch(`${origin}/healthz`);
         await res.arrayBuffer();
         return res.status === 200;
@@ -205,6 +208,18 @@ async function backtraces(pid) {
   }
 }
 
+/** The status of a GET of `url` over TLS, trusting the PEM certificate in file `ca` (Node's
+ * fetch takes no certificate of its own). */
+async function httpsStatus(url, ca) {
+  const trusted = await readFile(ca);
+  return new Promise((resolve, reject) => {
+    https.get(url, { ca: trusted }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    }).on('error', reject);
+  });
+}
+
 /** Runs the sluice binary with `args`; resolves with its trimmed stdout. */
 export async function sluice(args) {
   try {
@@ -253,9 +268,10 @@ export function publishWithCli(hubUrl, token, { topic, data, id, type, isPrivate
 }
 
 /** Publishes with the real `curl` binary (a form POST); resolves with the response body,
- * the id of the update. */
-export async function publishWithCurl(hubUrl, token, { topic, data, id, type, isPrivate }) {
+ * the id of the update. Over TLS, `ca` is the PEM file of the certificate to trust. */
+export async function publishWithCurl(hubUrl, token, { topic, data, id, type, isPrivate, ca }) {
   const args = ['--silent', '--show-error', '--fail-with-body', '-H', `Authorization: Bearer ${token}`];
+  if (ca) args.push('--cacert', ca);
   for (const t of [topic].flat()) args.push('--data-urlencode', `topic=${t}`);
   args.push('--data-urlencode', `data=${data}`);
   if (id !== undefined) args.push('--data-urlencode', `id=${id}`);

@@ -201,7 +201,7 @@ async fn a_tls_subscriber_that_stops_reading_is_reset_at_the_write_bound() {
     let before = write_timeouts().await;
 
     // A raw TLS client with a small receive buffer, which subscribes and then never reads.
-    let mut stalled = raw_tls(&pem, &base, Some(4096)).await;
+    let mut stalled = raw_tls(&pem, &base, Some(4096), &rustls::version::TLS13).await;
     stalled
         .write_all(b"GET /.well-known/mercure?topic=/stall HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -240,18 +240,68 @@ async fn a_tls_subscriber_that_stops_reading_is_reset_at_the_write_bound() {
     assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset), "reset, not closed");
 }
 
-/// A raw TLS connection (HTTP/1.1 by ALPN) to `base`, trusting `pem`, with a receive buffer
-/// of `recv_buffer` bytes when given.
+/// A subscription over TLS 1.2 and 1.3 reads every update whole, one larger than a TLS
+/// record among them: once its request is read, the server seals its records itself rather
+/// than through rustls (`tls/records.rs`, whose own tests cover every suite), and the client
+/// (rustls here) checks each one. What the subscriber sends meanwhile is dropped, as over a
+/// plain socket, and its close ends the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_subscriber_reads_every_update_in_both_versions() {
+    let (_dir, _server, base, pem) = serve_over_tls(Timeouts::default()).await;
+    let client = trusting(&pem).http1_only().build().unwrap();
+    let big = "z".repeat(40_000);
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let topic = format!("/sealed/{:?}", version.version);
+        let mut subscriber = raw_tls(&pem, &base, None, version).await;
+        let request = format!("GET /.well-known/mercure?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n");
+        subscriber.write_all(request.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        read_raw_until(&mut subscriber, &mut seen, "text/event-stream").await;
+        for n in 0..3 {
+            publish(&client, &base, &topic, &format!("small {n}")).await;
+        }
+        publish(&client, &base, &topic, &big).await;
+        publish(&client, &base, &topic, "last").await;
+        read_raw_until(&mut subscriber, &mut seen, "data: last\n\n").await;
+        let seen = String::from_utf8(seen).unwrap();
+        for n in 0..3 {
+            assert!(seen.contains(&format!("data: small {n}\n\n")), "{version:?}");
+        }
+        assert!(seen.contains(&format!("data: {big}\n\n")), "{version:?}: the big update whole");
+        // Bytes after the request are dropped; the subscription goes on.
+        subscriber.write_all(b"ignored").await.unwrap();
+        subscriber.flush().await.unwrap();
+        publish(&client, &base, &topic, "after").await;
+        read_raw_until(&mut subscriber, &mut Vec::new(), "data: after\n\n").await;
+    }
+}
+
+/// Reads `stream` into `seen` until `needle` has arrived (bounded); panics if it closes first.
+async fn read_raw_until(stream: &mut (impl AsyncRead + Unpin), seen: &mut Vec<u8>, needle: &str) {
+    let read = async {
+        while !String::from_utf8_lossy(seen).contains(needle) {
+            let mut buffer = [0u8; 8192];
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "closed before {needle:?}: {}", String::from_utf8_lossy(seen));
+            seen.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("it arrives");
+}
+
+/// A raw TLS connection (HTTP/1.1 by ALPN) to `base` in `version`, trusting `pem`, with a
+/// receive buffer of `recv_buffer` bytes when given.
 async fn raw_tls(
     pem: &str,
     base: &str,
     recv_buffer: Option<u32>,
+    version: &'static rustls::SupportedProtocolVersion,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[version])
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -383,7 +433,7 @@ async fn answers_are_served_past_hyper_on_a_kept_alive_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_served_past_hyper_on_a_kept_alive_tls_connection() {
     let (_dir, _server, base, pem) = serve_over_tls(Timeouts::default()).await;
-    answers_on_one_connection(raw_tls(&pem, &base, None).await).await;
+    answers_on_one_connection(raw_tls(&pem, &base, None, &rustls::version::TLS13).await).await;
 }
 
 /// An answer's body that stops arriving midway is refused with its JSON 408 at the body's

@@ -606,7 +606,7 @@ async fn open_tls(
     tls: Arc<crate::tls::Tls>,
     slot: Slot,
     served: direct::Served,
-) -> direct::Opening<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> direct::Opening<direct::TlsTransport> {
     let head = served.timeouts.request_head;
     let stream = match tokio::time::timeout(head, tls.acceptor().accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -619,10 +619,12 @@ async fn open_tls(
             return direct::Opening::Done;
         }
     };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        return direct::Opening::hyper(stream, Vec::new(), slot);
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let transport = direct::TlsTransport::new(stream);
+    if h2 {
+        return direct::Opening::hyper(transport, Vec::new(), slot);
     }
-    direct::open(stream, Vec::new(), slot, served, Instant::now() + head).await
+    direct::open(transport, Vec::new(), slot, served, Instant::now() + head).await
 }
 
 /// Serves one connection: `app` behind the bounds of [`Conn`], HTTP/1.1 or HTTP/2.

@@ -19,7 +19,6 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Sleep, sleep};
-use tokio_rustls::server::TlsStream;
 
 use super::super::{Control, Slot, Socket, Timeouts};
 use super::{DirectHandle, Drain, Draining, MAX_HEAD_BYTES, SubscriberSocket};
@@ -377,6 +376,13 @@ pub(in crate::conn) trait Transport: Send + Sized + 'static {
     /// Makes closing reset the connection.
     fn reset_on_close(&self);
 
+    /// The transport a subscription's event stream is written on, once its request is read
+    /// and what the transport held is written out: itself, or over TLS the connection with
+    /// its records sealed here ([`super::tls`]). `None` when the connection is lost.
+    fn for_subscription(self) -> Option<Self> {
+        Some(self)
+    }
+
     /// The socket as the hub's fan-out may write to it, when it can (not through TLS).
     fn subscriber_socket(&self, control: &Arc<Control>) -> Option<SubscriberSocket>;
 
@@ -443,55 +449,11 @@ impl Transport for Arc<TcpStream> {
     }
 }
 
-impl Transport for TlsStream<TcpStream> {
-    type Socket = TlsStream<TcpStream>;
-
-    fn poll_read_some(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(self).poll_read(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        slices: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        // What was handed over before goes out first, so rustls holds one write's records.
-        std::task::ready!(Pin::new(&mut *self).poll_flush(cx))?;
-        Pin::new(&mut *self).poll_write_vectored(cx, slices)
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self).poll_flush(cx)
-    }
-
-    /// The socket under TLS: rustls holds no plaintext unread here, since the answer's
-    /// writer read all the client sent into its own buffer.
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_ref().0.poll_read_ready(cx)
-    }
-
-    fn reset_on_close(&self) {
-        let _ = self.get_ref().0.set_zero_linger();
-    }
-
-    fn subscriber_socket(&self, _: &Arc<Control>) -> Option<SubscriberSocket> {
-        None
-    }
-
-    fn rewound(self, first: Bytes) -> Option<Rewound<Self>> {
-        Some(Rewound { first, stream: self })
-    }
-}
-
 /// A connection whose first bytes were read to see what they ask for, put back in front for
 /// hyper.
 pub(in crate::conn) struct Rewound<S> {
-    first: Bytes,
-    stream: S,
+    pub(super) first: Bytes,
+    pub(super) stream: S,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {

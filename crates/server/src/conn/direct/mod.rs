@@ -24,7 +24,8 @@
 //!
 //! Frames ready at a wake-up leave in one vectored write ([`answer`]). Over a plain socket the
 //! hub's fan-out may write a subscription's live updates itself; over TLS the connection's
-//! task writes every frame.
+//! task writes every frame, and a subscription's records are sealed here once its request is
+//! read ([`tls`]).
 //!
 //! The bounds of the [parent module](super) hold here too: a request head is due within
 //! [`Timeouts::request_head`] of accept (or of its first byte on a kept-alive connection), a
@@ -59,9 +60,11 @@ use crate::error::ApiError;
 use crate::telemetry::count_timeout;
 
 mod answer;
+mod tls;
 
 use answer::After;
 pub(super) use answer::{Answer, Rewound, Transport};
+pub(super) use tls::TlsTransport;
 
 /// The most bytes of request head read here; past them, 431. Above the router's own limits
 /// (60 KiB of target, 64 KiB of headers), so those answer first with their own words.
@@ -192,6 +195,15 @@ async fn subscribe<T: Transport>(
     };
     let request = head.and_then(|(request, _)| bodiless(request));
     drop(read);
+    match timeout_at(head_due, poll_fn(|cx| transport.poll_flush(cx))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Opening::Done,
+        Err(_) => {
+            count_timeout("request_head");
+            return Opening::Done;
+        }
+    }
+    let Some(transport) = transport.for_subscription() else { return Opening::Done };
     let control = Arc::new(Control::default());
     let socket = transport.subscriber_socket(&control);
     let response = respond(request, &served, &control, socket).await;

@@ -16,6 +16,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
+mod records;
+
+pub(crate) use records::Sealer;
+
 /// Why a certificate could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
@@ -123,6 +127,8 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // A subscription's records are sealed here once its request is read ([`Sealer`]).
+        config.enable_secret_extraction = true;
         Ok(Tls { source, current, acceptor: TlsAcceptor::from(Arc::new(config)) })
     }
 
