@@ -9,9 +9,14 @@
 // the difference over the subscribers is what one costs. Node's own built-in clients, so
 // nothing to install.
 //
+// With `--rate R`, each case then publishes R updates/s to every subscriber (each also
+// subscribes to the topic `all`) for `--seconds`, and reads the server's CPU meanwhile: the
+// CPU per delivery by transport (the fan-out writes to a plain socket and to a TLS subscriber
+// whose records it seals; hyper writes HTTP/2 streams).
+//
 //   node bench/idle_transports.mjs [--sluice target/release/sluice] [--subscribers 2000]
 //        [--server-args="--store sqlite:idle.db"]
-//        [--streams 100] [--json out.json]
+//        [--streams 100] [--rate 10 --seconds 10] [--json out.json]
 
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -36,8 +41,12 @@ const { values: args } = parseArgs({
     // More arguments for `sluice serve`, e.g. "--store sqlite:idle.db" (relative paths are
     // in the server's own temporary directory).
     'server-args': { type: 'string', default: '--store memory' },
+    rate: { type: 'string', default: '0' },
+    seconds: { type: 'string', default: '10' },
   },
 });
+const RATE = Number(args.rate);
+const SECRET = 'idle-bench';
 const SUBSCRIBERS = Number(args.subscribers);
 const STREAMS = Number(args.streams);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -49,7 +58,7 @@ async function serve({ tls: secure }) {
   const wrap = args.wrap.split(' ').filter(Boolean);
   const child = spawn(
     wrap[0] ?? path.resolve(args.sluice),
-    [...(wrap.length ? [...wrap.slice(1), path.resolve(args.sluice)] : []), 'serve', '--listen', '127.0.0.1:0', '--ready-file', ready, ...args['server-args'].split(' ').filter(Boolean), '--anonymous', '--jwt-secret', 'idle-bench', ...(secure ? ['--tls-self-signed'] : [])],
+    [...(wrap.length ? [...wrap.slice(1), path.resolve(args.sluice)] : []), 'serve', '--listen', '127.0.0.1:0', '--ready-file', ready, ...args['server-args'].split(' ').filter(Boolean), '--anonymous', '--jwt-secret', SECRET, ...(secure ? ['--tls-self-signed'] : [])],
     { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } },
   );
   for (;;) {
@@ -93,7 +102,11 @@ async function rssKib(pid) {
   return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
 }
 
-const request = (i) => `GET /.well-known/mercure?topic=idle/${i} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n`;
+const target = (i) => `/.well-known/mercure?topic=idle/${i}${RATE ? '&topic=all' : ''}`;
+const request = (i) => `GET ${target(i)} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n`;
+
+/** Bytes of updates the subscribers have received (counted in `--rate` runs). */
+let received = 0;
 
 /** An HTTP/1.1 subscriber on `socket` (once connected): resolves at its response's 200. */
 function h1(socket, i) {
@@ -105,6 +118,7 @@ function h1(socket, i) {
       head += chunk;
       if (head.includes('\r\n')) {
         socket.off('data', onData);
+        if (RATE) socket.on('data', (more) => (received += more.length));
         if (!head.startsWith('HTTP/1.1 200')) reject(new Error(`subscriber ${i}: ${head.split('\r\n')[0]}`));
         else resolve(socket);
       }
@@ -132,7 +146,8 @@ async function h2Streams(port, first, count) {
   await new Promise((r, e) => session.once('connect', r).once('error', e));
   const streams = [];
   for (let i = first; i < first + count; i += 1) {
-    const stream = session.request({ ':path': `/.well-known/mercure?topic=idle/${i}`, accept: 'text/event-stream' });
+    const stream = session.request({ ':path': target(i), accept: 'text/event-stream' });
+    if (RATE) stream.on('data', (more) => (received += more.length));
     streams.push(
       new Promise((resolve, reject) => {
         stream.once('response', (headers) => (headers[':status'] === 200 ? resolve() : reject(new Error(`stream ${i}: ${headers[':status']}`))));
@@ -156,11 +171,62 @@ async function measure(name, secure, connect) {
     const after = await rssKib(server.pid);
     const row = { transport: name, subscribers: SUBSCRIBERS, rss_before_kib: before, rss_idle_kib: after, kib_each: (after - before) / SUBSCRIBERS };
     process.stderr.write(`${name}: ${row.kib_each.toFixed(1)} KiB per idle subscriber (${before} -> ${after} KiB)\n`);
+    if (RATE) Object.assign(row, await publishing(server, secure));
     for (const h of held) (h.destroy ?? h.close).call(h);
     return row;
   } finally {
     await server.stop();
   }
+}
+
+/** The process's CPU time so far (user and system), in clock ticks (100 a second). */
+async function cpuTicks(pid) {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1].split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+/** Publishes `RATE` updates/s to the topic `all` for `--seconds`, one request each, and
+ * measures the server's CPU meanwhile and what reached the subscribers. */
+async function publishing(server, secure) {
+  const token = await new Promise((resolve, reject) => {
+    const child = spawn(path.resolve(args.sluice), ['token', '--secret', SECRET, '--publish', '*']);
+    let out = '';
+    child.stdout.on('data', (chunk) => (out += chunk));
+    child.once('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`sluice token: ${code}`))));
+  });
+  const body = `topic=all&data=${'x'.repeat(100)}`;
+  const publish = () =>
+    new Promise((resolve, reject) => {
+      const socket = secure
+        ? tls.connect({ port: server.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] })
+        : net.connect(server.port, '127.0.0.1');
+      socket.once('error', reject);
+      socket.setEncoding('latin1');
+      let answer = '';
+      socket.on('data', (chunk) => (answer += chunk));
+      socket.once('end', () => (answer.startsWith('HTTP/1.1 200') ? resolve() : reject(new Error(answer.split('\r\n')[0]))));
+      socket.write(
+        `POST /.well-known/mercure HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\n` +
+          `Content-Type: application/x-www-form-urlencoded\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    });
+  await publish();
+  await sleep(1000);
+  received = 0;
+  const updates = Math.round(RATE * Number(args.seconds));
+  const [ticks, start] = [await cpuTicks(server.pid), performance.now()];
+  for (let n = 0; n < updates; n += 1) {
+    await publish();
+    const due = start + ((n + 1) * 1000) / RATE;
+    await sleep(Math.max(0, due - performance.now()));
+  }
+  await sleep(500);
+  const seconds = (performance.now() - start) / 1000;
+  const cpu = ((await cpuTicks(server.pid)) - ticks) / 100;
+  const deliveries = updates * SUBSCRIBERS;
+  const row = { rate: RATE, updates, bytes_received: received, cpu_percent: (cpu / seconds) * 100, cpu_us_per_delivery: (cpu * 1e6) / deliveries };
+  process.stderr.write(`  ${RATE} updates/s: ${row.cpu_percent.toFixed(1)}% CPU, ${row.cpu_us_per_delivery.toFixed(2)} µs per delivery, ${received} bytes received\n`);
+  return row;
 }
 
 /** Opens `SUBSCRIBERS` with `one(port, i)`, 100 at a time, showing progress. */
@@ -194,7 +260,11 @@ rows.push(
   }),
 );
 
-console.log('| transport | idle subscribers | KiB each |');
-console.log('| --- | ---: | ---: |');
-for (const r of rows.filter(Boolean)) console.log(`| ${r.transport} | ${r.subscribers.toLocaleString('en')} | ${r.kib_each.toFixed(1)} |`);
+const rated = RATE ? ` | CPU % at ${RATE} updates/s | µs per delivery |` : ' |';
+console.log(`| transport | idle subscribers | KiB each${rated}`);
+console.log(`| --- | ---: | ---:${RATE ? ' | ---: | ---: |' : ' |'}`);
+for (const r of rows.filter(Boolean)) {
+  const cpu = RATE ? ` | ${r.cpu_percent.toFixed(1)} | ${r.cpu_us_per_delivery.toFixed(2)} |` : ' |';
+  console.log(`| ${r.transport} | ${r.subscribers.toLocaleString('en')} | ${r.kib_each.toFixed(1)}${cpu}`);
+}
 if (args.json) await writeFile(args.json, JSON.stringify({ rows }, null, 2));

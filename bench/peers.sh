@@ -89,16 +89,19 @@ if [[ " $ONLY " == *" gateway "* ]]; then
         # the gaps (>= 15,000). With many streams, their first answers start spread over one
         # answer's time (--ramp-ms), so each opens while the others run, as users arrive, and
         # every stream is open at once from then on.
+        # Sluice's protocols share its gateway process and are read in turns (--turns), each a
+        # share of the rounds a turn in a rotated order, so that none gains by going first;
+        # at 100 streams two rounds a turn, so that every stream stays open through a turn.
         case $k in
-            1) rounds=300; tokens=50; tps=1000; ramp=0 ;;
-            100) rounds=5; tokens=50; tps=100; ramp=500 ;;
-            *) rounds=2; tokens=20; tps=10; ramp=2000 ;;  # 10,000 chunks/s in all: the upstream
-                                                           # and the load generator share a core
+            1) rounds=300; tokens=50; tps=1000; ramp=0; turns=10 ;;
+            100) rounds=10; tokens=50; tps=100; ramp=500; turns=5 ;;
+            *) rounds=2; tokens=20; tps=10; ramp=2000; turns=1 ;;  # 10,000 chunks/s in all: the
+                                                       # upstream and the load generator share a core
         esac
         phase "gateway: $k streams × $rounds answers"
         "$SLUICE" bench gateway --streams "$k" --rounds "$rounds" --tokens "$tokens" \
             --tokens-per-second "$tps" --ttft-ms 0 --cancels 20 --ramp-ms "$ramp" \
-            --surfaces responses,messages,ui \
+            --surfaces responses,messages,ui --turns "$turns" \
             --peer-command "exec bench/peers/litellm.sh" --peer-name litellm \
             --peer-ready-path /health/liveliness --peer-token sk-sluice-bench-local \
             --relay-command "exec bench/peers/relay.sh" \

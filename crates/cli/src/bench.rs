@@ -252,6 +252,12 @@ struct GatewayArgs {
     /// Completions, over the same upstream).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "P,…")]
     surfaces: Vec<SurfaceArg>,
+    /// Measure the paths through one gateway process (Chat Completions and the --surfaces;
+    /// the --callers' two) in this many turns, each path a share of the rounds a turn, in an
+    /// order rotated every turn, so that they share the machine's hour and the positions
+    /// alike (1: one whole path after the other).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    turns: usize,
     /// Also measure Sluice with callers checked: a second gateway that asks for an API key
     /// (a `[[keys]]` record with limits) or an end-user token, read with each (rows
     /// `sluice/api-key` and `sluice/end-user`, beside the open gateway's `sluice`).
@@ -602,6 +608,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         peers: gateway_peers(&args),
         progress: !args.quiet,
         surfaces: args.surfaces.iter().map(|&s| s.into()).collect(),
+        turns: args.turns,
         store: match args.gateway_store {
             GatewayStoreArg::Memory => sluice_loadgen::gateway::GatewayStore::Memory,
             GatewayStoreArg::Sqlite => sluice_loadgen::gateway::GatewayStore::Sqlite,

@@ -148,6 +148,23 @@ fn bench_gateway_checks_callers_with_a_key_and_an_end_user_token() {
     }
 }
 
+/// The protocols through one gateway read in turns: each path gets every answer it was asked
+/// for, its first tokens and disconnects timed.
+#[test]
+fn bench_gateway_reads_the_protocols_in_turns() {
+    let results = bench_streams(&["--surfaces", "responses,ui", "--turns", "2"]);
+    let gateways = results["gateways"].as_array().unwrap();
+    let names: Vec<_> = gateways.iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sluice", "sluice/responses", "sluice/ui-message-stream"]);
+    for gateway in gateways {
+        assert_eq!(gateway["path"]["answers"], 4, "{gateway}");
+        assert_eq!(gateway["path"]["errors"], 0, "{gateway}");
+        assert_eq!(gateway["path"]["ttft"]["count"], 4, "{gateway}");
+        assert!(gateway["rss_open_kib"].as_u64().unwrap() > 0, "{gateway}");
+    }
+    assert_eq!(gateways[1]["cancel"]["count"], 1, "a Responses disconnect cancels");
+}
+
 #[test]
 fn bench_gateway_rates_steps_up_whole_and_streamed_answers() {
     // A bound no run on a debug build can pass, so that both rates are run.

@@ -191,13 +191,7 @@ async fn a_tls_subscriber_that_stops_reading_is_reset_at_the_write_bound() {
     // stalled subscriber's own timeout, and the test then read the subscriber's 12.8 MB
     // through its 4 KiB window, which took longer than its bound.
     let client = trusting(&pem).http1_only().build().unwrap();
-    const WRITE_TIMEOUTS: &str = r#"sluice_timeouts_total{wait="write"}"#;
-    let write_timeouts = || async {
-        let text =
-            client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-        let line = text.lines().find(|l| l.starts_with(WRITE_TIMEOUTS));
-        line.map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-    };
+    let write_timeouts = || metric(&client, &base, r#"sluice_timeouts_total{wait="write"}"#);
     let before = write_timeouts().await;
 
     // A raw TLS client with a small receive buffer, which subscribes and then never reads.
@@ -240,11 +234,13 @@ async fn a_tls_subscriber_that_stops_reading_is_reset_at_the_write_bound() {
     assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset), "reset, not closed");
 }
 
+const WRITTEN_DIRECTLY: &str = "sluice_updates_written_directly_total";
+
 /// A subscription over TLS 1.2 and 1.3 reads every update whole, one larger than a TLS
 /// record among them: once its request is read, the server seals its records itself rather
-/// than through rustls (`tls/records.rs`, whose own tests cover every suite), and the client
-/// (rustls here) checks each one. What the subscriber sends meanwhile is dropped, as over a
-/// plain socket, and its close ends the subscription.
+/// than through rustls (`tls/records.rs`, whose own tests cover every suite), its task or the
+/// hub's fan-out, and the client (rustls here) checks each one. What the subscriber sends
+/// meanwhile is dropped, as over a plain socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_subscriber_reads_every_update_in_both_versions() {
     let (_dir, _server, base, pem) = serve_over_tls(Timeouts::default()).await;
@@ -257,6 +253,7 @@ async fn a_tls_subscriber_reads_every_update_in_both_versions() {
         subscriber.write_all(request.as_bytes()).await.unwrap();
         let mut seen = Vec::new();
         read_raw_until(&mut subscriber, &mut seen, "text/event-stream").await;
+        let direct_before = metric(&client, &base, WRITTEN_DIRECTLY).await;
         for n in 0..3 {
             publish(&client, &base, &topic, &format!("small {n}")).await;
         }
@@ -268,6 +265,10 @@ async fn a_tls_subscriber_reads_every_update_in_both_versions() {
             assert!(seen.contains(&format!("data: small {n}\n\n")), "{version:?}");
         }
         assert!(seen.contains(&format!("data: {big}\n\n")), "{version:?}: the big update whole");
+        // The fan-out sealed and wrote some of them itself (the subscriber was idle between
+        // publishes), as it writes to a plain socket.
+        let direct = metric(&client, &base, WRITTEN_DIRECTLY).await - direct_before;
+        assert!(direct >= 1.0, "{version:?}: {direct} updates written by the fan-out");
         // Bytes after the request are dropped; the subscription goes on.
         subscriber.write_all(b"ignored").await.unwrap();
         subscriber.flush().await.unwrap();
@@ -287,6 +288,13 @@ async fn read_raw_until(stream: &mut (impl AsyncRead + Unpin), seen: &mut Vec<u8
         }
     };
     tokio::time::timeout(Duration::from_secs(20), read).await.expect("it arrives");
+}
+
+/// The value of the series `series` on the server's `/metrics` (0 while absent).
+async fn metric(client: &reqwest::Client, base: &str, series: &str) -> f64 {
+    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with(series));
+    line.map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
 }
 
 /// A raw TLS connection (HTTP/1.1 by ALPN) to `base` in `version`, trusting `pem`, with a

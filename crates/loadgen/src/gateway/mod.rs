@@ -71,6 +71,14 @@ pub struct GatewayBench {
     pub progress: bool,
     /// Sluice's protocols other than Chat Completions to measure it through as well.
     pub surfaces: Vec<Surface>,
+    /// The paths through one gateway process (Chat Completions and the [`surfaces`], or the
+    /// two kinds of checked callers) are measured in this many turns, each path a share of
+    /// the rounds a turn, in an order rotated every turn. Measured one whole path after the
+    /// other, the first came out ahead of the rest by more than their code explains; in turns
+    /// they share the hour and the positions alike. 1: one path after the other.
+    ///
+    /// [`surfaces`]: GatewayBench::surfaces
+    pub turns: usize,
     /// Sluice's store (`--store`): `memory`, or `sqlite` (a file in `work_dir`), where the
     /// callers' limits are charged.
     pub store: GatewayStore,
@@ -356,6 +364,41 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 /// K streams × rounds against `endpoint`, printing the answers done every 5 s with
 /// `progress`.
 async fn run_path(endpoint: &Endpoint, name: &str, bench: &GatewayBench) -> PathResult {
+    answers_through(endpoint, name, bench).await.result()
+}
+
+/// The raw figures of the answers through one path, which turns add up.
+#[derive(Debug, Clone, Default)]
+struct Answers {
+    ttft: Latency,
+    gaps: Latency,
+    answers: u64,
+    errors: u64,
+    seconds: f64,
+}
+
+impl Answers {
+    fn add(&mut self, other: &Answers) {
+        self.ttft.merge(&other.ttft);
+        self.gaps.merge(&other.gaps);
+        self.answers += other.answers;
+        self.errors += other.errors;
+        self.seconds += other.seconds;
+    }
+
+    fn result(&self) -> PathResult {
+        PathResult {
+            ttft: Quantiles::of(&self.ttft),
+            gap: Quantiles::of(&self.gaps),
+            answers: self.answers,
+            errors: self.errors,
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// `bench.streams` streams of `bench.rounds` answers each through `endpoint`.
+async fn answers_through(endpoint: &Endpoint, name: &str, bench: &GatewayBench) -> Answers {
     let started = Instant::now();
     let done = Arc::new(AtomicU64::new(0));
     let ticker = bench.progress.then(|| {
@@ -406,13 +449,7 @@ async fn run_path(endpoint: &Endpoint, name: &str, bench: &GatewayBench) -> Path
     if let Some(ticker) = ticker {
         ticker.abort();
     }
-    PathResult {
-        ttft: Quantiles::of(&ttft),
-        gap: Quantiles::of(&gaps),
-        answers,
-        errors,
-        seconds: started.elapsed().as_secs_f64(),
-    }
+    Answers { ttft, gaps, answers, errors, seconds: started.elapsed().as_secs_f64() }
 }
 
 /// The value of a counter in a Prometheus text page.
@@ -541,14 +578,15 @@ impl GatewayBench {
         let args = gateway_args(self, "gateway", &direct.url, None)?;
         let (gateway, through) = start(self, &args, &[], cpus(0)).await?;
         let gateway_pid = gateway.id().ok_or_else(|| Error::Server("no gateway pid".into()))?;
-        let sluice = Endpoint::chat(through.clone(), None);
-        let mut gateways = vec![self.measure("sluice", &sluice, &[gateway_pid], &metrics).await?];
+        let mut paths = vec![("sluice".to_owned(), Endpoint::chat(through.clone(), None))];
         for &surface in &self.surfaces {
             let url = through.join(surface.path()).map_err(|e| Error::Config(e.to_string()))?;
-            let endpoint = Endpoint { url, surface, bearer: None };
-            let name = format!("sluice/{}", surface.name());
-            gateways.push(self.measure(&name, &endpoint, &[gateway_pid], &metrics).await?);
+            paths.push((
+                format!("sluice/{}", surface.name()),
+                Endpoint { url, surface, bearer: None },
+            ));
         }
+        let mut gateways = self.measure(&paths, &[gateway_pid], &metrics).await?;
         drop(gateway);
 
         if let Some(checks) = &self.callers {
@@ -559,19 +597,19 @@ impl GatewayBench {
             );
             let (gateway, through) = start(self, &args, &[], cpus(0)).await?;
             let pid = gateway.id().ok_or_else(|| Error::Server("no gateway pid".into()))?;
-            for (name, credential) in
+            let paths =
                 [("sluice/api-key", &checks.api_key), ("sluice/end-user", &checks.end_user_token)]
-            {
-                let endpoint = Endpoint::chat(through.clone(), Some(credential.clone()));
-                gateways.push(self.measure(name, &endpoint, &[pid], &metrics).await?);
-            }
+                    .map(|(name, credential)| {
+                        (name.to_owned(), Endpoint::chat(through.clone(), Some(credential.clone())))
+                    });
+            gateways.extend(self.measure(&paths, &[pid], &metrics).await?);
         }
 
         for peer in &self.peers {
             let (group, endpoint) = self.start_peer(peer, &direct.url).await?;
-            let run = self.measure(&peer.name, &endpoint, &group.pids(), &metrics).await;
+            let run = self.measure(&[(peer.name.clone(), endpoint)], &group.pids(), &metrics).await;
             group.stop(Duration::from_secs(5)).await;
-            gateways.push(run?);
+            gateways.extend(run?);
         }
         Ok(GatewayResults {
             direct: direct_result,
@@ -605,17 +643,17 @@ impl GatewayBench {
         Ok((group, Endpoint::chat(url, peer.bearer.clone())))
     }
 
-    /// The answers through one gateway (processes `pids`), its memory and CPU, and how fast
-    /// a client's disconnect reaches the upstream through it.
+    /// The answers through each of `paths` into one gateway (processes `pids`), in
+    /// [`turns`](GatewayBench::turns); for each, the gateway's memory and CPU while it was
+    /// read, and how fast a client's disconnect reaches the upstream through it.
     async fn measure(
         &self,
-        name: &str,
-        endpoint: &Endpoint,
+        paths: &[(String, Endpoint)],
         pids: &[u32],
         upstream_metrics: &Url,
-    ) -> Result<GatewayRun, Error> {
-        // One answer first, so that lazily made state (connection pools, a first request's
-        // imports) is not counted as memory per stream.
+    ) -> Result<Vec<GatewayRun>, Error> {
+        // One answer through each first, so that lazily made state (connection pools, a first
+        // request's imports) is not counted as memory per stream.
         let warm = GatewayBench {
             streams: 1,
             rounds: 1,
@@ -624,8 +662,51 @@ impl GatewayBench {
             peers: Vec::new(),
             ..self.clone()
         };
-        run_path(endpoint, name, &warm).await;
+        for (name, endpoint) in paths {
+            answers_through(endpoint, name, &warm).await;
+        }
         let idle = sample(pids)?;
+        let turns = self.turns.clamp(1, self.rounds);
+        let mut read = vec![Read::default(); paths.len()];
+        for turn in 0..turns {
+            let share = GatewayBench {
+                rounds: self.rounds / turns + usize::from(turn < self.rounds % turns),
+                ..self.clone()
+            };
+            for at in 0..paths.len() {
+                let which = (at + turn) % paths.len();
+                let (name, endpoint) = &paths[which];
+                read[which].add(&share.read_sampled(endpoint, name, pids).await?);
+            }
+        }
+        let mut runs = Vec::with_capacity(paths.len());
+        for ((name, endpoint), read) in paths.iter().zip(read) {
+            // A UI message stream's answer outlives its connection (that is the point): a
+            // disconnect is not a cancel there.
+            let cancel = match endpoint.surface {
+                Surface::UiMessageStream => None,
+                _ => time_cancels(endpoint, upstream_metrics, self.cancels).await.ok(),
+            };
+            runs.push(GatewayRun {
+                name: name.clone(),
+                path: read.answers.result(),
+                rss_idle_kib: idle.rss_kib,
+                rss_open_kib: read.rss_open_kib.max(idle.rss_kib),
+                cpu_percent: read.cpu_seconds / read.wall_seconds.max(f64::MIN_POSITIVE) * 100.0,
+                cancel,
+            });
+        }
+        Ok(runs)
+    }
+
+    /// The answers through `endpoint`, with the gateway's RSS while every stream is open and
+    /// the CPU it spent meanwhile.
+    async fn read_sampled(
+        &self,
+        endpoint: &Endpoint,
+        name: &str,
+        pids: &[u32],
+    ) -> Result<Read, Error> {
         // Sample the memory while every stream is open: a quarter into the answers that start
         // last (with a ramp, the first streams are then in their next answer).
         let answer_time = self.time_to_first_token.as_secs_f64()
@@ -636,23 +717,36 @@ impl GatewayBench {
             tokio::time::sleep(sample_at).await;
             sample(&sampled).ok()
         });
-        let path = run_path(endpoint, name, self).await;
-        let open = sampler.await.ok().flatten().unwrap_or(idle);
+        let before = sample(pids)?;
+        let answers = answers_through(endpoint, name, self).await;
+        let open = sampler.await.ok().flatten().unwrap_or(before);
         let after = sample(pids).unwrap_or(open);
-        // A UI message stream's answer outlives its connection (that is the point): a
-        // disconnect is not a cancel there.
-        let cancel = match endpoint.surface {
-            Surface::UiMessageStream => None,
-            _ => time_cancels(endpoint, upstream_metrics, self.cancels).await.ok(),
-        };
-        Ok(GatewayRun {
-            name: name.to_owned(),
-            path,
-            rss_idle_kib: idle.rss_kib,
-            rss_open_kib: open.rss_kib,
-            cpu_percent: after.cpu_percent_since(&idle),
-            cancel,
-        })
+        let wall_seconds = after.at.duration_since(before.at).as_secs_f64();
+        let cpu_seconds = after.cpu_percent_since(&before) / 100.0 * wall_seconds;
+        Ok(Read { answers, rss_open_kib: open.rss_kib, cpu_seconds, wall_seconds })
+    }
+}
+
+/// What reading one path measured, over its turns.
+#[derive(Debug, Clone, Default)]
+struct Read {
+    answers: Answers,
+    /// The RSS sampled with every stream open, in the path's first turn: the first path is
+    /// then sampled in a gateway that has served no other path, as when measured alone.
+    rss_open_kib: u64,
+    /// The gateway's CPU time while it was read, and how long that was.
+    cpu_seconds: f64,
+    wall_seconds: f64,
+}
+
+impl Read {
+    fn add(&mut self, other: &Read) {
+        if self.answers.answers + self.answers.errors == 0 {
+            self.rss_open_kib = other.rss_open_kib;
+        }
+        self.answers.add(&other.answers);
+        self.cpu_seconds += other.cpu_seconds;
+        self.wall_seconds += other.wall_seconds;
     }
 }
 

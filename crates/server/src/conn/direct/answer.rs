@@ -399,17 +399,7 @@ impl Transport for Arc<TcpStream> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            std::task::ready!(self.poll_read_ready(cx))?;
-            match self.try_read(buf.initialize_unfilled()) {
-                Ok(read) => {
-                    buf.advance(read);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(error)),
-            }
-        }
+        read_some(self, cx, buf)
     }
 
     /// Through a shared reference: the fan-out may hold the socket too.
@@ -446,6 +436,26 @@ impl Transport for Arc<TcpStream> {
 
     fn rewound(self, first: Bytes) -> Option<Rewound<TcpStream>> {
         Arc::try_unwrap(self).ok().map(|stream| Rewound { first, stream })
+    }
+}
+
+/// Reads what `stream` has into `buf`, through a shared reference (the fan-out may hold the
+/// socket too).
+pub(super) fn read_some(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        std::task::ready!(stream.poll_read_ready(cx))?;
+        match stream.try_read(buf.initialize_unfilled()) {
+            Ok(read) => {
+                buf.advance(read);
+                return Poll::Ready(Ok(()));
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Poll::Ready(Err(error)),
+        }
     }
 }
 

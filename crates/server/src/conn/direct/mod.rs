@@ -22,10 +22,11 @@
 //! - **Anything else** goes to hyper, with the bytes read so far put back in front
 //!   ([`Rewound`]): every other request, a body in any other framing, HTTP/1.0 and HTTP/2.
 //!
-//! Frames ready at a wake-up leave in one vectored write ([`answer`]). Over a plain socket the
-//! hub's fan-out may write a subscription's live updates itself; over TLS the connection's
-//! task writes every frame, and a subscription's records are sealed here once its request is
-//! read ([`tls`]).
+//! Frames ready at a wake-up leave in one vectored write ([`answer`]). The hub's fan-out may
+//! write a subscription's live updates itself: to a plain socket, and over TLS once the
+//! subscription's records are sealed here ([`tls`]), which they are once its request is read.
+//! Every other answer over TLS goes through rustls, its frames written by the connection's
+//! task.
 //!
 //! The bounds of the [parent module](super) hold here too: a request head is due within
 //! [`Timeouts::request_head`] of accept (or of its first byte on a kept-alive connection), a

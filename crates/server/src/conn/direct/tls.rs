@@ -6,7 +6,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -15,16 +15,17 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::super::Control;
+use super::answer::read_some;
 use super::{Rewound, SubscriberSocket, Transport};
 use crate::tls::Sealer;
+use sluice_hub::SocketWriter;
 
 /// A TLS connection's transport.
 pub(in crate::conn) enum TlsTransport {
     /// Through rustls (boxed: a subscription drops it for [`Sealed`], which is smaller).
     Rustls(Box<TlsStream<TcpStream>>),
-    /// A subscription's event stream, sealed here (boxed: its key is larger than what an
-    /// answer on a kept-alive connection should carry).
-    Sealed(Box<Sealed>),
+    /// A subscription's event stream, sealed here, which the hub's fan-out may write to too.
+    Sealed(Arc<Sealed>),
 }
 
 impl TlsTransport {
@@ -32,32 +33,105 @@ impl TlsTransport {
     pub(in crate::conn) fn new(stream: TlsStream<TcpStream>) -> Self {
         TlsTransport::Rustls(Box::new(stream))
     }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            TlsTransport::Rustls(stream) => stream.get_ref().0,
+            TlsTransport::Sealed(sealed) => &sealed.stream,
+        }
+    }
 }
 
-/// A connection whose records are sealed here: what the client sends is read but not
-/// decrypted (a subscription drops it anyway; its close still ends the subscription).
+/// A connection whose records are sealed here, shared by its task and the hub's fan-out (as a
+/// plain subscriber's socket is): whichever writes seals its frames and writes the records
+/// under one lock, so records leave in the order they were sealed. What the client sends is
+/// read but not decrypted (a subscription drops it anyway; its close still ends the
+/// subscription).
 pub(in crate::conn) struct Sealed {
     stream: TcpStream,
+    records: Mutex<Records>,
+}
+
+/// The sealing state of a [`Sealed`] connection.
+struct Records {
     sealer: Sealer,
     /// Records sealed and not yet written in full, from `written` on; no allocation while
     /// every record is out.
-    records: Vec<u8>,
+    unsent: Vec<u8>,
     written: usize,
 }
 
-impl Sealed {
-    /// Writes out the records sealed so far.
-    fn poll_records(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.records.len() {
-            let unsent = &self.records[self.written..];
-            match ready!(Pin::new(&mut self.stream).poll_write(cx, unsent))? {
-                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                written => self.written += written,
+impl Records {
+    /// Writes what `stream` takes now of the unsent records: true once none is left.
+    fn write_out(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        while self.written < self.unsent.len() {
+            match stream.try_write(&self.unsent[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.written += written,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(error) => return Err(error),
             }
         }
-        self.records = Vec::new();
+        self.unsent = Vec::new();
         self.written = 0;
-        Poll::Ready(Ok(()))
+        Ok(true)
+    }
+
+    /// Seals what it can of `slices` after the unsent records and writes what the socket
+    /// takes: how many bytes of plaintext were taken.
+    fn seal(&mut self, slices: &[IoSlice<'_>], stream: &TcpStream) -> io::Result<(usize, bool)> {
+        let taken = self.sealer.seal(slices, &mut self.unsent)?;
+        Ok((taken, self.write_out(stream)?))
+    }
+}
+
+impl Sealed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The task's side: writes out the unsent records, waiting for the socket to take them.
+    fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.lock().write_out(&self.stream)? {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.stream.poll_write_ready(cx))?;
+        }
+    }
+}
+
+/// A sealed subscriber's connection as the hub's fan-out writes to it.
+#[derive(Debug)]
+struct SealedWriter {
+    sealed: Arc<Sealed>,
+    control: Arc<Control>,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed").field("stream", &self.stream).finish_non_exhaustive()
+    }
+}
+
+impl SocketWriter for SealedWriter {
+    /// Takes none of `frame` while records sealed before are unsent (the writer then sends
+    /// them first, then the frame). Once sealed, the frame counts as taken even if part of
+    /// its records waits for the socket: the writer is woken to send the rest.
+    fn try_write(&self, frame: &[u8]) -> io::Result<usize> {
+        let mut records = self.sealed.lock();
+        if !records.write_out(&self.sealed.stream)? {
+            return Ok(0);
+        }
+        let (taken, out) = records.seal(&[IoSlice::new(frame)], &self.sealed.stream)?;
+        if !out {
+            self.control.write_waker.wake();
+        }
+        Ok(taken)
+    }
+
+    fn wake(&self) {
+        self.control.write_waker.wake();
     }
 }
 
@@ -71,7 +145,7 @@ impl Transport for TlsTransport {
     ) -> Poll<io::Result<()>> {
         match self {
             TlsTransport::Rustls(stream) => Pin::new(&mut **stream).poll_read(cx, buf),
-            TlsTransport::Sealed(sealed) => Pin::new(&mut sealed.stream).poll_read(cx, buf),
+            TlsTransport::Sealed(sealed) => read_some(&sealed.stream, cx, buf),
         }
     }
 
@@ -88,12 +162,9 @@ impl Transport for TlsTransport {
                 Pin::new(&mut **stream).poll_write_vectored(cx, slices)
             }
             TlsTransport::Sealed(sealed) => {
-                ready!(sealed.poll_records(cx))?;
-                let taken = sealed.sealer.seal(slices, &mut sealed.records)?;
+                ready!(sealed.poll_write_out(cx))?;
                 // Out at once if the socket takes them; otherwise the next flush waits.
-                if let Poll::Ready(Err(error)) = sealed.poll_records(cx) {
-                    return Poll::Ready(Err(error));
-                }
+                let (taken, _) = sealed.lock().seal(slices, &sealed.stream)?;
                 Poll::Ready(Ok(taken))
             }
         }
@@ -102,7 +173,7 @@ impl Transport for TlsTransport {
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             TlsTransport::Rustls(stream) => Pin::new(&mut **stream).poll_flush(cx),
-            TlsTransport::Sealed(sealed) => sealed.poll_records(cx),
+            TlsTransport::Sealed(sealed) => sealed.poll_write_out(cx),
         }
     }
 
@@ -123,14 +194,12 @@ impl Transport for TlsTransport {
         if !Sealer::can_take(stream.get_ref().1) {
             return Some(TlsTransport::Rustls(stream));
         }
-        let (tcp, connection) = stream.into_inner();
+        let (stream, connection) = stream.into_inner();
         match Sealer::take(connection) {
-            Ok(sealer) => Some(TlsTransport::Sealed(Box::new(Sealed {
-                stream: tcp,
-                sealer,
-                records: Vec::new(),
-                written: 0,
-            }))),
+            Ok(sealer) => {
+                let records = Mutex::new(Records { sealer, unsent: Vec::new(), written: 0 });
+                Some(TlsTransport::Sealed(Arc::new(Sealed { stream, records })))
+            }
             Err(error) => {
                 tracing::warn!(%error, "a TLS connection's keys could not be taken for sealing");
                 None
@@ -138,23 +207,17 @@ impl Transport for TlsTransport {
         }
     }
 
-    fn subscriber_socket(&self, _: &Arc<Control>) -> Option<SubscriberSocket> {
-        None
+    /// A sealed connection, which the fan-out seals its frames for as this task does.
+    fn subscriber_socket(&self, control: &Arc<Control>) -> Option<SubscriberSocket> {
+        let TlsTransport::Sealed(sealed) = self else { return None };
+        let writer = SealedWriter { sealed: Arc::clone(sealed), control: Arc::clone(control) };
+        Some(SubscriberSocket(Arc::new(writer)))
     }
 
     fn rewound(self, first: Bytes) -> Option<Rewound<Self::Socket>> {
         match self {
             TlsTransport::Rustls(stream) => Some(Rewound { first, stream: *stream }),
             TlsTransport::Sealed(_) => None,
-        }
-    }
-}
-
-impl TlsTransport {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            TlsTransport::Rustls(stream) => stream.get_ref().0,
-            TlsTransport::Sealed(sealed) => &sealed.stream,
         }
     }
 }
