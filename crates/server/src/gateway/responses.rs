@@ -464,6 +464,16 @@ impl ResponseEvents {
     }
 }
 
+/// Appends `more` to the string `value` in place (anything else becomes `more`): an output's
+/// text grows by each delta without being copied whole each time, which made a long answer's
+/// encoding quadratic in its length.
+fn append(value: &mut Value, more: &str) {
+    match value {
+        Value::String(text) => text.push_str(more),
+        other => *other = Value::String(more.to_owned()),
+    }
+}
+
 impl Encoder for ResponseEvents {
     fn event(&mut self, event: &AnswerEvent, _id: Option<&str>, out: &mut Vec<Bytes>) {
         match event {
@@ -498,11 +508,7 @@ impl Encoder for ResponseEvents {
                         index
                     }
                 };
-                let joined = format!(
-                    "{}{text}",
-                    self.output[index]["content"][0]["text"].as_str().unwrap_or("")
-                );
-                self.output[index]["content"][0]["text"] = json!(joined);
+                append(&mut self.output[index]["content"][0]["text"], text);
                 let delta = json!({"item_id": self.item_id("msg", index), "output_index": index,
                     "content_index": 0, "delta": text, "logprobs": []});
                 self.emit(out, "response.output_text.delta", delta);
@@ -531,12 +537,7 @@ impl Encoder for ResponseEvents {
                     }
                 };
                 if !part.arguments.is_empty() {
-                    let joined = format!(
-                        "{}{}",
-                        self.output[index]["arguments"].as_str().unwrap_or(""),
-                        part.arguments
-                    );
-                    self.output[index]["arguments"] = json!(joined);
+                    append(&mut self.output[index]["arguments"], &part.arguments);
                     let delta = json!({"item_id": self.item_id("fc", index), "output_index": index,
                         "delta": part.arguments});
                     self.emit(out, "response.function_call_arguments.delta", delta);
