@@ -323,7 +323,10 @@ impl Endpoint {
     }
 }
 
-/// Reads one streamed answer, recording time to first token and gaps.
+/// Reads one streamed answer, recording time to first token and gaps. A content event is
+/// timed by the arrival of the bytes that completed it, not by when this reader has parsed it:
+/// a protocol that sends more events around its text (Responses, the UI message stream) would
+/// otherwise be charged this reader's parsing of them.
 async fn answer(
     client: &reqwest::Client,
     endpoint: &Endpoint,
@@ -336,8 +339,15 @@ async fn answer(
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
-    let mut events = EventStream::new(response.bytes_stream());
-    let mut last: Option<Instant> = None;
+    // Microseconds from `started` to the latest chunk: the decoder reads the next chunk only
+    // once it has handed out every event the chunks before completed.
+    let arrived = Arc::new(AtomicU64::new(0));
+    let stamp = Arc::clone(&arrived);
+    let chunks = response.bytes_stream().inspect(move |_| {
+        stamp.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    });
+    let mut events = EventStream::new(chunks);
+    let mut last: Option<u64> = None;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| e.to_string())?;
         let reading = endpoint.surface.read(&event)?;
@@ -345,14 +355,12 @@ async fn answer(
             return Ok(());
         }
         if matches!(reading, Reading::Content) {
-            let now = Instant::now();
+            let at = arrived.load(Ordering::Relaxed);
             match last {
-                None => ttft.record_micros(now.duration_since(started).as_micros() as u64),
-                Some(previous) => {
-                    gaps.record_micros(now.duration_since(previous).as_micros() as u64);
-                }
+                None => ttft.record_micros(at),
+                Some(previous) => gaps.record_micros(at.saturating_sub(previous)),
             }
-            last = Some(now);
+            last = Some(at);
         }
     }
     Err("the stream ended before the answer did".into())
