@@ -277,6 +277,26 @@ async fn a_tls_subscriber_reads_every_update_in_both_versions() {
     }
 }
 
+/// A TLS subscription the server ends (here, by shutting down) ends with a `close_notify`, in
+/// both versions: the client (rustls, which reports a close without one as an error) reads a
+/// clean end of the stream, not a cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_subscription_the_server_ends_ends_with_a_close_notify() {
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let (_dir, server, base, pem) = serve_over_tls(Timeouts::default()).await;
+        let mut subscriber = raw_tls(&pem, &base, None, version).await;
+        let request = "GET /.well-known/mercure?topic=/closing HTTP/1.1\r\nHost: x\r\n\r\n";
+        subscriber.write_all(request.as_bytes()).await.unwrap();
+        read_raw_until(&mut subscriber, &mut Vec::new(), "text/event-stream").await;
+        let stopped = tokio::spawn(server.stop());
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), subscriber.read_to_end(&mut rest));
+        let ended = read.await.expect("the stream ends");
+        assert!(ended.is_ok(), "{version:?}: a clean end, not {ended:?}");
+        stopped.await.unwrap();
+    }
+}
+
 /// Reads `stream` into `seen` until `needle` has arrived (bounded); panics if it closes first.
 async fn read_raw_until(stream: &mut (impl AsyncRead + Unpin), seen: &mut Vec<u8>, needle: &str) {
     let read = async {

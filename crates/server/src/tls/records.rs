@@ -35,6 +35,9 @@ const HEADER: usize = 5;
 /// The explicit part of a TLS 1.2 AES-GCM nonce, sent in front of the ciphertext.
 const EXPLICIT_NONCE: usize = 8;
 const APPLICATION_DATA: u8 = 23;
+const ALERT: u8 = 21;
+/// A warning-level `close_notify` alert (RFC 8446, 6.1).
+const CLOSE_NOTIFY: [u8; 2] = [1, 0];
 /// Every record's version field (TLS 1.3 keeps TLS 1.2's).
 const RECORD_VERSION: [u8; 2] = [3, 3];
 
@@ -123,20 +126,40 @@ impl Sealer {
                 return Err(io::Error::other("the connection's key may seal no more records"));
             }
             let length = (total - sealed).min(MAX_PLAINTEXT);
-            self.seal_record(&mut plaintext, length, out);
+            self.seal_record(APPLICATION_DATA, &mut plaintext, length, out);
             sealed += length;
         }
         Ok(sealed)
     }
 
-    /// Seals the next `length` bytes of `plaintext` as one record at the end of `out`.
-    fn seal_record(&mut self, plaintext: &mut Plaintext<'_, '_>, length: usize, out: &mut Vec<u8>) {
+    /// Seals a `close_notify` alert at the end of `out`: the stream ended here, not cut short
+    /// on the way. Fails once the key may seal no more records.
+    pub(crate) fn seal_close_notify(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        if self.seq >= self.limit {
+            return Err(io::Error::other("the connection's key may seal no more records"));
+        }
+        let alert = [IoSlice::new(&CLOSE_NOTIFY)];
+        let mut plaintext = Plaintext { slices: &alert, index: 0, offset: 0 };
+        self.seal_record(ALERT, &mut plaintext, CLOSE_NOTIFY.len(), out);
+        Ok(())
+    }
+
+    /// Seals the next `length` bytes of `plaintext` as one record of `content_type` at the
+    /// end of `out` (in TLS 1.3 the type is sealed inside, and the record says application
+    /// data).
+    fn seal_record(
+        &mut self,
+        content_type: u8,
+        plaintext: &mut Plaintext<'_, '_>,
+        length: usize,
+        out: &mut Vec<u8>,
+    ) {
         let explicit = if self.format == Format::Tls12Gcm { EXPLICIT_NONCE } else { 0 };
         let inner = if self.format == Format::Tls13 { length + 1 } else { length };
         let record_length = explicit + inner + aead::MAX_TAG_LEN;
         let start = out.len();
         out.reserve(HEADER + record_length);
-        out.push(APPLICATION_DATA);
+        out.push(if self.format == Format::Tls13 { APPLICATION_DATA } else { content_type });
         out.extend_from_slice(&RECORD_VERSION);
         out.extend_from_slice(&u16::try_from(record_length).unwrap_or(u16::MAX).to_be_bytes());
 
@@ -152,13 +175,13 @@ impl Sealer {
         let mut aad = [0; 13];
         let aad = match self.format {
             Format::Tls13 => {
-                out.push(APPLICATION_DATA);
+                out.push(content_type);
                 aad[..HEADER].copy_from_slice(&out[start..start + HEADER]);
                 &aad[..HEADER]
             }
             Format::Tls12Gcm | Format::Tls12ChaCha => {
                 aad[..8].copy_from_slice(&self.seq.to_be_bytes());
-                aad[8] = APPLICATION_DATA;
+                aad[8] = content_type;
                 aad[9..11].copy_from_slice(&RECORD_VERSION);
                 aad[11..].copy_from_slice(&u16::try_from(length).unwrap_or(u16::MAX).to_be_bytes());
                 &aad[..]
@@ -309,6 +332,33 @@ mod tests {
                 sealer.seal(&[IoSlice::new(frame.as_bytes())], &mut wire).unwrap();
                 assert_eq!(deliver(&mut client, &wire), frame.as_bytes(), "{suite:?}");
             }
+        }
+    }
+
+    /// After a `close_notify` sealed here, the client reads a clean end of the stream, in
+    /// both versions.
+    #[test]
+    fn a_close_notify_sealed_here_ends_the_stream_cleanly() {
+        for (suite, version) in [
+            (provider::cipher_suite::TLS13_AES_128_GCM_SHA256, &rustls::version::TLS13),
+            (
+                provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                &rustls::version::TLS12,
+            ),
+        ] {
+            let (mut client, server) = handshaken(suite, version);
+            let mut sealer = Sealer::take(server).unwrap();
+            let mut wire = Vec::new();
+            sealer.seal(&[IoSlice::new(b"data: last\n\n")], &mut wire).unwrap();
+            sealer.seal_close_notify(&mut wire).unwrap();
+            let mut wire = &wire[..];
+            while !wire.is_empty() {
+                client.read_tls(&mut wire).unwrap();
+                client.process_new_packets().expect("records rustls accepts");
+            }
+            let mut plaintext = Vec::new();
+            client.reader().read_to_end(&mut plaintext).expect("a clean end, not an error");
+            assert_eq!(plaintext, b"data: last\n\n", "{suite:?}");
         }
     }
 

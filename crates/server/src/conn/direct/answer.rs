@@ -125,7 +125,16 @@ impl<T: Transport> Answer<T> {
             direct.close();
         }
         match outcome {
-            Ok(()) => self.read.is_some(),
+            Ok(()) if self.read.is_none() => {
+                // The stream ends here: a TLS client is told so (`close_notify`) rather than
+                // left to take the close for a cut.
+                let close = poll_fn(|cx| self.transport.poll_close(cx));
+                if let Ok(Err(error)) = tokio::time::timeout(self.write_timeout, close).await {
+                    tracing::debug!(%error, "a closing connection could not say so");
+                }
+                false
+            }
+            Ok(()) => true,
             // Hung up, timed out or failed: reset rather than close, since the peer will not
             // read what is queued, so the kernel must not keep it.
             Err(error) => {
@@ -375,6 +384,12 @@ pub(in crate::conn) trait Transport: Send + Sized + 'static {
 
     /// Makes closing reset the connection.
     fn reset_on_close(&self);
+
+    /// Says that nothing more will be written, where the transport can (TLS's `close_notify`),
+    /// before the connection closes.
+    fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 
     /// The transport a subscription's event stream is written on, once its request is read
     /// and what the transport held is written out: itself, or over TLS the connection with

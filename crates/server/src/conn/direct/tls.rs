@@ -59,6 +59,8 @@ struct Records {
     /// every record is out.
     unsent: Vec<u8>,
     written: usize,
+    /// A `close_notify` is sealed: nothing more will be.
+    closed: bool,
 }
 
 impl Records {
@@ -177,6 +179,23 @@ impl Transport for TlsTransport {
         }
     }
 
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            TlsTransport::Rustls(stream) => Pin::new(&mut **stream).poll_shutdown(cx),
+            TlsTransport::Sealed(sealed) => {
+                {
+                    let mut records = sealed.lock();
+                    if !records.closed {
+                        records.closed = true;
+                        let records = &mut *records;
+                        records.sealer.seal_close_notify(&mut records.unsent)?;
+                    }
+                }
+                sealed.poll_write_out(cx)
+            }
+        }
+    }
+
     /// The socket under TLS: rustls holds no plaintext unread here, since the answer's
     /// writer read all the client sent into its own buffer.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -197,7 +216,8 @@ impl Transport for TlsTransport {
         let (stream, connection) = stream.into_inner();
         match Sealer::take(connection) {
             Ok(sealer) => {
-                let records = Mutex::new(Records { sealer, unsent: Vec::new(), written: 0 });
+                let records =
+                    Mutex::new(Records { sealer, unsent: Vec::new(), written: 0, closed: false });
                 Some(TlsTransport::Sealed(Arc::new(Sealed { stream, records })))
             }
             Err(error) => {
