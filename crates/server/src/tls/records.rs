@@ -112,6 +112,14 @@ impl Sealer {
         Ok(Sealer { key: aead::LessSafeKey::new(unbound), iv, seq, limit, format })
     }
 
+    /// Whether the key may seal another record (its suite's confidentiality limit).
+    fn may_seal(&self) -> io::Result<()> {
+        if self.seq >= self.limit {
+            return Err(io::Error::other("the connection's key may seal no more records"));
+        }
+        Ok(())
+    }
+
     /// Seals what it can of `slices` (up to four full records) as records appended to `out`:
     /// how many bytes of plaintext. Fails once the key may seal no more records.
     pub(crate) fn seal(&mut self, slices: &[IoSlice<'_>], out: &mut Vec<u8>) -> io::Result<usize> {
@@ -119,11 +127,8 @@ impl Sealer {
         let mut plaintext = Plaintext { slices, index: 0, offset: 0 };
         let mut sealed = 0;
         while sealed < total {
-            if self.seq >= self.limit {
-                if sealed > 0 {
-                    break;
-                }
-                return Err(io::Error::other("the connection's key may seal no more records"));
+            if let Err(exhausted) = self.may_seal() {
+                return if sealed > 0 { Ok(sealed) } else { Err(exhausted) };
             }
             let length = (total - sealed).min(MAX_PLAINTEXT);
             self.seal_record(APPLICATION_DATA, &mut plaintext, length, out);
@@ -135,9 +140,7 @@ impl Sealer {
     /// Seals a `close_notify` alert at the end of `out`: the stream ended here, not cut short
     /// on the way. Fails once the key may seal no more records.
     pub(crate) fn seal_close_notify(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        if self.seq >= self.limit {
-            return Err(io::Error::other("the connection's key may seal no more records"));
-        }
+        self.may_seal()?;
         let alert = [IoSlice::new(&CLOSE_NOTIFY)];
         let mut plaintext = Plaintext { slices: &alert, index: 0, offset: 0 };
         self.seal_record(ALERT, &mut plaintext, CLOSE_NOTIFY.len(), out);
