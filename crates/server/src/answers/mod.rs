@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_hub::{
@@ -231,18 +232,37 @@ impl Drop for Reader {
     }
 }
 
+/// Polls `deltas` once on the creator's task, which sends the upstream its request, and keeps
+/// whatever that poll yields for the pump.
+///
+/// The pump is a task of its own, and the creator's task runs on until it waits: left to the
+/// pump, the upstream was asked only after the answer's record was stored and its first frames
+/// (Responses' preamble carries the whole response object twice) were encoded and written, all
+/// of it added to the first token. Asked here, the upstream thinks while this server works.
+async fn ask_now(deltas: DeltaStream) -> DeltaStream {
+    let mut deltas = deltas.peekable();
+    std::future::poll_fn(|cx| {
+        // Ready or not, the request is out; a ready item stays in the peekable for the pump.
+        let _ = std::pin::Pin::new(&mut deltas).poll_peek(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+    deltas.boxed()
+}
+
 impl Answers {
     /// Records a new answer, stores its `start` event, and starts pumping `deltas` into the
     /// hub. Fails (503) when the record cannot be stored; `deltas` is then dropped, which
-    /// cancels the upstream. Resolves before the upstream is asked anything, so a slow
-    /// upstream never holds up the answer's creator: what happens upstream, failures
-    /// included, is the answer's to tell.
+    /// cancels the upstream. The upstream is asked first ([`ask_now`]), but resolves before
+    /// it answers anything, so a slow upstream never holds up the answer's creator: what
+    /// happens upstream, failures included, is the answer's to tell.
     pub(crate) async fn start(
         self: &Arc<Self>,
         hub: &Hub,
         deltas: DeltaStream,
         new: NewAnswer,
     ) -> Result<Started, ApiError> {
+        let deltas = ask_now(deltas).await;
         let id = new.id.unwrap_or_else(random_id);
         let token = random_id();
         let record = StreamRecord {

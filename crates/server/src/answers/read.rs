@@ -347,6 +347,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_upstream_is_asked_as_the_answer_starts_and_what_it_said_at_once_is_kept() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let (hub, answers) = (hub(16), Arc::new(Answers::default()));
+        let (upstream, later) = upstream();
+        // A provider sends its request on the stream's first poll; this one then has a first
+        // delta ready at once, and the rest later.
+        let asked = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&asked);
+        let deltas = stream::once(async move {
+            flag.store(true, Ordering::SeqCst);
+            stream::iter([Ok(Delta::Text("at once".to_owned()))]).chain(later)
+        })
+        .flatten()
+        .boxed();
+        let started = answers.start(&hub, deltas, new_answer()).await.unwrap();
+        // The test's runtime has one thread and has not yet run the pump's task.
+        assert!(asked.load(Ordering::SeqCst), "asked before its creator writes anything");
+        let id = started.id.clone();
+        let (mut creator, _reader) = answers.read_new(&hub, started, false);
+        let first_two = vec![creator.next().await.unwrap(), creator.next().await.unwrap()];
+        assert_eq!(
+            described(&first_two),
+            [format!("Some(\"#{id}.start\") start"), format!("Some(\"#{id}.0\") text:at once")]
+        );
+        upstream.send(Ok(Delta::Text("later".to_owned()))).unwrap();
+        let third = creator.next().await.unwrap();
+        assert_eq!(described(&[third]), [format!("Some(\"#{id}.1\") text:later")]);
+    }
+
+    #[tokio::test]
     async fn a_creator_that_falls_behind_reads_on_from_the_hub_and_misses_nothing() {
         // Room for two events waiting: the creator, not reading until the answer has ended,
         // is fed the first two and reads the other 50 from the hub.
