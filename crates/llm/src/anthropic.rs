@@ -18,7 +18,7 @@ use sluice_sse::MessageEvent;
 use crate::types::{
     ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Role, Usage,
 };
-use crate::upstream::{Client, Out, Translate, translate};
+use crate::upstream::{Client, Endpoint, Out, Translate, translate};
 
 /// The API version header Sluice speaks.
 const API_VERSION: &str = "2023-06-01";
@@ -44,6 +44,7 @@ pub struct AnthropicConfig {
 #[derive(Debug, Clone)]
 pub struct Anthropic {
     config: AnthropicConfig,
+    endpoint: Endpoint,
     client: Client,
 }
 
@@ -51,7 +52,8 @@ impl Anthropic {
     /// A provider for `config`.
     pub fn new(config: AnthropicConfig) -> Self {
         let client = Client::new(config.connect_timeout);
-        Anthropic { config, client }
+        let endpoint = Endpoint::new(&config.base_url, "messages");
+        Anthropic { config, endpoint, client }
     }
 }
 
@@ -142,15 +144,16 @@ impl Provider for Anthropic {
 
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<DeltaStream, ProviderError>> {
         async move {
-            let url = format!("{}/messages", self.config.base_url.trim_end_matches('/'));
             let body = serde_json::to_vec(&body(&request))
                 .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
             let mut headers = vec![("anthropic-version", API_VERSION)];
             if let Some(key) = &self.config.api_key {
                 headers.push(("x-api-key", key));
             }
-            let events =
-                self.client.open_event_stream(&url, &headers, body, self.config.timeout).await?;
+            let events = self
+                .client
+                .open_event_stream(&self.endpoint, &headers, body, self.config.timeout)
+                .await?;
             Ok(translate(events, Events::default()))
         }
         .boxed()

@@ -19,7 +19,7 @@ use serde_json::Value;
 use sluice_sse::MessageEvent;
 
 use crate::types::{ChatRequest, Delta, DeltaStream, FinishReason, Provider, ProviderError, Usage};
-use crate::upstream::{Client, Out, Translate, translate};
+use crate::upstream::{Client, Endpoint, Out, Translate, translate};
 
 /// Where an OpenAI-compatible upstream is and how to reach it.
 #[derive(Debug, Clone)]
@@ -40,6 +40,7 @@ pub struct OpenAiConfig {
 #[derive(Debug, Clone)]
 pub struct OpenAi {
     config: OpenAiConfig,
+    endpoint: Endpoint,
     client: Client,
 }
 
@@ -47,7 +48,8 @@ impl OpenAi {
     /// A provider for `config`.
     pub fn new(config: OpenAiConfig) -> Self {
         let client = Client::new(config.connect_timeout);
-        OpenAi { config, client }
+        let endpoint = Endpoint::new(&config.base_url, "chat/completions");
+        OpenAi { config, endpoint, client }
     }
 }
 
@@ -68,12 +70,13 @@ impl Provider for OpenAi {
                 stream_options: IncludeUsage { include_usage: true },
             })
             .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
-            let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
             let bearer = self.config.api_key.as_ref().map(|key| format!("Bearer {key}"));
             let headers: Vec<(&str, &str)> =
                 bearer.iter().map(|bearer| ("authorization", bearer.as_str())).collect();
-            let events =
-                self.client.open_event_stream(&url, &headers, body, self.config.timeout).await?;
+            let events = self
+                .client
+                .open_event_stream(&self.endpoint, &headers, body, self.config.timeout)
+                .await?;
             Ok(translate(events, Chunks::default()))
         }
         .boxed()

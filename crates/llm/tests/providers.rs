@@ -202,6 +202,7 @@ async fn odd_values_in_a_chunk_are_passed_over_and_escapes_read() {
         r#"{"choices":[{"index":0,"delta":null,"finish_reason":null}]}"#,
         r#"{"choices":[{"index":0,"delta":{"content":7},"finish_reason":3}]}"#,
         r#"{"choices":[{"index":0,"delta":{"content":{"parts":["x"]},"extra":[1,{"a":2}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"content":[true,null]},"finish_reason":false}]}"#,
         r#"{"choices":[{"index":0,"delta":{"content":"say \"h\u00e9\"\n"}}],"x":{"y":[]}}"#,
         r#"{"choices":null,"usage":{"prompt_tokens":2,"completion_tokens":"many"}}"#,
         r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
