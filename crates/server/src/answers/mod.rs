@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_hub::{
@@ -239,14 +239,11 @@ impl Drop for Reader {
 /// pump, the upstream was asked only after the answer's record was stored and its first frames
 /// (Responses' preamble carries the whole response object twice) were encoded and written, all
 /// of it added to the first token. Asked here, the upstream thinks while this server works.
-async fn ask_now(deltas: DeltaStream) -> DeltaStream {
+/// The poll's waker wakes nothing: the pump's first poll registers its own.
+fn ask_now(deltas: DeltaStream) -> DeltaStream {
     let mut deltas = deltas.peekable();
-    std::future::poll_fn(|cx| {
-        // Ready or not, the request is out; a ready item stays in the peekable for the pump.
-        let _ = std::pin::Pin::new(&mut deltas).poll_peek(cx);
-        std::task::Poll::Ready(())
-    })
-    .await;
+    // Ready or not, the request is out; a ready item stays in the peekable for the pump.
+    let _ = std::pin::Pin::new(&mut deltas).peek().now_or_never();
     deltas.boxed()
 }
 
@@ -262,7 +259,7 @@ impl Answers {
         deltas: DeltaStream,
         new: NewAnswer,
     ) -> Result<Started, ApiError> {
-        let deltas = ask_now(deltas).await;
+        let deltas = ask_now(deltas);
         let id = new.id.unwrap_or_else(random_id);
         let token = random_id();
         let record = StreamRecord {
